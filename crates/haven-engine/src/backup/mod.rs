@@ -1,0 +1,441 @@
+//! `haven backup`: continuous, append-only backup of Kafka topics into a repository.
+//!
+//! The loop reads every selected partition with one consumer (committed records only),
+//! keeps what it read in a [`Batch`], and every flush interval writes **one** segment
+//! holding all partitions' progress: the number of PUTs does not grow with partitions.
+//! The repository, not Kafka, remembers where the backup is: a restart reads the log and
+//! continues at each partition's first non-durable offset, so a crash loses nothing and a
+//! restart duplicates nothing. A segment is written with a create-only put at the next
+//! log position; if another writer took it, the backup reloads the log and drops what
+//! that writer already made durable.
+
+pub mod batch;
+pub mod groups;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use haven_format::TopicMeta;
+use haven_kafka::rdkafka::consumer::Consumer;
+use haven_kafka::rdkafka::error::KafkaError as RdError;
+use haven_kafka::rdkafka::message::Message;
+use haven_kafka::rdkafka::types::RDKafkaErrorCode;
+use haven_kafka::rdkafka::{Offset, TopicPartitionList};
+use haven_kafka::ClusterConfig;
+use regex::Regex;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::events::{Event, Observer};
+use crate::repo::{RepoState, Repository};
+use crate::{blocking, Error, Result};
+use batch::{Batch, Pending};
+use groups::GroupSampler;
+
+/// How a backup runs.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub cluster: ClusterConfig,
+    /// Matched against whole topic names.
+    pub topics: Regex,
+    /// Snapshot: back up to the high watermarks seen at start, then stop.
+    pub once: bool,
+    /// Longest time a record waits in memory before it is written (the RPO).
+    pub flush_interval: Duration,
+    /// Flush early when this many bytes are buffered (bounds memory).
+    pub max_buffer_bytes: usize,
+    /// How often consumer-group commits are sampled; None disables the timeline.
+    pub group_interval: Option<Duration>,
+    /// Job name, recorded as the writer of each segment.
+    pub job: String,
+}
+
+impl BackupOptions {
+    pub fn new(cluster: ClusterConfig, topics: Regex) -> Self {
+        BackupOptions {
+            cluster,
+            topics,
+            once: false,
+            flush_interval: Duration::from_secs(1),
+            max_buffer_bytes: 32 * 1024 * 1024,
+            group_interval: Some(Duration::from_secs(5)),
+            job: "default".into(),
+        }
+    }
+}
+
+/// What a backup run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackupReport {
+    pub segments: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub partitions: usize,
+    pub losses: Vec<(String, i32, i64, i64)>,
+    pub seconds: f64,
+}
+
+/// Anchors a user's topic pattern so it matches whole names.
+pub fn topic_regex(pattern: &str) -> Result<Regex> {
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| Error::Input(format!("--topics {pattern:?} is not a regular expression: {e}")))
+}
+
+struct Plan {
+    batch: Batch,
+    assign: Vec<(String, i32, i64)>,
+}
+
+async fn plan(repo: &Repository, state: &RepoState, opts: &BackupOptions, observer: &dyn Observer) -> Result<Plan> {
+    let cluster = opts.cluster.clone();
+    let (inspector, topics) = blocking(move || {
+        let c = cluster.inspector("haven-inspector")?;
+        let t = haven_kafka::list_topics(&c, &cluster.brokers, Duration::from_secs(10))?;
+        Ok((c, t))
+    })
+    .await?;
+    let inspector = Arc::new(inspector);
+    let all: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+    let selected: Vec<_> = topics.into_iter().filter(|t| opts.topics.is_match(&t.name)).collect();
+    if selected.is_empty() {
+        return Err(Error::Input(format!(
+            "no topic on {} matches {}; topics there: {}",
+            opts.cluster.brokers,
+            opts.topics.as_str(),
+            if all.is_empty() { "(none)".to_string() } else { all.join(", ") }
+        )));
+    }
+    let admin = opts.cluster.admin()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut batch = Batch::default();
+    let mut assign = Vec::new();
+    let _ = repo;
+    for t in &selected {
+        let configs = match haven_kafka::describe_topic_configs(&admin, &t.name).await {
+            Ok(c) => c,
+            Err(e) => {
+                observer.event(&Event::Retrying {
+                    what: format!("describe configs of {}", t.name),
+                    error: e.to_string(),
+                });
+                Vec::new()
+            }
+        };
+        let mut generation = state.topics.get(&t.name).map_or(0, |s| s.generation);
+        let mut recreated = false;
+        let mut starts = Vec::new();
+        for p in 0..t.partitions {
+            let (c, name) = (inspector.clone(), t.name.clone());
+            let (low, high) =
+                blocking(move || Ok(haven_kafka::watermarks(&c, &name, p, Duration::from_secs(10))?)).await?;
+            let known = state.partitions.get(&(t.name.clone(), generation, p)).map(|s| s.next_offset);
+            if known.is_some_and(|next| high < next) {
+                recreated = true;
+            }
+            starts.push((p, low, high, known));
+        }
+        if recreated {
+            generation += 1;
+            observer.event(&Event::TopicRecreated {
+                topic: t.name.clone(),
+                generation,
+            });
+        }
+        let prev = state.topics.get(&t.name).and_then(|s| s.meta.clone());
+        let changed = recreated
+            || prev
+                .as_ref()
+                .is_none_or(|m| m.partition_count != t.partitions || m.configs != configs || m.generation != generation);
+        if changed {
+            observer.event(&Event::TopicChanged {
+                topic: t.name.clone(),
+                partitions: t.partitions,
+            });
+            batch.topics.push(TopicMeta {
+                topic: t.name.clone(),
+                generation,
+                partition_count: t.partitions,
+                observed_at: now,
+                configs,
+            });
+        }
+        for (p, low, high, known) in starts {
+            let next = if recreated { None } else { known };
+            let start = next.unwrap_or(low);
+            let mut pending = Pending::new(generation, start, opts.once.then_some(high));
+            let key = (t.name.clone(), p);
+            batch.parts.insert(key.clone(), pending.clone());
+            if start < low {
+                let reason = "deleted at the source (retention) before Haven read it";
+                if let Some(l) = batch.loss(&t.name, p, low, reason) {
+                    observer.event(&Event::RecordsLost {
+                        topic: t.name.clone(),
+                        partition: p,
+                        from: l.from,
+                        to: l.to,
+                        reason: reason.into(),
+                    });
+                }
+                pending = batch.parts[&key].clone();
+            }
+            if !pending.done() {
+                assign.push((t.name.clone(), p, pending.end()));
+            }
+        }
+    }
+    Ok(Plan { batch, assign })
+}
+
+/// Runs a backup until it is done (`--once`) or `stop` turns true.
+pub async fn run(
+    repo: &Repository,
+    opts: &BackupOptions,
+    observer: &dyn Observer,
+    mut stop: watch::Receiver<bool>,
+) -> Result<BackupReport> {
+    let started = Instant::now();
+    let mut state = repo.load_state().await?;
+    let Plan { mut batch, assign } = plan(repo, &state, opts, observer).await?;
+    let target_records = opts.once.then(|| {
+        batch
+            .parts
+            .values()
+            .map(|p| p.target.unwrap_or(0).saturating_sub(p.end()).max(0) as u64)
+            .sum()
+    });
+    observer.event(&Event::BackupStarted {
+        partitions: batch.parts.len(),
+        target_records,
+    });
+    let mut report = BackupReport {
+        partitions: batch.parts.len(),
+        ..Default::default()
+    };
+    for p in &batch.parts {
+        for l in &p.1.losses {
+            report.losses.push((p.0 .0.clone(), p.0 .1, l.from, l.to));
+        }
+    }
+    let group_id = format!("haven-backup-{}", opts.job);
+    let consumer = opts.cluster.reader(&group_id)?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p, o) in &assign {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+            .map_err(|e| Error::Task(e.to_string()))?;
+    }
+    consumer.assign(&tpl).map_err(|e| Error::Task(format!("assign partitions: {e}")))?;
+    let partitions: Vec<(String, i32)> = batch.parts.keys().cloned().collect();
+    let mut sampler = GroupSampler::new(&state.group_offsets, [group_id.clone()]);
+    let mut next_sample = Instant::now();
+    let mut tick = tokio::time::interval(opts.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flush = Instant::now();
+    let idle_flush = Duration::from_secs(60);
+
+    loop {
+        if opts.once && batch.all_done() {
+            break;
+        }
+        tokio::select! {
+            msg = consumer.recv() => match msg {
+                Ok(m) => {
+                    let topic = m.topic().to_string();
+                    let rec = haven_kafka::to_record(&m);
+                    batch.push(&topic, m.partition(), rec);
+                }
+                Err(RdError::PartitionEOF(_)) => {
+                    // The event does not say which topic: ask the consumer for positions.
+                    if let Ok(pos) = consumer.position() {
+                        for e in pos.elements() {
+                            if let Offset::Offset(o) = e.offset() {
+                                batch.eof(e.topic(), e.partition(), o);
+                            }
+                        }
+                    }
+                }
+                Err(RdError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
+                    check_retention_loss(&consumer, &mut batch, &mut report, opts, observer).await?;
+                }
+                Err(e) => {
+                    observer.event(&Event::Retrying { what: "consume".into(), error: e.to_string() });
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            _ = tick.tick() => {}
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    break;
+                }
+            }
+        }
+        if let Some(iv) = opts.group_interval {
+            if Instant::now() >= next_sample {
+                next_sample = Instant::now() + iv;
+                sample_groups(&mut sampler, opts, &partitions, &mut batch, observer).await;
+            }
+        }
+        let due = last_flush.elapsed() >= opts.flush_interval
+            && (batch.parts.values().any(|p| !p.records.is_empty() || !p.losses.is_empty())
+                || !batch.topics.is_empty()
+                || last_flush.elapsed() >= idle_flush && batch.has_progress());
+        if due || batch.bytes >= opts.max_buffer_bytes {
+            flush(repo, &mut state, &mut batch, opts, observer, &mut report).await?;
+            last_flush = Instant::now();
+        }
+    }
+    if opts.group_interval.is_some() {
+        sample_groups(&mut sampler, opts, &partitions, &mut batch, observer).await;
+    }
+    flush(repo, &mut state, &mut batch, opts, observer, &mut report).await?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn sample_groups(
+    sampler: &mut GroupSampler,
+    opts: &BackupOptions,
+    partitions: &[(String, i32)],
+    batch: &mut Batch,
+    observer: &dyn Observer,
+) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let cluster = opts.cluster.clone();
+    let parts = partitions.to_vec();
+    let mut s = std::mem::take(sampler);
+    let res = blocking(move || {
+        let r = s.sample_blocking(&cluster, &parts, now);
+        Ok((s, r))
+    })
+    .await;
+    match res {
+        Ok((s, Ok((groups, changes)))) => {
+            *sampler = s;
+            observer.event(&Event::GroupsSampled {
+                groups,
+                changes: changes.len(),
+            });
+            batch.group_commits.extend(changes);
+            batch.group_samples.push(now);
+        }
+        Ok((s, Err(e))) => {
+            *sampler = s;
+            observer.event(&Event::Retrying {
+                what: "sample consumer groups".into(),
+                error: e.to_string(),
+            });
+        }
+        Err(e) => observer.event(&Event::Retrying {
+            what: "sample consumer groups".into(),
+            error: e.to_string(),
+        }),
+    }
+}
+
+async fn check_retention_loss(
+    consumer: &haven_kafka::rdkafka::consumer::StreamConsumer,
+    batch: &mut Batch,
+    report: &mut BackupReport,
+    opts: &BackupOptions,
+    observer: &dyn Observer,
+) -> Result<()> {
+    let parts: Vec<(String, i32, i64)> = batch.parts.iter().map(|(k, p)| (k.0.clone(), k.1, p.end())).collect();
+    let cluster = opts.cluster.clone();
+    let lows = blocking(move || {
+        let c = cluster.inspector("haven-inspector")?;
+        let mut out = Vec::new();
+        for (t, p, end) in parts {
+            let (low, _) = haven_kafka::watermarks(&c, &t, p, Duration::from_secs(10))?;
+            if end < low {
+                out.push((t, p, low));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    let reason = "deleted at the source (retention) before Haven read it";
+    for (t, p, low) in lows {
+        if let Some(l) = batch.loss(&t, p, low, reason) {
+            observer.event(&Event::RecordsLost {
+                topic: t.clone(),
+                partition: p,
+                from: l.from,
+                to: l.to,
+                reason: reason.into(),
+            });
+            report.losses.push((t.clone(), p, l.from, l.to));
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&t, p, Offset::Offset(low))
+                .map_err(|e| Error::Task(e.to_string()))?;
+            consumer
+                .incremental_assign(&tpl)
+                .or_else(|_| consumer.seek(&t, p, Offset::Offset(low), Duration::from_secs(5)))
+                .map_err(|e| Error::Task(format!("seek {t}/{p} to {low}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes everything pending as one segment. On a concurrent append, reloads the log,
+/// drops what the other writer made durable, and retries.
+async fn flush(
+    repo: &Repository,
+    state: &mut RepoState,
+    batch: &mut Batch,
+    opts: &BackupOptions,
+    observer: &dyn Observer,
+    report: &mut BackupReport,
+) -> Result<()> {
+    for attempt in 0..10 {
+        if !batch.has_progress() {
+            return Ok(());
+        }
+        let mut seg = repo.new_segment(state.head, &opts.job);
+        let records = batch.fill(&mut seg).map_err(|e| Error::format("new segment", e))?;
+        let oldest = batch
+            .parts
+            .values()
+            .filter_map(|p| p.records.first().map(|r| r.timestamp))
+            .min();
+        let (bytes, index, digest) = seg.finish();
+        let len = bytes.len() as u64;
+        match repo.append(bytes, &index).await {
+            Ok(key) => {
+                state.apply(&key, &index, digest);
+                batch.committed();
+                report.segments += 1;
+                report.records += records;
+                report.bytes += len;
+                observer.event(&Event::SegmentWritten {
+                    key,
+                    records,
+                    bytes: len,
+                    oldest_age_ms: oldest.map(|t| chrono::Utc::now().timestamp_millis() - t),
+                });
+                return Ok(());
+            }
+            Err(Error::Concurrent { seq, .. }) if attempt < 9 => {
+                observer.event(&Event::ConcurrentAppend { seq });
+                repo.refresh_state(state).await?;
+                let advanced: BTreeMap<(String, i32), i64> = batch
+                    .parts
+                    .iter()
+                    .filter_map(|(k, p)| {
+                        state
+                            .partitions
+                            .get(&(k.0.clone(), p.generation, k.1))
+                            .map(|s| (k.clone(), s.next_offset))
+                    })
+                    .collect();
+                for ((t, p), next) in advanced {
+                    batch.advance(&t, p, next);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Concurrent {
+        seq: state.head.map_or(0, |h| h.0 + 1),
+        detail: "gave up after 10 attempts: too many writers on one repository".into(),
+    })
+}

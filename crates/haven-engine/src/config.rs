@@ -1,0 +1,263 @@
+//! `haven.toml`: named clusters, repositories and jobs.
+//!
+//! Unknown keys are errors (a typo must never silently disable a setting), and every error
+//! names the file, the key and the fix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {path} not found: create it (see `haven config check --help` for an example) or pass --config FILE")]
+    NotFound { path: PathBuf },
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}{hint}")]
+    Parse {
+        path: PathBuf,
+        message: String,
+        hint: String,
+    },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// A Kafka cluster.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `host:port[,host:port...]`
+    pub bootstrap: String,
+    /// Where the cluster runs (`us`, `eu`, ...): used by data-residency rules.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A backup repository.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RepositorySection {
+    /// `file:///path`, a plain path, or `s3://bucket/prefix`.
+    pub url: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// File holding the master key (64 hex digits) of an encrypted repository.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Backend options (`aws_endpoint`, `aws_region`, ...), overriding the environment.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Backup,
+}
+
+/// A named, repeatable job (`haven backup --job NAME`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSection {
+    pub kind: JobKind,
+    /// A cluster name from `[clusters]`.
+    pub cluster: String,
+    /// A repository name from `[repositories]`.
+    pub repository: String,
+    /// Regular expression matched against whole topic names.
+    pub topics: String,
+    /// Milliseconds between flushes to the repository (the backup's RPO).
+    #[serde(default)]
+    pub flush_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterSection>,
+    #[serde(default)]
+    pub repositories: BTreeMap<String, RepositorySection>,
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobSection>,
+}
+
+pub const EXAMPLE: &str = r#"[clusters.us]
+bootstrap = "kafka-us-1:9092,kafka-us-2:9092"
+region = "us"
+
+[clusters.eu]
+bootstrap = "kafka-eu-1:9092"
+region = "eu"
+properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN" }
+
+[repositories.main]
+url = "s3://acme-kafka-backup/prod"
+region = "us"
+key_file = "/etc/haven/main.key"
+
+[repositories.local]
+url = "file:///var/lib/haven/backup"
+
+[jobs.orders]
+kind = "backup"
+cluster = "us"
+repository = "main"
+topics = "orders\\..*"
+flush_ms = 1000
+"#;
+
+impl Config {
+    /// Where the config is looked for: `--config`, then `$HAVEN_CONFIG`, then `./haven.toml`.
+    pub fn locate(flag: Option<&Path>) -> (PathBuf, bool) {
+        if let Some(p) = flag {
+            return (p.to_path_buf(), true);
+        }
+        if let Some(p) = std::env::var_os("HAVEN_CONFIG") {
+            return (PathBuf::from(p), true);
+        }
+        (PathBuf::from("haven.toml"), false)
+    }
+
+    /// Loads the config. A missing default `./haven.toml` is an empty config; a missing file
+    /// that was asked for explicitly is an error.
+    pub fn load(flag: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let (path, explicit) = Self::locate(flag);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok((Self::parse(&text, &path)?, Some(path))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok((Config::default(), None)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::NotFound { path }),
+            Err(source) => Err(ConfigError::Io { path, source }),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            let hint = if message.contains("unknown field") {
+                "\nfix: remove or correct the key (unknown keys are errors so that a typo never disables a setting)"
+            } else if message.contains("missing field") {
+                "\nfix: add the missing key (see the example in `haven config check --help`)"
+            } else {
+                "\nfix: correct the TOML syntax at the place shown"
+            };
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: message.trim_end().to_string(),
+                hint: hint.to_string(),
+            }
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        for (name, c) in &self.clusters {
+            if c.bootstrap.trim().is_empty() || c.bootstrap.split(',').any(|b| !b.trim().contains(':')) {
+                return Err(invalid(
+                    format!("clusters.{name}.bootstrap"),
+                    format!("{:?} is not a list of host:port", c.bootstrap),
+                ));
+            }
+        }
+        for (name, r) in &self.repositories {
+            let u = &r.url;
+            if u.is_empty() || (u.contains("://") && !(u.starts_with("file://") || u.starts_with("s3://"))) {
+                return Err(invalid(
+                    format!("repositories.{name}.url"),
+                    format!("{u:?}: use file:///PATH, a plain path, or s3://BUCKET/PREFIX"),
+                ));
+            }
+        }
+        for (name, j) in &self.jobs {
+            if !self.clusters.contains_key(&j.cluster) {
+                return Err(invalid(
+                    format!("jobs.{name}.cluster"),
+                    format!("no cluster named {:?}: define [clusters.{}] or fix the name", j.cluster, j.cluster),
+                ));
+            }
+            if !self.repositories.contains_key(&j.repository) {
+                return Err(invalid(
+                    format!("jobs.{name}.repository"),
+                    format!(
+                        "no repository named {:?}: define [repositories.{}] or fix the name",
+                        j.repository, j.repository
+                    ),
+                ));
+            }
+            if let Err(e) = regex::Regex::new(&j.topics) {
+                return Err(invalid(format!("jobs.{name}.topics"), format!("not a regular expression: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves `--brokers`: a cluster name from the config, else taken as `host:port,...`.
+    pub fn cluster(&self, name_or_bootstrap: &str) -> ClusterSection {
+        self.clusters.get(name_or_bootstrap).cloned().unwrap_or_else(|| ClusterSection {
+            bootstrap: name_or_bootstrap.to_string(),
+            region: None,
+            properties: BTreeMap::new(),
+        })
+    }
+
+    /// Resolves `--repo`: a repository name from the config, else taken as a URL.
+    pub fn repository(&self, name_or_url: &str) -> RepositorySection {
+        self.repositories.get(name_or_url).cloned().unwrap_or_else(|| RepositorySection {
+            url: name_or_url.to_string(),
+            region: None,
+            key_file: None,
+            options: BTreeMap::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("haven.toml"))
+    }
+
+    #[test]
+    fn example_parses() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.clusters["us"].region.as_deref(), Some("us"));
+        assert_eq!(c.jobs["orders"].kind, JobKind::Backup);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_fix() {
+        let e = parse("[clusters.us]\nbootsrap = \"a:1\"\n").unwrap_err().to_string();
+        assert!(e.contains("haven.toml") && e.contains("bootsrap") && e.contains("fix:"), "{e}");
+        let e = parse("[clusters.us]\nregion = \"us\"\n").unwrap_err().to_string();
+        assert!(e.contains("missing field") && e.contains("bootstrap"), "{e}");
+        let e = parse("[clusters.us\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("syntax"), "{e}");
+        let e = parse("[jobs.j]\nkind=\"backup\"\ncluster=\"x\"\nrepository=\"r\"\ntopics=\".*\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs.j.cluster"), "{e}");
+    }
+}

@@ -1,0 +1,72 @@
+//! Typed internal events: every notable thing the engine does is one of these. An
+//! [`Observer`] receives them; the CLI's observer logs them, counts them as metrics and
+//! drives the progress bar, tests collect them.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A backup planned its partitions. `target_records` is known for snapshots (`--once`).
+    BackupStarted {
+        partitions: usize,
+        target_records: Option<u64>,
+    },
+    /// A segment became durable in the repository.
+    SegmentWritten {
+        key: String,
+        records: u64,
+        bytes: u64,
+        /// Milliseconds between the oldest record's timestamp and durability.
+        oldest_age_ms: Option<i64>,
+    },
+    /// Records the source deleted before Haven read them.
+    RecordsLost {
+        topic: String,
+        partition: i32,
+        from: i64,
+        to: i64,
+        reason: String,
+    },
+    /// A topic was deleted and re-created: its data goes to a new generation.
+    TopicRecreated { topic: String, generation: u32 },
+    /// A topic's partition count or configuration changed (or was first seen).
+    TopicChanged { topic: String, partitions: i32 },
+    /// Consumer-group commits were sampled; `changes` of them were new.
+    GroupsSampled { groups: usize, changes: usize },
+    /// Another writer appended to the log at the same time; the backup reconciled.
+    ConcurrentAppend { seq: u64 },
+    /// A recoverable error (broker unreachable, ...); the engine retries.
+    Retrying { what: String, error: String },
+}
+
+/// Receives engine events. Must be cheap: it runs on the engine's task.
+pub trait Observer: Send + Sync {
+    fn event(&self, event: &Event);
+}
+
+/// Logs every event with `tracing`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogObserver;
+
+impl Observer for LogObserver {
+    fn event(&self, event: &Event) {
+        match event {
+            Event::RecordsLost { .. } => tracing::error!(?event, "records lost at the source"),
+            Event::Retrying { .. } | Event::ConcurrentAppend { .. } => tracing::warn!(?event),
+            _ => tracing::info!(?event),
+        }
+    }
+}
+
+/// Collects events in memory (tests).
+#[derive(Debug, Default)]
+pub struct Collect(pub std::sync::Mutex<Vec<Event>>);
+
+impl Observer for Collect {
+    fn event(&self, event: &Event) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(event.clone());
+        }
+    }
+}

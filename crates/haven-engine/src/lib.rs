@@ -1,0 +1,50 @@
+//! Haven's engine: everything between the CLI and the bytes.
+//!
+//! - [`config`]: `haven.toml`.
+//! - [`repo`]: a repository (descriptor + hash-chained log of segments) and its catalog.
+//! - [`backup`]: continuous and snapshot backup of Kafka topics.
+//! - [`read`]: selecting and decoding records from a repository (cat; restore builds on it).
+//! - [`verify`]: integrity checks of a whole repository.
+//! - [`events`]: typed events every job emits.
+//!
+//! Restore, mirroring and failover will live beside `backup` as `restore`, `mirror` and
+//! `failover`; offset translation for all of them in one `offsets` module.
+
+pub mod backup;
+pub mod config;
+mod error;
+pub mod events;
+pub mod read;
+pub mod repo;
+pub mod time;
+pub mod verify;
+
+pub use error::{Error, Result};
+
+/// Runs a blocking call (rdkafka metadata, watermarks, ...) off the async runtime.
+pub async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Loads a master key: from a file holding 64 hex digits, or from `HAVEN_KEY`.
+pub fn load_key(key_file: Option<&std::path::Path>) -> Result<Option<haven_format::MasterKey>> {
+    if let Some(path) = key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Key(format!("cannot read key file {}: {e}", path.display())))?;
+        return haven_format::MasterKey::from_hex(&text)
+            .map(Some)
+            .map_err(|e| Error::Key(format!("key file {}: {e}", path.display())));
+    }
+    match std::env::var("HAVEN_KEY") {
+        Ok(v) if !v.trim().is_empty() => haven_format::MasterKey::from_hex(&v)
+            .map(Some)
+            .map_err(|e| Error::Key(format!("HAVEN_KEY: {e}"))),
+        _ => Ok(None),
+    }
+}

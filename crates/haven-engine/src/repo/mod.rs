@@ -1,0 +1,238 @@
+//! A Haven repository on object storage (FORMAT.md): a descriptor and an append-only,
+//! hash-chained log of segments.
+
+mod state;
+
+use bytes::Bytes;
+use haven_format::{index_of, Digest, MasterKey, SegmentBuilder, SegmentIndex, SegmentTrailer, TRAILER_LEN};
+use haven_storage::{CreateOnly, ObjectInfo, StorageError, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+pub use state::{ChunkRef, PartitionKey, PartitionState, RepoState, TopicState};
+
+pub const DESCRIPTOR_KEY: &str = "haven-repo.json";
+pub const LOG_PREFIX: &str = "log/";
+
+/// The segment key of log position `seq`.
+pub fn segment_key(seq: u64) -> String {
+    format!("{LOG_PREFIX}{seq:020}.seg")
+}
+
+/// Parses a segment key back to its position.
+pub fn segment_seq(key: &str) -> Option<u64> {
+    key.strip_prefix(LOG_PREFIX)?.strip_suffix(".seg")?.parse().ok()
+}
+
+/// `haven-repo.json`: written once when the repository is created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Descriptor {
+    pub format: String,
+    pub version: u16,
+    pub id: String,
+    pub created_at: String,
+    /// Id of the master key new segments are encrypted with; None = not encrypted.
+    pub key_id: Option<String>,
+}
+
+/// An open repository.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    store: Store,
+    key: Option<MasterKey>,
+    pub descriptor: Descriptor,
+}
+
+impl Repository {
+    /// Opens an existing repository.
+    pub async fn open(store: Store, key: Option<MasterKey>) -> Result<Repository> {
+        let raw = match store.get(DESCRIPTOR_KEY).await {
+            Ok(b) => b,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(Error::NotARepository {
+                    url: store.url().to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let descriptor: Descriptor = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Input(format!("{DESCRIPTOR_KEY} in {} is damaged: {e}", store.url())))?;
+        if descriptor.format != "haven-repository" || descriptor.version > haven_format::FORMAT_VERSION {
+            return Err(Error::Input(format!(
+                "{DESCRIPTOR_KEY}: format {:?} version {} is not one this Haven reads (upgrade Haven)",
+                descriptor.format, descriptor.version
+            )));
+        }
+        match (&descriptor.key_id, &key) {
+            (Some(id), None) => {
+                return Err(Error::Key(format!(
+                    "the repository {} is encrypted (key {id}): give its key with --key-file FILE or HAVEN_KEY",
+                    store.url()
+                )))
+            }
+            (Some(id), Some(k)) if k.id().0 != *id => {
+                return Err(Error::Key(format!(
+                    "wrong key for {}: the repository uses key {id}, the key given is {}",
+                    store.url(),
+                    k.id()
+                )))
+            }
+            _ => {}
+        }
+        Ok(Repository { store, key, descriptor })
+    }
+
+    /// Opens the repository, creating it first if it does not exist (encrypted when a key
+    /// is given).
+    pub async fn open_or_create(store: Store, key: Option<MasterKey>) -> Result<Repository> {
+        if store.exists(DESCRIPTOR_KEY).await? {
+            return Self::open(store, key).await;
+        }
+        let descriptor = Descriptor {
+            format: "haven-repository".into(),
+            version: haven_format::FORMAT_VERSION,
+            id: format!("{:032x}", rand::random::<u128>()),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            key_id: key.as_ref().map(|k| k.id().0),
+        };
+        let body = serde_json::to_vec_pretty(&descriptor).map_err(|e| Error::Task(e.to_string()))?;
+        match store.put_new(DESCRIPTOR_KEY, Bytes::from(body)).await {
+            Ok(()) | Err(StorageError::AlreadyExists { .. }) => Self::open(store, key).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn key(&self) -> Option<&MasterKey> {
+        self.key.as_ref()
+    }
+
+    /// Measures what the store guarantees about create-only writes.
+    pub async fn probe(&self) -> Result<CreateOnly> {
+        Ok(self.store.probe_create_only().await?)
+    }
+
+    /// The segments of the log, in order.
+    pub async fn segments(&self) -> Result<Vec<ObjectInfo>> {
+        let mut v: Vec<ObjectInfo> = self
+            .store
+            .list(LOG_PREFIX)
+            .await?
+            .into_iter()
+            .filter(|o| segment_seq(&o.key).is_some())
+            .collect();
+        v.sort_by_key(|o| segment_seq(&o.key));
+        Ok(v)
+    }
+
+    /// Reads a segment's trailer and index with two ranged reads.
+    pub async fn read_index(&self, obj: &ObjectInfo) -> Result<(SegmentIndex, Digest)> {
+        if obj.size < (haven_format::HEADER_LEN + TRAILER_LEN) as u64 {
+            return Err(Error::format(
+                &obj.key,
+                haven_format::FormatError::Truncated {
+                    what: "segment",
+                    needed: haven_format::HEADER_LEN + TRAILER_LEN - obj.size as usize,
+                },
+            ));
+        }
+        let t = self
+            .store
+            .get_range(&obj.key, obj.size - TRAILER_LEN as u64..obj.size)
+            .await?;
+        let trailer = SegmentTrailer::decode(&t).map_err(|e| Error::format(&obj.key, e))?;
+        let range = trailer.index_range(obj.size).map_err(|e| Error::format(&obj.key, e))?;
+        let ix = self.store.get_range(&obj.key, range).await?;
+        let index = SegmentIndex::decode(&ix, &trailer).map_err(|e| Error::format(&obj.key, e))?;
+        if segment_seq(&obj.key) != Some(index.seq) {
+            return Err(Error::format(
+                &obj.key,
+                haven_format::FormatError::invalid_public("segment", format!("holds sequence {} under another name", index.seq)),
+            ));
+        }
+        Ok((index, trailer.digest))
+    }
+
+    /// Builds the catalog of the whole log.
+    pub async fn load_state(&self) -> Result<RepoState> {
+        let mut st = RepoState::default();
+        for obj in self.segments().await? {
+            let (ix, digest) = self.read_index(&obj).await?;
+            st.apply(&obj.key, &ix, digest);
+        }
+        Ok(st)
+    }
+
+    /// Brings a catalog up to date with segments appended after its head.
+    pub async fn refresh_state(&self, st: &mut RepoState) -> Result<()> {
+        let after = st.head.map_or(0, |(s, _)| s);
+        for obj in self.segments().await? {
+            if segment_seq(&obj.key).is_some_and(|s| s > after) {
+                let (ix, digest) = self.read_index(&obj).await?;
+                st.apply(&obj.key, &ix, digest);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the next segment of the log after `head`.
+    pub fn new_segment(&self, head: Option<(u64, Digest)>, writer: &str) -> SegmentBuilder {
+        let seq = head.map_or(1, |(s, _)| s + 1);
+        SegmentBuilder::new(
+            seq,
+            chrono::Utc::now().timestamp_millis(),
+            writer,
+            head.map(|(_, d)| d),
+            self.key.as_ref(),
+        )
+    }
+
+    /// Writes a finished segment with a create-only put. Fails with [`Error::Concurrent`] if
+    /// another writer took that position first.
+    pub async fn append(&self, bytes: Vec<u8>, index: &SegmentIndex) -> Result<String> {
+        let key = segment_key(index.seq);
+        match self.store.put_new(&key, Bytes::from(bytes)).await {
+            Ok(()) => Ok(key),
+            Err(StorageError::AlreadyExists { .. }) => Err(Error::Concurrent {
+                seq: index.seq,
+                detail: "reloading the log and retrying".into(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads and decodes one chunk (one ranged read).
+    pub async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<haven_format::Record>> {
+        let m = &chunk.meta;
+        let bytes = self
+            .store
+            .get_range(&chunk.key, m.byte_offset..m.byte_offset + m.byte_len)
+            .await?;
+        let dk = match &chunk.wrapped_key {
+            None => None,
+            Some(w) => {
+                let k = self.key.as_ref().ok_or_else(|| {
+                    Error::Key(format!("{} is encrypted: give the repository key", chunk.key))
+                })?;
+                Some(k.unwrap_key(w).map_err(|e| Error::format(&chunk.key, e))?)
+            }
+        };
+        chunk.decode(&bytes, dk.as_ref()).map_err(|e| Error::format(&chunk.key, e))
+    }
+
+    /// Reads a whole segment into memory and checks it (digest, index, chunk CRCs).
+    pub async fn read_segment(&self, key: &str) -> Result<(Vec<u8>, SegmentIndex, Digest)> {
+        let bytes = self.store.get(key).await?.to_vec();
+        let (ix, d) = haven_format::verify_object(&bytes).map_err(|e| Error::format(key, e))?;
+        Ok((bytes, ix, d))
+    }
+
+    /// The index of a segment held in memory.
+    pub fn index_in_memory(key: &str, bytes: &[u8]) -> Result<SegmentIndex> {
+        index_of(bytes).map_err(|e| Error::format(key, e))
+    }
+}

@@ -1,0 +1,147 @@
+//! The catalog: what the log holds, built by reading every segment's index in order.
+
+use std::collections::BTreeMap;
+
+use haven_format::{ChunkMeta, Digest, FormatError, GroupCommit, Loss, Record, SegmentIndex, TopicMeta, WrappedKey};
+
+/// (topic, generation, partition)
+pub type PartitionKey = (String, u32, i32);
+
+/// Where one chunk lives, with what is needed to decode it.
+#[derive(Debug, Clone)]
+pub struct ChunkRef {
+    pub key: String,
+    pub seq: u64,
+    pub meta: ChunkMeta,
+    pub wrapped_key: Option<WrappedKey>,
+}
+
+impl ChunkRef {
+    pub fn decode(&self, stored: &[u8], data_key: Option<&[u8; 32]>) -> Result<Vec<Record>, FormatError> {
+        haven_format::read_stored_chunk(self.seq, self.wrapped_key.is_some(), &self.meta, stored, data_key)
+    }
+}
+
+/// Everything the log says about one partition.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionState {
+    /// Start of the first covered range.
+    pub first_offset: i64,
+    /// End of the last covered range: the next offset a backup must read.
+    pub next_offset: i64,
+    pub records: u64,
+    pub stored_bytes: u64,
+    pub min_timestamp: Option<i64>,
+    pub max_timestamp: Option<i64>,
+    pub losses: Vec<Loss>,
+    /// Places where a segment's range does not start where the previous one ended:
+    /// (segment key, expected start, actual start).
+    pub discontinuities: Vec<(String, i64, i64)>,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl PartitionState {
+    /// Offsets in the covered ranges that hold no record and are not losses: legitimate
+    /// gaps left by compaction, transaction markers or aborted records.
+    pub fn gaps(&self) -> u64 {
+        let covered = (self.next_offset - self.first_offset).max(0) as u64;
+        let lost: u64 = self.losses.iter().map(|l| (l.to - l.from).max(0) as u64).sum();
+        covered.saturating_sub(self.records).saturating_sub(lost)
+    }
+}
+
+/// The latest known state of a topic.
+#[derive(Debug, Clone, Default)]
+pub struct TopicState {
+    pub generation: u32,
+    pub meta: Option<TopicMeta>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RepoState {
+    /// Last segment of the log: (sequence, digest).
+    pub head: Option<(u64, Digest)>,
+    pub segments: u64,
+    pub partitions: BTreeMap<PartitionKey, PartitionState>,
+    pub topics: BTreeMap<String, TopicState>,
+    /// Latest committed offset per (group, topic, partition).
+    pub group_offsets: BTreeMap<(String, String, i32), i64>,
+    /// Every observed commit change, in log order.
+    pub group_commits: Vec<GroupCommit>,
+    /// Instants of full group samples, in log order.
+    pub group_samples: Vec<i64>,
+    /// Problems of the hash chain: (segment key, what is wrong).
+    pub chain_breaks: Vec<(String, String)>,
+}
+
+impl RepoState {
+    pub fn apply(&mut self, key: &str, ix: &SegmentIndex, digest: Digest) {
+        match self.head {
+            Some((seq, d)) => {
+                if ix.seq != seq + 1 {
+                    self.chain_breaks
+                        .push((key.into(), format!("follows segment {seq}: segments {}..{} are missing", seq + 1, ix.seq)));
+                } else if ix.prev_digest != Some(d) {
+                    self.chain_breaks.push((
+                        key.into(),
+                        format!("names a predecessor digest that is not segment {seq}'s: a segment was replaced"),
+                    ));
+                }
+            }
+            None => {
+                if ix.seq != 1 || ix.prev_digest.is_some() {
+                    self.chain_breaks
+                        .push((key.into(), format!("the log starts at segment {} instead of 1", ix.seq)));
+                }
+            }
+        }
+        self.head = Some((ix.seq, digest));
+        self.segments += 1;
+        for p in &ix.partitions {
+            let k = (p.topic.clone(), p.generation, p.partition);
+            let st = self.partitions.entry(k).or_insert_with(|| PartitionState {
+                first_offset: p.start_offset,
+                next_offset: p.start_offset,
+                ..Default::default()
+            });
+            if st.next_offset != p.start_offset {
+                st.discontinuities.push((key.into(), st.next_offset, p.start_offset));
+            }
+            st.next_offset = p.end_offset;
+            for c in &p.chunks {
+                st.records += c.record_count;
+                st.stored_bytes += c.byte_len;
+                st.min_timestamp = Some(st.min_timestamp.map_or(c.min_timestamp, |m| m.min(c.min_timestamp)));
+                st.max_timestamp = Some(st.max_timestamp.map_or(c.max_timestamp, |m| m.max(c.max_timestamp)));
+                st.chunks.push(ChunkRef {
+                    key: key.into(),
+                    seq: ix.seq,
+                    meta: c.clone(),
+                    wrapped_key: ix.wrapped_key.clone(),
+                });
+            }
+            st.losses.extend(p.losses.iter().cloned());
+            let t = self.topics.entry(p.topic.clone()).or_default();
+            t.generation = t.generation.max(p.generation);
+        }
+        for t in &ix.topics {
+            let ts = self.topics.entry(t.topic.clone()).or_default();
+            ts.generation = ts.generation.max(t.generation);
+            ts.meta = Some(t.clone());
+        }
+        for g in &ix.group_commits {
+            self.group_offsets
+                .insert((g.group.clone(), g.topic.clone(), g.partition), g.offset);
+            self.group_commits.push(g.clone());
+        }
+        self.group_samples.extend(ix.group_samples.iter().copied());
+    }
+
+    /// The state of the latest generation of `topic`'s `partition`.
+    pub fn latest(&self, topic: &str, partition: i32) -> Option<(u32, &PartitionState)> {
+        let generation = self.topics.get(topic)?.generation;
+        self.partitions
+            .get(&(topic.to_string(), generation, partition))
+            .map(|s| (generation, s))
+    }
+}

@@ -1,0 +1,55 @@
+//! Instants given by users: RFC 3339 (`2026-11-22T14:00:00Z`), milliseconds since the
+//! epoch, or relative to now (`-15m`, `-2h`, `-1d`, `-30s`).
+
+use crate::{Error, Result};
+
+pub fn parse_instant(text: &str, now_ms: i64) -> Result<i64> {
+    let t = text.trim();
+    if let Some(rel) = t.strip_prefix('-') {
+        let (num, unit) = rel.split_at(rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len()));
+        let n: i64 = num
+            .parse()
+            .map_err(|_| Error::Input(format!("{text:?}: expected a relative time like -15m")))?;
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(Error::Input(format!("{text:?}: unit must be ms, s, m, h or d"))),
+        };
+        return Ok(now_ms - n * ms);
+    }
+    if let Ok(ms) = t.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|d| d.timestamp_millis())
+        .map_err(|e| {
+            Error::Input(format!(
+                "{text:?} is not a time: use RFC 3339 (2026-11-22T14:00:00Z), epoch milliseconds, or -15m ({e})"
+            ))
+        })
+}
+
+/// Formats epoch milliseconds as RFC 3339 UTC.
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        assert_eq!(parse_instant("-15m", 1_000_000).unwrap(), 100_000);
+        assert_eq!(parse_instant("1234", 0).unwrap(), 1234);
+        assert_eq!(parse_instant("1970-01-01T00:00:01Z", 0).unwrap(), 1000);
+        assert!(parse_instant("yesterday", 0).is_err());
+        assert!(parse_instant("-5y", 0).is_err());
+        assert_eq!(format_ms(1000), "1970-01-01T00:00:01.000Z");
+    }
+}

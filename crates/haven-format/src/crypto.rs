@@ -1,0 +1,214 @@
+//! Encryption at rest (FORMAT.md, "Encryption"): AES-256-GCM everywhere.
+//!
+//! A random 256-bit data key per segment encrypts that segment's chunks; the data key is
+//! stored in the segment's index wrapped (encrypted) by the repository's master key, next to
+//! the master key's id, so master keys can be rotated without rewriting data.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rand::RngCore;
+use sha2::{Digest as _, Sha256};
+
+use crate::FormatError;
+
+/// The id of a master key: the first 8 bytes of SHA-256("haven-key-id\0" || key), in hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyId(pub String);
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A repository master key (32 bytes).
+#[derive(Clone)]
+pub struct MasterKey {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MasterKey({})", self.id())
+    }
+}
+
+/// A data key encrypted under a master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub key_id: KeyId,
+    pub nonce: [u8; 12],
+    /// 32 bytes of key + 16 bytes of GCM tag.
+    pub ciphertext: Vec<u8>,
+}
+
+impl MasterKey {
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        MasterKey { key }
+    }
+
+    /// Parses 64 hex digits (surrounding whitespace ignored).
+    pub fn from_hex(text: &str) -> Result<Self, FormatError> {
+        let bytes = hex::decode(text.trim())
+            .map_err(|e| FormatError::invalid("key", format!("not hex: {e}")))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            FormatError::invalid(
+                "key",
+                format!("a key is 32 bytes (64 hex digits), this one is {} bytes", b.len()),
+            )
+        })?;
+        Ok(MasterKey { key })
+    }
+
+    pub fn generate() -> Self {
+        let mut key = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut key);
+        MasterKey { key }
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.key)
+    }
+
+    pub fn id(&self) -> KeyId {
+        let mut h = Sha256::new();
+        h.update(b"haven-key-id\0");
+        h.update(self.key);
+        KeyId(hex::encode(&h.finalize()[..8]))
+    }
+
+    pub fn wrap(&self, data_key: &[u8; 32]) -> WrappedKey {
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let cipher = Aes256Gcm::new((&self.key).into());
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: data_key,
+                    aad: b"haven-data-key",
+                },
+            )
+            .expect("AES-GCM encryption of 32 bytes cannot fail");
+        WrappedKey {
+            key_id: self.id(),
+            nonce,
+            ciphertext,
+        }
+    }
+
+    pub fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<[u8; 32], FormatError> {
+        if wrapped.key_id != self.id() {
+            return Err(FormatError::WrongKey {
+                expected: wrapped.key_id.0.clone(),
+                given: self.id().0,
+            });
+        }
+        let cipher = Aes256Gcm::new((&self.key).into());
+        let plain = cipher
+            .decrypt(
+                Nonce::from_slice(&wrapped.nonce),
+                Payload {
+                    msg: &wrapped.ciphertext,
+                    aad: b"haven-data-key",
+                },
+            )
+            .map_err(|_| FormatError::Tampered {
+                what: "wrapped data key".into(),
+            })?;
+        plain
+            .try_into()
+            .map_err(|_| FormatError::invalid("wrapped data key", "not 32 bytes"))
+    }
+}
+
+pub(crate) fn random_data_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut k);
+    k
+}
+
+fn chunk_nonce(ordinal: u32) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[8..].copy_from_slice(&ordinal.to_be_bytes());
+    n
+}
+
+fn chunk_aad(seq: u64, ordinal: u32) -> [u8; 20] {
+    let mut aad = [0u8; 20];
+    aad[..8].copy_from_slice(b"HAVENCHK");
+    aad[8..16].copy_from_slice(&seq.to_be_bytes());
+    aad[16..].copy_from_slice(&ordinal.to_be_bytes());
+    aad
+}
+
+/// Encrypts one chunk. The nonce is the chunk's ordinal in its segment (data keys are never
+/// reused across segments); the segment sequence and ordinal are authenticated, so a chunk
+/// moved to another place does not decrypt.
+pub(crate) fn seal_chunk(data_key: &[u8; 32], seq: u64, ordinal: u32, plain: &[u8]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new(data_key.into());
+    cipher
+        .encrypt(
+            Nonce::from_slice(&chunk_nonce(ordinal)),
+            Payload {
+                msg: plain,
+                aad: &chunk_aad(seq, ordinal),
+            },
+        )
+        .expect("AES-GCM encryption cannot fail for chunk-sized input")
+}
+
+pub(crate) fn open_chunk(
+    data_key: &[u8; 32],
+    seq: u64,
+    ordinal: u32,
+    sealed: &[u8],
+) -> Result<Vec<u8>, FormatError> {
+    let cipher = Aes256Gcm::new(data_key.into());
+    cipher
+        .decrypt(
+            Nonce::from_slice(&chunk_nonce(ordinal)),
+            Payload {
+                msg: sealed,
+                aad: &chunk_aad(seq, ordinal),
+            },
+        )
+        .map_err(|_| FormatError::Tampered {
+            what: format!("chunk {ordinal} of segment {seq}"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_unwrap_and_wrong_key() {
+        let k = MasterKey::generate();
+        let dk = random_data_key();
+        let w = k.wrap(&dk);
+        assert_eq!(k.unwrap_key(&w).unwrap(), dk);
+        let other = MasterKey::generate();
+        assert!(matches!(other.unwrap_key(&w), Err(FormatError::WrongKey { .. })));
+        let mut bad = w.clone();
+        bad.ciphertext[3] ^= 1;
+        assert!(matches!(k.unwrap_key(&bad), Err(FormatError::Tampered { .. })));
+    }
+
+    #[test]
+    fn sealed_chunk_is_bound_to_its_place() {
+        let dk = random_data_key();
+        let s = seal_chunk(&dk, 7, 2, b"hello");
+        assert_eq!(open_chunk(&dk, 7, 2, &s).unwrap(), b"hello");
+        assert!(open_chunk(&dk, 7, 3, &s).is_err());
+        assert!(open_chunk(&dk, 8, 2, &s).is_err());
+    }
+
+    #[test]
+    fn hex_keys() {
+        let k = MasterKey::generate();
+        assert_eq!(MasterKey::from_hex(&k.to_hex()).unwrap().id(), k.id());
+        assert!(MasterKey::from_hex("abcd").is_err());
+        assert!(MasterKey::from_hex("zz").is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! The bytes of a Haven backup repository.
+//!
+//! This crate owns the on-storage format described in `FORMAT.md` and nothing
+//! else: it never touches the network or a file system. Everything that reads
+//! bytes from storage hands them to a decoder in this crate, and every decoder
+//! returns a typed [`FormatError`] on any input, never panics (see the fuzz
+//! targets in `fuzz/`).
+
+mod chunk;
+mod crypto;
+mod error;
+mod record;
+mod segment;
+mod wire;
+
+pub use chunk::{decode_chunk, encode_chunk};
+pub use crypto::{KeyId, MasterKey, WrappedKey};
+pub use error::FormatError;
+pub use record::{Header, Record, TimestampType};
+pub use segment::{
+    decode_header, index_of, read_stored_chunk, verify_object,
+    ChunkMeta, GroupCommit, Loss, PartitionEntry, SegmentBuilder, SegmentIndex, SegmentTrailer,
+    TopicMeta, HEADER_LEN, SEGMENT_MAGIC, TRAILER_LEN,
+};
+
+/// Version of the segment format this crate writes. Readers refuse newer versions.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// SHA-256 digest of an object's content, as used by the hash chain.
+pub type Digest = [u8; 32];

@@ -1,0 +1,276 @@
+//! Haven's Kafka adapter: the only crate that talks to `rdkafka`.
+//!
+//! It configures clients for Haven's jobs and converts between rdkafka's types and
+//! [`haven_format::Record`]. Every function here that blocks on the network is synchronous
+//! on purpose and documented as blocking: async callers run them with
+//! `tokio::task::spawn_blocking` (see `haven_engine::kafka_blocking`).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use thiserror::Error;
+
+pub use rdkafka;
+
+use haven_format::{Header, Record, TimestampType};
+
+#[derive(Debug, Error)]
+pub enum KafkaError {
+    #[error("cannot reach the Kafka cluster at {brokers}: {source}")]
+    Unreachable {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("Kafka {op} failed: {source}")]
+    Op {
+        op: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+}
+
+pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
+
+fn op(op: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> KafkaError {
+    move |source| KafkaError::Op { op, source }
+}
+
+/// Settings shared by every client Haven creates.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub brokers: String,
+    /// How long the broker may hold a fetch waiting for data. Low values cut latency and,
+    /// on brokers that always hold fetches for this long (tansu), raise throughput.
+    pub fetch_wait_ms: u32,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.*`, ...).
+    pub properties: Vec<(String, String)>,
+}
+
+impl ClusterConfig {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        ClusterConfig {
+            brokers: brokers.into(),
+            fetch_wait_ms: 10,
+            properties: Vec::new(),
+        }
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "haven")
+            .set("log_level", "3")
+            .set("broker.address.family", "v4");
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A consumer for backup and mirroring: manual offsets, committed data only, EOF events,
+    /// and no silent reset when an offset is gone (it is reported as a loss instead).
+    pub fn reader(&self, group_id: &str) -> Result<StreamConsumer> {
+        self.base()
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
+            .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.message.max.bytes", "1048576")
+            .create()
+            .map_err(op("create consumer"))
+    }
+
+    /// A consumer used only for metadata, watermarks and reading committed offsets of
+    /// `group_id` (it never joins the group).
+    pub fn inspector(&self, group_id: &str) -> Result<BaseConsumer> {
+        self.base()
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(op("create consumer"))
+    }
+
+    /// An idempotent producer (no duplicates from retries, per-partition order kept).
+    pub fn producer(&self) -> Result<FutureProducer> {
+        self.base()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "none")
+            .create()
+            .map_err(op("create producer"))
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>> {
+        self.base().create().map_err(op("create admin client"))
+    }
+}
+
+/// A topic as the cluster describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: i32,
+}
+
+/// Lists topics (blocking). Internal topics (`__*`) are left out.
+pub fn list_topics(consumer: &BaseConsumer, brokers: &str, timeout: Duration) -> Result<Vec<TopicInfo>> {
+    let md = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|source| KafkaError::Unreachable {
+            brokers: brokers.to_string(),
+            source,
+        })?;
+    let mut out: Vec<TopicInfo> = md
+        .topics()
+        .iter()
+        .filter(|t| !t.name().starts_with("__") && t.error().is_none())
+        .map(|t| TopicInfo {
+            name: t.name().to_string(),
+            partitions: t.partitions().len() as i32,
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Low and high watermarks of a partition (blocking).
+pub fn watermarks(consumer: &BaseConsumer, topic: &str, partition: i32, timeout: Duration) -> Result<(i64, i64)> {
+    consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(op("fetch watermarks"))
+}
+
+/// Committed offsets of the inspector's group for the given partitions (blocking).
+/// Partitions without a commit are left out.
+pub fn committed(
+    consumer: &BaseConsumer,
+    partitions: &[(String, i32)],
+    timeout: Duration,
+) -> Result<Vec<(String, i32, i64)>> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in partitions {
+        tpl.add_partition(t, *p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, timeout)
+        .map_err(op("fetch committed offsets"))?;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.topic().to_string(), e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Names of the consumer groups the cluster knows (blocking).
+pub fn list_groups(consumer: &BaseConsumer, timeout: Duration) -> Result<Vec<String>> {
+    let gl = consumer
+        .fetch_group_list(None, timeout)
+        .map_err(op("list consumer groups"))?;
+    let mut names: Vec<String> = gl.groups().iter().map(|g| g.name().to_string()).collect();
+    names.sort();
+    Ok(names)
+}
+
+/// A topic's configuration entries (async, through the admin API).
+pub async fn describe_topic_configs(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<Vec<(String, Option<String>)>> {
+    let res = admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(topic)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(op("describe configs"))?;
+    let mut out = Vec::new();
+    for r in res {
+        let r = r.map_err(|e| KafkaError::Topic {
+            topic: topic.to_string(),
+            reason: format!("describe configs: {e}"),
+        })?;
+        for e in r.entries {
+            out.push((e.name, e.value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Creates a topic (async). An existing topic is not an error.
+pub async fn create_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: i32,
+    configs: &[(String, String)],
+) -> Result<()> {
+    let mut nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        nt = nt.set(k, v);
+    }
+    let res = admin
+        .create_topics(
+            &[nt],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(op("create topic"))?;
+    for r in res {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(KafkaError::Topic {
+                    topic: t,
+                    reason: format!("create: {code}"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Converts a consumed message into a Haven record, keeping null distinct from empty.
+pub fn to_record(m: &BorrowedMessage<'_>) -> Record {
+    let (timestamp_type, timestamp) = match m.timestamp() {
+        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
+        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
+        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
+    };
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header {
+                    name: h.key.to_string(),
+                    value: h.value.map(<[u8]>::to_vec),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        offset: m.offset(),
+        timestamp,
+        timestamp_type,
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}

@@ -1,0 +1,20 @@
+//! Real servers for Haven's tests (and the local lab behind `haven demo`).
+//!
+//! One call starts a server on a free loopback port in a temporary directory and waits
+//! until it answers: [`Broker::start`] (tansu), [`Postgres::start`] (initdb + pg_ctl),
+//! [`S3Server::start`] (Garage). Dropping the handle stops the server and removes its
+//! directory, also when a test panics; if the test is panicking, the server's log is printed.
+//! A missing server binary is an error that names the command installing it.
+
+mod broker;
+mod postgres;
+mod process;
+mod s3;
+
+pub use broker::{Broker, Consumed, Rec};
+pub use postgres::Postgres;
+pub use process::{find_tool, free_port};
+pub use s3::S3Server;
+
+/// The command that installs everything the test bed needs.
+pub const SETUP_HINT: &str = "run `bash scripts/setup.sh` from the repository root";

@@ -1,0 +1,153 @@
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::process::{free_port, is_root, tail};
+
+const PG_INSTALL: &str = "apt-get install -y postgresql";
+
+/// A throwaway Postgres cluster (initdb + pg_ctl) on a free loopback port, trust auth,
+/// superuser `postgres`, fsync off. Stopped and deleted on drop.
+pub struct Postgres {
+    dir: TempDir,
+    port: u16,
+    bin: PathBuf,
+    as_postgres_user: bool,
+}
+
+fn pg_bin_dir() -> Result<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if p.join("initdb").is_file() {
+            return Ok(p);
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    if let Some(p) = versions.into_iter().rev().find(|p| p.join("initdb").is_file()) {
+        return Ok(p);
+    }
+    bail!(
+        "Postgres server binaries (initdb, pg_ctl) not found: install them with `{PG_INSTALL}` (or {})",
+        crate::SETUP_HINT
+    )
+}
+
+impl Postgres {
+    pub fn start() -> Result<Postgres> {
+        let bin = pg_bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("haven-pg-").tempdir()?;
+        let as_postgres_user = is_root();
+        if as_postgres_user {
+            // initdb refuses to run as root: the cluster belongs to the `postgres` user.
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()?;
+            if !st.success() {
+                bail!("chown of {} to postgres failed (is the postgres user missing? {PG_INSTALL})", dir.path().display());
+            }
+        }
+        let port = free_port()?;
+        let pg = Postgres {
+            dir,
+            port,
+            bin,
+            as_postgres_user,
+        };
+        let data = pg.data_dir();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        )?;
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            pg.dir.path().display()
+        );
+        let log = pg.log_path();
+        pg.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start"])
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(std::path::Path::new(&log))))?;
+        Ok(pg)
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn log_path(&self) -> String {
+        self.dir.path().join("postgres.log").display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> Result<()> {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres_user {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{tool} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A libpq / tokio-postgres connection string for database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Connects to database `postgres` and drives the connection on the current runtime.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Stops the cluster at once.
+    pub fn stop(&self) -> Result<()> {
+        self.run("pg_ctl", &["-D", &self.data_dir(), "-m", "immediate", "-w", "stop"])
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", tail(std::path::Path::new(&self.log_path())));
+        }
+        let _ = self.stop();
+    }
+}

@@ -1,0 +1,174 @@
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::process::{find_tool, free_port, kill, tail, wait_for_port};
+
+const GARAGE_INSTALL: &str =
+    "cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite";
+
+/// A single-node Garage S3 server (sqlite metadata) on free loopback ports, with one access
+/// key allowed on every bucket made through [`S3Server::create_bucket`].
+pub struct S3Server {
+    child: Option<Child>,
+    dir: TempDir,
+    exe: PathBuf,
+    port: u16,
+    pub key_id: String,
+    pub secret: String,
+}
+
+impl S3Server {
+    pub fn start() -> Result<S3Server> {
+        let exe = find_tool("garage", GARAGE_INSTALL, &[])?;
+        let dir = tempfile::Builder::new().prefix("haven-garage-").tempdir()?;
+        let port = free_port()?;
+        let rpc = free_port()?;
+        let admin = free_port()?;
+        let secret = hex32();
+        let config = format!(
+            r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "sqlite"
+metadata_fsync = false
+data_fsync = false
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{port}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+admin_token = "{token}"
+"#,
+            d = dir.path().display(),
+            token = hex32(),
+        );
+        std::fs::write(dir.path().join("garage.toml"), config)?;
+        let log = dir.path().join("garage.log");
+        let logf = std::fs::File::create(&log)?;
+        let mut child = Command::new(&exe)
+            .arg("-c")
+            .arg(dir.path().join("garage.toml"))
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        wait_for_port(rpc, &mut child, &log, Duration::from_secs(30))?;
+        let mut s = S3Server {
+            child: Some(child),
+            dir,
+            exe,
+            port,
+            key_id: format!("GK{}", &hex32()[..24]),
+            secret: hex32(),
+        };
+        s.setup().map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&log)))?;
+        Ok(s)
+    }
+
+    fn garage(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.exe)
+            .arg("-c")
+            .arg(self.dir.path().join("garage.toml"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "garage {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    fn setup(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let node = loop {
+            match self.garage(&["node", "id", "-q"]) {
+                Ok(id) => break id,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        let node_id: String = node.trim().chars().take(64).collect();
+        self.garage(&["layout", "assign", &node_id, "-c", "1G", "-z", "dc1"])?;
+        self.garage(&["layout", "apply", "--version", "1"])?;
+        let (k, s) = (self.key_id.clone(), self.secret.clone());
+        self.garage(&["key", "import", &k, &s, "-n", "haven-test", "--yes"])?;
+        if let Some(child) = self.child.as_mut() {
+            wait_for_port(self.port, child, &self.dir.path().join("garage.log"), Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    /// Creates a bucket the test key may read, write and own.
+    pub fn create_bucket(&self, name: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.garage(&["bucket", "create", name]) {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        self.garage(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", &self.key_id])?;
+        Ok(())
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `object_store` options that point an `s3://` URL at this server.
+    pub fn options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("aws_endpoint", self.endpoint()),
+            ("aws_access_key_id", self.key_id.clone()),
+            ("aws_secret_access_key", self.secret.clone()),
+            ("aws_region", "garage".to_string()),
+            ("aws_allow_http", "true".to_string()),
+        ]
+    }
+
+    /// The same settings as environment variables, for running `haven` as a process.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", self.key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret.clone()),
+            ("AWS_REGION", "garage".to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", tail(&self.dir.path().join("garage.log")));
+        }
+    }
+}
+
+fn hex32() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
