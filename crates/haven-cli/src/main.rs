@@ -1,1 +1,145 @@
-fn main() {}
+//! The `haven` command. One file per command under `commands/`; this file parses the
+//! command line, sets up logging and maps errors to exit codes:
+//! 0 success, 1 operational failure, 2 bad usage or bad configuration.
+
+mod commands;
+mod observer;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Haven: disaster recovery for Kafka-based architectures.
+///
+/// Haven backs up Kafka topics (records, topic configs and a timeline of consumer-group
+/// commits) into an immutable, verifiable repository on object storage, and restores any
+/// part of it to any cluster.
+///
+/// Start with `haven demo`, which runs everything on a local broker. Named clusters and
+/// repositories can live in a haven.toml (see `haven config check --help`).
+#[derive(Debug, Parser)]
+#[command(name = "haven", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    /// Config file [default: $HAVEN_CONFIG, else ./haven.toml if present].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run Haven end to end on a local broker: produce sample events, back them up, show them.
+    Demo(commands::demo::Args),
+    /// Back up Kafka topics into a repository (continuous, or a snapshot with --once).
+    Backup(commands::backup::Args),
+    /// List what a repository holds: topics, partitions, offsets, times, gaps, losses.
+    Ls(commands::ls::Args),
+    /// Check a repository's integrity: checksums, hash chain, offset continuity.
+    Verify(commands::verify::Args),
+    /// Print backed-up records as NDJSON.
+    Cat(commands::cat::Args),
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(commands::config::Command),
+}
+
+/// Global settings every command sees.
+pub struct Ctx {
+    pub json: bool,
+    pub config_path: Option<PathBuf>,
+}
+
+fn init_logging(cli: &Cli) {
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},librdkafka=off,rdkafka=off")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<haven_engine::config::ConfigError>().is_some() {
+            return 2;
+        }
+        if let Some(engine) = cause.downcast_ref::<haven_engine::Error>() {
+            if engine.is_usage() {
+                return 2;
+            }
+        }
+        if cause.downcast_ref::<commands::UsageError>().is_some() {
+            return 2;
+        }
+    }
+    1
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let ctx = Ctx {
+        json: cli.json,
+        config_path: cli.config.clone(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(a) => commands::demo::run(&ctx, a).await,
+            Command::Backup(a) => commands::backup::run(&ctx, a).await,
+            Command::Ls(a) => commands::ls::run(&ctx, a).await,
+            Command::Verify(a) => commands::verify::run(&ctx, a).await,
+            Command::Cat(a) => commands::cat::run(&ctx, a).await,
+            Command::Config(c) => commands::config::run(&ctx, c).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = exit_code(&e);
+            if ctx_json_requested() {
+                let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+                println!("{}", serde_json::json!({"error": e.to_string(), "causes": chain, "exit_code": code}));
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn ctx_json_requested() -> bool {
+    std::env::args().any(|a| a == "--json")
+}

@@ -38,6 +38,15 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// The directory of a local repository URL (`file:///path` or a plain path), if it is one.
+pub fn local_path(url: &str) -> Option<std::path::PathBuf> {
+    match url.strip_prefix("file://") {
+        Some(p) => Some(p.into()),
+        None if url.contains("://") => None,
+        None => Some(url.into()),
+    }
+}
+
 /// What the store guarantees about create-only puts, as measured by a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreateOnly {

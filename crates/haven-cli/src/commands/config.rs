@@ -1,0 +1,82 @@
+//! `haven config check`: validate a config file and print what it understood.
+
+use std::path::PathBuf;
+
+use haven_engine::config::{Config, EXAMPLE};
+
+use crate::{output, Ctx};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Validate a config file and print what Haven understood from it.
+    ///
+    /// The file is --config FILE, else $HAVEN_CONFIG, else ./haven.toml. Unknown keys are
+    /// errors. Exit code 0 when valid, 2 when not.
+    #[command(after_help = format!("Example haven.toml:\n\n{EXAMPLE}"))]
+    Check {
+        /// The file to check (same as the global --config).
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Print an example config file.
+    Example,
+}
+
+pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
+    match cmd {
+        Command::Example => {
+            print!("{EXAMPLE}");
+            Ok(0)
+        }
+        Command::Check { file } => {
+            let flag = file.or_else(|| ctx.config_path.clone());
+            let (path, _) = Config::locate(flag.as_deref());
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    anyhow::Error::new(haven_engine::config::ConfigError::NotFound { path: path.clone() })
+                } else {
+                    anyhow::Error::new(haven_engine::config::ConfigError::Io {
+                        path: path.clone(),
+                        source: e,
+                    })
+                }
+            })?;
+            let cfg = Config::parse(&text, &path)?;
+            if ctx.json {
+                output::json(&serde_json::json!({"file": path, "valid": true, "config": cfg}))?;
+                return Ok(0);
+            }
+            println!("{}: valid", path.display());
+            println!("clusters: {}", cfg.clusters.len());
+            for (n, c) in &cfg.clusters {
+                println!(
+                    "  {n}: bootstrap {} region {}{}",
+                    c.bootstrap,
+                    c.region.as_deref().unwrap_or("(none)"),
+                    if c.properties.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" properties {}", c.properties.keys().cloned().collect::<Vec<_>>().join(","))
+                    }
+                );
+            }
+            println!("repositories: {}", cfg.repositories.len());
+            for (n, r) in &cfg.repositories {
+                println!(
+                    "  {n}: {} region {}{}",
+                    r.url,
+                    r.region.as_deref().unwrap_or("(none)"),
+                    if r.key_file.is_some() { " encrypted" } else { "" }
+                );
+            }
+            println!("jobs: {}", cfg.jobs.len());
+            for (n, j) in &cfg.jobs {
+                println!(
+                    "  {n}: {:?} topics /{}/ from cluster {} to repository {}",
+                    j.kind, j.topics, j.cluster, j.repository
+                );
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! One file per command. Shared arguments and helpers live here.
+
+pub mod backup;
+pub mod cat;
+pub mod config;
+pub mod demo;
+pub mod ls;
+pub mod verify;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use haven_engine::config::Config;
+use haven_engine::repo::Repository;
+use haven_kafka::ClusterConfig;
+use haven_storage::Store;
+
+use crate::Ctx;
+
+/// Bad usage detected by the CLI itself (exit code 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+/// Which repository, and its key.
+#[derive(Debug, clap::Args)]
+pub struct RepoArgs {
+    /// Repository: a name from haven.toml, a URL (file:///PATH, s3://BUCKET/PREFIX) or a path.
+    #[arg(long, env = "HAVEN_REPO", value_name = "NAME|URL")]
+    pub repo: String,
+
+    /// File holding the repository's master key (64 hex digits). Also: HAVEN_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Which Kafka cluster.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Kafka cluster: a name from haven.toml or HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "HAVEN_BROKERS", value_name = "NAME|HOST:PORT")]
+    pub brokers: String,
+}
+
+pub fn load_config(ctx: &Ctx) -> anyhow::Result<Config> {
+    Ok(Config::load(ctx.config_path.as_deref())?.0)
+}
+
+pub fn cluster(cfg: &Config, args: &ClusterArgs) -> ClusterConfig {
+    let c = cfg.cluster(&args.brokers);
+    let mut cc = ClusterConfig::new(c.bootstrap);
+    cc.properties = c.properties.into_iter().collect();
+    cc
+}
+
+/// Opens (or, with `create`, creates) the repository named by the arguments.
+pub async fn open_repo(cfg: &Config, args: &RepoArgs, create: bool) -> anyhow::Result<Repository> {
+    let section = cfg.repository(&args.repo);
+    let options: Vec<(&str, &str)> = section.options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if !create {
+        if let Some(dir) = haven_storage::local_path(&section.url) {
+            if !dir.exists() {
+                return Err(haven_engine::Error::NotARepository { url: section.url.clone() }.into());
+            }
+        }
+    }
+    let store = Store::open_with(&section.url, &options).map_err(|e| usage(e.to_string()))?;
+    let key_file = args.key_file.clone().or(section.key_file.clone());
+    let key = haven_engine::load_key(key_file.as_deref())?;
+    let repo = if create {
+        Repository::open_or_create(store, key).await
+    } else {
+        Repository::open(store, key).await
+    };
+    repo.with_context(|| format!("repository {}", section.url))
+}

@@ -1,0 +1,62 @@
+//! The CLI's observer of engine events: logs them and drives a progress bar on a terminal.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use haven_engine::events::{Event, LogObserver, Observer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct CliObserver {
+    bar: Mutex<Option<ProgressBar>>,
+    show_progress: bool,
+}
+
+impl CliObserver {
+    pub fn new(json: bool) -> Self {
+        CliObserver {
+            bar: Mutex::new(None),
+            show_progress: !json && std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Ok(mut b) = self.bar.lock() {
+            if let Some(bar) = b.take() {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+impl Observer for CliObserver {
+    fn event(&self, event: &Event) {
+        LogObserver.event(event);
+        if !self.show_progress {
+            return;
+        }
+        let Ok(mut bar) = self.bar.lock() else { return };
+        match event {
+            Event::BackupStarted {
+                target_records: Some(n),
+                ..
+            } => {
+                let b = ProgressBar::new(*n);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} backup [{bar:30}] {pos}/{len} records  {per_sec}  ETA {eta}  {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                *bar = Some(b);
+            }
+            Event::SegmentWritten { records, bytes, .. } => {
+                if let Some(b) = bar.as_ref() {
+                    b.inc(*records);
+                    b.set_message(format!("last segment {}", crate::output::bytes(*bytes)));
+                }
+            }
+            _ => {}
+        }
+    }
+}

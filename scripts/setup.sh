@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything Haven's build and tests need on a fresh Debian machine.
+# Idempotent: what is already installed is skipped, so a second run takes seconds.
+#
+#   - Debian packages for the rdkafka build (cmake, libcurl4-openssl-dev, libssl-dev,
+#     libsasl2-dev, zlib1g-dev, libzstd-dev) and Postgres (postgresql);
+#   - the tansu 0.6.0 Kafka-compatible broker (cargo install, ~11 minutes the first time);
+#   - the Garage 2.5.0 S3-compatible object server (cargo install, ~10 minutes the first time).
+set -euo pipefail
+
+say() { printf '[setup] %s\n' "$*"; }
+t0=$(date +%s)
+phase_start=$t0
+phase() {
+  local now; now=$(date +%s)
+  say "$1 ($((now - phase_start)) s)"
+  phase_start=$now
+}
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# 1. Debian packages -------------------------------------------------------------------
+packages=(cmake libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev postgresql pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+phase "Debian packages ready"
+
+# 2. Cargo-installed servers -----------------------------------------------------------
+export PATH="$HOME/.cargo/bin:$PATH"
+
+tansu_ok() { command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q '0\.6\.0'; }
+if ! tansu_ok; then
+  say "building tansu 0.6.0 (about 11 minutes the first time)"
+  cargo install tansu --version 0.6.0 --features libsql --locked --quiet
+fi
+tansu_ok || { say "tansu 0.6.0 is not runnable after install"; exit 1; }
+phase "tansu ready: $(command -v tansu)"
+
+garage_ok() { command -v garage >/dev/null && garage --version 2>/dev/null | grep -q 'v2\.5\.0'; }
+if ! garage_ok; then
+  say "building garage 2.5.0 (about 10 minutes the first time)"
+  cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite --quiet
+fi
+garage_ok || { say "garage 2.5.0 is not runnable after install"; exit 1; }
+phase "garage ready: $(command -v garage)"
+
+say "all set in $(( $(date +%s) - t0 )) s"
