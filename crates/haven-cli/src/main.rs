@@ -20,7 +20,12 @@ use clap::{Parser, Subcommand};
 /// Start with `haven demo`, which runs everything on a local broker. Named clusters and
 /// repositories can live in a haven.toml (see `haven config check --help`).
 #[derive(Debug, Parser)]
-#[command(name = "haven", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "haven",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -76,8 +81,9 @@ fn init_logging(cli: &Cli) {
             _ => "trace",
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},librdkafka=off,rdkafka=off")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},librdkafka=off,rdkafka=off"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -87,7 +93,10 @@ fn init_logging(cli: &Cli) {
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.downcast_ref::<haven_engine::config::ConfigError>().is_some() {
+        if cause
+            .downcast_ref::<haven_engine::config::ConfigError>()
+            .is_some()
+        {
             return 2;
         }
         if let Some(engine) = cause.downcast_ref::<haven_engine::Error>() {
@@ -109,7 +118,10 @@ fn main() -> ExitCode {
         json: cli.json,
         config_path: cli.config.clone(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -132,7 +144,10 @@ fn main() -> ExitCode {
             let code = exit_code(&e);
             if ctx_json_requested() {
                 let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-                println!("{}", serde_json::json!({"error": e.to_string(), "causes": chain, "exit_code": code}));
+                println!(
+                    "{}",
+                    serde_json::json!({"error": e.to_string(), "causes": chain, "exit_code": code})
+                );
             }
             eprintln!("error: {e:#}");
             ExitCode::from(code)

@@ -140,8 +140,12 @@ impl Config {
         let (path, explicit) = Self::locate(flag);
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok((Self::parse(&text, &path)?, Some(path))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok((Config::default(), None)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::NotFound { path }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok((Config::default(), None))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ConfigError::NotFound { path })
+            }
             Err(source) => Err(ConfigError::Io { path, source }),
         }
     }
@@ -173,7 +177,9 @@ impl Config {
             message,
         };
         for (name, c) in &self.clusters {
-            if c.bootstrap.trim().is_empty() || c.bootstrap.split(',').any(|b| !b.trim().contains(':')) {
+            if c.bootstrap.trim().is_empty()
+                || c.bootstrap.split(',').any(|b| !b.trim().contains(':'))
+            {
                 return Err(invalid(
                     format!("clusters.{name}.bootstrap"),
                     format!("{:?} is not a list of host:port", c.bootstrap),
@@ -182,7 +188,9 @@ impl Config {
         }
         for (name, r) in &self.repositories {
             let u = &r.url;
-            if u.is_empty() || (u.contains("://") && !(u.starts_with("file://") || u.starts_with("s3://"))) {
+            if u.is_empty()
+                || (u.contains("://") && !(u.starts_with("file://") || u.starts_with("s3://")))
+            {
                 return Err(invalid(
                     format!("repositories.{name}.url"),
                     format!("{u:?}: use file:///PATH, a plain path, or s3://BUCKET/PREFIX"),
@@ -193,7 +201,10 @@ impl Config {
             if !self.clusters.contains_key(&j.cluster) {
                 return Err(invalid(
                     format!("jobs.{name}.cluster"),
-                    format!("no cluster named {:?}: define [clusters.{}] or fix the name", j.cluster, j.cluster),
+                    format!(
+                        "no cluster named {:?}: define [clusters.{}] or fix the name",
+                        j.cluster, j.cluster
+                    ),
                 ));
             }
             if !self.repositories.contains_key(&j.repository) {
@@ -206,7 +217,10 @@ impl Config {
                 ));
             }
             if let Err(e) = regex::Regex::new(&j.topics) {
-                return Err(invalid(format!("jobs.{name}.topics"), format!("not a regular expression: {e}")));
+                return Err(invalid(
+                    format!("jobs.{name}.topics"),
+                    format!("not a regular expression: {e}"),
+                ));
             }
         }
         Ok(())
@@ -214,21 +228,27 @@ impl Config {
 
     /// Resolves `--brokers`: a cluster name from the config, else taken as `host:port,...`.
     pub fn cluster(&self, name_or_bootstrap: &str) -> ClusterSection {
-        self.clusters.get(name_or_bootstrap).cloned().unwrap_or_else(|| ClusterSection {
-            bootstrap: name_or_bootstrap.to_string(),
-            region: None,
-            properties: BTreeMap::new(),
-        })
+        self.clusters
+            .get(name_or_bootstrap)
+            .cloned()
+            .unwrap_or_else(|| ClusterSection {
+                bootstrap: name_or_bootstrap.to_string(),
+                region: None,
+                properties: BTreeMap::new(),
+            })
     }
 
     /// Resolves `--repo`: a repository name from the config, else taken as a URL.
     pub fn repository(&self, name_or_url: &str) -> RepositorySection {
-        self.repositories.get(name_or_url).cloned().unwrap_or_else(|| RepositorySection {
-            url: name_or_url.to_string(),
-            region: None,
-            key_file: None,
-            options: BTreeMap::new(),
-        })
+        self.repositories
+            .get(name_or_url)
+            .cloned()
+            .unwrap_or_else(|| RepositorySection {
+                url: name_or_url.to_string(),
+                region: None,
+                key_file: None,
+                options: BTreeMap::new(),
+            })
     }
 }
 
@@ -249,15 +269,26 @@ mod tests {
 
     #[test]
     fn errors_name_file_key_and_fix() {
-        let e = parse("[clusters.us]\nbootsrap = \"a:1\"\n").unwrap_err().to_string();
-        assert!(e.contains("haven.toml") && e.contains("bootsrap") && e.contains("fix:"), "{e}");
-        let e = parse("[clusters.us]\nregion = \"us\"\n").unwrap_err().to_string();
-        assert!(e.contains("missing field") && e.contains("bootstrap"), "{e}");
-        let e = parse("[clusters.us\n").unwrap_err().to_string();
-        assert!(e.contains("line 1") && e.contains("syntax"), "{e}");
-        let e = parse("[jobs.j]\nkind=\"backup\"\ncluster=\"x\"\nrepository=\"r\"\ntopics=\".*\"\n")
+        let e = parse("[clusters.us]\nbootsrap = \"a:1\"\n")
             .unwrap_err()
             .to_string();
+        assert!(
+            e.contains("haven.toml") && e.contains("bootsrap") && e.contains("fix:"),
+            "{e}"
+        );
+        let e = parse("[clusters.us]\nregion = \"us\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing field") && e.contains("bootstrap"),
+            "{e}"
+        );
+        let e = parse("[clusters.us\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("syntax"), "{e}");
+        let e =
+            parse("[jobs.j]\nkind=\"backup\"\ncluster=\"x\"\nrepository=\"r\"\ntopics=\".*\"\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("jobs.j.cluster"), "{e}");
     }
 }

@@ -41,6 +41,9 @@ impl Error {
     /// True when the error is the user's input (a bad flag, window or key), not an
     /// operational failure.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Input(_) | Error::Key(_) | Error::NotARepository { .. })
+        matches!(
+            self,
+            Error::Input(_) | Error::Key(_) | Error::NotARepository { .. }
+        )
     }
 }

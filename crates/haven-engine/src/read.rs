@@ -58,7 +58,12 @@ fn chunk_may_hold(m: &haven_format::ChunkMeta, from: Bound, to: Bound) -> bool {
 
 /// Calls `f` for every selected record, partition by partition, in offset order.
 /// Returns the number of records.
-pub async fn for_each_record<F>(repo: &Repository, state: &RepoState, sel: &Selection, mut f: F) -> Result<u64>
+pub async fn for_each_record<F>(
+    repo: &Repository,
+    state: &RepoState,
+    sel: &Selection,
+    mut f: F,
+) -> Result<u64>
 where
     F: FnMut(i32, &Record) -> Result<()>,
 {
@@ -73,7 +78,11 @@ where
                     Error::Input(format!(
                         "topic {:?} is not in the repository; it holds: {}",
                         sel.topic,
-                        if known.is_empty() { "(nothing yet)".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "(nothing yet)".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ))
                 })?
                 .generation
@@ -87,7 +96,11 @@ where
         if sel.partitions.as_ref().is_some_and(|v| !v.contains(p)) {
             continue;
         }
-        for c in ps.chunks.iter().filter(|c| chunk_may_hold(&c.meta, sel.from, sel.to)) {
+        for c in ps
+            .chunks
+            .iter()
+            .filter(|c| chunk_may_hold(&c.meta, sel.from, sel.to))
+        {
             for r in repo.read_chunk(c).await? {
                 if in_window(&r, sel.from, sel.to) {
                     f(*p, &r)?;
@@ -125,7 +138,9 @@ pub fn json_bytes(v: &Value) -> Result<Option<Vec<u8>>> {
                 .map_err(|e| Error::Input(format!("bad base64: {e}"))),
             None => Err(Error::Input("expected {\"base64\": ...}".into())),
         },
-        _ => Err(Error::Input("expected a string, null or {\"base64\": ...}".into())),
+        _ => Err(Error::Input(
+            "expected a string, null or {\"base64\": ...}".into(),
+        )),
     }
 }
 
@@ -149,7 +164,12 @@ mod tests {
 
     #[test]
     fn bytes_json_round_trips() {
-        for b in [None, Some(&b""[..]), Some(&b"text"[..]), Some(&[0xff, 0x00, 0x80][..])] {
+        for b in [
+            None,
+            Some(&b""[..]),
+            Some(&b"text"[..]),
+            Some(&[0xff, 0x00, 0x80][..]),
+        ] {
             assert_eq!(json_bytes(&bytes_json(b)).unwrap().as_deref(), b);
         }
     }

@@ -6,7 +6,8 @@ use crate::{Error, Result};
 pub fn parse_instant(text: &str, now_ms: i64) -> Result<i64> {
     let t = text.trim();
     if let Some(rel) = t.strip_prefix('-') {
-        let (num, unit) = rel.split_at(rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len()));
+        let (num, unit) =
+            rel.split_at(rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len()));
         let n: i64 = num
             .parse()
             .map_err(|_| Error::Input(format!("{text:?}: expected a relative time like -15m")))?;
@@ -16,7 +17,11 @@ pub fn parse_instant(text: &str, now_ms: i64) -> Result<i64> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            _ => return Err(Error::Input(format!("{text:?}: unit must be ms, s, m, h or d"))),
+            _ => {
+                return Err(Error::Input(format!(
+                    "{text:?}: unit must be ms, s, m, h or d"
+                )))
+            }
         };
         return Ok(now_ms - n * ms);
     }

@@ -34,7 +34,9 @@ pub async fn verify(repo: &Repository, deep: bool) -> Result<VerifyReport> {
     let mut state = RepoState::default();
     let data_key_needed = deep && repo.descriptor.key_id.is_some() && repo.key().is_none();
     if data_key_needed {
-        return Err(Error::Key("--deep on an encrypted repository needs its key".into()));
+        return Err(Error::Key(
+            "--deep on an encrypted repository needs its key".into(),
+        ));
     }
     for obj in repo.segments().await? {
         report.segments += 1;
@@ -53,7 +55,10 @@ pub async fn verify(repo: &Repository, deep: bool) -> Result<VerifyReport> {
         if crate::repo::segment_seq(&obj.key) != Some(ix.seq) {
             report.problems.push(Problem {
                 object: obj.key.clone(),
-                what: format!("holds segment {} under another name: objects were swapped or copied", ix.seq),
+                what: format!(
+                    "holds segment {} under another name: objects were swapped or copied",
+                    ix.seq
+                ),
             });
             continue;
         }

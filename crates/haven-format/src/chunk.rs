@@ -77,7 +77,10 @@ pub fn decode_chunk(body: &[u8]) -> Result<Vec<Record>, FormatError> {
         });
     }
     if !r.is_empty() {
-        return Err(FormatError::invalid("chunk", "trailing bytes after the last record"));
+        return Err(FormatError::invalid(
+            "chunk",
+            "trailing bytes after the last record",
+        ));
     }
     Ok(records)
 }
@@ -166,8 +169,14 @@ pub(crate) mod tests {
             key,
             value: None,
             headers: vec![
-                Header { name: "a".into(), value: None },
-                Header { name: "a".into(), value: Some(vec![]) },
+                Header {
+                    name: "a".into(),
+                    value: None,
+                },
+                Header {
+                    name: "a".into(),
+                    value: Some(vec![]),
+                },
             ],
         };
         for rec in [r(None), r(Some(vec![]))] {

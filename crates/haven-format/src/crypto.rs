@@ -54,7 +54,10 @@ impl MasterKey {
         let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
             FormatError::invalid(
                 "key",
-                format!("a key is 32 bytes (64 hex digits), this one is {} bytes", b.len()),
+                format!(
+                    "a key is 32 bytes (64 hex digits), this one is {} bytes",
+                    b.len()
+                ),
             )
         })?;
         Ok(MasterKey { key })
@@ -189,10 +192,16 @@ mod tests {
         let w = k.wrap(&dk);
         assert_eq!(k.unwrap_key(&w).unwrap(), dk);
         let other = MasterKey::generate();
-        assert!(matches!(other.unwrap_key(&w), Err(FormatError::WrongKey { .. })));
+        assert!(matches!(
+            other.unwrap_key(&w),
+            Err(FormatError::WrongKey { .. })
+        ));
         let mut bad = w.clone();
         bad.ciphertext[3] ^= 1;
-        assert!(matches!(k.unwrap_key(&bad), Err(FormatError::Tampered { .. })));
+        assert!(matches!(
+            k.unwrap_key(&bad),
+            Err(FormatError::Tampered { .. })
+        ));
     }
 
     #[test]

@@ -7,7 +7,9 @@ pub enum FormatError {
     Truncated { what: &'static str, needed: usize },
     #[error("bad magic in {what}: this is not a Haven object (or it was overwritten)")]
     BadMagic { what: &'static str },
-    #[error("unsupported format version {found} (this Haven reads up to {supported}): upgrade Haven")]
+    #[error(
+        "unsupported format version {found} (this Haven reads up to {supported}): upgrade Haven"
+    )]
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("checksum mismatch in {what}: stored {stored:08x}, computed {computed:08x}")]
     Checksum {

@@ -11,7 +11,9 @@ use sha2::{Digest as _, Sha256};
 use crate::chunk::{compress, decompress, encode_chunk};
 use crate::crypto::{open_chunk, random_data_key, seal_chunk};
 use crate::wire::{put_bytes, put_opt_bytes, put_str, put_svarint, put_uvarint, Reader};
-use crate::{decode_chunk, Digest, FormatError, KeyId, MasterKey, Record, WrappedKey, FORMAT_VERSION};
+use crate::{
+    decode_chunk, Digest, FormatError, KeyId, MasterKey, Record, WrappedKey, FORMAT_VERSION,
+};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"HAVENSEG";
 const END_MAGIC: &[u8; 8] = b"HAVENEND";
@@ -237,7 +239,11 @@ impl SegmentBuilder {
             }
             None => (None, None),
         };
-        let flags = if data_key.is_some() { FLAG_ENCRYPTED } else { 0 };
+        let flags = if data_key.is_some() {
+            FLAG_ENCRYPTED
+        } else {
+            0
+        };
         SegmentBuilder {
             index: SegmentIndex {
                 seq,
@@ -498,7 +504,10 @@ impl SegmentIndex {
         }
         for p in &self.partitions {
             if p.end_offset < p.start_offset {
-                return Err(FormatError::invalid("segment index", "partition range ends before it starts"));
+                return Err(FormatError::invalid(
+                    "segment index",
+                    "partition range ends before it starts",
+                ));
             }
             for c in &p.chunks {
                 if c.first_offset < p.start_offset
@@ -588,7 +597,10 @@ pub fn read_stored_chunk(
     if !ok {
         return Err(FormatError::invalid(
             "chunk",
-            format!("chunk {} of segment {seq} does not hold what the index says", meta.ordinal),
+            format!(
+                "chunk {} of segment {seq} does not hold what the index says",
+                meta.ordinal
+            ),
         ));
     }
     Ok(records)
@@ -601,7 +613,12 @@ fn decode_index(bytes: &[u8]) -> Result<SegmentIndex, FormatError> {
     let prev_digest = match r.u8()? {
         0 => None,
         1 => Some(r.array32()?),
-        t => return Err(FormatError::invalid("segment index", format!("prev tag {t}"))),
+        t => {
+            return Err(FormatError::invalid(
+                "segment index",
+                format!("prev tag {t}"),
+            ))
+        }
     };
     let writer = r.string()?;
     let wrapped_key = match r.u8()? {
@@ -617,7 +634,12 @@ fn decode_index(bytes: &[u8]) -> Result<SegmentIndex, FormatError> {
                 ciphertext,
             })
         }
-        t => return Err(FormatError::invalid("segment index", format!("key tag {t}"))),
+        t => {
+            return Err(FormatError::invalid(
+                "segment index",
+                format!("key tag {t}"),
+            ))
+        }
     };
     let np = r.len()?;
     let mut partitions = Vec::with_capacity(np);
@@ -678,10 +700,9 @@ fn decode_index(bytes: &[u8]) -> Result<SegmentIndex, FormatError> {
             let k = r.string()?;
             let v = match r.opt_bytes()? {
                 None => None,
-                Some(b) => Some(
-                    String::from_utf8(b.to_vec())
-                        .map_err(|_| FormatError::invalid("segment index", "config value is not UTF-8"))?,
-                ),
+                Some(b) => Some(String::from_utf8(b.to_vec()).map_err(|_| {
+                    FormatError::invalid("segment index", "config value is not UTF-8")
+                })?),
             };
             configs.push((k, v));
         }
@@ -742,7 +763,10 @@ pub fn verify_object(bytes: &[u8]) -> Result<(SegmentIndex, Digest), FormatError
         return Err(FormatError::Digest);
     }
     let ix = SegmentIndex::decode(&bytes[range.start as usize..range.end as usize], &trailer)?;
-    if ix.seq != seq || ix.created_at != created_at || ix.wrapped_key.is_some() != (flags & FLAG_ENCRYPTED != 0) {
+    if ix.seq != seq
+        || ix.created_at != created_at
+        || ix.wrapped_key.is_some() != (flags & FLAG_ENCRYPTED != 0)
+    {
         return Err(FormatError::invalid("segment", "header and index disagree"));
     }
     for p in &ix.partitions {
@@ -779,13 +803,17 @@ mod tests {
             .with_compression(3, 200);
         let start = records[0].offset;
         let end = records.last().unwrap().offset + 5;
-        b.add_partition("t", 0, 2, start, end, records, vec![]).unwrap();
+        b.add_partition("t", 0, 2, start, end, records, vec![])
+            .unwrap();
         b.add_topic(TopicMeta {
             topic: "t".into(),
             generation: 0,
             partition_count: 3,
             observed_at: 1,
-            configs: vec![("cleanup.policy".into(), Some("compact".into())), ("x".into(), None)],
+            configs: vec![
+                ("cleanup.policy".into(), Some("compact".into())),
+                ("x".into(), None),
+            ],
         });
         b.add_group_commits([GroupCommit {
             group: "g".into(),

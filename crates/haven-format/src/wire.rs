@@ -98,7 +98,10 @@ impl<'a> Reader<'a> {
                 return Ok(v);
             }
         }
-        Err(FormatError::invalid(self.what, "varint longer than 10 bytes"))
+        Err(FormatError::invalid(
+            self.what,
+            "varint longer than 10 bytes",
+        ))
     }
 
     pub(crate) fn svarint(&mut self) -> Result<i64, FormatError> {
@@ -141,7 +144,8 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn string(&mut self) -> Result<String, FormatError> {
         let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| FormatError::invalid(self.what, "string is not UTF-8"))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| FormatError::invalid(self.what, "string is not UTF-8"))
     }
 
     pub(crate) fn i32_varint(&mut self) -> Result<i32, FormatError> {

@@ -127,7 +127,11 @@ pub struct TopicInfo {
 }
 
 /// Lists topics (blocking). Internal topics (`__*`) are left out.
-pub fn list_topics(consumer: &BaseConsumer, brokers: &str, timeout: Duration) -> Result<Vec<TopicInfo>> {
+pub fn list_topics(
+    consumer: &BaseConsumer,
+    brokers: &str,
+    timeout: Duration,
+) -> Result<Vec<TopicInfo>> {
     let md = consumer
         .fetch_metadata(None, timeout)
         .map_err(|source| KafkaError::Unreachable {
@@ -148,7 +152,12 @@ pub fn list_topics(consumer: &BaseConsumer, brokers: &str, timeout: Duration) ->
 }
 
 /// Low and high watermarks of a partition (blocking).
-pub fn watermarks(consumer: &BaseConsumer, topic: &str, partition: i32, timeout: Duration) -> Result<(i64, i64)> {
+pub fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64)> {
     consumer
         .fetch_watermarks(topic, partition, timeout)
         .map_err(op("fetch watermarks"))

@@ -166,11 +166,10 @@ impl Store {
 
     fn err(key: &str, e: object_store::Error) -> StorageError {
         match e {
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-                StorageError::AlreadyExists {
-                    key: key.to_string(),
-                }
-            }
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => StorageError::AlreadyExists {
+                key: key.to_string(),
+            },
             object_store::Error::NotFound { .. } => StorageError::NotFound {
                 key: key.to_string(),
             },
@@ -223,7 +222,9 @@ impl Store {
 
     fn count_read(&self, n: usize) {
         self.traffic.gets.fetch_add(1, Ordering::Relaxed);
-        self.traffic.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        self.traffic
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Whether an object exists.

@@ -44,7 +44,8 @@ impl Rec {
         self
     }
     pub fn header(mut self, name: &str, value: Option<&[u8]>) -> Rec {
-        self.headers.push((name.to_string(), value.map(<[u8]>::to_vec)));
+        self.headers
+            .push((name.to_string(), value.map(<[u8]>::to_vec)));
         self
     }
 }
@@ -87,7 +88,10 @@ impl Broker {
     fn spawn(&mut self) -> Result<()> {
         let tansu = find_tool("tansu", TANSU_INSTALL, &[])?;
         let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let mut child = Command::new(&tansu)
             .current_dir(self.dir.path())
             .arg("broker")
@@ -115,7 +119,11 @@ impl Broker {
             match c.fetch_metadata(None, Duration::from_secs(2)) {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() > deadline => {
-                    bail!("broker on port {} not ready: {e}\n{}", self.port, tail(&self.log))
+                    bail!(
+                        "broker on port {} not ready: {e}\n{}",
+                        self.port,
+                        tail(&self.log)
+                    )
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
@@ -175,7 +183,12 @@ impl Broker {
         self.create_topic_with(name, partitions, &[])
     }
 
-    pub fn create_topic_with(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
+    pub fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.config().create()?;
         let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         for (k, v) in configs {
@@ -214,7 +227,8 @@ impl Broker {
                     value: v.as_deref(),
                 });
             }
-            let mut br: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, i).headers(headers);
+            let mut br: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(topic, i).headers(headers);
             if let Some(k) = &r.key {
                 br = br.key(k.as_slice());
             }
@@ -231,7 +245,10 @@ impl Broker {
             loop {
                 match producer.send(pending) {
                     Ok(()) => break,
-                    Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                    Err((e, back))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
                         std::thread::sleep(Duration::from_millis(5));
                         pending = back;
                     }
@@ -257,7 +274,10 @@ impl Broker {
     /// High watermark of a partition (blocking).
     pub fn high_watermark(&self, topic: &str, partition: i32) -> Result<i64> {
         let c: BaseConsumer = self.config().create()?;
-        Ok(c.fetch_watermarks(topic, partition, Duration::from_secs(10))?.1)
+        Ok(
+            c.fetch_watermarks(topic, partition, Duration::from_secs(10))?
+                .1,
+        )
     }
 
     /// Reads a whole partition, from its start to its current high watermark (blocking).
@@ -279,7 +299,10 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(60);
         while out.last().map_or(true, |m: &Consumed| m.offset + 1 < high) {
             if Instant::now() > deadline {
-                bail!("reading {topic}/{partition}: got {} records, stuck before {high}", out.len());
+                bail!(
+                    "reading {topic}/{partition}: got {} records, stuck before {high}",
+                    out.len()
+                );
             }
             if let Some(m) = c.poll(Duration::from_millis(200)) {
                 let m = m?;
@@ -291,7 +314,11 @@ impl Broker {
                     value: m.payload().map(<[u8]>::to_vec),
                     headers: m
                         .headers()
-                        .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 });
             }

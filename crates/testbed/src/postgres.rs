@@ -25,10 +25,18 @@ fn pg_bin_dir() -> Result<PathBuf> {
         }
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
-    if let Some(p) = versions.into_iter().rev().find(|p| p.join("initdb").is_file()) {
+    if let Some(p) = versions
+        .into_iter()
+        .rev()
+        .find(|p| p.join("initdb").is_file())
+    {
         return Ok(p);
     }
     bail!(
@@ -49,7 +57,10 @@ impl Postgres {
                 .arg(dir.path())
                 .status()?;
             if !st.success() {
-                bail!("chown of {} to postgres failed (is the postgres user missing? {PG_INSTALL})", dir.path().display());
+                bail!(
+                    "chown of {} to postgres failed (is the postgres user missing? {PG_INSTALL})",
+                    dir.path().display()
+                );
             }
         }
         let port = free_port()?;
@@ -80,8 +91,13 @@ impl Postgres {
             pg.dir.path().display()
         );
         let log = pg.log_path();
-        pg.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start"])
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(std::path::Path::new(&log))))?;
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
+            ],
+        )
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(std::path::Path::new(&log))))?;
         Ok(pg)
     }
 
@@ -130,7 +146,8 @@ impl Postgres {
 
     /// Connects to database `postgres` and drives the connection on the current runtime.
     pub async fn connect(&self) -> Result<tokio_postgres::Client> {
-        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
+        let (client, conn) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -139,7 +156,10 @@ impl Postgres {
 
     /// Stops the cluster at once.
     pub fn stop(&self) -> Result<()> {
-        self.run("pg_ctl", &["-D", &self.data_dir(), "-m", "immediate", "-w", "stop"])
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data_dir(), "-m", "immediate", "-w", "stop"],
+        )
     }
 }
 

@@ -35,17 +35,28 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-pub(crate) fn wait_for_port(port: u16, child: &mut Child, log: &Path, timeout: Duration) -> Result<()> {
+pub(crate) fn wait_for_port(
+    port: u16,
+    child: &mut Child,
+    log: &Path,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("server exited with {status} before listening on port {port}\n{}", tail(log));
+            bail!(
+                "server exited with {status} before listening on port {port}\n{}",
+                tail(log)
+            );
         }
         if Instant::now() > deadline {
-            bail!("server did not listen on port {port} within {timeout:?}\n{}", tail(log));
+            bail!(
+                "server did not listen on port {port} within {timeout:?}\n{}",
+                tail(log)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -56,7 +67,11 @@ pub(crate) fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(40);
-    format!("--- {} (last lines) ---\n{}", log.display(), lines[start..].join("\n"))
+    format!(
+        "--- {} (last lines) ---\n{}",
+        log.display(),
+        lines[start..].join("\n")
+    )
 }
 
 pub(crate) fn kill(child: &mut Child) {

@@ -74,7 +74,8 @@ admin_token = "{token}"
             key_id: format!("GK{}", &hex32()[..24]),
             secret: hex32(),
         };
-        s.setup().map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&log)))?;
+        s.setup()
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&log)))?;
         Ok(s)
     }
 
@@ -111,7 +112,12 @@ admin_token = "{token}"
         let (k, s) = (self.key_id.clone(), self.secret.clone());
         self.garage(&["key", "import", &k, &s, "-n", "haven-test", "--yes"])?;
         if let Some(child) = self.child.as_mut() {
-            wait_for_port(self.port, child, &self.dir.path().join("garage.log"), Duration::from_secs(30))?;
+            wait_for_port(
+                self.port,
+                child,
+                &self.dir.path().join("garage.log"),
+                Duration::from_secs(30),
+            )?;
         }
         Ok(())
     }
@@ -126,7 +132,16 @@ admin_token = "{token}"
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
-        self.garage(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", &self.key_id])?;
+        self.garage(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            name,
+            "--key",
+            &self.key_id,
+        ])?;
         Ok(())
     }
 

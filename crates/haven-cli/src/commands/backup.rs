@@ -61,6 +61,11 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     group_interval: u64,
 
+    /// A consumer group to sample in any case (repeatable). Groups the cluster lists are
+    /// sampled too; this covers clusters that cannot list their groups.
+    #[arg(long = "group", value_name = "GROUP")]
+    groups: Vec<String>,
+
     /// How long the broker may hold a fetch waiting for data (fetch.wait.max.ms).
     #[arg(long, default_value_t = 10, value_name = "MS")]
     fetch_wait_ms: u32,
@@ -89,7 +94,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         .clone()
         .or(job.as_ref().map(|j| j.topics.clone()))
         .ok_or_else(|| usage("--topics is required (or --job)"))?;
-    let flush_ms = a.flush_ms.or(job.as_ref().and_then(|j| j.flush_ms)).unwrap_or(1000);
+    let flush_ms = a
+        .flush_ms
+        .or(job.as_ref().and_then(|j| j.flush_ms))
+        .unwrap_or(1000);
     if flush_ms == 0 {
         return Err(usage("--flush-ms must be at least 1"));
     }
@@ -115,6 +123,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     opts.once = a.once;
     opts.flush_interval = Duration::from_millis(flush_ms);
     opts.group_interval = (a.group_interval > 0).then(|| Duration::from_secs(a.group_interval));
+    opts.groups = a.groups.clone();
     opts.job = a.job.clone().unwrap_or_else(|| "default".into());
 
     let (tx, rx) = watch::channel(false);

@@ -33,7 +33,9 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
             let (path, _) = Config::locate(flag.as_deref());
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
-                    anyhow::Error::new(haven_engine::config::ConfigError::NotFound { path: path.clone() })
+                    anyhow::Error::new(haven_engine::config::ConfigError::NotFound {
+                        path: path.clone(),
+                    })
                 } else {
                     anyhow::Error::new(haven_engine::config::ConfigError::Io {
                         path: path.clone(),
@@ -56,7 +58,10 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
                     if c.properties.is_empty() {
                         String::new()
                     } else {
-                        format!(" properties {}", c.properties.keys().cloned().collect::<Vec<_>>().join(","))
+                        format!(
+                            " properties {}",
+                            c.properties.keys().cloned().collect::<Vec<_>>().join(",")
+                        )
                     }
                 );
             }
@@ -66,7 +71,11 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
                     "  {n}: {} region {}{}",
                     r.url,
                     r.region.as_deref().unwrap_or("(none)"),
-                    if r.key_file.is_some() { " encrypted" } else { "" }
+                    if r.key_file.is_some() {
+                        " encrypted"
+                    } else {
+                        ""
+                    }
                 );
             }
             println!("jobs: {}", cfg.jobs.len());

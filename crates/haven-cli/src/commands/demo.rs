@@ -53,7 +53,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     };
     let dir = match a.repo {
         Some(d) => d,
-        None => tempfile::Builder::new().prefix("haven-demo-").tempdir()?.keep(),
+        None => tempfile::Builder::new()
+            .prefix("haven-demo-")
+            .tempdir()?
+            .keep(),
     };
     say("1. starting a local tansu broker ...".into());
     let broker = tokio::task::spawn_blocking(Broker::start).await??;
@@ -61,7 +64,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let events = a.events;
     let broker = std::sync::Arc::new(broker);
     let b = broker.clone();
-    say(format!("2. producing {events} order events to demo.orders (3 partitions) ..."));
+    say(format!(
+        "2. producing {events} order events to demo.orders (3 partitions) ..."
+    ));
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         b.create_topic("demo.orders", 3)?;
         let recs: Vec<Rec> = (0..events).map(order).collect();
@@ -73,7 +78,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     say(format!("3. backing up into {} ...", dir.display()));
     let store = Store::open(&dir.display().to_string())?;
     let repo = Repository::open_or_create(store, None).await?;
-    let mut opts = BackupOptions::new(ClusterConfig::new(broker.bootstrap()), backup::topic_regex("demo\\..*")?);
+    let mut opts = BackupOptions::new(
+        ClusterConfig::new(broker.bootstrap()),
+        backup::topic_regex("demo\\..*")?,
+    );
     opts.once = true;
     opts.group_interval = Some(Duration::from_secs(5));
     let (_tx, rx) = watch::channel(false);
@@ -142,7 +150,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         println!("\nThe broker is stopped; the repository stays. Explore it:");
         println!("  haven ls --repo {}", dir.display());
         println!("  haven verify --repo {} --deep", dir.display());
-        println!("  haven cat --repo {} --topic demo.orders --partition 1 --from 0 --to 5", dir.display());
+        println!(
+            "  haven cat --repo {} --topic demo.orders --partition 1 --from 0 --to 5",
+            dir.display()
+        );
     }
-    Ok(if v.intact() && report.records as usize == events { 0 } else { 1 })
+    Ok(if v.intact() && report.records as usize == events {
+        0
+    } else {
+        1
+    })
 }

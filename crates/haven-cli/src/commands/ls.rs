@@ -62,7 +62,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             stored_bytes: s.stored_bytes,
             gaps: s.gaps(),
             lost: s.losses.iter().map(|l| (l.to - l.from) as u64).sum(),
-            losses: s.losses.iter().map(|l| (l.from, l.to, l.reason.clone())).collect(),
+            losses: s
+                .losses
+                .iter()
+                .map(|l| (l.from, l.to, l.reason.clone()))
+                .collect(),
             min_timestamp: s.min_timestamp.map(format_ms),
             max_timestamp: s.max_timestamp.map(format_ms),
         })
@@ -79,7 +83,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             })
         })
         .collect();
-    let groups: std::collections::BTreeSet<&String> = st.group_offsets.keys().map(|k| &k.0).collect();
+    let groups: std::collections::BTreeSet<&String> =
+        st.group_offsets.keys().map(|k| &k.0).collect();
     let listing = Listing {
         repository: repo.store().url().to_string(),
         id: repo.descriptor.id.clone(),
@@ -129,16 +134,31 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         })
         .collect();
     output::table(
-        &["TOPIC", "PART", "OFFSETS", "RECORDS", "STORED", "GAPS", "LOST", "TIME RANGE"],
+        &[
+            "TOPIC",
+            "PART",
+            "OFFSETS",
+            "RECORDS",
+            "STORED",
+            "GAPS",
+            "LOST",
+            "TIME RANGE",
+        ],
         &rows,
     );
     for r in &listing.partitions {
         for (from, to, why) in &r.losses {
-            println!("LOSS {}/{}: offsets {from}..{to}: {why}", r.topic, r.partition);
+            println!(
+                "LOSS {}/{}: offsets {from}..{to}: {why}",
+                r.topic, r.partition
+            );
         }
     }
     match &listing.group_timeline {
-        Some((a, b)) => println!("consumer-group timeline: {} groups, sampled {a} .. {b}", listing.groups),
+        Some((a, b)) => println!(
+            "consumer-group timeline: {} groups, sampled {a} .. {b}",
+            listing.groups
+        ),
         None => println!("consumer-group timeline: empty"),
     }
     Ok(0)

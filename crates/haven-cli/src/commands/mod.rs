@@ -21,7 +21,6 @@ use crate::Ctx;
 #[derive(Debug)]
 pub struct UsageError(pub String);
 
-
 impl std::fmt::Display for UsageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -68,11 +67,18 @@ pub fn cluster(cfg: &Config, args: &ClusterArgs) -> ClusterConfig {
 /// Opens (or, with `create`, creates) the repository named by the arguments.
 pub async fn open_repo(cfg: &Config, args: &RepoArgs, create: bool) -> anyhow::Result<Repository> {
     let section = cfg.repository(&args.repo);
-    let options: Vec<(&str, &str)> = section.options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let options: Vec<(&str, &str)> = section
+        .options
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     if !create {
         if let Some(dir) = haven_storage::local_path(&section.url) {
             if !dir.exists() {
-                return Err(haven_engine::Error::NotARepository { url: section.url.clone() }.into());
+                return Err(haven_engine::Error::NotARepository {
+                    url: section.url.clone(),
+                }
+                .into());
             }
         }
     }

@@ -37,7 +37,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             report.segments,
             output::bytes(report.bytes),
             if a.deep {
-                format!(", {} chunks / {} records decoded", report.chunks_decoded, report.records_decoded)
+                format!(
+                    ", {} chunks / {} records decoded",
+                    report.chunks_decoded, report.records_decoded
+                )
             } else {
                 String::new()
             },

@@ -134,7 +134,15 @@ impl Batch {
         for ((topic, partition), p) in &self.parts {
             let end = p.end();
             if end > p.durable {
-                segment.add_partition(topic, p.generation, *partition, p.durable, end, &p.records, p.losses.clone())?;
+                segment.add_partition(
+                    topic,
+                    p.generation,
+                    *partition,
+                    p.durable,
+                    end,
+                    &p.records,
+                    p.losses.clone(),
+                )?;
                 n += p.records.len() as u64;
             }
         }
@@ -197,7 +205,8 @@ mod tests {
     #[test]
     fn gaps_from_compaction_and_markers_are_covered_not_lost() {
         let mut b = Batch::default();
-        b.parts.insert(("t".into(), 0), Pending::new(0, 10, Some(20)));
+        b.parts
+            .insert(("t".into(), 0), Pending::new(0, 10, Some(20)));
         // offsets 10, 11 compacted away; 15..17 were transaction markers / aborted.
         for o in [12, 13, 14, 18] {
             assert_eq!(b.push("t", 0, rec(o)), Pushed::Kept);
@@ -224,7 +233,10 @@ mod tests {
         b.push("t", 1, rec(50));
         assert_eq!(b.push("u", 0, rec(1)), Pushed::Unknown);
         let ix = segment(&b);
-        assert_eq!((ix.partitions[0].start_offset, ix.partitions[0].end_offset), (0, 51));
+        assert_eq!(
+            (ix.partitions[0].start_offset, ix.partitions[0].end_offset),
+            (0, 51)
+        );
         assert_eq!(ix.partitions[0].losses.len(), 1);
         b.committed();
         assert_eq!(b.parts[&("t".into(), 1)].durable, 51);

@@ -14,29 +14,45 @@ pub struct GroupSampler {
     last: BTreeMap<(String, String, i32), i64>,
     /// Groups never sampled (Haven's own).
     exclude: BTreeSet<String>,
+    /// Groups always sampled, even when the cluster cannot list its groups.
+    named: BTreeSet<String>,
 }
 
 impl GroupSampler {
-    pub fn new(known: &BTreeMap<(String, String, i32), i64>, exclude: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(
+        known: &BTreeMap<(String, String, i32), i64>,
+        exclude: impl IntoIterator<Item = String>,
+        named: impl IntoIterator<Item = String>,
+    ) -> Self {
         GroupSampler {
             last: known.clone(),
             exclude: exclude.into_iter().collect(),
+            named: named.into_iter().collect(),
         }
     }
 
     /// Samples every group's commits on `partitions` (blocking: run it off the runtime).
-    /// Returns the number of groups and the changes since the last sample.
+    /// Returns the number of groups, the changes since the last sample, and the error of
+    /// group discovery if the cluster could not list its groups (the named groups are
+    /// sampled all the same).
     pub fn sample_blocking(
         &mut self,
         cluster: &ClusterConfig,
         partitions: &[(String, i32)],
         now: i64,
-    ) -> Result<(usize, Vec<GroupCommit>)> {
+    ) -> Result<(usize, Vec<GroupCommit>, Option<String>)> {
         let timeout = Duration::from_secs(10);
         let inspector = cluster.inspector("haven-inspector")?;
-        let groups: Vec<String> = haven_kafka::list_groups(&inspector, timeout)?
+        let (listed, discovery_error) = match haven_kafka::list_groups(&inspector, timeout) {
+            Ok(g) => (g, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let groups: Vec<String> = listed
             .into_iter()
+            .chain(self.named.iter().cloned())
             .filter(|g| !self.exclude.contains(g) && !g.starts_with("haven-"))
+            .collect::<BTreeSet<String>>()
+            .into_iter()
             .collect();
         let mut changes = Vec::new();
         for g in &groups {
@@ -61,7 +77,9 @@ impl GroupSampler {
             let gone: Vec<_> = self
                 .last
                 .iter()
-                .filter(|((lg, t, p), o)| lg == g && **o >= 0 && !seen.contains(&(lg.clone(), t.clone(), *p)))
+                .filter(|((lg, t, p), o)| {
+                    lg == g && **o >= 0 && !seen.contains(&(lg.clone(), t.clone(), *p))
+                })
                 .filter(|((_, t, p), _)| partitions.iter().any(|(pt, pp)| pt == t && pp == p))
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -76,6 +94,6 @@ impl GroupSampler {
                 });
             }
         }
-        Ok((groups.len(), changes))
+        Ok((groups.len(), changes, discovery_error))
     }
 }

@@ -47,6 +47,8 @@ pub struct BackupOptions {
     pub max_buffer_bytes: usize,
     /// How often consumer-group commits are sampled; None disables the timeline.
     pub group_interval: Option<Duration>,
+    /// Consumer groups always sampled, even where the cluster cannot list groups.
+    pub groups: Vec<String>,
     /// Job name, recorded as the writer of each segment.
     pub job: String,
 }
@@ -60,6 +62,7 @@ impl BackupOptions {
             flush_interval: Duration::from_secs(1),
             max_buffer_bytes: 32 * 1024 * 1024,
             group_interval: Some(Duration::from_secs(5)),
+            groups: Vec::new(),
             job: "default".into(),
         }
     }
@@ -78,8 +81,11 @@ pub struct BackupReport {
 
 /// Anchors a user's topic pattern so it matches whole names.
 pub fn topic_regex(pattern: &str) -> Result<Regex> {
-    Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| Error::Input(format!("--topics {pattern:?} is not a regular expression: {e}")))
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        Error::Input(format!(
+            "--topics {pattern:?} is not a regular expression: {e}"
+        ))
+    })
 }
 
 struct Plan {
@@ -87,7 +93,12 @@ struct Plan {
     assign: Vec<(String, i32, i64)>,
 }
 
-async fn plan(repo: &Repository, state: &RepoState, opts: &BackupOptions, observer: &dyn Observer) -> Result<Plan> {
+async fn plan(
+    repo: &Repository,
+    state: &RepoState,
+    opts: &BackupOptions,
+    observer: &dyn Observer,
+) -> Result<Plan> {
     let cluster = opts.cluster.clone();
     let (inspector, topics) = blocking(move || {
         let c = cluster.inspector("haven-inspector")?;
@@ -97,13 +108,20 @@ async fn plan(repo: &Repository, state: &RepoState, opts: &BackupOptions, observ
     .await?;
     let inspector = Arc::new(inspector);
     let all: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
-    let selected: Vec<_> = topics.into_iter().filter(|t| opts.topics.is_match(&t.name)).collect();
+    let selected: Vec<_> = topics
+        .into_iter()
+        .filter(|t| opts.topics.is_match(&t.name))
+        .collect();
     if selected.is_empty() {
         return Err(Error::Input(format!(
             "no topic on {} matches {}; topics there: {}",
             opts.cluster.brokers,
             opts.topics.as_str(),
-            if all.is_empty() { "(none)".to_string() } else { all.join(", ") }
+            if all.is_empty() {
+                "(none)".to_string()
+            } else {
+                all.join(", ")
+            }
         )));
     }
     let admin = opts.cluster.admin()?;
@@ -127,9 +145,19 @@ async fn plan(repo: &Repository, state: &RepoState, opts: &BackupOptions, observ
         let mut starts = Vec::new();
         for p in 0..t.partitions {
             let (c, name) = (inspector.clone(), t.name.clone());
-            let (low, high) =
-                blocking(move || Ok(haven_kafka::watermarks(&c, &name, p, Duration::from_secs(10))?)).await?;
-            let known = state.partitions.get(&(t.name.clone(), generation, p)).map(|s| s.next_offset);
+            let (low, high) = blocking(move || {
+                Ok(haven_kafka::watermarks(
+                    &c,
+                    &name,
+                    p,
+                    Duration::from_secs(10),
+                )?)
+            })
+            .await?;
+            let known = state
+                .partitions
+                .get(&(t.name.clone(), generation, p))
+                .map(|s| s.next_offset);
             if known.is_some_and(|next| high < next) {
                 recreated = true;
             }
@@ -144,9 +172,11 @@ async fn plan(repo: &Repository, state: &RepoState, opts: &BackupOptions, observ
         }
         let prev = state.topics.get(&t.name).and_then(|s| s.meta.clone());
         let changed = recreated
-            || prev
-                .as_ref()
-                .is_none_or(|m| m.partition_count != t.partitions || m.configs != configs || m.generation != generation);
+            || prev.as_ref().is_none_or(|m| {
+                m.partition_count != t.partitions
+                    || m.configs != configs
+                    || m.generation != generation
+            });
         if changed {
             observer.event(&Event::TopicChanged {
                 topic: t.name.clone(),
@@ -224,9 +254,15 @@ pub async fn run(
         tpl.add_partition_offset(t, *p, Offset::Offset(*o))
             .map_err(|e| Error::Task(e.to_string()))?;
     }
-    consumer.assign(&tpl).map_err(|e| Error::Task(format!("assign partitions: {e}")))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::Task(format!("assign partitions: {e}")))?;
     let partitions: Vec<(String, i32)> = batch.parts.keys().cloned().collect();
-    let mut sampler = GroupSampler::new(&state.group_offsets, [group_id.clone()]);
+    let mut sampler = GroupSampler::new(
+        &state.group_offsets,
+        [group_id.clone()],
+        opts.groups.clone(),
+    );
     let mut next_sample = Instant::now();
     let mut tick = tokio::time::interval(opts.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -276,7 +312,10 @@ pub async fn run(
             }
         }
         let due = last_flush.elapsed() >= opts.flush_interval
-            && (batch.parts.values().any(|p| !p.records.is_empty() || !p.losses.is_empty())
+            && (batch
+                .parts
+                .values()
+                .any(|p| !p.records.is_empty() || !p.losses.is_empty())
                 || !batch.topics.is_empty()
                 || last_flush.elapsed() >= idle_flush && batch.has_progress());
         if due || batch.bytes >= opts.max_buffer_bytes {
@@ -309,8 +348,15 @@ async fn sample_groups(
     })
     .await;
     match res {
-        Ok((s, Ok((groups, changes)))) => {
+        Ok((s, Ok((groups, changes, discovery_error)))) => {
             *sampler = s;
+            if let Some(error) = discovery_error {
+                observer.event(&Event::Retrying {
+                    what: "list consumer groups (only the groups named with --group are sampled)"
+                        .into(),
+                    error,
+                });
+            }
             observer.event(&Event::GroupsSampled {
                 groups,
                 changes: changes.len(),
@@ -339,7 +385,11 @@ async fn check_retention_loss(
     opts: &BackupOptions,
     observer: &dyn Observer,
 ) -> Result<()> {
-    let parts: Vec<(String, i32, i64)> = batch.parts.iter().map(|(k, p)| (k.0.clone(), k.1, p.end())).collect();
+    let parts: Vec<(String, i32, i64)> = batch
+        .parts
+        .iter()
+        .map(|(k, p)| (k.0.clone(), k.1, p.end()))
+        .collect();
     let cluster = opts.cluster.clone();
     let lows = blocking(move || {
         let c = cluster.inspector("haven-inspector")?;
@@ -391,7 +441,9 @@ async fn flush(
             return Ok(());
         }
         let mut seg = repo.new_segment(state.head, &opts.job);
-        let records = batch.fill(&mut seg).map_err(|e| Error::format("new segment", e))?;
+        let records = batch
+            .fill(&mut seg)
+            .map_err(|e| Error::format("new segment", e))?;
         let oldest = batch
             .parts
             .values()

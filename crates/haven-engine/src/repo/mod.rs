@@ -4,7 +4,9 @@
 mod state;
 
 use bytes::Bytes;
-use haven_format::{index_of, Digest, MasterKey, SegmentBuilder, SegmentIndex, SegmentTrailer, TRAILER_LEN};
+use haven_format::{
+    index_of, Digest, MasterKey, SegmentBuilder, SegmentIndex, SegmentTrailer, TRAILER_LEN,
+};
 use haven_storage::{CreateOnly, ObjectInfo, StorageError, Store};
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +23,10 @@ pub fn segment_key(seq: u64) -> String {
 
 /// Parses a segment key back to its position.
 pub fn segment_seq(key: &str) -> Option<u64> {
-    key.strip_prefix(LOG_PREFIX)?.strip_suffix(".seg")?.parse().ok()
+    key.strip_prefix(LOG_PREFIX)?
+        .strip_suffix(".seg")?
+        .parse()
+        .ok()
 }
 
 /// `haven-repo.json`: written once when the repository is created.
@@ -56,9 +61,15 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        let descriptor: Descriptor = serde_json::from_slice(&raw)
-            .map_err(|e| Error::Input(format!("{DESCRIPTOR_KEY} in {} is damaged: {e}", store.url())))?;
-        if descriptor.format != "haven-repository" || descriptor.version > haven_format::FORMAT_VERSION {
+        let descriptor: Descriptor = serde_json::from_slice(&raw).map_err(|e| {
+            Error::Input(format!(
+                "{DESCRIPTOR_KEY} in {} is damaged: {e}",
+                store.url()
+            ))
+        })?;
+        if descriptor.format != "haven-repository"
+            || descriptor.version > haven_format::FORMAT_VERSION
+        {
             return Err(Error::Input(format!(
                 "{DESCRIPTOR_KEY}: format {:?} version {} is not one this Haven reads (upgrade Haven)",
                 descriptor.format, descriptor.version
@@ -80,7 +91,11 @@ impl Repository {
             }
             _ => {}
         }
-        Ok(Repository { store, key, descriptor })
+        Ok(Repository {
+            store,
+            key,
+            descriptor,
+        })
     }
 
     /// Opens the repository, creating it first if it does not exist (encrypted when a key
@@ -96,7 +111,8 @@ impl Repository {
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             key_id: key.as_ref().map(|k| k.id().0),
         };
-        let body = serde_json::to_vec_pretty(&descriptor).map_err(|e| Error::Task(e.to_string()))?;
+        let body =
+            serde_json::to_vec_pretty(&descriptor).map_err(|e| Error::Task(e.to_string()))?;
         match store.put_new(DESCRIPTOR_KEY, Bytes::from(body)).await {
             Ok(()) | Err(StorageError::AlreadyExists { .. }) => Self::open(store, key).await,
             Err(e) => Err(e.into()),
@@ -145,13 +161,18 @@ impl Repository {
             .get_range(&obj.key, obj.size - TRAILER_LEN as u64..obj.size)
             .await?;
         let trailer = SegmentTrailer::decode(&t).map_err(|e| Error::format(&obj.key, e))?;
-        let range = trailer.index_range(obj.size).map_err(|e| Error::format(&obj.key, e))?;
+        let range = trailer
+            .index_range(obj.size)
+            .map_err(|e| Error::format(&obj.key, e))?;
         let ix = self.store.get_range(&obj.key, range).await?;
         let index = SegmentIndex::decode(&ix, &trailer).map_err(|e| Error::format(&obj.key, e))?;
         if segment_seq(&obj.key) != Some(index.seq) {
             return Err(Error::format(
                 &obj.key,
-                haven_format::FormatError::invalid_public("segment", format!("holds sequence {} under another name", index.seq)),
+                haven_format::FormatError::invalid_public(
+                    "segment",
+                    format!("holds sequence {} under another name", index.seq),
+                ),
             ));
         }
         Ok((index, trailer.digest))
@@ -216,12 +237,17 @@ impl Repository {
             None => None,
             Some(w) => {
                 let k = self.key.as_ref().ok_or_else(|| {
-                    Error::Key(format!("{} is encrypted: give the repository key", chunk.key))
+                    Error::Key(format!(
+                        "{} is encrypted: give the repository key",
+                        chunk.key
+                    ))
                 })?;
                 Some(k.unwrap_key(w).map_err(|e| Error::format(&chunk.key, e))?)
             }
         };
-        chunk.decode(&bytes, dk.as_ref()).map_err(|e| Error::format(&chunk.key, e))
+        chunk
+            .decode(&bytes, dk.as_ref())
+            .map_err(|e| Error::format(&chunk.key, e))
     }
 
     /// Reads a whole segment into memory and checks it (digest, index, chunk CRCs).

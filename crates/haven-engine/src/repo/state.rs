@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use haven_format::{ChunkMeta, Digest, FormatError, GroupCommit, Loss, Record, SegmentIndex, TopicMeta, WrappedKey};
+use haven_format::{
+    ChunkMeta, Digest, FormatError, GroupCommit, Loss, Record, SegmentIndex, TopicMeta, WrappedKey,
+};
 
 /// (topic, generation, partition)
 pub type PartitionKey = (String, u32, i32);
@@ -17,8 +19,18 @@ pub struct ChunkRef {
 }
 
 impl ChunkRef {
-    pub fn decode(&self, stored: &[u8], data_key: Option<&[u8; 32]>) -> Result<Vec<Record>, FormatError> {
-        haven_format::read_stored_chunk(self.seq, self.wrapped_key.is_some(), &self.meta, stored, data_key)
+    pub fn decode(
+        &self,
+        stored: &[u8],
+        data_key: Option<&[u8; 32]>,
+    ) -> Result<Vec<Record>, FormatError> {
+        haven_format::read_stored_chunk(
+            self.seq,
+            self.wrapped_key.is_some(),
+            &self.meta,
+            stored,
+            data_key,
+        )
     }
 }
 
@@ -45,7 +57,11 @@ impl PartitionState {
     /// gaps left by compaction, transaction markers or aborted records.
     pub fn gaps(&self) -> u64 {
         let covered = (self.next_offset - self.first_offset).max(0) as u64;
-        let lost: u64 = self.losses.iter().map(|l| (l.to - l.from).max(0) as u64).sum();
+        let lost: u64 = self
+            .losses
+            .iter()
+            .map(|l| (l.to - l.from).max(0) as u64)
+            .sum();
         covered.saturating_sub(self.records).saturating_sub(lost)
     }
 }
@@ -79,8 +95,14 @@ impl RepoState {
         match self.head {
             Some((seq, d)) => {
                 if ix.seq != seq + 1 {
-                    self.chain_breaks
-                        .push((key.into(), format!("follows segment {seq}: segments {}..{} are missing", seq + 1, ix.seq)));
+                    self.chain_breaks.push((
+                        key.into(),
+                        format!(
+                            "follows segment {seq}: segments {}..{} are missing",
+                            seq + 1,
+                            ix.seq
+                        ),
+                    ));
                 } else if ix.prev_digest != Some(d) {
                     self.chain_breaks.push((
                         key.into(),
@@ -90,8 +112,10 @@ impl RepoState {
             }
             None => {
                 if ix.seq != 1 || ix.prev_digest.is_some() {
-                    self.chain_breaks
-                        .push((key.into(), format!("the log starts at segment {} instead of 1", ix.seq)));
+                    self.chain_breaks.push((
+                        key.into(),
+                        format!("the log starts at segment {} instead of 1", ix.seq),
+                    ));
                 }
             }
         }
@@ -105,14 +129,21 @@ impl RepoState {
                 ..Default::default()
             });
             if st.next_offset != p.start_offset {
-                st.discontinuities.push((key.into(), st.next_offset, p.start_offset));
+                st.discontinuities
+                    .push((key.into(), st.next_offset, p.start_offset));
             }
             st.next_offset = p.end_offset;
             for c in &p.chunks {
                 st.records += c.record_count;
                 st.stored_bytes += c.byte_len;
-                st.min_timestamp = Some(st.min_timestamp.map_or(c.min_timestamp, |m| m.min(c.min_timestamp)));
-                st.max_timestamp = Some(st.max_timestamp.map_or(c.max_timestamp, |m| m.max(c.max_timestamp)));
+                st.min_timestamp = Some(
+                    st.min_timestamp
+                        .map_or(c.min_timestamp, |m| m.min(c.min_timestamp)),
+                );
+                st.max_timestamp = Some(
+                    st.max_timestamp
+                        .map_or(c.max_timestamp, |m| m.max(c.max_timestamp)),
+                );
                 st.chunks.push(ChunkRef {
                     key: key.into(),
                     seq: ix.seq,

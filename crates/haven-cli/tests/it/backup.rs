@@ -1,0 +1,407 @@
+//! Backup round trips, crash and resume, tamper detection, encryption.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haven_engine::read::json_bytes;
+use testbed::{Broker, Consumed, Rec};
+
+use crate::{code, haven, haven_env, ok, path, stderr};
+
+/// Edge cases of a record: null vs empty key and value, duplicate and null headers.
+fn edge_records(n: usize, partitions: i32) -> Vec<Rec> {
+    (0..n)
+        .map(|i| {
+            let mut r = Rec::kv(
+                &format!("key-{}", i % 17),
+                &format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 50)),
+            )
+            .to_partition((i as i32) % partitions)
+            .at(1_750_000_000_000 + i as i64 * 10);
+            match i % 6 {
+                0 => r.key = None,
+                1 => r.key = Some(vec![]),
+                2 => r.value = None,
+                3 => r.value = Some(vec![]),
+                4 => {
+                    r = r
+                        .header("h", Some(b"1"))
+                        .header("h", None)
+                        .header("h", Some(b""))
+                }
+                _ => r.value = Some(vec![0xff, 0x00, 0xfe, (i % 256) as u8]),
+            }
+            r
+        })
+        .collect()
+}
+
+fn cat(repo: &str, topic: &str, partition: i32, env: &[(&str, String)]) -> Vec<Consumed> {
+    let p = partition.to_string();
+    let out = ok(&haven_env(
+        &["cat", "--repo", repo, "--topic", topic, "--partition", &p],
+        env,
+    ));
+    out.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Consumed {
+                partition: v["partition"].as_i64().unwrap() as i32,
+                offset: v["offset"].as_i64().unwrap(),
+                timestamp: v["timestamp"].as_i64().unwrap(),
+                key: json_bytes(&v["key"]).unwrap(),
+                value: json_bytes(&v["value"]).unwrap(),
+                headers: v["headers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| {
+                        (
+                            h[0].as_str().unwrap().to_string(),
+                            json_bytes(&h[1]).unwrap(),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn assert_same(
+    b: &Broker,
+    repo: &str,
+    topic: &str,
+    partitions: i32,
+    env: &[(&str, String)],
+) -> usize {
+    let mut n = 0;
+    for p in 0..partitions {
+        let expected = b.read_partition(topic, p).unwrap();
+        let got = cat(repo, topic, p, env);
+        assert_eq!(got.len(), expected.len(), "partition {p}: record count");
+        for (g, e) in got.iter().zip(&expected) {
+            assert_eq!(g, e, "partition {p} offset {}", e.offset);
+        }
+        n += got.len();
+    }
+    n
+}
+
+#[test]
+fn snapshot_round_trips_every_edge_case_and_group_commits() {
+    let b = Broker::start().unwrap();
+    b.create_topic("orders", 3).unwrap();
+    b.create_topic("other", 1).unwrap();
+    b.produce("orders", &edge_records(600, 3)).unwrap();
+    b.produce("other", &[Rec::kv("x", "y")]).unwrap();
+    commit(&b, "billing", "orders", 0, 17);
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    let out = ok(&haven(&[
+        "--json",
+        "backup",
+        "--brokers",
+        &b.bootstrap(),
+        "--repo",
+        &repo,
+        "--topics",
+        "orders",
+        "--once",
+        "--group",
+        "billing",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["records"], 600);
+    assert_eq!(assert_same(&b, &repo, "orders", 3, &[]), 600);
+
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(&haven(&["--json", "ls", "--repo", &repo]))).unwrap();
+    let parts = ls["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "only the selected topic: {ls}");
+    assert!(parts
+        .iter()
+        .all(|p| p["records"] == 200 && p["gaps"] == 0 && p["lost"] == 0));
+    assert_eq!(
+        ls["groups"], 1,
+        "the billing group's commit is in the timeline: {ls}"
+    );
+    let st = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = haven_storage::Store::open(&repo).unwrap();
+        let r = haven_engine::repo::Repository::open(store, None)
+            .await
+            .unwrap();
+        r.load_state().await.unwrap()
+    });
+    assert_eq!(
+        st.group_offsets
+            .get(&("billing".into(), "orders".into(), 0)),
+        Some(&17)
+    );
+    assert_eq!(ls["topics"][0]["partitions"], 3);
+
+    // A second snapshot with nothing new adds no records; new records continue the ranges.
+    ok(&haven(&[
+        "backup",
+        "--brokers",
+        &b.bootstrap(),
+        "--repo",
+        &repo,
+        "--topics",
+        "orders",
+        "--once",
+    ]));
+    b.produce("orders", &edge_records(30, 3)).unwrap();
+    ok(&haven(&[
+        "backup",
+        "--brokers",
+        &b.bootstrap(),
+        "--repo",
+        &repo,
+        "--topics",
+        "orders",
+        "--once",
+    ]));
+    assert_eq!(assert_same(&b, &repo, "orders", 3, &[]), 630);
+    assert_eq!(code(&haven(&["verify", "--repo", &repo, "--deep"])), 0);
+}
+
+/// Commits an offset as a real group member would: join the group, then commit.
+fn commit(b: &Broker, group: &str, topic: &str, partition: i32, offset: i64) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let c: BaseConsumer = b
+        .config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "group {group} got no assignment");
+        let _ = c.poll(Duration::from_millis(100));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+    c.unsubscribe();
+}
+
+#[test]
+fn sigkill_mid_backup_then_restart_loses_and_duplicates_nothing() {
+    let b = Broker::start().unwrap();
+    b.create_topic("events", 2).unwrap();
+    b.produce("events", &edge_records(300, 2)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args([
+            "backup",
+            "--brokers",
+            &b.bootstrap(),
+            "--repo",
+            &repo,
+            "--topics",
+            "events",
+            "--flush-ms",
+            "50",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Keep producing while the backup runs, and kill it right after it wrote something.
+    let log = dir.path().join("repo/log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&log).map(|d| d.count()).unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "backup wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.produce("events", &edge_records(200, 2)).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    b.produce("events", &edge_records(100, 2)).unwrap();
+    ok(&haven(&[
+        "backup",
+        "--brokers",
+        &b.bootstrap(),
+        "--repo",
+        &repo,
+        "--topics",
+        "events",
+        "--once",
+    ]));
+    assert_eq!(assert_same(&b, &repo, "events", 2, &[]), 600);
+    assert_eq!(code(&haven(&["verify", "--repo", &repo])), 0);
+}
+
+#[test]
+fn verify_names_flipped_deleted_and_swapped_segments() {
+    let b = Broker::start().unwrap();
+    b.create_topic("t", 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    for round in 0..4 {
+        b.produce("t", &edge_records(20 + round, 1)).unwrap();
+        ok(&haven(&[
+            "backup",
+            "--brokers",
+            &b.bootstrap(),
+            "--repo",
+            &path(&repo),
+            "--topics",
+            "t",
+            "--once",
+            "--group-interval",
+            "0",
+        ]));
+    }
+    assert_eq!(code(&haven(&["verify", "--repo", &path(&repo)])), 0);
+    let seg = |n: u64| format!("log/{n:020}.seg");
+    let damaged = |name: &str, f: &dyn Fn(&std::path::Path)| {
+        let copy = dir.path().join(name);
+        copy_dir(&repo, &copy);
+        f(&copy);
+        let out = haven(&["verify", "--repo", &path(&copy)]);
+        (code(&out), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (c, out) = damaged("flipped", &|r| {
+        let p = r.join(seg(2));
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[40] ^= 0x01;
+        std::fs::write(&p, bytes).unwrap();
+    });
+    assert_eq!(c, 1);
+    assert!(out.contains(&seg(2)) && out.contains("digest"), "{out}");
+
+    let (c, out) = damaged("deleted", &|r| {
+        std::fs::remove_file(r.join(seg(2))).unwrap()
+    });
+    assert_eq!(c, 1);
+    assert!(out.contains(&seg(3)) && out.contains("missing"), "{out}");
+
+    let (c, out) = damaged("swapped", &|r| {
+        let (a, bb) = (r.join(seg(2)), r.join(seg(3)));
+        let tmp = r.join("tmp");
+        std::fs::rename(&a, &tmp).unwrap();
+        std::fs::rename(&bb, &a).unwrap();
+        std::fs::rename(&tmp, &bb).unwrap();
+    });
+    assert_eq!(c, 1);
+    assert!(
+        out.contains(&seg(2)) && out.contains("another name"),
+        "{out}"
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn encrypted_repository_needs_its_key() {
+    let b = Broker::start().unwrap();
+    b.create_topic("secret", 1).unwrap();
+    b.produce(
+        "secret",
+        &[
+            Rec::kv("acct-1", "PLAINTEXT-BALANCE-1234"),
+            Rec::kv("acct-2", "x"),
+        ],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    let key = haven_format::MasterKey::generate();
+    let env = [("HAVEN_KEY", key.to_hex())];
+    ok(&haven_env(
+        &[
+            "backup",
+            "--brokers",
+            &b.bootstrap(),
+            "--repo",
+            &repo,
+            "--topics",
+            "secret",
+            "--once",
+        ],
+        &env,
+    ));
+    for e in std::fs::read_dir(dir.path().join("repo/log")).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        assert!(
+            !bytes.windows(9).any(|w| w == b"PLAINTEXT"),
+            "plaintext found in a segment"
+        );
+    }
+    assert_eq!(assert_same(&b, &repo, "secret", 1, &env), 2);
+    assert_eq!(
+        code(&haven_env(&["verify", "--repo", &repo, "--deep"], &env)),
+        0
+    );
+
+    let out = haven(&["cat", "--repo", &repo, "--topic", "secret"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("encrypted") && stderr(&out).contains("HAVEN_KEY"),
+        "{}",
+        stderr(&out)
+    );
+    let wrong = [("HAVEN_KEY", haven_format::MasterKey::generate().to_hex())];
+    let out = haven_env(&["cat", "--repo", &repo, "--topic", "secret"], &wrong);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let b = Broker::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    let out = haven(&[
+        "backup",
+        "--brokers",
+        &b.bootstrap(),
+        "--repo",
+        &repo,
+        "--topics",
+        "nothing.*",
+        "--once",
+    ]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("no topic") && stderr(&out).contains("nothing.*"),
+        "{}",
+        stderr(&out)
+    );
+    let out = haven(&[
+        "backup",
+        "--brokers",
+        &b.bootstrap(),
+        "--repo",
+        &repo,
+        "--topics",
+        "(",
+        "--once",
+    ]);
+    assert_eq!(code(&out), 2);
+    let out = haven(&["ls", "--repo", &path(&dir.path().join("absent"))]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("not a Haven repository"),
+        "{}",
+        stderr(&out)
+    );
+}
