@@ -1,11 +1,11 @@
 //! Haven's engine: everything between the CLI and the bytes.
 //!
-//! - [`config`]: `haven.toml`.
-//! - [`repo`]: a repository (descriptor + hash-chained log of segments) and its catalog.
-//! - [`backup`]: continuous and snapshot backup of Kafka topics.
-//! - [`read`]: selecting and decoding records from a repository (cat; restore builds on it).
-//! - [`verify`]: integrity checks of a whole repository.
-//! - [`events`]: typed events every job emits.
+//! - [`config`] - `haven.toml`.
+//! - [`repo`] - a repository (descriptor + hash-chained log of segments) and its catalog.
+//! - [`backup`] - continuous and snapshot backup of Kafka topics.
+//! - [`read`] - selecting and decoding records from a repository (cat; restore builds on it).
+//! - [`verify`] - integrity checks of a whole repository.
+//! - [`events`] - typed events every job emits.
 //!
 //! Restore, mirroring and failover will live beside `backup` as `restore`, `mirror` and
 //! `failover`; offset translation for all of them in one `offsets` module.

@@ -297,7 +297,7 @@ impl Broker {
         tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
         c.assign(&tpl)?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while out.last().map_or(true, |m: &Consumed| m.offset + 1 < high) {
+        while out.last().is_none_or(|m: &Consumed| m.offset + 1 < high) {
             if Instant::now() > deadline {
                 bail!(
                     "reading {topic}/{partition}: got {} records, stuck before {high}",
@@ -336,8 +336,10 @@ impl Drop for Broker {
     }
 }
 
+type Deliveries = Vec<(usize, Result<(i32, i64), String>)>;
+
 #[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<(usize, Result<(i32, i64), String>)>>>);
+struct Collect(Arc<Mutex<Deliveries>>);
 
 impl ClientContext for Collect {}
 

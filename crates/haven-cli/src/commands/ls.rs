@@ -73,8 +73,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         .collect();
     let topics = st
         .topics
-        .iter()
-        .filter_map(|(_, t)| t.meta.as_ref())
+        .values()
+        .filter_map(|t| t.meta.as_ref())
         .map(|m| {
             serde_json::json!({
                 "topic": m.topic, "generation": m.generation, "partitions": m.partition_count,
