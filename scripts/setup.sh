@@ -47,7 +47,7 @@ fi
 tansu_ok || { say "tansu 0.6.0 is not runnable after install"; exit 1; }
 phase "tansu ready: $(command -v tansu)"
 
-garage_ok() { command -v garage >/dev/null && garage --version 2>/dev/null | grep -q 'v2\.5\.0'; }
+garage_ok() { command -v garage >/dev/null && garage --version 2>/dev/null | grep -q '2\.5\.0'; }
 if ! garage_ok; then
   say "building garage 2.5.0 (about 10 minutes the first time)"
   cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite --quiet
