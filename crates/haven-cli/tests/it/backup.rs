@@ -8,6 +8,31 @@ use testbed::{Broker, Consumed, Rec};
 
 use crate::{code, haven, haven_env, ok, path, stderr};
 
+/// Runs `haven [--json] backup --once` of `topics` from `b` into `repo`, with extra flags and
+/// environment, and returns its stdout.
+fn backup_once(
+    b: &Broker,
+    repo: &str,
+    topics: &str,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> String {
+    let bootstrap = b.bootstrap();
+    let mut args = vec![
+        "--json",
+        "backup",
+        "--brokers",
+        &bootstrap,
+        "--repo",
+        repo,
+        "--topics",
+        topics,
+        "--once",
+    ];
+    args.extend_from_slice(extra);
+    ok(&haven_env(&args, env))
+}
+
 /// Edge cases of a record: null vs empty key and value, duplicate and null headers.
 fn edge_records(n: usize, partitions: i32) -> Vec<Rec> {
     (0..n)
@@ -98,19 +123,7 @@ fn snapshot_round_trips_every_edge_case_and_group_commits() {
 
     let dir = tempfile::tempdir().unwrap();
     let repo = path(&dir.path().join("repo"));
-    let out = ok(&haven(&[
-        "--json",
-        "backup",
-        "--brokers",
-        &b.bootstrap(),
-        "--repo",
-        &repo,
-        "--topics",
-        "orders",
-        "--once",
-        "--group",
-        "billing",
-    ]));
+    let out = backup_once(&b, &repo, "orders", &["--group", "billing"], &[]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["records"], 600);
     assert_eq!(assert_same(&b, &repo, "orders", 3, &[]), 600);
@@ -141,27 +154,9 @@ fn snapshot_round_trips_every_edge_case_and_group_commits() {
     assert_eq!(ls["topics"][0]["partitions"], 3);
 
     // A second snapshot with nothing new adds no records; new records continue the ranges.
-    ok(&haven(&[
-        "backup",
-        "--brokers",
-        &b.bootstrap(),
-        "--repo",
-        &repo,
-        "--topics",
-        "orders",
-        "--once",
-    ]));
+    backup_once(&b, &repo, "orders", &[], &[]);
     b.produce("orders", &edge_records(30, 3)).unwrap();
-    ok(&haven(&[
-        "backup",
-        "--brokers",
-        &b.bootstrap(),
-        "--repo",
-        &repo,
-        "--topics",
-        "orders",
-        "--once",
-    ]));
+    backup_once(&b, &repo, "orders", &[], &[]);
     assert_eq!(assert_same(&b, &repo, "orders", 3, &[]), 630);
     assert_eq!(code(&haven(&["verify", "--repo", &repo, "--deep"])), 0);
 }
@@ -224,16 +219,7 @@ fn sigkill_mid_backup_then_restart_loses_and_duplicates_nothing() {
     child.kill().unwrap();
     child.wait().unwrap();
     b.produce("events", &edge_records(100, 2)).unwrap();
-    ok(&haven(&[
-        "backup",
-        "--brokers",
-        &b.bootstrap(),
-        "--repo",
-        &repo,
-        "--topics",
-        "events",
-        "--once",
-    ]));
+    backup_once(&b, &repo, "events", &[], &[]);
     assert_eq!(assert_same(&b, &repo, "events", 2, &[]), 600);
     assert_eq!(code(&haven(&["verify", "--repo", &repo])), 0);
 }
@@ -246,18 +232,7 @@ fn verify_names_flipped_deleted_and_swapped_segments() {
     let repo = dir.path().join("repo");
     for round in 0..4 {
         b.produce("t", &edge_records(20 + round, 1)).unwrap();
-        ok(&haven(&[
-            "backup",
-            "--brokers",
-            &b.bootstrap(),
-            "--repo",
-            &path(&repo),
-            "--topics",
-            "t",
-            "--once",
-            "--group-interval",
-            "0",
-        ]));
+        backup_once(&b, &path(&repo), "t", &["--group-interval", "0"], &[]);
     }
     assert_eq!(code(&haven(&["verify", "--repo", &path(&repo)])), 0);
     let seg = |n: u64| format!("log/{n:020}.seg");
@@ -326,19 +301,7 @@ fn encrypted_repository_needs_its_key() {
     let repo = path(&dir.path().join("repo"));
     let key = haven_format::MasterKey::generate();
     let env = [("HAVEN_KEY", key.to_hex())];
-    ok(&haven_env(
-        &[
-            "backup",
-            "--brokers",
-            &b.bootstrap(),
-            "--repo",
-            &repo,
-            "--topics",
-            "secret",
-            "--once",
-        ],
-        &env,
-    ));
+    backup_once(&b, &repo, "secret", &[], &env);
     for e in std::fs::read_dir(dir.path().join("repo/log")).unwrap() {
         let bytes = std::fs::read(e.unwrap().path()).unwrap();
         assert!(
@@ -365,37 +328,33 @@ fn encrypted_repository_needs_its_key() {
     assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
 }
 
+fn failing_backup(b: &Broker, repo: &str, topics: &str) -> std::process::Output {
+    let bootstrap = b.bootstrap();
+    haven(&[
+        "backup",
+        "--brokers",
+        &bootstrap,
+        "--repo",
+        repo,
+        "--topics",
+        topics,
+        "--once",
+    ])
+}
+
 #[test]
 fn bad_input_gives_clear_errors() {
     let b = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = path(&dir.path().join("repo"));
-    let out = haven(&[
-        "backup",
-        "--brokers",
-        &b.bootstrap(),
-        "--repo",
-        &repo,
-        "--topics",
-        "nothing.*",
-        "--once",
-    ]);
+    let out = failing_backup(&b, &repo, "nothing.*");
     assert_eq!(code(&out), 2);
     assert!(
         stderr(&out).contains("no topic") && stderr(&out).contains("nothing.*"),
         "{}",
         stderr(&out)
     );
-    let out = haven(&[
-        "backup",
-        "--brokers",
-        &b.bootstrap(),
-        "--repo",
-        &repo,
-        "--topics",
-        "(",
-        "--once",
-    ]);
+    let out = failing_backup(&b, &repo, "(");
     assert_eq!(code(&out), 2);
     let out = haven(&["ls", "--repo", &path(&dir.path().join("absent"))]);
     assert_eq!(code(&out), 2);
