@@ -3,6 +3,7 @@
 //! 0 success, 1 operational failure, 2 bad usage or bad configuration.
 
 mod commands;
+mod metrics_server;
 mod observer;
 mod output;
 

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct CliObserver {
     bar: Mutex<Option<ProgressBar>>,
     show_progress: bool,
+    metrics: Option<std::sync::Arc<haven_engine::metrics::Metrics>>,
 }
 
 impl CliObserver {
@@ -16,7 +17,14 @@ impl CliObserver {
         CliObserver {
             bar: Mutex::new(None),
             show_progress: !json && std::io::stderr().is_terminal(),
+            metrics: None,
         }
+    }
+
+    /// Also counts every event into `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<haven_engine::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn finish(&self) {
@@ -31,6 +39,9 @@ impl CliObserver {
 impl Observer for CliObserver {
     fn event(&self, event: &Event) {
         LogObserver.event(event);
+        if let Some(m) = &self.metrics {
+            m.event(event);
+        }
         if !self.show_progress {
             return;
         }

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod config;
 mod error;
 pub mod events;
+pub mod metrics;
 pub mod read;
 pub mod repo;
 pub mod time;

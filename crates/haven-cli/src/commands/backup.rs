@@ -66,6 +66,10 @@ pub struct Args {
     #[arg(long = "group", value_name = "GROUP")]
     groups: Vec<String>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+
     /// How long the broker may hold a fetch waiting for data (fetch.wait.max.ms).
     #[arg(long, default_value_t = 10, value_name = "MS")]
     fetch_wait_ms: u32,
@@ -131,7 +135,13 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         shutdown_signal().await;
         let _ = tx.send(true);
     });
-    let observer = CliObserver::new(ctx.json);
+    let mut observer = CliObserver::new(ctx.json);
+    if let Some(addr) = &a.metrics_addr {
+        let metrics = std::sync::Arc::new(haven_engine::metrics::Metrics::default());
+        let bound = crate::metrics_server::serve(addr, metrics.clone()).await?;
+        tracing::info!("metrics at http://{bound}/metrics");
+        observer = observer.with_metrics(metrics);
+    }
     let report = backup::run(&repo, &opts, &observer, rx).await;
     observer.finish();
     let report = report?;

@@ -364,3 +364,58 @@ fn bad_input_gives_clear_errors() {
         stderr(&out)
     );
 }
+
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn continuous_backup_serves_metrics_that_count_durable_records() {
+    let b = Broker::start().unwrap();
+    b.create_topic("live", 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    let port = testbed::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let bootstrap = b.bootstrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args([
+            "backup",
+            "--brokers",
+            &bootstrap,
+            "--repo",
+            &repo,
+            "--topics",
+            "live",
+            "--flush-ms",
+            "200",
+        ])
+        .args(["--metrics-addr", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    b.produce("live", &edge_records(120, 2)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while !last.contains("haven_backup_records_total 120\n") {
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed 120 durable records:\n{last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        last = scrape(port).unwrap_or_default();
+    }
+    assert!(last.contains("haven_backup_segments_total"), "{last}");
+    // SIGTERM: the backup flushes and exits cleanly.
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "backup exited with {status} on SIGTERM");
+    assert_eq!(assert_same(&b, &repo, "live", 2, &[]), 120);
+}

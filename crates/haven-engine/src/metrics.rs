@@ -1,0 +1,174 @@
+//! Counting engine events as Prometheus metrics (text exposition format 0.0.4).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::events::{Event, Observer};
+
+/// Counters and gauges fed by [`Event`]s. Render with [`Metrics::render`].
+#[derive(Debug, Default)]
+pub struct Metrics {
+    records: AtomicU64,
+    bytes: AtomicU64,
+    segments: AtomicU64,
+    errors: AtomicU64,
+    concurrent_appends: AtomicU64,
+    /// Unix ms of the last segment that became durable.
+    last_durable_ms: AtomicI64,
+    /// Age in ms of the oldest record of the last segment when it became durable.
+    last_oldest_age_ms: AtomicI64,
+    lost: Mutex<BTreeMap<(String, i32), u64>>,
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "haven_backup_records_total",
+            "counter",
+            "Records made durable in the repository.",
+            self.records.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "haven_backup_bytes_total",
+            "counter",
+            "Bytes of segments written.",
+            self.bytes.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "haven_backup_segments_total",
+            "counter",
+            "Segments written.",
+            self.segments.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "haven_errors_total",
+            "counter",
+            "Recoverable errors (retried).",
+            self.errors.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "haven_backup_concurrent_appends_total",
+            "counter",
+            "Appends lost to another writer and retried.",
+            self.concurrent_appends.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "haven_backup_last_durable_timestamp_seconds",
+            "gauge",
+            "When the last segment became durable (Unix seconds).",
+            format!(
+                "{:.3}",
+                self.last_durable_ms.load(Ordering::Relaxed) as f64 / 1000.0
+            ),
+        );
+        metric(
+            "haven_backup_last_flush_oldest_record_age_seconds",
+            "gauge",
+            "Age of the oldest record of the last segment when it became durable.",
+            format!(
+                "{:.3}",
+                self.last_oldest_age_ms.load(Ordering::Relaxed) as f64 / 1000.0
+            ),
+        );
+        let _ = writeln!(o, "# HELP haven_backup_records_lost_total Records the source deleted before Haven read them.");
+        let _ = writeln!(o, "# TYPE haven_backup_records_lost_total counter");
+        if let Ok(lost) = self.lost.lock() {
+            for ((t, p), n) in lost.iter() {
+                let _ = writeln!(
+                    o,
+                    "haven_backup_records_lost_total{{topic=\"{}\",partition=\"{p}\"}} {n}",
+                    escape(t)
+                );
+            }
+        }
+        o
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Observer for Metrics {
+    fn event(&self, event: &Event) {
+        match event {
+            Event::SegmentWritten {
+                records,
+                bytes,
+                oldest_age_ms,
+                ..
+            } => {
+                self.records.fetch_add(*records, Ordering::Relaxed);
+                self.bytes.fetch_add(*bytes, Ordering::Relaxed);
+                self.segments.fetch_add(1, Ordering::Relaxed);
+                self.last_durable_ms
+                    .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+                if let Some(a) = oldest_age_ms {
+                    self.last_oldest_age_ms.store(*a, Ordering::Relaxed);
+                }
+            }
+            Event::RecordsLost {
+                topic,
+                partition,
+                from,
+                to,
+                ..
+            } => {
+                if let Ok(mut l) = self.lost.lock() {
+                    *l.entry((topic.clone(), *partition)).or_default() += (to - from).max(0) as u64;
+                }
+            }
+            Event::Retrying { .. } => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::ConcurrentAppend { .. } => {
+                self.concurrent_appends.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_become_metrics() {
+        let m = Metrics::default();
+        m.event(&Event::SegmentWritten {
+            key: "log/1".into(),
+            records: 10,
+            bytes: 100,
+            oldest_age_ms: Some(1500),
+        });
+        m.event(&Event::RecordsLost {
+            topic: "t\"x".into(),
+            partition: 2,
+            from: 5,
+            to: 9,
+            reason: "r".into(),
+        });
+        let text = m.render();
+        assert!(text.contains("haven_backup_records_total 10\n"), "{text}");
+        assert!(
+            text.contains("haven_backup_last_flush_oldest_record_age_seconds 1.500"),
+            "{text}"
+        );
+        assert!(
+            text.contains("haven_backup_records_lost_total{topic=\"t\\\"x\",partition=\"2\"} 4"),
+            "{text}"
+        );
+    }
+}
