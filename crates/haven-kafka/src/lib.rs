@@ -79,6 +79,16 @@ impl ClusterConfig {
     /// A consumer for backup and mirroring: manual offsets, committed data only, EOF events,
     /// and no silent reset when an offset is gone (it is reported as a loss instead).
     pub fn reader(&self, group_id: &str) -> Result<StreamConsumer> {
+        self.reader_with_context(group_id, rdkafka::consumer::DefaultConsumerContext)
+    }
+
+    /// [`ClusterConfig::reader`] with a context that handles rebalances (group members
+    /// sharing partitions).
+    pub fn reader_with_context<C: rdkafka::consumer::ConsumerContext + 'static>(
+        &self,
+        group_id: &str,
+        context: C,
+    ) -> Result<StreamConsumer<C>> {
         self.base()
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
@@ -89,7 +99,9 @@ impl ClusterConfig {
             .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
             .set("queued.max.messages.kbytes", "16384")
             .set("fetch.message.max.bytes", "1048576")
-            .create()
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
+            .create_with_context(context)
             .map_err(op("create consumer"))
     }
 

@@ -45,7 +45,9 @@ pub struct Args {
     #[arg(long, value_name = "REGEX")]
     topics: Option<String>,
 
-    /// A [jobs.NAME] of haven.toml supplying brokers, repo and topics (flags override it).
+    /// Job name. Processes with the same job share the partitions (Kafka's consumer-group
+    /// protocol) and take over those of a process that dies. A [jobs.NAME] of haven.toml
+    /// supplies brokers, repo and topics (flags override it).
     #[arg(long, value_name = "NAME")]
     job: Option<String>,
 
@@ -77,10 +79,18 @@ pub struct Args {
 
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
+    let all_flags = a.brokers.is_some() && a.repo.is_some() && a.topics.is_some();
     let job = match &a.job {
-        Some(name) => Some(cfg.jobs.get(name).cloned().ok_or_else(|| {
-            usage(format!("no job named {name:?} in the config: define [jobs.{name}] or pass --brokers, --repo and --topics"))
-        })?),
+        Some(name) => match cfg.jobs.get(name) {
+            Some(j) => Some(j.clone()),
+            // A job name alone (no config entry) just names the group of processes.
+            None if all_flags => None,
+            None => {
+                return Err(usage(format!(
+                    "no job named {name:?} in the config: define [jobs.{name}] or pass --brokers, --repo and --topics"
+                )))
+            }
+        },
         None => None,
     };
     let brokers = a

@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod groups;
+pub mod rebalance;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::repo::{RepoState, Repository};
 use crate::{blocking, Error, Result};
 use batch::{Batch, Pending};
 use groups::GroupSampler;
+use rebalance::{BackupContext, Change};
 
 /// How a backup runs.
 #[derive(Debug, Clone)]
@@ -91,6 +93,8 @@ pub fn topic_regex(pattern: &str) -> Result<Regex> {
 struct Plan {
     batch: Batch,
     assign: Vec<(String, i32, i64)>,
+    topics: Vec<String>,
+    inspector: Arc<haven_kafka::rdkafka::consumer::BaseConsumer>,
 }
 
 async fn plan(
@@ -214,7 +218,13 @@ async fn plan(
             }
         }
     }
-    Ok(Plan { batch, assign })
+    let topics = selected.iter().map(|t| t.name.clone()).collect();
+    Ok(Plan {
+        batch,
+        assign,
+        topics,
+        inspector,
+    })
 }
 
 /// Runs a backup until it is done (`--once`) or `stop` turns true.
@@ -226,7 +236,14 @@ pub async fn run(
 ) -> Result<BackupReport> {
     let started = Instant::now();
     let mut state = repo.load_state().await?;
-    let Plan { mut batch, assign } = plan(repo, &state, opts, observer).await?;
+    let Plan {
+        mut batch,
+        assign,
+        topics,
+        inspector,
+    } = plan(repo, &state, opts, observer).await?;
+    // Every partition of the selected topics, for the group timeline.
+    let partitions: Vec<(String, i32)> = batch.parts.keys().cloned().collect();
     let target_records = opts.once.then(|| {
         batch
             .parts
@@ -248,16 +265,36 @@ pub async fn run(
         }
     }
     let group_id = format!("haven-backup-{}", opts.job);
-    let consumer = opts.cluster.reader(&group_id)?;
-    let mut tpl = TopicPartitionList::new();
-    for (t, p, o) in &assign {
-        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
-            .map_err(|e| Error::Task(e.to_string()))?;
+    let (changes_tx, changes) = std::sync::mpsc::channel();
+    let context = BackupContext {
+        repo: repo.clone(),
+        handle: tokio::runtime::Handle::current(),
+        inspector,
+        changes: changes_tx,
+    };
+    let consumer = opts.cluster.reader_with_context(&group_id, context)?;
+    if opts.once {
+        // A snapshot: this process reads every partition up to the watermarks seen at start.
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o) in &assign {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                .map_err(|e| Error::Task(e.to_string()))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::Task(format!("assign partitions: {e}")))?;
+    } else {
+        // Continuous: the job's processes share partitions through the consumer group.
+        // Topic changes (a new generation) become durable first, so the rebalance callback
+        // reads the right generation from the repository.
+        flush(repo, &mut state, &mut batch, opts, observer, &mut report).await?;
+        batch.parts.clear();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| Error::Task(format!("subscribe to {names:?}: {e}")))?;
     }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| Error::Task(format!("assign partitions: {e}")))?;
-    let partitions: Vec<(String, i32)> = batch.parts.keys().cloned().collect();
+    let mut revoked: Vec<(String, i32)> = Vec::new();
     let mut sampler = GroupSampler::new(
         &state.group_offsets,
         [group_id.clone()],
@@ -276,6 +313,7 @@ pub async fn run(
         tokio::select! {
             msg = consumer.recv() => match msg {
                 Ok(m) => {
+                    apply_changes(&changes, &mut batch, &mut revoked, &mut report, observer);
                     let topic = m.topic().to_string();
                     let rec = haven_kafka::to_record(&m);
                     batch.push(&topic, m.partition(), rec);
@@ -298,7 +336,7 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
-            _ = tick.tick() => {}
+            _ = tick.tick() => apply_changes(&changes, &mut batch, &mut revoked, &mut report, observer),
             _ = stop.changed() => {
                 if *stop.borrow() {
                     break;
@@ -318,9 +356,13 @@ pub async fn run(
                 .any(|p| !p.records.is_empty() || !p.losses.is_empty())
                 || !batch.topics.is_empty()
                 || last_flush.elapsed() >= idle_flush && batch.has_progress());
-        if due || batch.bytes >= opts.max_buffer_bytes {
+        if due || batch.bytes >= opts.max_buffer_bytes || !revoked.is_empty() {
             flush(repo, &mut state, &mut batch, opts, observer, &mut report).await?;
             last_flush = Instant::now();
+            // Partitions given away: what we read of them is durable now; forget them.
+            for k in revoked.drain(..) {
+                batch.parts.remove(&k);
+            }
         }
     }
     if opts.group_interval.is_some() {
@@ -378,8 +420,52 @@ async fn sample_groups(
     }
 }
 
-async fn check_retention_loss(
-    consumer: &haven_kafka::rdkafka::consumer::StreamConsumer,
+/// Applies the rebalance callback's news to the batch.
+fn apply_changes(
+    changes: &std::sync::mpsc::Receiver<Change>,
+    batch: &mut Batch,
+    revoked: &mut Vec<(String, i32)>,
+    report: &mut BackupReport,
+    observer: &dyn Observer,
+) {
+    while let Ok(change) = changes.try_recv() {
+        match change {
+            Change::Assigned(parts) => {
+                for (topic, p, generation, next, low) in parts {
+                    let key = (topic.clone(), p);
+                    revoked.retain(|k| *k != key);
+                    if batch.parts.contains_key(&key) {
+                        if let Some(n) = next {
+                            batch.advance(&topic, p, n);
+                        }
+                        continue;
+                    }
+                    batch
+                        .parts
+                        .insert(key, Pending::new(generation, next.unwrap_or(low), None));
+                    if next.is_some_and(|n| n < low) {
+                        let reason = "deleted at the source (retention) before Haven read it";
+                        if let Some(l) = batch.loss(&topic, p, low, reason) {
+                            report.losses.push((topic.clone(), p, l.from, l.to));
+                            observer.event(&Event::RecordsLost {
+                                topic: topic.clone(),
+                                partition: p,
+                                from: l.from,
+                                to: l.to,
+                                reason: reason.into(),
+                            });
+                        }
+                    }
+                }
+                report.partitions = batch.parts.len();
+            }
+            Change::Revoked(parts) => revoked.extend(parts),
+        }
+    }
+}
+
+async fn check_retention_loss<C: haven_kafka::rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &haven_kafka::rdkafka::consumer::StreamConsumer<C>,
     batch: &mut Batch,
     report: &mut BackupReport,
     opts: &BackupOptions,
@@ -440,7 +526,8 @@ async fn flush(
         if !batch.has_progress() {
             return Ok(());
         }
-        let mut seg = repo.new_segment(state.head, &opts.job);
+        let writer = format!("{}:{}", opts.job, std::process::id());
+        let mut seg = repo.new_segment(state.head, &writer);
         let records = batch
             .fill(&mut seg)
             .map_err(|e| Error::format("new segment", e))?;
