@@ -32,6 +32,16 @@ pub enum Event {
     TopicRecreated { topic: String, generation: u32 },
     /// A topic's partition count or configuration changed (or was first seen).
     TopicChanged { topic: String, partitions: i32 },
+    /// How far a partition's backup is behind the source: `records` not yet durable (high
+    /// watermark minus durable offset) and `seconds` since the partition was last fully
+    /// durable (an upper bound of the age of its oldest non-durable record).
+    PartitionLag {
+        topic: String,
+        partition: i32,
+        records: i64,
+        seconds: f64,
+        durable_offset: i64,
+    },
     /// Consumer-group commits were sampled; `changes` of them were new.
     GroupsSampled { groups: usize, changes: usize },
     /// Another writer appended to the log at the same time; the backup reconciled.
@@ -54,6 +64,7 @@ impl Observer for LogObserver {
         match event {
             Event::RecordsLost { .. } => tracing::error!(?event, "records lost at the source"),
             Event::Retrying { .. } | Event::ConcurrentAppend { .. } => tracing::warn!(?event),
+            Event::PartitionLag { .. } | Event::GroupsSampled { .. } => tracing::debug!(?event),
             _ => tracing::info!(?event),
         }
     }

@@ -20,6 +20,8 @@ pub struct Metrics {
     /// Age in ms of the oldest record of the last segment when it became durable.
     last_oldest_age_ms: AtomicI64,
     lost: Mutex<BTreeMap<(String, i32), u64>>,
+    /// (records, seconds, durable offset) per partition.
+    lag: Mutex<BTreeMap<(String, i32), (i64, f64, i64)>>,
 }
 
 impl Metrics {
@@ -90,6 +92,36 @@ impl Metrics {
                 );
             }
         }
+        if let Ok(lag) = self.lag.lock() {
+            let series: [(&str, &str, &str); 3] = [
+                (
+                    "haven_backup_lag_records",
+                    "Records of the partition not yet durable in the repository.",
+                    "records",
+                ),
+                (
+                    "haven_backup_lag_seconds",
+                    "Seconds since the partition was last fully durable.",
+                    "seconds",
+                ),
+                (
+                    "haven_backup_durable_offset",
+                    "Next offset to make durable (everything below is).",
+                    "offset",
+                ),
+            ];
+            for (name, help, which) in series {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for ((t, p), (records, seconds, offset)) in lag.iter() {
+                    let v = match which {
+                        "records" => records.to_string(),
+                        "seconds" => format!("{seconds:.3}"),
+                        _ => offset.to_string(),
+                    };
+                    let _ = writeln!(o, "{name}{{topic=\"{}\",partition=\"{p}\"}} {v}", escape(t));
+                }
+            }
+        }
         o
     }
 }
@@ -127,6 +159,20 @@ impl Observer for Metrics {
             } => {
                 if let Ok(mut l) = self.lost.lock() {
                     *l.entry((topic.clone(), *partition)).or_default() += (to - from).max(0) as u64;
+                }
+            }
+            Event::PartitionLag {
+                topic,
+                partition,
+                records,
+                seconds,
+                durable_offset,
+            } => {
+                if let Ok(mut l) = self.lag.lock() {
+                    l.insert(
+                        (topic.clone(), *partition),
+                        (*records, *seconds, *durable_offset),
+                    );
                 }
             }
             Event::Retrying { .. } => {

@@ -413,6 +413,18 @@ fn continuous_backup_serves_metrics_that_count_durable_records() {
         last = scrape(port).unwrap_or_default();
     }
     assert!(last.contains("haven_backup_segments_total"), "{last}");
+    // Lag per partition: every record is durable, so both partitions reach 0.
+    while !(last.contains("haven_backup_lag_records{topic=\"live\",partition=\"0\"} 0\n")
+        && last.contains("haven_backup_lag_records{topic=\"live\",partition=\"1\"} 0\n"))
+    {
+        assert!(Instant::now() < deadline, "lag never reached 0:\n{last}");
+        std::thread::sleep(Duration::from_millis(100));
+        last = scrape(port).unwrap_or_default();
+    }
+    assert!(
+        last.contains("haven_backup_durable_offset{topic=\"live\",partition=\"0\"} 60\n"),
+        "{last}"
+    );
     // SIGTERM: the backup flushes and exits cleanly.
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let status = child.wait().unwrap();

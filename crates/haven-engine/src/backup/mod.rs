@@ -301,6 +301,8 @@ pub async fn run(
         opts.groups.clone(),
     );
     let mut next_sample = Instant::now();
+    let mut next_lag = Instant::now();
+    let mut caught_up: BTreeMap<(String, i32), Instant> = BTreeMap::new();
     let mut tick = tokio::time::interval(opts.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = Instant::now();
@@ -348,6 +350,10 @@ pub async fn run(
                 next_sample = Instant::now() + iv;
                 sample_groups(&mut sampler, opts, &partitions, &mut batch, observer).await;
             }
+        }
+        if Instant::now() >= next_lag {
+            next_lag = Instant::now() + LAG_INTERVAL;
+            report_lag(opts, &batch, &mut caught_up, observer).await;
         }
         let due = last_flush.elapsed() >= opts.flush_interval
             && (batch
@@ -417,6 +423,64 @@ async fn sample_groups(
             what: "sample consumer groups".into(),
             error: e.to_string(),
         }),
+    }
+}
+
+/// How often per-partition lag is measured (one watermark query per owned partition).
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Measures how far each owned partition is behind its high watermark.
+async fn report_lag(
+    opts: &BackupOptions,
+    batch: &Batch,
+    caught_up: &mut BTreeMap<(String, i32), Instant>,
+    observer: &dyn Observer,
+) {
+    let parts: Vec<(String, i32, i64)> = batch
+        .parts
+        .iter()
+        .map(|(k, p)| (k.0.clone(), k.1, p.durable))
+        .collect();
+    let cluster = opts.cluster.clone();
+    let highs = blocking(move || {
+        let c = cluster.inspector("haven-inspector")?;
+        let mut out = Vec::new();
+        for (t, p, durable) in parts {
+            let (_, high) = haven_kafka::watermarks(&c, &t, p, Duration::from_secs(5))?;
+            out.push((t, p, durable, high));
+        }
+        Ok(out)
+    })
+    .await;
+    let highs = match highs {
+        Ok(h) => h,
+        Err(e) => {
+            observer.event(&Event::Retrying {
+                what: "measure lag".into(),
+                error: e.to_string(),
+            });
+            return;
+        }
+    };
+    let now = Instant::now();
+    for (topic, partition, durable, high) in highs {
+        let key = (topic.clone(), partition);
+        let records = (high - durable).max(0);
+        if records == 0 {
+            caught_up.insert(key, now);
+        }
+        let since = *caught_up.entry((topic.clone(), partition)).or_insert(now);
+        observer.event(&Event::PartitionLag {
+            topic,
+            partition,
+            records,
+            seconds: if records == 0 {
+                0.0
+            } else {
+                now.duration_since(since).as_secs_f64()
+            },
+            durable_offset: durable,
+        });
     }
 }
 
