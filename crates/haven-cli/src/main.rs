@@ -60,6 +60,9 @@ enum Command {
     Verify(commands::verify::Args),
     /// Print backed-up records as NDJSON.
     Cat(commands::cat::Args),
+    /// Measure Haven against baselines run on the same data (ratios, not absolute times).
+    #[command(subcommand)]
+    Bench(commands::bench::Command),
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(commands::config::Command),
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
             Command::Verify(a) => commands::verify::run(&ctx, a).await,
             Command::Cat(a) => commands::cat::run(&ctx, a).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,
+            Command::Bench(c) => commands::bench::run(&ctx, c).await,
         }
     });
     match result {

@@ -9,13 +9,21 @@ pub const MAX_CHUNK_RAW_LEN: u64 = 256 * 1024 * 1024;
 
 /// Encodes `records` (strictly increasing offsets) into the uncompressed chunk body.
 pub fn encode_chunk(records: &[Record]) -> Result<Vec<u8>, FormatError> {
+    let mut out = Vec::new();
+    encode_chunk_into(records, &mut out)?;
+    Ok(out)
+}
+
+/// As [`encode_chunk`], into a buffer that is cleared first (so it can be reused).
+pub fn encode_chunk_into(records: &[Record], out: &mut Vec<u8>) -> Result<(), FormatError> {
     let first = records
         .first()
         .ok_or_else(|| FormatError::invalid("chunk", "a chunk holds at least one record"))?;
-    let mut out = Vec::with_capacity(records.iter().map(|r| r.payload_len() + 16).sum());
-    put_uvarint(&mut out, records.len() as u64);
-    put_uvarint(&mut out, first.offset as u64);
-    put_svarint(&mut out, first.timestamp);
+    out.clear();
+    out.reserve(records.iter().map(|r| r.payload_len() + 16).sum());
+    put_uvarint(out, records.len() as u64);
+    put_uvarint(out, first.offset as u64);
+    put_svarint(out, first.timestamp);
     let mut prev = first.offset - 1;
     for r in records {
         if r.offset <= prev {
@@ -24,28 +32,63 @@ pub fn encode_chunk(records: &[Record]) -> Result<Vec<u8>, FormatError> {
                 format!("offsets must increase: {} after {}", r.offset, prev),
             ));
         }
-        put_uvarint(&mut out, (r.offset - prev - 1) as u64);
+        put_uvarint(out, (r.offset - prev - 1) as u64);
         prev = r.offset;
-        put_svarint(&mut out, r.timestamp.wrapping_sub(first.timestamp));
+        put_svarint(out, r.timestamp.wrapping_sub(first.timestamp));
         out.push(r.timestamp_type.to_byte());
-        put_opt_bytes(&mut out, r.key.as_deref());
-        put_opt_bytes(&mut out, r.value.as_deref());
-        put_uvarint(&mut out, r.headers.len() as u64);
+        put_opt_bytes(out, r.key.as_deref());
+        put_opt_bytes(out, r.value.as_deref());
+        put_uvarint(out, r.headers.len() as u64);
         for h in &r.headers {
-            put_str(&mut out, &h.name);
-            put_opt_bytes(&mut out, h.value.as_deref());
+            put_str(out, &h.name);
+            put_opt_bytes(out, h.value.as_deref());
         }
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Decodes an uncompressed chunk body.
-pub fn decode_chunk(body: &[u8]) -> Result<Vec<Record>, FormatError> {
+/// A record decoded in place: its byte fields borrow from the chunk body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub timestamp_type: TimestampType,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// Empty (no allocation) for records without headers.
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+impl RecordRef<'_> {
+    pub fn to_owned(&self) -> Record {
+        Record {
+            offset: self.offset,
+            timestamp: self.timestamp,
+            timestamp_type: self.timestamp_type,
+            key: self.key.map(<[u8]>::to_vec),
+            value: self.value.map(<[u8]>::to_vec),
+            headers: self
+                .headers
+                .iter()
+                .map(|(n, v)| Header {
+                    name: (*n).to_string(),
+                    value: v.map(<[u8]>::to_vec),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Decodes an uncompressed chunk body, calling `f` for each record without copying its
+/// bytes. Returns the number of records.
+pub fn visit_chunk<'a, F>(body: &'a [u8], mut f: F) -> Result<u64, FormatError>
+where
+    F: FnMut(RecordRef<'a>) -> Result<(), FormatError>,
+{
     let mut r = Reader::new(body, "chunk");
     let count = r.len()?;
     let base_offset = r.offset()?;
     let base_ts = r.svarint()?;
-    let mut records = Vec::with_capacity(count);
     let mut prev = base_offset - 1;
     for _ in 0..count {
         let gap = r.offset()?;
@@ -58,23 +101,23 @@ pub fn decode_chunk(body: &[u8]) -> Result<Vec<Record>, FormatError> {
         let tt = r.u8()?;
         let timestamp_type = TimestampType::from_byte(tt)
             .ok_or_else(|| FormatError::invalid("chunk", format!("timestamp type {tt}")))?;
-        let key = r.opt_bytes()?.map(<[u8]>::to_vec);
-        let value = r.opt_bytes()?.map(<[u8]>::to_vec);
+        let key = r.opt_bytes()?;
+        let value = r.opt_bytes()?;
         let nh = r.len()?;
         let mut headers = Vec::with_capacity(nh);
         for _ in 0..nh {
-            let name = r.string()?;
-            let value = r.opt_bytes()?.map(<[u8]>::to_vec);
-            headers.push(Header { name, value });
+            let name = std::str::from_utf8(r.bytes()?)
+                .map_err(|_| FormatError::invalid("chunk", "header name is not UTF-8"))?;
+            headers.push((name, r.opt_bytes()?));
         }
-        records.push(Record {
+        f(RecordRef {
             offset,
             timestamp,
             timestamp_type,
             key,
             value,
             headers,
-        });
+        })?;
     }
     if !r.is_empty() {
         return Err(FormatError::invalid(
@@ -82,11 +125,56 @@ pub fn decode_chunk(body: &[u8]) -> Result<Vec<Record>, FormatError> {
             "trailing bytes after the last record",
         ));
     }
+    Ok(count as u64)
+}
+
+/// Decodes an uncompressed chunk body into owned records.
+pub fn decode_chunk(body: &[u8]) -> Result<Vec<Record>, FormatError> {
+    let mut records = Vec::new();
+    visit_chunk(body, |r| {
+        records.push(r.to_owned());
+        Ok(())
+    })?;
     Ok(records)
 }
 
+thread_local! {
+    // zstd contexts are costly to set up (tables, workspace): one per thread, reused.
+    static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses `body` into `out` (replacing its content; its allocation is reused).
+pub(crate) fn compress_into(body: &[u8], level: i32, out: &mut Vec<u8>) -> Result<(), FormatError> {
+    let err = |e: std::io::Error| FormatError::invalid("chunk", e.to_string());
+    out.clear();
+    out.reserve(zstd::zstd_safe::compress_bound(body.len()));
+    CCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(err)?));
+        }
+        match slot.as_mut() {
+            Some((_, c)) => c.compress_to_buffer(body, out).map(|_| ()).map_err(err),
+            None => Err(FormatError::invalid("chunk", "no compressor")),
+        }
+    })
+}
+
 pub(crate) fn compress(body: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
-    zstd::bulk::compress(body, level).map_err(|e| FormatError::invalid("chunk", e.to_string()))
+    let err = |e: std::io::Error| FormatError::invalid("chunk", e.to_string());
+    CCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(err)?));
+        }
+        match slot.as_mut() {
+            Some((_, c)) => c.compress(body).map_err(err),
+            None => Err(FormatError::invalid("chunk", "no compressor")),
+        }
+    })
 }
 
 pub(crate) fn decompress(data: &[u8], raw_len: u64) -> Result<Vec<u8>, FormatError> {
@@ -96,8 +184,17 @@ pub(crate) fn decompress(data: &[u8], raw_len: u64) -> Result<Vec<u8>, FormatErr
             format!("declared size {raw_len} exceeds the {MAX_CHUNK_RAW_LEN}-byte limit"),
         ));
     }
-    let out = zstd::bulk::decompress(data, raw_len as usize)
-        .map_err(|e| FormatError::Decompress(e.to_string()))?;
+    let err = |e: std::io::Error| FormatError::Decompress(e.to_string());
+    let out = DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(err)?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(data, raw_len as usize).map_err(err),
+            None => Err(FormatError::Decompress("no decompressor".into())),
+        }
+    })?;
     if out.len() as u64 != raw_len {
         return Err(FormatError::Decompress(format!(
             "expected {raw_len} bytes, got {}",

@@ -13,14 +13,14 @@ mod record;
 mod segment;
 mod wire;
 
-pub use chunk::{decode_chunk, encode_chunk};
+pub use chunk::{decode_chunk, encode_chunk, visit_chunk, RecordRef};
 pub use crypto::{KeyId, MasterKey, WrappedKey};
 pub use error::FormatError;
 pub use record::{Header, Record, TimestampType};
 pub use segment::{
-    decode_header, index_of, read_stored_chunk, verify_object, ChunkMeta, GroupCommit, Loss,
-    PartitionEntry, SegmentBuilder, SegmentIndex, SegmentTrailer, TopicMeta, HEADER_LEN,
-    SEGMENT_MAGIC, TRAILER_LEN,
+    decode_header, index_of, read_stored_chunk, verify_object, visit_stored_chunk, ChunkMeta,
+    GroupCommit, Loss, PartitionEntry, SegmentBuilder, SegmentIndex, SegmentTrailer, TopicMeta,
+    HEADER_LEN, SEGMENT_MAGIC, TRAILER_LEN,
 };
 
 /// Version of the segment format this crate writes. Readers refuse newer versions.

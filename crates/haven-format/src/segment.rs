@@ -8,12 +8,12 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::chunk::{compress, decompress, encode_chunk};
+use crate::chunk::{
+    compress, compress_into, decompress, encode_chunk_into, visit_chunk, RecordRef,
+};
 use crate::crypto::{open_chunk, random_data_key, seal_chunk};
 use crate::wire::{put_bytes, put_opt_bytes, put_str, put_svarint, put_uvarint, Reader};
-use crate::{
-    decode_chunk, Digest, FormatError, KeyId, MasterKey, Record, WrappedKey, FORMAT_VERSION,
-};
+use crate::{Digest, FormatError, KeyId, MasterKey, Record, WrappedKey, FORMAT_VERSION};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"HAVENSEG";
 const END_MAGIC: &[u8; 8] = b"HAVENEND";
@@ -220,6 +220,10 @@ pub struct SegmentBuilder {
     chunk_target: usize,
     data_key: Option<[u8; 32]>,
     buf: Vec<u8>,
+    /// Reused encoding buffer.
+    scratch: Vec<u8>,
+    /// Reused compression buffer.
+    zbuf: Vec<u8>,
     next_ordinal: u32,
 }
 
@@ -260,6 +264,8 @@ impl SegmentBuilder {
             chunk_target: 1024 * 1024,
             data_key,
             buf: encode_header(seq, created_at, flags).to_vec(),
+            scratch: Vec::new(),
+            zbuf: Vec::new(),
             next_ordinal: 0,
         }
     }
@@ -334,19 +340,28 @@ impl SegmentBuilder {
     }
 
     fn add_chunk(&mut self, records: &[Record]) -> Result<ChunkMeta, FormatError> {
-        let body = encode_chunk(records)?;
-        let compressed = compress(&body, self.level)?;
+        let mut body = std::mem::take(&mut self.scratch);
+        encode_chunk_into(records, &mut body)?;
         let ordinal = self.next_ordinal;
         self.next_ordinal += 1;
-        let stored = match &self.data_key {
-            Some(dk) => seal_chunk(dk, self.index.seq, ordinal, &compressed),
-            None => compressed,
-        };
+        let byte_offset = self.buf.len();
+        match &self.data_key {
+            Some(dk) => {
+                let compressed = compress(&body, self.level)?;
+                self.buf
+                    .extend_from_slice(&seal_chunk(dk, self.index.seq, ordinal, &compressed));
+            }
+            None => {
+                compress_into(&body, self.level, &mut self.zbuf)?;
+                self.buf.extend_from_slice(&self.zbuf);
+            }
+        }
+        let stored = &self.buf[byte_offset..];
         let meta = ChunkMeta {
             ordinal,
-            byte_offset: self.buf.len() as u64,
+            byte_offset: byte_offset as u64,
             byte_len: stored.len() as u64,
-            crc32c: crc32c::crc32c(&stored),
+            crc32c: crc32c::crc32c(stored),
             raw_len: body.len() as u64,
             first_offset: records[0].offset,
             last_offset: records[records.len() - 1].offset,
@@ -354,7 +369,7 @@ impl SegmentBuilder {
             min_timestamp: records.iter().map(|r| r.timestamp).min().unwrap_or(0),
             max_timestamp: records.iter().map(|r| r.timestamp).max().unwrap_or(0),
         };
-        self.buf.extend_from_slice(&stored);
+        self.scratch = body;
         Ok(meta)
     }
 
@@ -573,6 +588,28 @@ pub fn read_stored_chunk(
     stored: &[u8],
     data_key: Option<&[u8; 32]>,
 ) -> Result<Vec<Record>, FormatError> {
+    let mut out = Vec::with_capacity(meta.record_count.min(1 << 20) as usize);
+    visit_stored_chunk(seq, encrypted, meta, stored, data_key, |r| {
+        out.push(r.to_owned());
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// As [`read_stored_chunk`], but calls `f` with each record borrowed from the decompressed
+/// chunk instead of copying it. Every check runs before the first call, except the final
+/// count check; an error means the records seen so far must be discarded.
+pub fn visit_stored_chunk<F>(
+    seq: u64,
+    encrypted: bool,
+    meta: &ChunkMeta,
+    stored: &[u8],
+    data_key: Option<&[u8; 32]>,
+    mut f: F,
+) -> Result<u64, FormatError>
+where
+    F: FnMut(RecordRef<'_>) -> Result<(), FormatError>,
+{
     let crc = crc32c::crc32c(stored);
     if crc != meta.crc32c || stored.len() as u64 != meta.byte_len {
         return Err(FormatError::Checksum {
@@ -590,20 +627,35 @@ pub fn read_stored_chunk(
         (true, None) => return Err(FormatError::KeyRequired),
         (false, _) => stored,
     };
-    let records = decode_chunk(&decompress(z, meta.raw_len)?)?;
-    let ok = records.len() as u64 == meta.record_count
-        && records.first().map(|r| r.offset) == Some(meta.first_offset)
-        && records.last().map(|r| r.offset) == Some(meta.last_offset);
-    if !ok {
-        return Err(FormatError::invalid(
+    let body = decompress(z, meta.raw_len)?;
+    let mismatch = || {
+        FormatError::invalid(
             "chunk",
             format!(
                 "chunk {} of segment {seq} does not hold what the index says",
                 meta.ordinal
             ),
-        ));
+        )
+    };
+    let mut first = None;
+    let mut last = None;
+    let n = visit_chunk(&body, |r| {
+        if first.is_none() {
+            first = Some(r.offset);
+            if r.offset != meta.first_offset {
+                return Err(mismatch());
+            }
+        }
+        last = Some(r.offset);
+        if r.offset > meta.last_offset {
+            return Err(mismatch());
+        }
+        f(r)
+    })?;
+    if n != meta.record_count || last != Some(meta.last_offset) {
+        return Err(mismatch());
     }
-    Ok(records)
+    Ok(n)
 }
 
 fn decode_index(bytes: &[u8]) -> Result<SegmentIndex, FormatError> {

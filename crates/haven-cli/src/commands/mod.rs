@@ -1,6 +1,7 @@
 //! One file per command. Shared arguments and helpers live here.
 
 pub mod backup;
+pub mod bench;
 pub mod cat;
 pub mod config;
 pub mod demo;

@@ -1,0 +1,200 @@
+//! `haven backup --once` against a plain rdkafka consumer draining the same topic.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haven_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use haven_kafka::rdkafka::message::Message;
+use haven_kafka::rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use testbed::{Broker, Rec};
+
+use super::{children_peak_rss_mib, cpu_seconds, data, print, Ratio};
+use crate::Ctx;
+
+/// Backup of a topic against a plain rdkafka consumer draining it, same broker, same run.
+///
+/// Starts a tansu broker, produces N MiB of realistic 1 KiB JSON events over P partitions,
+/// then alternates, --rounds times: a plain librdkafka consumer draining every partition
+/// (same fetch.wait.max.ms as Haven), and `haven backup --once` into a fresh local
+/// repository (a child process: its CPU time and peak RSS are measured). Also measures the
+/// CPU of zstd level 3 on the same payload, the work a backup cannot avoid. Best round of
+/// each. Targets: wall <= 1.1x; CPU <= 1.3x (consumer + zstd); peak RSS <= 64 MiB.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// MiB of payload to produce.
+    #[arg(long, default_value_t = 1024)]
+    mb: usize,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    #[arg(long, default_value_t = 1024)]
+    event_size: usize,
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+}
+
+fn drain(broker: &Broker, topic: &str, partitions: i32) -> anyhow::Result<(u64, u64)> {
+    let c: BaseConsumer = broker
+        .config()
+        .set("group.id", "bench-baseline")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("queued.max.messages.kbytes", "16384")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = Vec::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        highs.push(c.fetch_watermarks(topic, p, Duration::from_secs(10))?.1);
+    }
+    c.assign(&tpl)?;
+    let mut pos = vec![0i64; partitions as usize];
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while pos.iter().zip(&highs).any(|(p, h)| p < h) {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m?;
+            bytes += (m.payload_len() + m.key().map_or(0, <[u8]>::len)) as u64;
+            n += 1;
+            pos[m.partition() as usize] = m.offset() + 1;
+        }
+    }
+    Ok((n, bytes))
+}
+
+pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    let say = |s: String| {
+        if !ctx.json {
+            eprintln!("{s}");
+        }
+    };
+    let broker = tokio::task::spawn_blocking(Broker::start).await??;
+    let n = (a.mb * 1024 * 1024 / a.event_size).max(1) as u64;
+    say(format!(
+        "producing {n} events ({} MiB) to {} partitions ...",
+        a.mb, a.partitions
+    ));
+    let (broker, produce_s, zstd_cpu) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            broker.create_topic("bench", a.partitions)?;
+            let mut rng = data::rng(11);
+            let t = Instant::now();
+            let mut zstd_cpu = 0.0;
+            let mut i = 0u64;
+            while i < n {
+                let batch: Vec<Rec> = (i..(i + 20_000).min(n))
+                    .map(|j| {
+                        let (k, v) = data::event(&mut rng, j, a.event_size);
+                        Rec {
+                            partition: Some((j % a.partitions as u64) as i32),
+                            key: Some(k),
+                            value: Some(v),
+                            ..Rec::default()
+                        }
+                    })
+                    .collect();
+                // The unavoidable work: zstd level 3 over the same bytes, in 1 MiB chunks.
+                let mut raw = Vec::with_capacity(1 << 20);
+                let c0 = cpu_seconds(false);
+                for r in &batch {
+                    raw.extend_from_slice(r.key.as_deref().unwrap_or_default());
+                    raw.extend_from_slice(r.value.as_deref().unwrap_or_default());
+                    if raw.len() >= 1 << 20 {
+                        std::hint::black_box(zstd::bulk::compress(&raw, 3)?);
+                        raw.clear();
+                    }
+                }
+                if !raw.is_empty() {
+                    std::hint::black_box(zstd::bulk::compress(&raw, 3)?);
+                }
+                zstd_cpu += cpu_seconds(false) - c0;
+                broker.produce("bench", &batch)?;
+                i += batch.len() as u64;
+            }
+            Ok((broker, t.elapsed().as_secs_f64(), zstd_cpu))
+        })
+        .await??;
+    say(format!("produced in {produce_s:.1}s"));
+
+    let exe = std::env::current_exe()?;
+    let (mut base_wall, mut base_cpu) = (f64::INFINITY, f64::INFINITY);
+    let (mut haven_wall, mut haven_cpu) = (f64::INFINITY, f64::INFINITY);
+    let mut payload = 0u64;
+    let broker = std::sync::Arc::new(broker);
+    for round in 0..a.rounds {
+        let b = broker.clone();
+        let (w, c, (cnt, bytes)) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let c0 = cpu_seconds(false);
+            let t = Instant::now();
+            let r = drain(&b, "bench", a.partitions)?;
+            Ok((t.elapsed().as_secs_f64(), cpu_seconds(false) - c0, r))
+        })
+        .await??;
+        anyhow::ensure!(cnt == n, "baseline drained {cnt} of {n} records");
+        payload = bytes;
+        say(format!(
+            "round {round}: plain consumer {w:.2}s wall, {c:.2}s CPU"
+        ));
+        base_wall = base_wall.min(w);
+        base_cpu = base_cpu.min(c);
+
+        let dir = tempfile::tempdir()?;
+        let repo = dir.path().join("repo");
+        let c0 = cpu_seconds(true);
+        let t = Instant::now();
+        let status = Command::new(&exe)
+            .args([
+                "-q",
+                "backup",
+                "--once",
+                "--group-interval",
+                "0",
+                "--topics",
+                "bench",
+            ])
+            .arg("--brokers")
+            .arg(broker.bootstrap())
+            .arg("--repo")
+            .arg(&repo)
+            .stdout(Stdio::null())
+            .status()?;
+        let w = t.elapsed().as_secs_f64();
+        let c = cpu_seconds(true) - c0;
+        anyhow::ensure!(status.success(), "haven backup failed: {status}");
+        say(format!(
+            "round {round}: haven backup {w:.2}s wall, {c:.2}s CPU"
+        ));
+        haven_wall = haven_wall.min(w);
+        haven_cpu = haven_cpu.min(c);
+    }
+    let gib = payload as f64 / (1u64 << 30) as f64;
+    let rss = children_peak_rss_mib();
+    let ratios = [
+        Ratio::new("wall time", haven_wall, base_wall, "s", "<= 1.1", |r| {
+            r <= 1.1
+        }),
+        Ratio::new(
+            "CPU per GiB",
+            haven_cpu / gib,
+            (base_cpu + zstd_cpu) / gib,
+            "s/GiB",
+            "<= 1.3 (consumer + zstd)",
+            |r| r <= 1.3,
+        ),
+        Ratio::new("peak RSS", rss, 64.0, "MiB", "<= 1.0 (of 64 MiB)", |r| {
+            r <= 1.0
+        }),
+    ];
+    print(
+        ctx,
+        &format!(
+            "backup: {n} events, {:.2} GiB of payload, {} partitions",
+            gib, a.partitions
+        ),
+        &ratios,
+        json!({
+            "plain_consumer_cpu_s": base_cpu, "zstd_cpu_s": zstd_cpu, "haven_cpu_s": haven_cpu,
+            "produce_s": produce_s,
+        }),
+    )?;
+    Ok(0)
+}

@@ -1,0 +1,126 @@
+//! `haven bench`: Haven's performance, always as a ratio against a baseline measured in the
+//! same run on the same data (see README, "Benchmarks").
+
+mod backup;
+mod data;
+mod format;
+mod rpo;
+
+use serde::Serialize;
+
+use crate::{output, Ctx};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Segment encode/decode throughput against raw zstd on the same bytes.
+    Format(format::Args),
+    /// `haven backup --once` of a topic against a plain rdkafka consumer draining it.
+    Backup(backup::Args),
+    /// Delay from produce to durable-in-repository under a steady load.
+    Rpo(rpo::Args),
+}
+
+/// One measured quantity and its baseline.
+#[derive(Debug, Serialize)]
+pub struct Ratio {
+    pub what: String,
+    pub haven: f64,
+    pub baseline: f64,
+    pub unit: String,
+    /// haven / baseline
+    pub ratio: f64,
+    /// The target the issue sets, as text (for example "<= 1.1").
+    pub target: String,
+    pub met: bool,
+}
+
+impl Ratio {
+    pub fn new(
+        what: &str,
+        haven: f64,
+        baseline: f64,
+        unit: &str,
+        target: &str,
+        met: impl Fn(f64) -> bool,
+    ) -> Self {
+        let ratio = if baseline > 0.0 {
+            haven / baseline
+        } else {
+            f64::NAN
+        };
+        Ratio {
+            what: what.into(),
+            haven,
+            baseline,
+            unit: unit.into(),
+            ratio,
+            target: target.into(),
+            met: met(ratio),
+        }
+    }
+}
+
+pub fn print(
+    ctx: &Ctx,
+    title: &str,
+    ratios: &[Ratio],
+    extra: serde_json::Value,
+) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::json(
+            &serde_json::json!({"bench": title, "results": ratios, "details": extra}),
+        );
+    }
+    println!("{title}");
+    let rows: Vec<Vec<String>> = ratios
+        .iter()
+        .map(|r| {
+            vec![
+                r.what.clone(),
+                format!("{:.2} {}", r.haven, r.unit),
+                format!("{:.2} {}", r.baseline, r.unit),
+                format!("{:.3}", r.ratio),
+                r.target.clone(),
+                if r.met { "yes".into() } else { "NO".into() },
+            ]
+        })
+        .collect();
+    output::table(
+        &["MEASURE", "HAVEN", "BASELINE", "RATIO", "TARGET", "MET"],
+        &rows,
+    );
+    if !extra.is_null() {
+        println!("{}", serde_json::to_string_pretty(&extra)?);
+    }
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
+    match cmd {
+        Command::Format(a) => format::run(ctx, a),
+        Command::Backup(a) => backup::run(ctx, a).await,
+        Command::Rpo(a) => rpo::run(ctx, a).await,
+    }
+}
+
+/// CPU seconds (user + system) used so far by this process or by its waited-for children.
+pub fn cpu_seconds(children: bool) -> f64 {
+    let who = if children {
+        libc::RUSAGE_CHILDREN
+    } else {
+        libc::RUSAGE_SELF
+    };
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Peak resident set size in MiB of the largest waited-for child.
+pub fn children_peak_rss_mib() -> f64 {
+    // SAFETY: as above.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    u.ru_maxrss as f64 / 1024.0
+}

@@ -1,0 +1,159 @@
+//! Delay from produce to durable-in-repository under the seed's peak load.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use haven_engine::backup::{self, BackupOptions};
+use haven_engine::events::{Event, Observer};
+use haven_engine::repo::Repository;
+use haven_kafka::ClusterConfig;
+use haven_storage::Store;
+use serde_json::json;
+use testbed::{Broker, Rec};
+use tokio::sync::watch;
+
+use super::{data, print, Ratio};
+use crate::Ctx;
+
+/// Produce-to-durable delay of a continuous backup under a steady load.
+///
+/// Starts a tansu broker and a continuous backup (flush every --flush-ms), produces
+/// --rate records a minute of --event-size bytes for --seconds (the seed's peak: 10,000
+/// records of 5 KB a minute), then measures for every record the delay between its
+/// CreateTime and the moment the segment holding it became durable. Target: p99 <= 1 s.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Records per minute.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    #[arg(long, default_value_t = 5120)]
+    event_size: usize,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    #[arg(long, default_value_t = 1000)]
+    flush_ms: u64,
+}
+
+#[derive(Default)]
+struct Durable(Mutex<HashMap<String, i64>>);
+
+impl Observer for Durable {
+    fn event(&self, e: &Event) {
+        if let Event::SegmentWritten { key, .. } = e {
+            if let Ok(mut m) = self.0.lock() {
+                m.insert(key.clone(), chrono::Utc::now().timestamp_millis());
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    let broker = Arc::new(tokio::task::spawn_blocking(Broker::start).await??);
+    let b = broker.clone();
+    let parts = a.partitions;
+    tokio::task::spawn_blocking(move || b.create_topic("rpo", parts)).await??;
+    let dir = tempfile::tempdir()?;
+    let repo =
+        Repository::open_or_create(Store::open(&dir.path().display().to_string())?, None).await?;
+    let mut opts = BackupOptions::new(
+        ClusterConfig::new(broker.bootstrap()),
+        backup::topic_regex("rpo")?,
+    );
+    opts.flush_interval = Duration::from_millis(a.flush_ms);
+    opts.group_interval = None;
+    let durable = Arc::new(Durable::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let (r2, o2, d2) = (repo.clone(), opts.clone(), durable.clone());
+    let backup = tokio::spawn(async move { backup::run(&r2, &o2, d2.as_ref(), stop).await });
+    // Let the consumer group settle before the load starts.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let b = broker.clone();
+    let (seconds, rate, size) = (a.seconds, a.rate, a.event_size);
+    let produced = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut rng = data::rng(3);
+        let start = Instant::now();
+        let tick = Duration::from_millis(100);
+        let mut sent = 0u64;
+        let mut i = 0u64;
+        while start.elapsed() < Duration::from_secs(seconds) {
+            let due = (start.elapsed().as_secs_f64() * rate as f64 / 60.0) as u64;
+            let batch: Vec<Rec> = (sent..due)
+                .map(|j| {
+                    let (k, v) = data::event(&mut rng, j, size);
+                    i += 1;
+                    Rec {
+                        partition: Some((j % parts as u64) as i32),
+                        key: Some(k),
+                        value: Some(v),
+                        timestamp: Some(chrono::Utc::now().timestamp_millis()),
+                        ..Rec::default()
+                    }
+                })
+                .collect();
+            if !batch.is_empty() {
+                b.produce("rpo", &batch)?;
+            }
+            sent = due;
+            std::thread::sleep(tick);
+        }
+        Ok(i)
+    })
+    .await??;
+    tokio::time::sleep(Duration::from_millis(a.flush_ms * 3 + 2000)).await;
+    let _ = stop_tx.send(true);
+    backup.await??;
+
+    let state = repo.load_state().await?;
+    let times = durable.0.lock().map(|m| m.clone()).unwrap_or_default();
+    let mut delays = Vec::new();
+    for ps in state.partitions.values() {
+        for c in &ps.chunks {
+            let Some(at) = times.get(&c.key) else {
+                continue;
+            };
+            for r in repo.read_chunk(c).await? {
+                delays.push(at - r.timestamp);
+            }
+        }
+    }
+    anyhow::ensure!(
+        delays.len() as u64 == produced,
+        "{} of {produced} records durable",
+        delays.len()
+    );
+    delays.sort_unstable();
+    let p99 = percentile(&delays, 0.99) as f64;
+    let ratios = [Ratio::new(
+        "p99 produce-to-durable delay",
+        p99,
+        1000.0,
+        "ms",
+        "<= 1.0 (of 1 s)",
+        |r| r <= 1.0,
+    )];
+    print(
+        ctx,
+        &format!(
+            "rpo: {produced} records of {} B at {}/min over {}s, flush every {} ms",
+            a.event_size, a.rate, a.seconds, a.flush_ms
+        ),
+        &ratios,
+        json!({
+            "p50_ms": percentile(&delays, 0.5), "p90_ms": percentile(&delays, 0.9),
+            "p99_ms": p99, "max_ms": delays.last(), "records": produced,
+        }),
+    )?;
+    Ok(0)
+}
