@@ -7,44 +7,156 @@ use crate::{FormatError, Header, Record, TimestampType};
 /// Largest decompressed chunk a reader accepts; bounds memory on corrupt input.
 pub const MAX_CHUNK_RAW_LEN: u64 = 256 * 1024 * 1024;
 
-/// Encodes `records` (strictly increasing offsets) into the uncompressed chunk body.
-pub fn encode_chunk(records: &[Record]) -> Result<Vec<u8>, FormatError> {
-    let mut out = Vec::new();
-    encode_chunk_into(records, &mut out)?;
-    Ok(out)
+/// Room reserved in front of the records for the chunk header (3 varints of at most 10
+/// bytes), so records can be encoded as they arrive and the header written last.
+const HEADER_ROOM: usize = 30;
+
+/// Builds one chunk body record by record, copying each record's bytes once.
+#[derive(Debug)]
+pub struct ChunkEncoder {
+    buf: Vec<u8>,
+    count: u64,
+    first_offset: i64,
+    last_offset: i64,
+    base_timestamp: i64,
+    min_timestamp: i64,
+    max_timestamp: i64,
 }
 
-/// As [`encode_chunk`], into a buffer that is cleared first (so it can be reused).
-pub fn encode_chunk_into(records: &[Record], out: &mut Vec<u8>) -> Result<(), FormatError> {
-    let first = records
-        .first()
-        .ok_or_else(|| FormatError::invalid("chunk", "a chunk holds at least one record"))?;
-    out.clear();
-    out.reserve(records.iter().map(|r| r.payload_len() + 16).sum());
-    put_uvarint(out, records.len() as u64);
-    put_uvarint(out, first.offset as u64);
-    put_svarint(out, first.timestamp);
-    let mut prev = first.offset - 1;
-    for r in records {
+impl Default for ChunkEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkEncoder {
+    pub fn new() -> Self {
+        ChunkEncoder {
+            buf: vec![0; HEADER_ROOM],
+            count: 0,
+            first_offset: 0,
+            last_offset: -1,
+            base_timestamp: 0,
+            min_timestamp: i64::MAX,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes encoded so far.
+    pub fn len(&self) -> usize {
+        self.buf.len() - HEADER_ROOM
+    }
+
+    /// Number of records pushed.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Offset of the last record pushed.
+    pub fn last_offset(&self) -> Option<i64> {
+        (self.count > 0).then_some(self.last_offset)
+    }
+
+    /// Appends a record; offsets must strictly increase.
+    pub fn push(&mut self, r: &RecordRef<'_>) -> Result<(), FormatError> {
+        let prev = if self.count == 0 {
+            self.first_offset = r.offset;
+            self.base_timestamp = r.timestamp;
+            r.offset - 1
+        } else {
+            self.last_offset
+        };
         if r.offset <= prev {
             return Err(FormatError::invalid(
                 "chunk",
                 format!("offsets must increase: {} after {}", r.offset, prev),
             ));
         }
+        let out = &mut self.buf;
         put_uvarint(out, (r.offset - prev - 1) as u64);
-        prev = r.offset;
-        put_svarint(out, r.timestamp.wrapping_sub(first.timestamp));
+        put_svarint(out, r.timestamp.wrapping_sub(self.base_timestamp));
         out.push(r.timestamp_type.to_byte());
-        put_opt_bytes(out, r.key.as_deref());
-        put_opt_bytes(out, r.value.as_deref());
+        put_opt_bytes(out, r.key);
+        put_opt_bytes(out, r.value);
         put_uvarint(out, r.headers.len() as u64);
-        for h in &r.headers {
-            put_str(out, &h.name);
-            put_opt_bytes(out, h.value.as_deref());
+        for (name, value) in &r.headers {
+            put_str(out, name);
+            put_opt_bytes(out, *value);
         }
+        self.last_offset = r.offset;
+        self.count += 1;
+        self.min_timestamp = self.min_timestamp.min(r.timestamp);
+        self.max_timestamp = self.max_timestamp.max(r.timestamp);
+        Ok(())
     }
-    Ok(())
+
+    /// The finished chunk, or None if no record was pushed.
+    pub fn finish(mut self) -> Option<EncodedChunk> {
+        if self.count == 0 {
+            return None;
+        }
+        let mut header = Vec::with_capacity(HEADER_ROOM);
+        put_uvarint(&mut header, self.count);
+        put_uvarint(&mut header, self.first_offset as u64);
+        put_svarint(&mut header, self.base_timestamp);
+        let start = HEADER_ROOM - header.len();
+        self.buf[start..HEADER_ROOM].copy_from_slice(&header);
+        Some(EncodedChunk {
+            buf: self.buf,
+            start,
+            first_offset: self.first_offset,
+            last_offset: self.last_offset,
+            record_count: self.count,
+            min_timestamp: self.min_timestamp,
+            max_timestamp: self.max_timestamp,
+        })
+    }
+}
+
+/// An uncompressed chunk body and what it holds.
+#[derive(Debug, Clone)]
+pub struct EncodedChunk {
+    buf: Vec<u8>,
+    start: usize,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub record_count: u64,
+    pub min_timestamp: i64,
+    pub max_timestamp: i64,
+}
+
+impl EncodedChunk {
+    pub fn body(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Re-encodes the records at or after `offset` (None if there are none).
+    pub fn from_offset(&self, offset: i64) -> Result<Option<EncodedChunk>, FormatError> {
+        let mut enc = ChunkEncoder::new();
+        visit_chunk(self.body(), |r| {
+            if r.offset >= offset {
+                enc.push(&r)
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(enc.finish())
+    }
+}
+
+/// Encodes `records` (strictly increasing offsets) into the uncompressed chunk body.
+pub fn encode_chunk(records: &[Record]) -> Result<Vec<u8>, FormatError> {
+    let mut enc = ChunkEncoder::new();
+    for r in records {
+        enc.push(&r.as_ref())?;
+    }
+    enc.finish()
+        .map(|c| c.body().to_vec())
+        .ok_or_else(|| FormatError::invalid("chunk", "a chunk holds at least one record"))
 }
 
 /// A record decoded in place: its byte fields borrow from the chunk body.

@@ -13,7 +13,7 @@ mod record;
 mod segment;
 mod wire;
 
-pub use chunk::{decode_chunk, encode_chunk, visit_chunk, RecordRef};
+pub use chunk::{decode_chunk, encode_chunk, visit_chunk, ChunkEncoder, EncodedChunk, RecordRef};
 pub use crypto::{KeyId, MasterKey, WrappedKey};
 pub use error::FormatError;
 pub use record::{Header, Record, TimestampType};

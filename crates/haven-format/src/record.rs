@@ -46,6 +46,22 @@ pub struct Record {
 }
 
 impl Record {
+    /// A borrowed view, as the chunk encoder takes it.
+    pub fn as_ref(&self) -> crate::RecordRef<'_> {
+        crate::RecordRef {
+            offset: self.offset,
+            timestamp: self.timestamp,
+            timestamp_type: self.timestamp_type,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers: self
+                .headers
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.as_deref()))
+                .collect(),
+        }
+    }
+
     /// Bytes of payload (key, value, header names and values); used for size accounting.
     pub fn payload_len(&self) -> usize {
         self.key.as_ref().map_or(0, Vec::len)

@@ -9,7 +9,7 @@
 use sha2::{Digest as _, Sha256};
 
 use crate::chunk::{
-    compress, compress_into, decompress, encode_chunk_into, visit_chunk, RecordRef,
+    compress, compress_into, decompress, visit_chunk, ChunkEncoder, EncodedChunk, RecordRef,
 };
 use crate::crypto::{open_chunk, random_data_key, seal_chunk};
 use crate::wire::{put_bytes, put_opt_bytes, put_str, put_svarint, put_uvarint, Reader};
@@ -220,8 +220,6 @@ pub struct SegmentBuilder {
     chunk_target: usize,
     data_key: Option<[u8; 32]>,
     buf: Vec<u8>,
-    /// Reused encoding buffer.
-    scratch: Vec<u8>,
     /// Reused compression buffer.
     zbuf: Vec<u8>,
     next_ordinal: u32,
@@ -264,7 +262,6 @@ impl SegmentBuilder {
             chunk_target: 1024 * 1024,
             data_key,
             buf: encode_header(seq, created_at, flags).to_vec(),
-            scratch: Vec::new(),
             zbuf: Vec::new(),
             next_ordinal: 0,
         }
@@ -290,7 +287,8 @@ impl SegmentBuilder {
     }
 
     /// Adds the covered range `[start_offset, end_offset)` of a partition with its records
-    /// (strictly increasing offsets inside the range) and losses.
+    /// (strictly increasing offsets inside the range) and losses, cut into chunks of about
+    /// the target size.
     #[allow(clippy::too_many_arguments)]
     pub fn add_partition(
         &mut self,
@@ -302,30 +300,58 @@ impl SegmentBuilder {
         records: &[Record],
         losses: Vec<Loss>,
     ) -> Result<(), FormatError> {
+        let mut chunks = Vec::new();
+        let mut enc = ChunkEncoder::new();
+        for r in records {
+            enc.push(&r.as_ref())?;
+            if enc.len() >= self.chunk_target {
+                chunks.extend(std::mem::take(&mut enc).finish());
+            }
+        }
+        chunks.extend(enc.finish());
+        self.add_encoded_partition(
+            topic,
+            generation,
+            partition,
+            start_offset,
+            end_offset,
+            &chunks,
+            losses,
+        )
+    }
+
+    /// As [`SegmentBuilder::add_partition`], with records already encoded into chunk bodies
+    /// (in offset order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_encoded_partition(
+        &mut self,
+        topic: &str,
+        generation: u32,
+        partition: i32,
+        start_offset: i64,
+        end_offset: i64,
+        chunks: &[EncodedChunk],
+        losses: Vec<Loss>,
+    ) -> Result<(), FormatError> {
         if end_offset < start_offset {
             return Err(FormatError::invalid("partition entry", "end before start"));
         }
-        if let (Some(f), Some(l)) = (records.first(), records.last()) {
-            if f.offset < start_offset || l.offset >= end_offset {
+        let mut prev = start_offset - 1;
+        for c in chunks {
+            if c.first_offset <= prev || c.last_offset >= end_offset {
                 return Err(FormatError::invalid(
                     "partition entry",
                     format!(
-                        "records {}..={} outside the covered range {start_offset}..{end_offset}",
-                        f.offset, l.offset
+                        "records {}..={} outside the covered range {start_offset}..{end_offset} or out of order",
+                        c.first_offset, c.last_offset
                     ),
                 ));
             }
+            prev = c.last_offset;
         }
-        let mut chunks = Vec::new();
-        let mut begin = 0;
-        let mut acc = 0;
-        for (i, r) in records.iter().enumerate() {
-            acc += r.payload_len() + 24;
-            if acc >= self.chunk_target || i + 1 == records.len() {
-                chunks.push(self.add_chunk(&records[begin..=i])?);
-                begin = i + 1;
-                acc = 0;
-            }
+        let mut metas = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            metas.push(self.add_chunk(c)?);
         }
         self.index.partitions.push(PartitionEntry {
             topic: topic.to_string(),
@@ -333,44 +359,41 @@ impl SegmentBuilder {
             partition,
             start_offset,
             end_offset,
-            chunks,
+            chunks: metas,
             losses,
         });
         Ok(())
     }
 
-    fn add_chunk(&mut self, records: &[Record]) -> Result<ChunkMeta, FormatError> {
-        let mut body = std::mem::take(&mut self.scratch);
-        encode_chunk_into(records, &mut body)?;
+    fn add_chunk(&mut self, chunk: &EncodedChunk) -> Result<ChunkMeta, FormatError> {
+        let body = chunk.body();
         let ordinal = self.next_ordinal;
         self.next_ordinal += 1;
         let byte_offset = self.buf.len();
         match &self.data_key {
             Some(dk) => {
-                let compressed = compress(&body, self.level)?;
+                let compressed = compress(body, self.level)?;
                 self.buf
                     .extend_from_slice(&seal_chunk(dk, self.index.seq, ordinal, &compressed));
             }
             None => {
-                compress_into(&body, self.level, &mut self.zbuf)?;
+                compress_into(body, self.level, &mut self.zbuf)?;
                 self.buf.extend_from_slice(&self.zbuf);
             }
         }
         let stored = &self.buf[byte_offset..];
-        let meta = ChunkMeta {
+        Ok(ChunkMeta {
             ordinal,
             byte_offset: byte_offset as u64,
             byte_len: stored.len() as u64,
             crc32c: crc32c::crc32c(stored),
             raw_len: body.len() as u64,
-            first_offset: records[0].offset,
-            last_offset: records[records.len() - 1].offset,
-            record_count: records.len() as u64,
-            min_timestamp: records.iter().map(|r| r.timestamp).min().unwrap_or(0),
-            max_timestamp: records.iter().map(|r| r.timestamp).max().unwrap_or(0),
-        };
-        self.scratch = body;
-        Ok(meta)
+            first_offset: chunk.first_offset,
+            last_offset: chunk.last_offset,
+            record_count: chunk.record_count,
+            min_timestamp: chunk.min_timestamp,
+            max_timestamp: chunk.max_timestamp,
+        })
     }
 
     pub fn add_topic(&mut self, meta: TopicMeta) {

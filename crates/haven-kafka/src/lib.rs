@@ -97,7 +97,8 @@ impl ClusterConfig {
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
-            .set("queued.max.messages.kbytes", "16384")
+            .set("queued.max.messages.kbytes", "32768")
+            .set("fetch.max.bytes", "8388608")
             .set("fetch.message.max.bytes", "1048576")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "2000")
@@ -266,6 +267,27 @@ pub async fn create_topic(
         }
     }
     Ok(())
+}
+
+/// A borrowed view of a consumed message, keeping null distinct from empty (no copy).
+pub fn record_ref<'a>(m: &'a BorrowedMessage<'_>) -> haven_format::RecordRef<'a> {
+    let (timestamp_type, timestamp) = match m.timestamp() {
+        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
+        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
+        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
+    };
+    let headers = m
+        .headers()
+        .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    haven_format::RecordRef {
+        offset: m.offset(),
+        timestamp,
+        timestamp_type,
+        key: m.key(),
+        value: m.payload(),
+        headers,
+    }
 }
 
 /// Converts a consumed message into a Haven record, keeping null distinct from empty.

@@ -68,6 +68,11 @@ pub struct Args {
     #[arg(long = "group", value_name = "GROUP")]
     groups: Vec<String>,
 
+    /// Most MiB of records held in memory before a flush (memory is bounded by this and
+    /// librdkafka's queue, never by the topic's size or the backlog).
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    max_buffer_mb: usize,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
@@ -135,6 +140,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     }
     let mut opts = BackupOptions::new(cl, backup::topic_regex(&topics)?);
     opts.once = a.once;
+    opts.max_buffer_bytes = a.max_buffer_mb.max(1) * 1024 * 1024;
     opts.flush_interval = Duration::from_millis(flush_ms);
     opts.group_interval = (a.group_interval > 0).then(|| Duration::from_secs(a.group_interval));
     opts.groups = a.groups.clone();

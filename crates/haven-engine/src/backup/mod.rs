@@ -62,7 +62,7 @@ impl BackupOptions {
             topics,
             once: false,
             flush_interval: Duration::from_secs(1),
-            max_buffer_bytes: 32 * 1024 * 1024,
+            max_buffer_bytes: 8 * 1024 * 1024,
             group_interval: Some(Duration::from_secs(5)),
             groups: Vec::new(),
             job: "default".into(),
@@ -79,6 +79,16 @@ pub struct BackupReport {
     pub partitions: usize,
     pub losses: Vec<(String, i32, i64, i64)>,
     pub seconds: f64,
+    /// Peak resident memory of this process (Linux: VmHWM), in MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// This process's peak resident set size in MiB (Linux only).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Anchors a user's topic pattern so it matches whole names.
@@ -197,9 +207,11 @@ async fn plan(
         for (p, low, high, known) in starts {
             let next = if recreated { None } else { known };
             let start = next.unwrap_or(low);
-            let mut pending = Pending::new(generation, start, opts.once.then_some(high));
             let key = (t.name.clone(), p);
-            batch.parts.insert(key.clone(), pending.clone());
+            batch.parts.insert(
+                key.clone(),
+                Pending::new(generation, start, opts.once.then_some(high)),
+            );
             if start < low {
                 let reason = "deleted at the source (retention) before Haven read it";
                 if let Some(l) = batch.loss(&t.name, p, low, reason) {
@@ -211,8 +223,8 @@ async fn plan(
                         reason: reason.into(),
                     });
                 }
-                pending = batch.parts[&key].clone();
             }
+            let pending = &batch.parts[&key];
             if !pending.done() {
                 assign.push((t.name.clone(), p, pending.end()));
             }
@@ -316,9 +328,10 @@ pub async fn run(
             msg = consumer.recv() => match msg {
                 Ok(m) => {
                     apply_changes(&changes, &mut batch, &mut revoked, &mut report, observer);
-                    let topic = m.topic().to_string();
-                    let rec = haven_kafka::to_record(&m);
-                    batch.push(&topic, m.partition(), rec);
+                    let rec = haven_kafka::record_ref(&m);
+                    batch
+                        .push(m.topic(), m.partition(), &rec)
+                        .map_err(|e| Error::format(&format!("{}/{}", m.topic(), m.partition()), e))?;
                 }
                 Err(RdError::PartitionEOF(_)) => {
                     // The event does not say which topic: ask the consumer for positions.
@@ -359,7 +372,7 @@ pub async fn run(
             && (batch
                 .parts
                 .values()
-                .any(|p| !p.records.is_empty() || !p.losses.is_empty())
+                .any(|p| p.has_records() || !p.losses.is_empty())
                 || !batch.topics.is_empty()
                 || last_flush.elapsed() >= idle_flush && batch.has_progress());
         if due || batch.bytes >= opts.max_buffer_bytes || !revoked.is_empty() {
@@ -376,6 +389,7 @@ pub async fn run(
     }
     flush(repo, &mut state, &mut batch, opts, observer, &mut report).await?;
     report.seconds = started.elapsed().as_secs_f64();
+    report.peak_rss_mib = peak_rss_mib();
     Ok(report)
 }
 
@@ -500,7 +514,9 @@ fn apply_changes(
                     revoked.retain(|k| *k != key);
                     if batch.parts.contains_key(&key) {
                         if let Some(n) = next {
-                            batch.advance(&topic, p, n);
+                            if let Err(e) = batch.advance(&topic, p, n) {
+                                tracing::error!("{topic}/{p}: {e}");
+                            }
                         }
                         continue;
                     }
@@ -598,7 +614,7 @@ async fn flush(
         let oldest = batch
             .parts
             .values()
-            .filter_map(|p| p.records.first().map(|r| r.timestamp))
+            .filter_map(|p| p.oldest_timestamp)
             .min();
         let (bytes, index, digest) = seg.finish();
         let len = bytes.len() as u64;
@@ -631,7 +647,9 @@ async fn flush(
                     })
                     .collect();
                 for ((t, p), next) in advanced {
-                    batch.advance(&t, p, next);
+                    batch
+                        .advance(&t, p, next)
+                        .map_err(|e| Error::format("pending records", e))?;
                 }
             }
             Err(e) => return Err(e),

@@ -9,7 +9,7 @@ use haven_kafka::rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use testbed::{Broker, Rec};
 
-use super::{children_peak_rss_mib, cpu_seconds, data, print, Ratio};
+use super::{cpu_seconds, data, print, Ratio};
 use crate::Ctx;
 
 /// Backup of a topic against a plain rdkafka consumer draining it, same broker, same run.
@@ -119,6 +119,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let (mut base_wall, mut base_cpu) = (f64::INFINITY, f64::INFINITY);
     let (mut haven_wall, mut haven_cpu) = (f64::INFINITY, f64::INFINITY);
     let mut payload = 0u64;
+    let mut rss = 0f64;
     let broker = std::sync::Arc::new(broker);
     for round in 0..a.rounds {
         let b = broker.clone();
@@ -141,9 +142,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         let repo = dir.path().join("repo");
         let c0 = cpu_seconds(true);
         let t = Instant::now();
-        let status = Command::new(&exe)
+        let out = Command::new(&exe)
             .args([
                 "-q",
+                "--json",
                 "backup",
                 "--once",
                 "--group-interval",
@@ -155,11 +157,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             .arg(broker.bootstrap())
             .arg("--repo")
             .arg(&repo)
-            .stdout(Stdio::null())
-            .status()?;
+            .stderr(Stdio::inherit())
+            .output()?;
         let w = t.elapsed().as_secs_f64();
         let c = cpu_seconds(true) - c0;
-        anyhow::ensure!(status.success(), "haven backup failed: {status}");
+        anyhow::ensure!(out.status.success(), "haven backup failed: {}", out.status);
+        // The child's own peak RSS (getrusage would count the parent's pages at spawn).
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        rss = rss.max(report["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
         say(format!(
             "round {round}: haven backup {w:.2}s wall, {c:.2}s CPU"
         ));
@@ -167,7 +172,6 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         haven_cpu = haven_cpu.min(c);
     }
     let gib = payload as f64 / (1u64 << 30) as f64;
-    let rss = children_peak_rss_mib();
     let ratios = [
         Ratio::new("wall time", haven_wall, base_wall, "s", "<= 1.1", |r| {
             r <= 1.1

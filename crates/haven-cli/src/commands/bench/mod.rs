@@ -116,11 +116,3 @@ pub fn cpu_seconds(children: bool) -> f64 {
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(u.ru_utime) + t(u.ru_stime)
 }
-
-/// Peak resident set size in MiB of the largest waited-for child.
-pub fn children_peak_rss_mib() -> f64 {
-    // SAFETY: as above.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
-    u.ru_maxrss as f64 / 1024.0
-}
