@@ -274,6 +274,11 @@ impl SegmentBuilder {
         self
     }
 
+    /// Reserves room for `additional` more bytes of chunks.
+    pub fn reserve(&mut self, additional: usize) {
+        self.buf.reserve(additional);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.index.partitions.is_empty()
             && self.index.topics.is_empty()

@@ -70,7 +70,7 @@ pub struct Args {
 
     /// Most MiB of records held in memory before a flush (memory is bounded by this and
     /// librdkafka's queue, never by the topic's size or the backlog).
-    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    #[arg(long, default_value_t = 6, value_name = "MIB")]
     max_buffer_mb: usize,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464).

@@ -62,7 +62,7 @@ impl BackupOptions {
             topics,
             once: false,
             flush_interval: Duration::from_secs(1),
-            max_buffer_bytes: 8 * 1024 * 1024,
+            max_buffer_bytes: 6 * 1024 * 1024,
             group_interval: Some(Duration::from_secs(5)),
             groups: Vec::new(),
             job: "default".into(),
@@ -358,23 +358,25 @@ pub async fn run(
                 }
             }
         }
+        let now = Instant::now();
         if let Some(iv) = opts.group_interval {
-            if Instant::now() >= next_sample {
-                next_sample = Instant::now() + iv;
+            if now >= next_sample {
+                next_sample = now + iv;
                 sample_groups(&mut sampler, opts, &partitions, &mut batch, observer).await;
             }
         }
-        if Instant::now() >= next_lag {
-            next_lag = Instant::now() + LAG_INTERVAL;
+        if now >= next_lag {
+            next_lag = now + LAG_INTERVAL;
             report_lag(opts, &batch, &mut caught_up, observer).await;
         }
-        let due = last_flush.elapsed() >= opts.flush_interval
+        let since_flush = now.duration_since(last_flush);
+        let due = since_flush >= opts.flush_interval
             && (batch
                 .parts
                 .values()
                 .any(|p| p.has_records() || !p.losses.is_empty())
                 || !batch.topics.is_empty()
-                || last_flush.elapsed() >= idle_flush && batch.has_progress());
+                || since_flush >= idle_flush && batch.has_progress());
         if due || batch.bytes >= opts.max_buffer_bytes || !revoked.is_empty() {
             flush(repo, &mut state, &mut batch, opts, observer, &mut report).await?;
             last_flush = Instant::now();
@@ -608,6 +610,8 @@ async fn flush(
         }
         let writer = format!("{}:{}", opts.job, std::process::id());
         let mut seg = repo.new_segment(state.head, &writer);
+        // Compressed JSON-like payloads take about a third of their size: avoid regrowing.
+        seg.reserve(batch.bytes / 2 + 4096);
         let records = batch
             .fill(&mut seg)
             .map_err(|e| Error::format("new segment", e))?;
