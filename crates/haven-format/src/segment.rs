@@ -306,12 +306,15 @@ impl SegmentBuilder {
         losses: Vec<Loss>,
     ) -> Result<(), FormatError> {
         let mut chunks = Vec::new();
-        let mut enc = ChunkEncoder::new();
+        let mut enc = ChunkEncoder::with_capacity(self.chunk_target);
         for r in records {
-            enc.push(&r.as_ref())?;
-            if enc.len() >= self.chunk_target {
-                chunks.extend(std::mem::take(&mut enc).finish());
+            let r = r.as_ref();
+            if !enc.is_empty() && enc.len() + ChunkEncoder::encoded_len(&r) > self.chunk_target {
+                let full =
+                    std::mem::replace(&mut enc, ChunkEncoder::with_capacity(self.chunk_target));
+                chunks.extend(full.finish());
             }
+            enc.push(&r)?;
         }
         chunks.extend(enc.finish());
         self.add_encoded_partition(

@@ -9,7 +9,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tempfile::TempDir;
 
@@ -210,65 +212,21 @@ impl Broker {
         Ok(())
     }
 
-    /// Produces records with librdkafka's producer (blocking) and returns each record's
-    /// (partition, offset) in order.
-    pub fn produce(&self, topic: &str, records: &[Rec]) -> Result<Vec<(i32, i64)>> {
+    /// A long-lived idempotent librdkafka producer for this broker.
+    pub fn producer(&self) -> Result<Producer> {
         let ctx = Collect::default();
         let producer: ThreadedProducer<Collect> = self
             .config()
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create_with_context(ctx.clone())?;
-        for (i, r) in records.iter().enumerate() {
-            let mut headers = OwnedHeaders::new();
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: v.as_deref(),
-                });
-            }
-            let mut br: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(topic, i).headers(headers);
-            if let Some(k) = &r.key {
-                br = br.key(k.as_slice());
-            }
-            if let Some(v) = &r.value {
-                br = br.payload(v.as_slice());
-            }
-            if let Some(p) = r.partition {
-                br = br.partition(p);
-            }
-            if let Some(ts) = r.timestamp {
-                br = br.timestamp(ts);
-            }
-            let mut pending = br;
-            loop {
-                match producer.send(pending) {
-                    Ok(()) => break,
-                    Err((e, back))
-                        if e.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                    {
-                        std::thread::sleep(Duration::from_millis(5));
-                        pending = back;
-                    }
-                    Err((e, _)) => bail!("produce to {topic}: {e}"),
-                }
-            }
-        }
-        producer.flush(Duration::from_secs(60))?;
-        let got = ctx.0.lock().expect("delivery lock");
-        let mut out = vec![(0, -1); records.len()];
-        for (i, res) in got.iter() {
-            match res {
-                Ok(po) => out[*i] = *po,
-                Err(e) => bail!("record {i} to {topic} not delivered: {e}"),
-            }
-        }
-        if let Some(i) = out.iter().position(|o| o.1 < 0) {
-            bail!("record {i} to {topic}: no delivery report");
-        }
-        Ok(out)
+        Ok(Producer { producer, ctx })
+    }
+
+    /// Produces records with librdkafka's producer (blocking) and returns each record's
+    /// (partition, offset) in order.
+    pub fn produce(&self, topic: &str, records: &[Rec]) -> Result<Vec<(i32, i64)>> {
+        self.producer()?.send(topic, records)
     }
 
     /// High watermark of a partition (blocking).
@@ -322,6 +280,76 @@ impl Broker {
                         .unwrap_or_default(),
                 });
             }
+        }
+        Ok(out)
+    }
+}
+
+/// A producer that stays connected between sends (see [`Broker::producer`]).
+pub struct Producer {
+    producer: ThreadedProducer<Collect>,
+    ctx: Collect,
+}
+
+impl Producer {
+    /// Sends records, waits until all are delivered, and returns each record's
+    /// (partition, offset) in order.
+    pub fn send(&self, topic: &str, records: &[Rec]) -> Result<Vec<(i32, i64)>> {
+        if let Ok(mut v) = self.ctx.0.lock() {
+            v.clear();
+        }
+        for (i, r) in records.iter().enumerate() {
+            let mut headers = OwnedHeaders::new();
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                });
+            }
+            let mut br: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(topic, i).headers(headers);
+            if let Some(k) = &r.key {
+                br = br.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                br = br.payload(v.as_slice());
+            }
+            if let Some(p) = r.partition {
+                br = br.partition(p);
+            }
+            if let Some(ts) = r.timestamp {
+                br = br.timestamp(ts);
+            }
+            let mut pending = br;
+            loop {
+                match self.producer.send(pending) {
+                    Ok(()) => break,
+                    Err((e, back))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                        pending = back;
+                    }
+                    Err((e, _)) => bail!("produce to {topic}: {e}"),
+                }
+            }
+        }
+        self.producer.flush(Duration::from_secs(60))?;
+        let got = self
+            .ctx
+            .0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("delivery lock poisoned"))?;
+        let mut out = vec![(0, -1); records.len()];
+        for (i, res) in got.iter() {
+            match res {
+                Ok(po) => out[*i] = *po,
+                Err(e) => bail!("record {i} to {topic} not delivered: {e}"),
+            }
+        }
+        if let Some(i) = out.iter().position(|o| o.1 < 0) {
+            bail!("record {i} to {topic}: no delivery report");
         }
         Ok(out)
     }

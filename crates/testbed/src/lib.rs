@@ -11,7 +11,7 @@ mod postgres;
 mod process;
 mod s3;
 
-pub use broker::{Broker, Consumed, Rec};
+pub use broker::{Broker, Consumed, Producer, Rec};
 pub use postgres::Postgres;
 pub use process::{find_tool, free_port};
 pub use s3::S3Server;

@@ -13,7 +13,7 @@ use crate::{output, Ctx};
 
 /// Back up Kafka topics into a repository.
 ///
-/// Continuous by default: every --flush-ms (default 1000) what was read becomes one new
+/// Continuous by default: every --flush-ms (default 500) what was read becomes one new
 /// segment in the repository, whatever the number of partitions. Stop with Ctrl-C or
 /// SIGTERM: what was read is flushed first. With --once, backs up to the high watermarks
 /// seen at start and exits 0.
@@ -55,7 +55,8 @@ pub struct Args {
     #[arg(long)]
     once: bool,
 
-    /// Milliseconds between flushes to the repository: the most a record waits in memory.
+    /// Milliseconds between flushes to the repository: the most a record waits in memory
+    /// [default: 500]. Each flush is one PUT, whatever the number of partitions.
     #[arg(long, value_name = "MS")]
     flush_ms: Option<u64>,
 

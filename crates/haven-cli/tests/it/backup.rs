@@ -557,3 +557,59 @@ fn two_processes_share_a_topic_and_survive_a_kill() {
 fn three_processes_share_a_topic_and_survive_a_kill() {
     share_and_survive_a_kill(3);
 }
+
+#[test]
+fn a_recreated_topic_is_a_new_generation_kept_apart() {
+    let b = Broker::start().unwrap();
+    b.create_topic("gen", 1).unwrap();
+    b.produce(
+        "gen",
+        &[
+            Rec::kv("a", "old-1"),
+            Rec::kv("b", "old-2"),
+            Rec::kv("c", "old-3"),
+        ],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    backup_once(&b, &repo, "gen", &[], &[]);
+    b.delete_topic("gen").unwrap();
+    b.create_topic("gen", 1).unwrap();
+    b.produce("gen", &[Rec::kv("x", "new-1")]).unwrap();
+    backup_once(&b, &repo, "gen", &[], &[]);
+
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(&haven(&["--json", "ls", "--repo", &repo]))).unwrap();
+    let gens: Vec<(u64, u64)> = ls["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["generation"].as_u64().unwrap(),
+                p["records"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(gens, vec![(0, 3), (1, 1)], "{ls}");
+    let values = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["cat", "--repo", &repo, "--topic", "gen"];
+        args.extend_from_slice(extra);
+        ok(&haven(&args))
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(values(&[]), vec!["new-1"]);
+    assert_eq!(
+        values(&["--generation", "0"]),
+        vec!["old-1", "old-2", "old-3"]
+    );
+    assert_eq!(code(&haven(&["verify", "--repo", &repo])), 0);
+}

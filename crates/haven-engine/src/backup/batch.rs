@@ -126,6 +126,16 @@ impl Batch {
         if record.offset < p.end() {
             return Ok(Pushed::Duplicate);
         }
+        // Close the open chunk before it would outgrow the target, so its buffer (reserved
+        // once at the target size) never reallocates.
+        if !p.current.is_empty()
+            && p.current.len() + ChunkEncoder::encoded_len(record) > CHUNK_TARGET
+        {
+            p.seal();
+        }
+        if p.current.is_empty() {
+            p.current = ChunkEncoder::with_capacity(CHUNK_TARGET);
+        }
         let before = p.current.len();
         p.current.push(record)?;
         let n = p.current.len() - before;

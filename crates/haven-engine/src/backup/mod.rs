@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use haven_format::TopicMeta;
-use haven_kafka::rdkafka::consumer::Consumer;
+use haven_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use haven_kafka::rdkafka::error::KafkaError as RdError;
 use haven_kafka::rdkafka::message::Message;
 use haven_kafka::rdkafka::types::RDKafkaErrorCode;
@@ -61,7 +61,7 @@ impl BackupOptions {
             cluster,
             topics,
             once: false,
-            flush_interval: Duration::from_secs(1),
+            flush_interval: Duration::from_millis(500),
             max_buffer_bytes: 6 * 1024 * 1024,
             group_interval: Some(Duration::from_secs(5)),
             groups: Vec::new(),
@@ -281,7 +281,7 @@ pub async fn run(
     let context = BackupContext {
         repo: repo.clone(),
         handle: tokio::runtime::Handle::current(),
-        inspector,
+        inspector: inspector.clone(),
         changes: changes_tx,
     };
     let consumer = opts.cluster.reader_with_context(&group_id, context)?;
@@ -344,7 +344,7 @@ pub async fn run(
                     }
                 }
                 Err(RdError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
-                    check_retention_loss(&consumer, &mut batch, &mut report, opts, observer).await?;
+                    check_retention_loss(&consumer, &inspector, &mut batch, &mut report, observer).await?;
                 }
                 Err(e) => {
                     observer.event(&Event::Retrying { what: "consume".into(), error: e.to_string() });
@@ -367,7 +367,7 @@ pub async fn run(
         }
         if now >= next_lag {
             next_lag = now + LAG_INTERVAL;
-            report_lag(opts, &batch, &mut caught_up, observer).await;
+            report_lag(&inspector, &batch, &mut caught_up, observer).await;
         }
         let since_flush = now.duration_since(last_flush);
         let due = since_flush >= opts.flush_interval
@@ -447,7 +447,7 @@ const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Measures how far each owned partition is behind its high watermark.
 async fn report_lag(
-    opts: &BackupOptions,
+    inspector: &Arc<BaseConsumer>,
     batch: &Batch,
     caught_up: &mut BTreeMap<(String, i32), Instant>,
     observer: &dyn Observer,
@@ -457,9 +457,8 @@ async fn report_lag(
         .iter()
         .map(|(k, p)| (k.0.clone(), k.1, p.durable))
         .collect();
-    let cluster = opts.cluster.clone();
+    let c = inspector.clone();
     let highs = blocking(move || {
-        let c = cluster.inspector("haven-inspector")?;
         let mut out = Vec::new();
         for (t, p, durable) in parts {
             let (_, high) = haven_kafka::watermarks(&c, &t, p, Duration::from_secs(5))?;
@@ -548,9 +547,9 @@ fn apply_changes(
 
 async fn check_retention_loss<C: haven_kafka::rdkafka::consumer::ConsumerContext + 'static>(
     consumer: &haven_kafka::rdkafka::consumer::StreamConsumer<C>,
+    inspector: &Arc<BaseConsumer>,
     batch: &mut Batch,
     report: &mut BackupReport,
-    opts: &BackupOptions,
     observer: &dyn Observer,
 ) -> Result<()> {
     let parts: Vec<(String, i32, i64)> = batch
@@ -558,9 +557,8 @@ async fn check_retention_loss<C: haven_kafka::rdkafka::consumer::ConsumerContext
         .iter()
         .map(|(k, p)| (k.0.clone(), k.1, p.end()))
         .collect();
-    let cluster = opts.cluster.clone();
+    let c = inspector.clone();
     let lows = blocking(move || {
-        let c = cluster.inspector("haven-inspector")?;
         let mut out = Vec::new();
         for (t, p, end) in parts {
             let (low, _) = haven_kafka::watermarks(&c, &t, p, Duration::from_secs(10))?;

@@ -33,7 +33,7 @@ pub struct Args {
     event_size: usize,
     #[arg(long, default_value_t = 4)]
     partitions: i32,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 500)]
     flush_ms: u64,
 }
 
@@ -83,6 +83,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let (seconds, rate, size) = (a.seconds, a.rate, a.event_size);
     let produced = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
         let mut rng = data::rng(3);
+        let producer = b.producer()?;
         let start = Instant::now();
         let tick = Duration::from_millis(100);
         let mut sent = 0u64;
@@ -103,7 +104,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 })
                 .collect();
             if !batch.is_empty() {
-                b.produce("rpo", &batch)?;
+                producer.send("rpo", &batch)?;
             }
             sent = due;
             std::thread::sleep(tick);
