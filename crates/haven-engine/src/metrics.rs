@@ -7,6 +7,9 @@ use std::sync::Mutex;
 
 use crate::events::{Event, Observer};
 
+/// (records, seconds, durable offset) of one partition.
+type Lag = (i64, f64, i64);
+
 /// Counters and gauges fed by [`Event`]s. Render with [`Metrics::render`].
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -20,8 +23,7 @@ pub struct Metrics {
     /// Age in ms of the oldest record of the last segment when it became durable.
     last_oldest_age_ms: AtomicI64,
     lost: Mutex<BTreeMap<(String, i32), u64>>,
-    /// (records, seconds, durable offset) per partition.
-    lag: Mutex<BTreeMap<(String, i32), (i64, f64, i64)>>,
+    lag: Mutex<BTreeMap<(String, i32), Lag>>,
 }
 
 impl Metrics {

@@ -613,3 +613,31 @@ fn a_recreated_topic_is_a_new_generation_kept_apart() {
     );
     assert_eq!(code(&haven(&["verify", "--repo", &repo])), 0);
 }
+
+#[test]
+fn broker_killed_mid_backup_then_restarted_loses_and_duplicates_nothing() {
+    let mut b = Broker::start().unwrap();
+    b.create_topic("flaky", 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    let bootstrap = b.bootstrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args(["backup", "--brokers", &bootstrap, "--repo", &repo, "--topics", "flaky"])
+        .args(["--flush-ms", "100", "--group-interval", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    b.produce("flaky", &edge_records(100, 2)).unwrap();
+    wait_for_records(&repo, 100, Duration::from_secs(30));
+    b.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    b.restart().unwrap();
+    b.produce("flaky", &edge_records(100, 2)).unwrap();
+    // The backup reconnects by itself and continues.
+    wait_for_records(&repo, 200, Duration::from_secs(60));
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(assert_same(&b, &repo, "flaky", 2, &[]), 200);
+    assert_eq!(code(&haven(&["verify", "--repo", &repo])), 0);
+}
