@@ -622,7 +622,15 @@ fn broker_killed_mid_backup_then_restarted_loses_and_duplicates_nothing() {
     let repo = path(&dir.path().join("repo"));
     let bootstrap = b.bootstrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_haven"))
-        .args(["backup", "--brokers", &bootstrap, "--repo", &repo, "--topics", "flaky"])
+        .args([
+            "backup",
+            "--brokers",
+            &bootstrap,
+            "--repo",
+            &repo,
+            "--topics",
+            "flaky",
+        ])
         .args(["--flush-ms", "100", "--group-interval", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -130,3 +130,175 @@ fn backup_into_s3_round_trips() {
         0
     );
 }
+
+/// An object store that fails the puts it is told to fail (fault injection).
+#[derive(Debug)]
+struct Flaky {
+    inner: std::sync::Arc<dyn object_store::ObjectStore>,
+    /// Puts to let through before failing; negative: never fail.
+    fail_after: std::sync::atomic::AtomicI64,
+}
+
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Flaky({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for Flaky {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        use std::sync::atomic::Ordering;
+        let left = self.fail_after.fetch_sub(1, Ordering::SeqCst);
+        if left == 0 {
+            return Err(object_store::Error::Generic {
+                store: "flaky",
+                source: "injected: the store is unavailable".into(),
+            });
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+    async fn delete(&self, location: &object_store::path::Path) -> object_store::Result<()> {
+        self.inner.delete(location).await
+    }
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.inner.copy(from, to).await
+    }
+    async fn copy_if_not_exists(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_put_stops_the_backup_and_a_rerun_loses_and_duplicates_nothing() {
+    use haven_engine::backup::{self, BackupOptions};
+    use haven_engine::events::Collect;
+    use haven_engine::repo::Repository;
+    use std::sync::atomic::Ordering;
+
+    let b = tokio::task::spawn_blocking(Broker::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = std::sync::Arc::new(b);
+    let b2 = b.clone();
+    tokio::task::spawn_blocking(move || {
+        b2.create_topic("faulty", 2)?;
+        let recs: Vec<Rec> = (0..400)
+            .map(|i| Rec::kv(&format!("k{i}"), &"v".repeat(200)).to_partition(i % 2))
+            .collect();
+        b2.produce("faulty", &recs)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+    let flaky = std::sync::Arc::new(Flaky {
+        inner: std::sync::Arc::new(local),
+        // descriptor + 2 segments, then the 3rd segment fails.
+        fail_after: std::sync::atomic::AtomicI64::new(3),
+    });
+    let store = Store::new(flaky.clone(), "", "flaky://");
+    let repo = Repository::open_or_create(store.clone(), None)
+        .await
+        .unwrap();
+    let mut opts = BackupOptions::new(
+        haven_kafka::ClusterConfig::new(b.bootstrap()),
+        backup::topic_regex("faulty").unwrap(),
+    );
+    opts.once = true;
+    opts.group_interval = None;
+    opts.max_buffer_bytes = 8 * 1024; // many small segments
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let err = backup::run(&repo, &opts, &Collect::default(), rx.clone())
+        .await
+        .expect_err("the injected failure must stop the backup");
+    assert!(err.to_string().contains("injected"), "{err}");
+    let before = repo.load_state().await.unwrap();
+    let durable: u64 = before.partitions.values().map(|p| p.records).sum();
+    assert!(
+        durable > 0 && durable < 400,
+        "some but not all records durable: {durable}"
+    );
+
+    flaky.fail_after.store(-1, Ordering::SeqCst);
+    let report = backup::run(&repo, &opts, &Collect::default(), rx)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.records + durable,
+        400,
+        "the rerun writes exactly the rest"
+    );
+    let state = repo.load_state().await.unwrap();
+    for p in 0..2 {
+        let expected = tokio::task::spawn_blocking({
+            let b = b.clone();
+            move || b.read_partition("faulty", p)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let mut got = Vec::new();
+        let sel = haven_engine::read::Selection {
+            topic: "faulty".into(),
+            partitions: Some(vec![p]),
+            generation: None,
+            from: haven_engine::read::Bound::Unbounded,
+            to: haven_engine::read::Bound::Unbounded,
+        };
+        haven_engine::read::for_each_record(&repo, &state, &sel, |_, r| {
+            got.push((r.offset, r.key.clone(), r.value.clone()));
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let want: Vec<_> = expected
+            .into_iter()
+            .map(|c| (c.offset, c.key, c.value))
+            .collect();
+        assert_eq!(got, want, "partition {p}");
+    }
+    let v = haven_engine::verify::verify(&repo, true).await.unwrap();
+    assert!(v.intact(), "{:?}", v.problems);
+}
