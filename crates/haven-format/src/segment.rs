@@ -162,7 +162,9 @@ impl SegmentTrailer {
             .index_offset
             .checked_add(u64::from(self.index_len))
             .ok_or_else(|| FormatError::invalid("segment trailer", "index range overflows"))?;
-        if self.index_offset < HEADER_LEN as u64 || end + TRAILER_LEN as u64 != object_len {
+        if self.index_offset < HEADER_LEN as u64
+            || end.checked_add(TRAILER_LEN as u64) != Some(object_len)
+        {
             return Err(FormatError::invalid(
                 "segment trailer",
                 format!(
@@ -947,6 +949,24 @@ mod tests {
             let _ = index_of(&bytes);
             let _ = verify_object(&bytes);
         }
+    }
+
+    #[test]
+    fn trailer_ranges_that_overflow_are_errors() {
+        // Found by the `segment` fuzz target: index_offset + index_len + 56 overflowed.
+        let t = SegmentTrailer {
+            index_offset: u64::MAX - 60,
+            index_len: 10,
+            index_crc32c: 0,
+            digest: [0; 32],
+        };
+        assert!(t.index_range(100).is_err());
+        let t = SegmentTrailer {
+            index_offset: u64::MAX,
+            index_len: u32::MAX,
+            ..t
+        };
+        assert!(t.index_range(100).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use thiserror::Error;
 
 pub use rdkafka;
 
-use haven_format::{Header, Record, TimestampType};
+use haven_format::TimestampType;
 
 #[derive(Debug, Error)]
 pub enum KafkaError {
@@ -286,34 +286,6 @@ pub fn record_ref<'a>(m: &'a BorrowedMessage<'_>) -> haven_format::RecordRef<'a>
         timestamp_type,
         key: m.key(),
         value: m.payload(),
-        headers,
-    }
-}
-
-/// Converts a consumed message into a Haven record, keeping null distinct from empty.
-pub fn to_record(m: &BorrowedMessage<'_>) -> Record {
-    let (timestamp_type, timestamp) = match m.timestamp() {
-        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
-        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
-        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
-    };
-    let headers = m
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| Header {
-                    name: h.key.to_string(),
-                    value: h.value.map(<[u8]>::to_vec),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Record {
-        offset: m.offset(),
-        timestamp,
-        timestamp_type,
-        key: m.key().map(<[u8]>::to_vec),
-        value: m.payload().map(<[u8]>::to_vec),
         headers,
     }
 }
