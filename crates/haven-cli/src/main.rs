@@ -56,6 +56,11 @@ enum Command {
     Backup(commands::backup::Args),
     /// List what a repository holds: topics, partitions, offsets, times, gaps, losses.
     Ls(commands::ls::Args),
+    /// Restore topics (all, some partitions, a time or offset window) into a cluster.
+    Restore(commands::restore::Args),
+    /// Translate offsets through a restore's offset map.
+    #[command(subcommand)]
+    Offsets(commands::offsets::Command),
     /// Check a repository's integrity: checksums, hash chain, offset continuity.
     Verify(commands::verify::Args),
     /// Print backed-up records as NDJSON.
@@ -139,6 +144,8 @@ fn main() -> ExitCode {
             Command::Backup(a) => commands::backup::run(&ctx, a).await,
             Command::Ls(a) => commands::ls::run(&ctx, a).await,
             Command::Verify(a) => commands::verify::run(&ctx, a).await,
+            Command::Restore(a) => commands::restore::run(&ctx, a).await,
+            Command::Offsets(c) => commands::offsets::run(&ctx, c).await,
             Command::Cat(a) => commands::cat::run(&ctx, a).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,
             Command::Bench(c) => commands::bench::run(&ctx, c).await,

@@ -15,8 +15,10 @@ pub mod config;
 mod error;
 pub mod events;
 pub mod metrics;
+pub mod offsets;
 pub mod read;
 pub mod repo;
+pub mod restore;
 pub mod time;
 pub mod verify;
 

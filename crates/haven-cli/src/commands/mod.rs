@@ -6,6 +6,8 @@ pub mod cat;
 pub mod config;
 pub mod demo;
 pub mod ls;
+pub mod offsets;
+pub mod restore;
 pub mod verify;
 
 use std::path::PathBuf;

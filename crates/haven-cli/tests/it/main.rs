@@ -3,6 +3,7 @@
 mod backup;
 mod config;
 mod foundation;
+mod restore;
 mod storage;
 
 use std::path::Path;

@@ -1,0 +1,313 @@
+//! Restore: source and target compared record by record.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testbed::{Broker, Consumed, Rec};
+
+use crate::{code, haven, ok, path, stderr};
+
+fn records(n: usize, partitions: i32, ts0: i64) -> Vec<Rec> {
+    (0..n)
+        .map(|i| {
+            let mut r = Rec::kv(&format!("k{}", i % 13), &format!("{{\"i\":{i}}}"))
+                .to_partition(i as i32 % partitions)
+                .at(ts0 + i as i64 * 1000);
+            if i % 5 == 0 {
+                r = r.header("h", Some(b"x")).header("h", None);
+            }
+            if i % 7 == 0 {
+                r.key = None;
+            }
+            r
+        })
+        .collect()
+}
+
+fn backup(b: &Broker, repo: &str, topics: &str) {
+    ok(&haven(&[
+        "backup",
+        "--brokers",
+        &b.bootstrap(),
+        "--repo",
+        repo,
+        "--topics",
+        topics,
+        "--once",
+        "--group-interval",
+        "0",
+    ]));
+}
+
+/// Everything but the offset must match.
+fn same_content(a: &Consumed, b: &Consumed) -> bool {
+    a.key == b.key && a.value == b.value && a.timestamp == b.timestamp && a.headers == b.headers
+}
+
+#[test]
+fn whole_topic_into_another_cluster_with_rename_and_exact_offset_map() {
+    let us = Broker::start().unwrap();
+    let eu = Broker::start().unwrap();
+    us.create_topic("orders", 3).unwrap();
+    us.produce("orders", &records(300, 3, 1_700_000_000_000))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    backup(&us, &repo, "orders");
+
+    // A dry run changes nothing.
+    let out = ok(&haven(&[
+        "--json",
+        "restore",
+        "--repo",
+        &repo,
+        "--brokers",
+        &eu.bootstrap(),
+        "--topics",
+        "orders",
+        "--rename",
+        "orders=orders.restored",
+        "--dry-run",
+    ]));
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["plan"]["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(plan["plan"]["topics"][0]["create"], true);
+    assert!(
+        !dir.path().join("repo/restores").exists(),
+        "a dry run wrote to the repository"
+    );
+    assert!(
+        eu.read_partition("orders.restored", 0).is_err(),
+        "a dry run created the topic"
+    );
+
+    let out = ok(&haven(&[
+        "--json",
+        "restore",
+        "--repo",
+        &repo,
+        "--brokers",
+        &eu.bootstrap(),
+        "--topics",
+        "orders",
+        "--rename",
+        "orders=orders.restored",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["records"], 300);
+    let id = report["id"].as_str().unwrap().to_string();
+    for p in 0..3 {
+        let src = us.read_partition("orders", p).unwrap();
+        let dst = eu.read_partition("orders.restored", p).unwrap();
+        assert_eq!(src.len(), dst.len());
+        for (s, d) in src.iter().zip(&dst) {
+            assert!(same_content(s, d), "partition {p}: {s:?} != {d:?}");
+            let t = ok(&haven(&[
+                "--json",
+                "offsets",
+                "translate",
+                "--repo",
+                &repo,
+                "--restore",
+                &id,
+                "--topic",
+                "orders",
+                "--partition",
+                &p.to_string(),
+                "--offset",
+                &s.offset.to_string(),
+            ]));
+            let t: serde_json::Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(t["target_offset"].as_i64(), Some(d.offset));
+        }
+    }
+}
+
+#[test]
+fn time_window_and_point_in_time() {
+    let b = Broker::start().unwrap();
+    b.create_topic("events", 2).unwrap();
+    let t0 = 1_700_000_000_000;
+    b.produce("events", &records(100, 2, t0)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    backup(&b, &repo, "events");
+    let iso = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339()
+    };
+
+    ok(&haven(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--brokers",
+        &b.bootstrap(),
+        "--topics",
+        "events",
+        "--prefix",
+        "window.",
+        "--from",
+        &iso(t0 + 20_000),
+        "--to",
+        &iso(t0 + 40_000),
+    ]));
+    ok(&haven(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--brokers",
+        &b.bootstrap(),
+        "--topics",
+        "events",
+        "--prefix",
+        "at.",
+        "--at",
+        &iso(t0 + 9_000),
+    ]));
+    for p in 0..2 {
+        let src = b.read_partition("events", p).unwrap();
+        let window: Vec<&Consumed> = src
+            .iter()
+            .filter(|r| r.timestamp >= t0 + 20_000 && r.timestamp < t0 + 40_000)
+            .collect();
+        let got = b.read_partition("window.events", p).unwrap();
+        assert_eq!(got.len(), window.len());
+        assert!(got.iter().zip(&window).all(|(g, w)| same_content(g, w)));
+        let at: Vec<&Consumed> = src.iter().filter(|r| r.timestamp <= t0 + 9_000).collect();
+        let got = b.read_partition("at.events", p).unwrap();
+        assert_eq!(got.len(), at.len(), "--at includes the instant itself");
+        assert!(got.iter().zip(&at).all(|(g, w)| same_content(g, w)));
+    }
+}
+
+#[test]
+fn sigkill_mid_restore_then_resume_writes_each_record_once() {
+    let b = Broker::start().unwrap();
+    b.create_topic("big", 2).unwrap();
+    let recs: Vec<Rec> = (0..40_000)
+        .map(|i| Rec::kv(&format!("k{i}"), &"x".repeat(300)).to_partition(i % 2))
+        .collect();
+    b.produce("big", &recs).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    backup(&b, &repo, "big");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args([
+            "restore",
+            "--repo",
+            &repo,
+            "--brokers",
+            &b.bootstrap(),
+            "--topics",
+            "big",
+            "--rename",
+            "big=big.copy",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.high_watermark("big.copy", 0).unwrap_or(0) < 2_000 {
+        assert!(Instant::now() < deadline, "restore made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial =
+        b.high_watermark("big.copy", 0).unwrap() + b.high_watermark("big.copy", 1).unwrap();
+    assert!(
+        partial < 40_000,
+        "the restore finished before it was killed; make it bigger"
+    );
+    let id = std::fs::read_dir(dir.path().join("repo/restores"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let id = id.to_string_lossy().to_string();
+    let out = ok(&haven(&[
+        "--json",
+        "restore",
+        "--repo",
+        &repo,
+        "--brokers",
+        &b.bootstrap(),
+        "--resume",
+        &id,
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["records"].as_i64().unwrap() + partial, 40_000);
+    for p in 0..2 {
+        let src = b.read_partition("big", p).unwrap();
+        let dst = b.read_partition("big.copy", p).unwrap();
+        assert_eq!(src.len(), dst.len(), "partition {p}");
+        assert!(src
+            .iter()
+            .zip(&dst)
+            .all(|(s, d)| same_content(s, d) && s.offset == d.offset));
+    }
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_writes_nothing() {
+    let b = Broker::start().unwrap();
+    b.create_topic("t", 1).unwrap();
+    b.produce("t", &records(10, 1, 1_700_000_000_000)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    backup(&b, &repo, "t");
+    let run = |extra: &[&str]| {
+        let bs = b.bootstrap();
+        let mut args = vec!["restore", "--repo", &repo, "--brokers", &bs];
+        args.extend_from_slice(extra);
+        haven(&args)
+    };
+    let out = run(&[
+        "--topics",
+        "t",
+        "--from",
+        "2026-01-02T00:00:00Z",
+        "--to",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("empty window"), "{}", stderr(&out));
+    let out = run(&["--topics", "nope"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("no topic in the repository matches"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--topics", "t", "--rename", "t"]);
+    assert_eq!(code(&out), 2);
+    b.create_topic("t.two", 2).unwrap();
+    let out = run(&["--topics", "t", "--rename", "t=t.two"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("2 partitions"), "{}", stderr(&out));
+    let out = run(&["--resume", "no-such-id"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        !dir.path().join("repo/restores").exists(),
+        "a failed restore wrote to the repository"
+    );
+    let out = haven(&[
+        "offsets",
+        "translate",
+        "--repo",
+        &repo,
+        "--restore",
+        "x",
+        "--topic",
+        "t",
+        "--partition",
+        "0",
+        "--offset",
+        "1",
+    ]);
+    assert_eq!(code(&out), 2);
+}

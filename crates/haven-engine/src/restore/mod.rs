@@ -1,0 +1,265 @@
+//! `haven restore`: any subset of a repository into any cluster.
+//!
+//! A restore is planned first: which records (pinned as a source offset range per
+//! partition, so a resumed restore selects exactly the same records even if the backup has
+//! grown since), which target topics, and each target partition's end offset before the
+//! restore. The plan is written to the repository (`restores/{id}/plan.json`) before the
+//! first record is produced. Records are produced in offset order per partition with the
+//! idempotent producer, and every delivery must land at `target_start + index`.
+//!
+//! Resuming (`--resume ID`) needs no checkpoint: if nothing else writes to the target
+//! partitions during the restore, `high watermark - target_start` records of the selection
+//! are already there, so the restore continues with the next one. Any other writer is
+//! detected (a delivery at an unexpected offset) and stops the restore with an error.
+//! The offset map (`restores/{id}/offsets.json`) is written when the restore completes.
+
+mod plan;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use haven_kafka::rdkafka::message::{Header, OwnedHeaders};
+use haven_kafka::rdkafka::producer::FutureRecord;
+use haven_kafka::ClusterConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::offsets::OffsetMap;
+use crate::repo::Repository;
+use crate::{blocking, Error, Result};
+pub use plan::{plan, PlannedPartition, PlannedTopic, RestoreOptions, RestorePlan};
+
+/// Where a restore's objects live in the repository.
+pub fn plan_key(id: &str) -> String {
+    format!("restores/{id}/plan.json")
+}
+
+pub fn offsets_key(id: &str) -> String {
+    format!("restores/{id}/offsets.json")
+}
+
+/// The offset map of one restored partition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub source_topic: String,
+    pub partition: i32,
+    pub target_topic: String,
+    pub map: OffsetMap,
+}
+
+/// `restores/{id}/offsets.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreOffsets {
+    pub id: String,
+    pub partitions: Vec<PartitionOffsets>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartitionResult {
+    pub source_topic: String,
+    pub partition: i32,
+    pub target_topic: String,
+    pub restored: u64,
+    /// Already on the target from an interrupted run (resume).
+    pub skipped: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreReport {
+    pub id: String,
+    pub records: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub records_per_second: f64,
+    pub partitions: Vec<PartitionResult>,
+}
+
+/// Loads the plan of an earlier restore (for `--resume` and `offsets translate`).
+pub async fn load_plan(repo: &Repository, id: &str) -> Result<RestorePlan> {
+    let raw = match repo.store().get(&plan_key(id)).await {
+        Ok(b) => b,
+        Err(haven_storage::StorageError::NotFound { .. }) => {
+            return Err(Error::Input(format!(
+                "no restore {id:?} in {}",
+                repo.store().url()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    serde_json::from_slice(&raw)
+        .map_err(|e| Error::Input(format!("{}: damaged: {e}", plan_key(id))))
+}
+
+pub async fn load_offsets(repo: &Repository, id: &str) -> Result<RestoreOffsets> {
+    let raw = match repo.store().get(&offsets_key(id)).await {
+        Ok(b) => b,
+        Err(haven_storage::StorageError::NotFound { .. }) => return Err(Error::Input(format!(
+            "restore {id:?} has no offset map: it did not complete (resume it with --resume {id})"
+        ))),
+        Err(e) => return Err(e.into()),
+    };
+    serde_json::from_slice(&raw)
+        .map_err(|e| Error::Input(format!("{}: damaged: {e}", offsets_key(id))))
+}
+
+async fn put_json<T: Serialize>(repo: &Repository, key: &str, value: &T) -> Result<()> {
+    let body = serde_json::to_vec_pretty(value).map_err(|e| Error::Task(e.to_string()))?;
+    match repo.store().put_new(key, Bytes::from(body)).await {
+        Ok(()) | Err(haven_storage::StorageError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Executes a plan (a new one, or a loaded one to resume).
+pub async fn run(
+    repo: &Repository,
+    plan: &RestorePlan,
+    cluster: &ClusterConfig,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    put_json(repo, &plan_key(&plan.id), plan).await?;
+    let admin = cluster.admin()?;
+    for t in plan.topics.iter().filter(|t| t.create) {
+        haven_kafka::create_topic(&admin, &t.target, t.partitions, &t.configs).await?;
+    }
+    let producer = cluster.producer()?;
+    let state = repo.load_state().await?;
+    let mut report = RestoreReport {
+        id: plan.id.clone(),
+        ..Default::default()
+    };
+    let mut offsets = RestoreOffsets {
+        id: plan.id.clone(),
+        partitions: Vec::new(),
+    };
+    for pp in &plan.partitions {
+        let c = cluster.clone();
+        let (t, p) = (pp.target_topic.clone(), pp.partition);
+        let high = blocking(move || {
+            let i = c.inspector("haven-inspector")?;
+            Ok(haven_kafka::watermarks(&i, &t, p, Duration::from_secs(10))?.1)
+        })
+        .await?;
+        let already = high - pp.target_start;
+        if already < 0 || already as u64 > pp.records {
+            return Err(Error::Input(format!(
+                "{}/{}: the target partition holds {} records past the restore's start, the plan has {}: \
+                 something else writes to it or it was re-created",
+                pp.target_topic, pp.partition, already, pp.records
+            )));
+        }
+        let mut map = OffsetMap::default();
+        let mut index: i64 = 0;
+        let mut in_flight: VecDeque<(i64, i64, _)> = VecDeque::new();
+        let mut result = PartitionResult {
+            source_topic: pp.source_topic.clone(),
+            partition: pp.partition,
+            target_topic: pp.target_topic.clone(),
+            restored: 0,
+            skipped: already as u64,
+        };
+        let records = plan::selected_records(repo, &state, plan, pp).await?;
+        for r in &records {
+            let expected = pp.target_start + index;
+            map.push(r.offset, expected);
+            index += 1;
+            if index <= already {
+                continue;
+            }
+            let mut headers = OwnedHeaders::new();
+            for h in &r.headers {
+                headers = headers.insert(Header {
+                    key: &h.name,
+                    value: h.value.as_deref(),
+                });
+            }
+            let provenance = format!("{}/{}/{}", pp.source_topic, pp.partition, r.offset);
+            if plan.provenance_headers {
+                headers = headers.insert(Header {
+                    key: "haven-source",
+                    value: Some(provenance.as_bytes()),
+                });
+            }
+            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&pp.target_topic)
+                .partition(pp.partition)
+                .headers(headers);
+            if let Some(k) = &r.key {
+                fr = fr.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                fr = fr.payload(v.as_slice());
+            }
+            if r.timestamp >= 0 {
+                fr = fr.timestamp(r.timestamp);
+            }
+            let fut = loop {
+                match producer.send_result(fr) {
+                    Ok(f) => break f,
+                    Err((e, back))
+                        if e.rdkafka_error_code()
+                            == Some(haven_kafka::rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        let n = in_flight.len().min(1000);
+                        settle(&mut in_flight, n.max(1), pp).await?;
+                        fr = back;
+                    }
+                    Err((e, _)) => {
+                        return Err(Error::Task(format!("produce to {}: {e}", pp.target_topic)))
+                    }
+                }
+            };
+            report.bytes += r.payload_len() as u64;
+            in_flight.push_back((r.offset, expected, fut));
+            if in_flight.len() >= 5000 {
+                settle(&mut in_flight, 1000, pp).await?;
+            }
+            result.restored += 1;
+        }
+        let n = in_flight.len();
+        settle(&mut in_flight, n, pp).await?;
+        report.records += result.restored;
+        report.partitions.push(result);
+        offsets.partitions.push(PartitionOffsets {
+            source_topic: pp.source_topic.clone(),
+            partition: pp.partition,
+            target_topic: pp.target_topic.clone(),
+            map,
+        });
+    }
+    put_json(repo, &offsets_key(&plan.id), &offsets).await?;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.records_per_second = report.records as f64 / report.seconds.max(1e-9);
+    Ok(report)
+}
+
+type Delivery = haven_kafka::rdkafka::producer::DeliveryFuture;
+
+/// Waits for the oldest `n` deliveries and checks each landed where the plan says.
+async fn settle(
+    in_flight: &mut VecDeque<(i64, i64, Delivery)>,
+    n: usize,
+    pp: &PlannedPartition,
+) -> Result<()> {
+    for _ in 0..n {
+        let Some((source, expected, fut)) = in_flight.pop_front() else {
+            break;
+        };
+        let delivery = fut
+            .await
+            .map_err(|_| Error::Task("the producer was dropped".into()))?
+            .map_err(|(e, _)| {
+                Error::Task(format!(
+                    "{}/{} offset {source}: {e}",
+                    pp.target_topic, pp.partition
+                ))
+            })?;
+        if delivery.offset != expected {
+            return Err(Error::Input(format!(
+                "{}/{}: source offset {source} landed at target offset {}, expected {expected}: \
+                 another producer writes to the target partition",
+                pp.target_topic, pp.partition, delivery.offset
+            )));
+        }
+    }
+    Ok(())
+}
