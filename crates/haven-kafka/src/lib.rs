@@ -200,6 +200,24 @@ pub fn committed(
         .collect())
 }
 
+/// Commits offsets for `group` without joining it (blocking). Kafka refuses this for a
+/// group with active members.
+pub fn commit_offsets(
+    cluster: &ClusterConfig,
+    group: &str,
+    offsets: &[(String, i32, i64)],
+    _timeout: Duration,
+) -> Result<()> {
+    let c = cluster.inspector(group)?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p, o) in offsets {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+            .map_err(op("build offsets"))?;
+    }
+    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .map_err(op("commit group offsets"))
+}
+
 /// Names of the consumer groups the cluster knows (blocking).
 pub fn list_groups(consumer: &BaseConsumer, timeout: Duration) -> Result<Vec<String>> {
     let gl = consumer

@@ -69,6 +69,13 @@ pub struct Args {
     #[arg(long)]
     provenance_headers: bool,
 
+    /// Set the committed offsets of these consumer groups (a regular expression; default:
+    /// every group) on the target, as they were at the restore point (--at, else the latest
+    /// in the backup's timeline), translated exactly: each group resumes at the first record
+    /// it had not processed. Groups active on the target are left alone and reported.
+    #[arg(long, value_name = "REGEX", num_args = 0..=1, default_missing_value = ".*")]
+    consumer_groups: Option<String>,
+
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -104,12 +111,21 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                     .ok_or_else(|| usage(format!("--rename {r:?}: expected FROM=TO")))?;
                 renames.insert(f.to_string(), t.to_string());
             }
-            let to = match &a.at {
-                Some(at) => {
-                    Bound::Time(parse_instant(at, now).map_err(|e| usage(e.to_string()))? + 1)
-                }
+            let at = match &a.at {
+                Some(at) => Some(parse_instant(at, now).map_err(|e| usage(e.to_string()))?),
+                None => None,
+            };
+            let to = match at {
+                Some(at) => Bound::Time(at + 1),
                 None => bound(a.to.as_deref(), now)?,
             };
+            let groups =
+                match &a.consumer_groups {
+                    Some(g) => Some(topic_regex(g).map_err(|e| {
+                        usage(e.to_string().replace("--topics", "--consumer-groups"))
+                    })?),
+                    None => None,
+                };
             let opts = RestoreOptions {
                 cluster: cl.clone(),
                 topics: topic_regex(a.topics.as_deref().unwrap_or(".*"))?,
@@ -119,6 +135,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 renames,
                 prefix: a.prefix.clone(),
                 provenance_headers: a.provenance_headers,
+                groups,
+                group_point: at,
             };
             let state = repo.load_state().await?;
             restore::plan(&repo, &state, &opts).await?
@@ -195,6 +213,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 }
             );
         }
+        print_groups(&report.groups_set, &report.groups_skipped);
         println!(
             "restore {}: {} records ({}) in {:.1}s, {:.0} records/s",
             report.id,
@@ -205,4 +224,23 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         );
     }
     Ok(0)
+}
+
+fn print_groups(groups: &[restore::PlannedGroup], skipped: &[(String, String)]) {
+    for g in groups {
+        println!(
+            "group {}: {}/{} committed {} (observed {}) -> {}/{} offset {}",
+            g.group,
+            g.source_topic,
+            g.partition,
+            g.source_offset,
+            g.observed_at,
+            g.target_topic,
+            g.partition,
+            g.target_offset
+        );
+    }
+    for (g, why) in skipped {
+        println!("group {g}: left alone: {why}");
+    }
 }

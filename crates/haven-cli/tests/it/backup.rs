@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use haven_engine::read::json_bytes;
 use testbed::{Broker, Consumed, Rec};
 
-use crate::{code, haven, haven_env, ok, path, stderr};
+use crate::{code, commit, haven, haven_env, ok, path, stderr};
 
 /// Runs `haven [--json] backup --once` of `topics` from `b` into `repo`, with extra flags and
 /// environment, and returns its stdout.
@@ -159,30 +159,6 @@ fn snapshot_round_trips_every_edge_case_and_group_commits() {
     backup_once(&b, &repo, "orders", &[], &[]);
     assert_eq!(assert_same(&b, &repo, "orders", 3, &[]), 630);
     assert_eq!(code(&haven(&["verify", "--repo", &repo, "--deep"])), 0);
-}
-
-/// Commits an offset as a real group member would: join the group, then commit.
-fn commit(b: &Broker, group: &str, topic: &str, partition: i32, offset: i64) {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
-    let c: BaseConsumer = b
-        .config()
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "group {group} got no assignment");
-        let _ = c.poll(Duration::from_millis(100));
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-        .unwrap();
-    c.commit(&tpl, CommitMode::Sync).unwrap();
-    c.unsubscribe();
 }
 
 #[test]

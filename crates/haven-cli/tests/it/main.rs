@@ -47,3 +47,30 @@ pub fn stderr(out: &Output) -> String {
 pub fn path(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Commits an offset as a real group member would: join the group, then commit.
+pub fn commit(b: &testbed::Broker, group: &str, topic: &str, partition: i32, offset: i64) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let c: BaseConsumer = b
+        .config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while c.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group {group} got no assignment"
+        );
+        let _ = c.poll(std::time::Duration::from_millis(100));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+    c.unsubscribe();
+}

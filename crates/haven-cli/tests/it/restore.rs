@@ -311,3 +311,146 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
     ]);
     assert_eq!(code(&out), 2);
 }
+
+/// The first record a real consumer of `group` reads from each partition of `topic`.
+fn first_read(b: &Broker, group: &str, topic: &str, partitions: i32) -> Vec<Consumed> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let c: BaseConsumer = b
+        .config()
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut got: Vec<Option<Consumed>> = vec![None; partitions as usize];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.iter().any(Option::is_none) {
+        assert!(
+            Instant::now() < deadline,
+            "consumer of {group} read nothing from {topic}: {got:?}"
+        );
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let slot = &mut got[m.partition() as usize];
+            if slot.is_none() {
+                *slot = Some(Consumed {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis().unwrap_or(-1),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+            }
+        }
+    }
+    got.into_iter().map(Option::unwrap).collect()
+}
+
+#[test]
+fn consumer_group_resumes_on_the_target_at_exactly_the_next_record() {
+    let us = Broker::start().unwrap();
+    let eu = Broker::start().unwrap();
+    us.create_topic("payments", 2).unwrap();
+    us.produce("payments", &records(100, 2, 1_700_000_000_000))
+        .unwrap();
+    // billing processed 37 records of partition 0 and 12 of partition 1.
+    crate::commit(&us, "billing", "payments", 0, 37);
+    crate::commit(&us, "billing", "payments", 1, 12);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    ok(&haven(&[
+        "backup",
+        "--brokers",
+        &us.bootstrap(),
+        "--repo",
+        &repo,
+        "--topics",
+        "payments",
+        "--once",
+        "--group",
+        "billing",
+    ]));
+
+    // The plan shows the translation before anything is written.
+    let out = ok(&haven(&[
+        "--json",
+        "restore",
+        "--repo",
+        &repo,
+        "--brokers",
+        &eu.bootstrap(),
+        "--topics",
+        "payments",
+        "--consumer-groups",
+        "billing",
+        "--from",
+        "20",
+        "--rename",
+        "payments=w.payments",
+        "--dry-run",
+    ]));
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let g: Vec<(i64, i64, i64)> = plan["plan"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["partition"].as_i64().unwrap(),
+                g["source_offset"].as_i64().unwrap(),
+                g["target_offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // Window from offset 20: offset 37 is the 18th restored record; 12 precedes the window.
+    assert_eq!(g, vec![(0, 37, 17), (1, 12, 0)], "{plan}");
+
+    for (name, extra) in [("payments", vec![]), ("w.payments", vec!["--from", "20"])] {
+        let eu_bootstrap = eu.bootstrap();
+        let mut args = vec![
+            "restore",
+            "--repo",
+            &repo,
+            "--brokers",
+            &eu_bootstrap,
+            "--topics",
+            "payments",
+            "--consumer-groups",
+            "billing",
+        ];
+        let rename = format!("payments={name}");
+        args.extend(["--rename", &rename]);
+        args.extend(extra.iter().copied());
+        let out = ok(&haven(&args));
+        assert!(out.contains("group billing"), "{out}");
+    }
+    let src0 = us.read_partition("payments", 0).unwrap();
+    let src1 = us.read_partition("payments", 1).unwrap();
+    let first = first_read(&eu, "billing", "payments", 2);
+    assert!(
+        same_content(&first[0], &src0[37]),
+        "whole restore, p0: {:?} vs {:?}",
+        first[0],
+        src0[37]
+    );
+    assert!(same_content(&first[1], &src1[12]), "whole restore, p1");
+    let first = first_read(&eu, "billing", "w.payments", 2);
+    assert!(
+        same_content(&first[0], &src0[37]),
+        "window restore, p0: {:?}",
+        first[0]
+    );
+    assert!(
+        same_content(&first[1], &src1[20]),
+        "window restore, p1 resumes at the window's first record"
+    );
+}

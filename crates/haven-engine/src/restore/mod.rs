@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::offsets::OffsetMap;
 use crate::repo::Repository;
 use crate::{blocking, Error, Result};
-pub use plan::{plan, PlannedPartition, PlannedTopic, RestoreOptions, RestorePlan};
+pub use plan::{plan, PlannedGroup, PlannedPartition, PlannedTopic, RestoreOptions, RestorePlan};
 
 /// Where a restore's objects live in the repository.
 pub fn plan_key(id: &str) -> String {
@@ -72,6 +72,10 @@ pub struct RestoreReport {
     pub seconds: f64,
     pub records_per_second: f64,
     pub partitions: Vec<PartitionResult>,
+    /// Group offsets set on the target.
+    pub groups_set: Vec<PlannedGroup>,
+    /// Groups not touched, with the reason (active on the target, no commit, ...).
+    pub groups_skipped: Vec<(String, String)>,
 }
 
 /// Loads the plan of an earlier restore (for `--resume` and `offsets translate`).
@@ -93,9 +97,11 @@ pub async fn load_plan(repo: &Repository, id: &str) -> Result<RestorePlan> {
 pub async fn load_offsets(repo: &Repository, id: &str) -> Result<RestoreOffsets> {
     let raw = match repo.store().get(&offsets_key(id)).await {
         Ok(b) => b,
-        Err(haven_storage::StorageError::NotFound { .. }) => return Err(Error::Input(format!(
+        Err(haven_storage::StorageError::NotFound { .. }) => {
+            return Err(Error::Input(format!(
             "restore {id:?} has no offset map: it did not complete (resume it with --resume {id})"
-        ))),
+        )))
+        }
         Err(e) => return Err(e.into()),
     };
     serde_json::from_slice(&raw)
@@ -227,6 +233,7 @@ pub async fn run(
         });
     }
     put_json(repo, &offsets_key(&plan.id), &offsets).await?;
+    set_groups(plan, cluster, &mut report).await?;
     report.seconds = started.elapsed().as_secs_f64();
     report.records_per_second = report.records as f64 / report.seconds.max(1e-9);
     Ok(report)
@@ -259,6 +266,47 @@ async fn settle(
                  another producer writes to the target partition",
                 pp.target_topic, pp.partition, delivery.offset
             )));
+        }
+    }
+    Ok(())
+}
+
+/// Commits each planned group's translated offsets on the target. A group that is active
+/// there refuses a commit from a non-member: it is left alone and reported.
+async fn set_groups(
+    plan: &RestorePlan,
+    cluster: &ClusterConfig,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    report
+        .groups_skipped
+        .extend(plan.groups_skipped.iter().cloned());
+    let mut by_group: std::collections::BTreeMap<&str, Vec<&PlannedGroup>> = Default::default();
+    for g in &plan.groups {
+        by_group.entry(g.group.as_str()).or_default().push(g);
+    }
+    for (group, entries) in by_group {
+        let c = cluster.clone();
+        let name = group.to_string();
+        let items: Vec<(String, i32, i64)> = entries
+            .iter()
+            .map(|g| (g.target_topic.clone(), g.partition, g.target_offset))
+            .collect();
+        let res = blocking(move || {
+            Ok(haven_kafka::commit_offsets(
+                &c,
+                &name,
+                &items,
+                Duration::from_secs(10),
+            ))
+        })
+        .await?;
+        match res {
+            Ok(()) => report.groups_set.extend(entries.into_iter().cloned()),
+            Err(e) => report.groups_skipped.push((
+                group.to_string(),
+                format!("not set: {e} (is the group active on the target? stop its consumers and rerun)"),
+            )),
         }
     }
     Ok(())

@@ -36,6 +36,25 @@ pub struct RestoreOptions {
     /// Prefix added to every target topic name not renamed explicitly.
     pub prefix: String,
     pub provenance_headers: bool,
+    /// Consumer groups whose committed offsets are carried over, translated.
+    pub groups: Option<Regex>,
+    /// The instant whose group offsets are restored (`--at`); None: the latest known.
+    pub group_point: Option<i64>,
+}
+
+/// A consumer group's committed offset on a restored partition, and where it lands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlannedGroup {
+    pub group: String,
+    pub source_topic: String,
+    pub partition: i32,
+    /// The committed offset (the next record the group would read) at the restore point.
+    pub source_offset: i64,
+    /// When Haven observed that commit.
+    pub observed_at: String,
+    pub target_topic: String,
+    /// Where the group resumes on the target.
+    pub target_offset: i64,
 }
 
 /// One source partition and where it goes.
@@ -77,6 +96,11 @@ pub struct RestorePlan {
     pub provenance_headers: bool,
     pub topics: Vec<PlannedTopic>,
     pub partitions: Vec<PlannedPartition>,
+    #[serde(default)]
+    pub groups: Vec<PlannedGroup>,
+    /// Groups asked for but left alone, with the reason.
+    #[serde(default)]
+    pub groups_skipped: Vec<(String, String)>,
 }
 
 fn bound_text(b: Bound) -> String {
@@ -199,6 +223,7 @@ pub async fn plan(
     let inspector = std::sync::Arc::new(inspector);
     let mut topics = Vec::new();
     let mut partitions = Vec::new();
+    let mut maps: BTreeMap<(String, i32), (crate::offsets::OffsetMap, i64)> = BTreeMap::new();
     for (topic, generation) in sources {
         let target = opts
             .renames
@@ -252,6 +277,7 @@ pub async fn plan(
                 continue;
             };
             let (mut first, mut last, mut n, mut bytes) = (i64::MAX, -1i64, 0u64, 0u64);
+            let mut selected_offsets = Vec::new();
             for c in &ps.chunks {
                 let m = &c.meta;
                 let may = match (opts.from, opts.to) {
@@ -266,6 +292,7 @@ pub async fn plan(
                 }
                 for r in repo.read_chunk(c).await? {
                     if selected(&r, opts.from, opts.to) {
+                        selected_offsets.push(r.offset);
                         first = first.min(r.offset);
                         last = last.max(r.offset);
                         n += 1;
@@ -283,6 +310,13 @@ pub async fn plan(
                 blocking(move || Ok(haven_kafka::watermarks(&c, &t, p, Duration::from_secs(10))?.1))
                     .await?
             };
+            maps.insert((topic.clone(), p), {
+                let mut m = crate::offsets::OffsetMap::default();
+                for (i, o) in selected_offsets.iter().enumerate() {
+                    m.push(*o, target_start + i as i64);
+                }
+                (m, target_start + n as i64)
+            });
             partitions.push(PlannedPartition {
                 source_topic: topic.clone(),
                 generation,
@@ -296,7 +330,10 @@ pub async fn plan(
             });
         }
     }
+    let (groups, groups_skipped) = plan_groups(state, opts, &partitions, &maps);
     Ok(RestorePlan {
+        groups,
+        groups_skipped,
         id: format!(
             "{}-{:08x}",
             chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
@@ -311,4 +348,74 @@ pub async fn plan(
         topics,
         partitions,
     })
+}
+
+/// The group offsets to carry over: each selected group's commit at the restore point on
+/// every restored partition, translated through the partition's offset map.
+fn plan_groups(
+    state: &RepoState,
+    opts: &RestoreOptions,
+    partitions: &[PlannedPartition],
+    maps: &BTreeMap<(String, i32), (crate::offsets::OffsetMap, i64)>,
+) -> (Vec<PlannedGroup>, Vec<(String, String)>) {
+    let Some(re) = &opts.groups else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut skipped = Vec::new();
+    if let (Some(at), Some(first)) = (opts.group_point, state.group_samples.iter().min()) {
+        if at < *first {
+            skipped.push((
+                re.as_str().to_string(),
+                format!(
+                    "the group timeline starts at {}, after the restore point: offsets unknown, not guessed",
+                    crate::time::format_ms(*first)
+                ),
+            ));
+            return (Vec::new(), skipped);
+        }
+    }
+    // Latest commit at or before the restore point, per (group, topic, partition).
+    let mut at_point: BTreeMap<(String, String, i32), &haven_format::GroupCommit> = BTreeMap::new();
+    for c in &state.group_commits {
+        if !re.is_match(&c.group) || opts.group_point.is_some_and(|t| c.observed_at > t) {
+            continue;
+        }
+        at_point.insert((c.group.clone(), c.topic.clone(), c.partition), c);
+    }
+    let mut groups = Vec::new();
+    for ((group, topic, partition), c) in at_point {
+        let Some(pp) = partitions
+            .iter()
+            .find(|pp| pp.source_topic == topic && pp.partition == partition)
+        else {
+            continue;
+        };
+        if c.offset < 0 {
+            skipped.push((
+                group,
+                format!("{topic}/{partition}: no commit at the restore point"),
+            ));
+            continue;
+        }
+        let Some((map, end)) = maps.get(&(topic.clone(), partition)) else {
+            continue;
+        };
+        groups.push(PlannedGroup {
+            group,
+            source_topic: topic,
+            partition,
+            source_offset: c.offset,
+            observed_at: crate::time::format_ms(c.observed_at),
+            target_topic: pp.target_topic.clone(),
+            target_offset: map.translate(c.offset).unwrap_or(*end),
+        });
+    }
+    if groups.is_empty() && skipped.is_empty() {
+        skipped.push((
+            re.as_str().to_string(),
+            "no matching group has commits on the restored partitions in the backup's timeline"
+                .into(),
+        ));
+    }
+    (groups, skipped)
 }
