@@ -18,9 +18,9 @@ pub use crypto::{KeyId, MasterKey, WrappedKey};
 pub use error::FormatError;
 pub use record::{Header, Record, TimestampType};
 pub use segment::{
-    decode_header, index_of, read_stored_chunk, verify_object, visit_stored_chunk, ChunkMeta,
-    GroupCommit, Loss, PartitionEntry, SegmentBuilder, SegmentIndex, SegmentTrailer, TopicMeta,
-    HEADER_LEN, SEGMENT_MAGIC, TRAILER_LEN,
+    decode_header, index_of, open_stored_chunk, read_stored_chunk, verify_object,
+    visit_stored_chunk, ChunkMeta, GroupCommit, Loss, PartitionEntry, SegmentBuilder, SegmentIndex,
+    SegmentTrailer, TopicMeta, HEADER_LEN, SEGMENT_MAGIC, TRAILER_LEN,
 };
 
 /// Version of the segment format this crate writes. Readers refuse newer versions.

@@ -629,20 +629,27 @@ pub fn read_stored_chunk(
     Ok(out)
 }
 
-/// As [`read_stored_chunk`], but calls `f` with each record borrowed from the decompressed
-/// chunk instead of copying it. Every check runs before the first call, except the final
-/// count check; an error means the records seen so far must be discarded.
-pub fn visit_stored_chunk<F>(
+/// Checks, decrypts and decompresses a stored chunk, then checks by decoding it that it
+/// holds what `meta` says. Returns the body, to decode with [`crate::visit_chunk`].
+pub fn open_stored_chunk(
     seq: u64,
     encrypted: bool,
     meta: &ChunkMeta,
     stored: &[u8],
     data_key: Option<&[u8; 32]>,
-    mut f: F,
-) -> Result<u64, FormatError>
-where
-    F: FnMut(RecordRef<'_>) -> Result<(), FormatError>,
-{
+) -> Result<Vec<u8>, FormatError> {
+    let body = open_body(seq, encrypted, meta, stored, data_key)?;
+    check_body(seq, meta, &body, |_| Ok(()))?;
+    Ok(body)
+}
+
+fn open_body(
+    seq: u64,
+    encrypted: bool,
+    meta: &ChunkMeta,
+    stored: &[u8],
+    data_key: Option<&[u8; 32]>,
+) -> Result<Vec<u8>, FormatError> {
     let crc = crc32c::crc32c(stored);
     if crc != meta.crc32c || stored.len() as u64 != meta.byte_len {
         return Err(FormatError::Checksum {
@@ -651,16 +658,18 @@ where
             computed: crc,
         });
     }
-    let opened;
-    let z: &[u8] = match (encrypted, data_key) {
-        (true, Some(dk)) => {
-            opened = open_chunk(dk, seq, meta.ordinal, stored)?;
-            &opened
-        }
-        (true, None) => return Err(FormatError::KeyRequired),
-        (false, _) => stored,
-    };
-    let body = decompress(z, meta.raw_len)?;
+    match (encrypted, data_key) {
+        (true, Some(dk)) => decompress(&open_chunk(dk, seq, meta.ordinal, stored)?, meta.raw_len),
+        (true, None) => Err(FormatError::KeyRequired),
+        (false, _) => decompress(stored, meta.raw_len),
+    }
+}
+
+/// Decodes `body`, calling `f` for each record, and checks it against `meta`.
+fn check_body<F>(seq: u64, meta: &ChunkMeta, body: &[u8], mut f: F) -> Result<u64, FormatError>
+where
+    F: FnMut(RecordRef<'_>) -> Result<(), FormatError>,
+{
     let mismatch = || {
         FormatError::invalid(
             "chunk",
@@ -672,7 +681,7 @@ where
     };
     let mut first = None;
     let mut last = None;
-    let n = visit_chunk(&body, |r| {
+    let n = visit_chunk(body, |r| {
         if first.is_none() {
             first = Some(r.offset);
             if r.offset != meta.first_offset {
@@ -689,6 +698,24 @@ where
         return Err(mismatch());
     }
     Ok(n)
+}
+
+/// As [`read_stored_chunk`], but calls `f` with each record borrowed from the decompressed
+/// chunk instead of copying it. Every check runs before the first call, except the final
+/// count check; an error means the records seen so far must be discarded.
+pub fn visit_stored_chunk<F>(
+    seq: u64,
+    encrypted: bool,
+    meta: &ChunkMeta,
+    stored: &[u8],
+    data_key: Option<&[u8; 32]>,
+    f: F,
+) -> Result<u64, FormatError>
+where
+    F: FnMut(RecordRef<'_>) -> Result<(), FormatError>,
+{
+    let body = open_body(seq, encrypted, meta, stored, data_key)?;
+    check_body(seq, meta, &body, f)
 }
 
 fn decode_index(bytes: &[u8]) -> Result<SegmentIndex, FormatError> {

@@ -99,6 +99,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
     let cl = cluster(&cfg, &a.cluster);
+    let state = repo.load_state().await?;
     let plan = match &a.resume {
         Some(id) => restore::load_plan(&repo, id).await?,
         None => {
@@ -138,7 +139,6 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 groups,
                 group_point: at,
             };
-            let state = repo.load_state().await?;
             restore::plan(&repo, &state, &opts).await?
         }
     };
@@ -194,7 +194,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             "the selection is empty: no record matches the topics and window",
         ));
     }
-    let report = restore::run(&repo, &plan, &cl).await?;
+    let report = restore::run(&repo, &state, &plan, &cl).await?;
     if ctx.json {
         output::json(&report)?;
     } else {

@@ -47,6 +47,42 @@ pub struct Repository {
     store: Store,
     key: Option<MasterKey>,
     pub descriptor: Descriptor,
+    /// Recently read chunk bodies (decompressed), so that a restore's plan and run fetch
+    /// each chunk once.
+    cache: std::sync::Arc<std::sync::Mutex<ChunkCache>>,
+}
+
+/// (segment key, chunk ordinal)
+type ChunkId = (String, u32);
+
+/// A small LRU of decompressed chunk bodies, bounded in bytes.
+#[derive(Debug, Default)]
+struct ChunkCache {
+    entries: std::collections::VecDeque<(ChunkId, std::sync::Arc<Vec<u8>>)>,
+    bytes: usize,
+}
+
+const CHUNK_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+impl ChunkCache {
+    fn get(&mut self, k: &ChunkId) -> Option<std::sync::Arc<Vec<u8>>> {
+        let i = self.entries.iter().position(|(key, _)| key == k)?;
+        let e = self.entries.remove(i)?;
+        let v = e.1.clone();
+        self.entries.push_back(e);
+        Some(v)
+    }
+
+    fn put(&mut self, k: ChunkId, v: std::sync::Arc<Vec<u8>>) {
+        self.bytes += v.len();
+        self.entries.push_back((k, v));
+        while self.bytes > CHUNK_CACHE_BYTES {
+            match self.entries.pop_front() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 impl Repository {
@@ -92,6 +128,7 @@ impl Repository {
             _ => {}
         }
         Ok(Repository {
+            cache: Default::default(),
             store,
             key,
             descriptor,
@@ -228,6 +265,23 @@ impl Repository {
 
     /// Reads and decodes one chunk (one ranged read).
     pub async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<haven_format::Record>> {
+        let body = self.chunk_body(chunk).await?;
+        let mut out = Vec::with_capacity(chunk.meta.record_count.min(1 << 20) as usize);
+        haven_format::visit_chunk(&body, |r| {
+            out.push(r.to_owned());
+            Ok(())
+        })
+        .map_err(|e| Error::format(&chunk.key, e))?;
+        Ok(out)
+    }
+
+    /// The decompressed body of a chunk (checked: CRC, authentication, what the index says),
+    /// from the cache or with one ranged read. Decode it with `haven_format::visit_chunk`.
+    pub async fn chunk_body(&self, chunk: &ChunkRef) -> Result<std::sync::Arc<Vec<u8>>> {
+        let ck = (chunk.key.clone(), chunk.meta.ordinal);
+        if let Some(b) = self.cache.lock().ok().and_then(|mut c| c.get(&ck)) {
+            return Ok(b);
+        }
         let m = &chunk.meta;
         let bytes = self
             .store
@@ -245,9 +299,19 @@ impl Repository {
                 Some(k.unwrap_key(w).map_err(|e| Error::format(&chunk.key, e))?)
             }
         };
-        chunk
-            .decode(&bytes, dk.as_ref())
-            .map_err(|e| Error::format(&chunk.key, e))
+        let body = haven_format::open_stored_chunk(
+            chunk.seq,
+            chunk.wrapped_key.is_some(),
+            m,
+            &bytes,
+            dk.as_ref(),
+        )
+        .map_err(|e| Error::format(&chunk.key, e))?;
+        let body = std::sync::Arc::new(body);
+        if let Ok(mut c) = self.cache.lock() {
+            c.put(ck, body.clone());
+        }
+        Ok(body)
     }
 
     /// Reads a whole segment into memory and checks it (digest, index, chunk CRCs).

@@ -119,6 +119,7 @@ async fn put_json<T: Serialize>(repo: &Repository, key: &str, value: &T) -> Resu
 /// Executes a plan (a new one, or a loaded one to resume).
 pub async fn run(
     repo: &Repository,
+    state: &crate::repo::RepoState,
     plan: &RestorePlan,
     cluster: &ClusterConfig,
 ) -> Result<RestoreReport> {
@@ -129,7 +130,7 @@ pub async fn run(
         haven_kafka::create_topic(&admin, &t.target, t.partitions, &t.configs).await?;
     }
     let producer = cluster.producer()?;
-    let state = repo.load_state().await?;
+    let window = plan::window(plan);
     let mut report = RestoreReport {
         id: plan.id.clone(),
         ..Default::default()
@@ -164,62 +165,85 @@ pub async fn run(
             restored: 0,
             skipped: already as u64,
         };
-        let records = plan::selected_records(repo, &state, plan, pp).await?;
-        for r in &records {
-            let expected = pp.target_start + index;
-            map.push(r.offset, expected);
-            index += 1;
-            if index <= already {
-                continue;
-            }
-            let mut headers = OwnedHeaders::new();
-            for h in &r.headers {
-                headers = headers.insert(Header {
-                    key: &h.name,
-                    value: h.value.as_deref(),
-                });
-            }
-            let provenance = format!("{}/{}/{}", pp.source_topic, pp.partition, r.offset);
-            if plan.provenance_headers {
-                headers = headers.insert(Header {
-                    key: "haven-source",
-                    value: Some(provenance.as_bytes()),
-                });
-            }
-            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&pp.target_topic)
-                .partition(pp.partition)
-                .headers(headers);
-            if let Some(k) = &r.key {
-                fr = fr.key(k.as_slice());
-            }
-            if let Some(v) = &r.value {
-                fr = fr.payload(v.as_slice());
-            }
-            if r.timestamp >= 0 {
-                fr = fr.timestamp(r.timestamp);
-            }
-            let fut = loop {
-                match producer.send_result(fr) {
-                    Ok(f) => break f,
-                    Err((e, back))
-                        if e.rdkafka_error_code()
-                            == Some(haven_kafka::rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                    {
-                        let n = in_flight.len().min(1000);
-                        settle(&mut in_flight, n.max(1), pp).await?;
-                        fr = back;
-                    }
-                    Err((e, _)) => {
-                        return Err(Error::Task(format!("produce to {}: {e}", pp.target_topic)))
-                    }
+        // One chunk at a time: memory does not grow with the restore's size.
+        let mut seen: u64 = 0;
+        for chunk in plan::chunks_of(state, pp)? {
+            let body = repo.chunk_body(chunk).await?;
+            let mut refs = Vec::with_capacity(chunk.meta.record_count as usize);
+            haven_format::visit_chunk(&body, |r| {
+                if plan::is_selected(window, pp, r.offset, r.timestamp) {
+                    refs.push(r);
                 }
-            };
-            report.bytes += r.payload_len() as u64;
-            in_flight.push_back((r.offset, expected, fut));
-            if in_flight.len() >= 5000 {
-                settle(&mut in_flight, 1000, pp).await?;
+                Ok(())
+            })
+            .map_err(|e| Error::format(&chunk.key, e))?;
+            seen += refs.len() as u64;
+            for r in &refs {
+                let expected = pp.target_start + index;
+                map.push(r.offset, expected);
+                index += 1;
+                if index <= already {
+                    continue;
+                }
+                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
+                for (name, value) in &r.headers {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: *value,
+                    });
+                }
+                let provenance;
+                if plan.provenance_headers {
+                    provenance = format!("{}/{}/{}", pp.source_topic, pp.partition, r.offset);
+                    headers = headers.insert(Header {
+                        key: "haven-source",
+                        value: Some(provenance.as_bytes()),
+                    });
+                }
+                let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&pp.target_topic)
+                    .partition(pp.partition)
+                    .headers(headers);
+                if let Some(k) = r.key {
+                    fr = fr.key(k);
+                }
+                if let Some(v) = r.value {
+                    fr = fr.payload(v);
+                }
+                if r.timestamp >= 0 {
+                    fr = fr.timestamp(r.timestamp);
+                }
+                let fut = loop {
+                    match producer.send_result(fr) {
+                        Ok(f) => break f,
+                        Err((e, back))
+                            if e.rdkafka_error_code()
+                                == Some(
+                                    haven_kafka::rdkafka::types::RDKafkaErrorCode::QueueFull,
+                                ) =>
+                        {
+                            let n = in_flight.len().min(1000);
+                            settle(&mut in_flight, n.max(1), pp).await?;
+                            fr = back;
+                        }
+                        Err((e, _)) => {
+                            return Err(Error::Task(format!("produce to {}: {e}", pp.target_topic)))
+                        }
+                    }
+                };
+                report.bytes +=
+                    (r.key.map_or(0, <[u8]>::len) + r.value.map_or(0, <[u8]>::len)) as u64;
+                in_flight.push_back((r.offset, expected, fut));
+                if in_flight.len() >= 5000 {
+                    settle(&mut in_flight, 1000, pp).await?;
+                }
+                result.restored += 1;
             }
-            result.restored += 1;
+        }
+        if seen != pp.records {
+            return Err(Error::Input(format!(
+                "{}/{}: the repository now yields {seen} records for the plan's {}",
+                pp.source_topic, pp.partition, pp.records
+            )));
         }
         let n = in_flight.len();
         settle(&mut in_flight, n, pp).await?;

@@ -137,14 +137,11 @@ fn selected(r: &Record, from: Bound, to: Bound) -> bool {
     after && before
 }
 
-/// The records a planned partition restores, in offset order (one ranged read per chunk).
-pub(crate) async fn selected_records(
-    repo: &Repository,
-    state: &RepoState,
-    plan: &RestorePlan,
+/// The chunks that may hold a planned partition's records, in offset order.
+pub(crate) fn chunks_of<'a>(
+    state: &'a RepoState,
     pp: &PlannedPartition,
-) -> Result<Vec<Record>> {
-    let (from, to) = (parse_bound(&plan.from), parse_bound(&plan.to));
+) -> Result<Vec<&'a crate::repo::ChunkRef>> {
     let ps = state
         .partitions
         .get(&(pp.source_topic.clone(), pp.generation, pp.partition))
@@ -154,28 +151,46 @@ pub(crate) async fn selected_records(
                 pp.source_topic, pp.partition
             ))
         })?;
-    let mut out = Vec::new();
-    for c in ps
+    Ok(ps
         .chunks
         .iter()
         .filter(|c| c.meta.last_offset >= pp.first_offset && c.meta.first_offset <= pp.last_offset)
-    {
-        for r in repo.read_chunk(c).await? {
-            if r.offset >= pp.first_offset && r.offset <= pp.last_offset && selected(&r, from, to) {
-                out.push(r);
+        .collect())
+}
+
+/// Whether a record belongs to a planned partition's selection.
+pub(crate) fn is_selected(
+    window: (Bound, Bound),
+    pp: &PlannedPartition,
+    offset: i64,
+    timestamp: i64,
+) -> bool {
+    if offset < pp.first_offset || offset > pp.last_offset {
+        return false;
+    }
+    let in_bound = |b: Bound, start: bool| match b {
+        Bound::Unbounded => true,
+        Bound::Offset(o) => {
+            if start {
+                offset >= o
+            } else {
+                offset < o
             }
         }
-    }
-    if out.len() as u64 != pp.records {
-        return Err(Error::Input(format!(
-            "{}/{}: the repository now yields {} records for the plan's {}",
-            pp.source_topic,
-            pp.partition,
-            out.len(),
-            pp.records
-        )));
-    }
-    Ok(out)
+        Bound::Time(t) => {
+            if start {
+                timestamp >= t
+            } else {
+                timestamp < t
+            }
+        }
+    };
+    in_bound(window.0, true) && in_bound(window.1, false)
+}
+
+/// The plan's window.
+pub(crate) fn window(plan: &RestorePlan) -> (Bound, Bound) {
+    (parse_bound(&plan.from), parse_bound(&plan.to))
 }
 
 /// Plans a restore of the latest generation of every matching topic.
@@ -223,7 +238,7 @@ pub async fn plan(
     let inspector = std::sync::Arc::new(inspector);
     let mut topics = Vec::new();
     let mut partitions = Vec::new();
-    let mut maps: BTreeMap<(String, i32), (crate::offsets::OffsetMap, i64)> = BTreeMap::new();
+    let mut selections: BTreeMap<(String, i32), (Counted, i64)> = BTreeMap::new();
     for (topic, generation) in sources {
         let target = opts
             .renames
@@ -276,31 +291,8 @@ pub async fn plan(
             let Some(ps) = state.partitions.get(&(topic.clone(), generation, p)) else {
                 continue;
             };
-            let (mut first, mut last, mut n, mut bytes) = (i64::MAX, -1i64, 0u64, 0u64);
-            let mut selected_offsets = Vec::new();
-            for c in &ps.chunks {
-                let m = &c.meta;
-                let may = match (opts.from, opts.to) {
-                    (Bound::Time(a), _) if m.max_timestamp < a => false,
-                    (_, Bound::Time(b)) if m.min_timestamp >= b => false,
-                    (Bound::Offset(a), _) if m.last_offset < a => false,
-                    (_, Bound::Offset(b)) if m.first_offset >= b => false,
-                    _ => true,
-                };
-                if !may {
-                    continue;
-                }
-                for r in repo.read_chunk(c).await? {
-                    if selected(&r, opts.from, opts.to) {
-                        selected_offsets.push(r.offset);
-                        first = first.min(r.offset);
-                        last = last.max(r.offset);
-                        n += 1;
-                        bytes += r.payload_len() as u64;
-                    }
-                }
-            }
-            if n == 0 {
+            let sel = count_selection(repo, &ps.chunks, opts.from, opts.to).await?;
+            if sel.records == 0 {
                 continue;
             }
             let target_start = if create {
@@ -310,13 +302,8 @@ pub async fn plan(
                 blocking(move || Ok(haven_kafka::watermarks(&c, &t, p, Duration::from_secs(10))?.1))
                     .await?
             };
-            maps.insert((topic.clone(), p), {
-                let mut m = crate::offsets::OffsetMap::default();
-                for (i, o) in selected_offsets.iter().enumerate() {
-                    m.push(*o, target_start + i as i64);
-                }
-                (m, target_start + n as i64)
-            });
+            let (first, last, n, bytes) = (sel.first, sel.last, sel.records, sel.bytes);
+            selections.insert((topic.clone(), p), (sel, target_start));
             partitions.push(PlannedPartition {
                 source_topic: topic.clone(),
                 generation,
@@ -330,7 +317,7 @@ pub async fn plan(
             });
         }
     }
-    let (groups, groups_skipped) = plan_groups(state, opts, &partitions, &maps);
+    let (groups, groups_skipped) = plan_groups(repo, state, opts, &partitions, &selections).await?;
     Ok(RestorePlan {
         groups,
         groups_skipped,
@@ -352,14 +339,15 @@ pub async fn plan(
 
 /// The group offsets to carry over: each selected group's commit at the restore point on
 /// every restored partition, translated through the partition's offset map.
-fn plan_groups(
+async fn plan_groups(
+    repo: &Repository,
     state: &RepoState,
     opts: &RestoreOptions,
     partitions: &[PlannedPartition],
-    maps: &BTreeMap<(String, i32), (crate::offsets::OffsetMap, i64)>,
-) -> (Vec<PlannedGroup>, Vec<(String, String)>) {
+    selections: &BTreeMap<(String, i32), (Counted, i64)>,
+) -> Result<(Vec<PlannedGroup>, Vec<(String, String)>)> {
     let Some(re) = &opts.groups else {
-        return (Vec::new(), Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let mut skipped = Vec::new();
     if let (Some(at), Some(first)) = (opts.group_point, state.group_samples.iter().min()) {
@@ -371,7 +359,7 @@ fn plan_groups(
                     crate::time::format_ms(*first)
                 ),
             ));
-            return (Vec::new(), skipped);
+            return Ok((Vec::new(), skipped));
         }
     }
     // Latest commit at or before the restore point, per (group, topic, partition).
@@ -397,9 +385,12 @@ fn plan_groups(
             ));
             continue;
         }
-        let Some((map, end)) = maps.get(&(topic.clone(), partition)) else {
+        let Some((sel, target_start)) = selections.get(&(topic.clone(), partition)) else {
             continue;
         };
+        // Where the group resumes: after every selected record it had processed.
+        let target_offset =
+            target_start + sel.count_before(repo, c.offset, opts.from, opts.to).await? as i64;
         groups.push(PlannedGroup {
             group,
             source_topic: topic,
@@ -407,7 +398,7 @@ fn plan_groups(
             source_offset: c.offset,
             observed_at: crate::time::format_ms(c.observed_at),
             target_topic: pp.target_topic.clone(),
-            target_offset: map.translate(c.offset).unwrap_or(*end),
+            target_offset,
         });
     }
     if groups.is_empty() && skipped.is_empty() {
@@ -417,5 +408,104 @@ fn plan_groups(
                 .into(),
         ));
     }
-    (groups, skipped)
+    Ok((groups, skipped))
+}
+
+/// Where a chunk lies relative to a window.
+fn chunk_position(m: &haven_format::ChunkMeta, from: Bound, to: Bound) -> (bool, bool) {
+    let may = !matches!((from, to), (Bound::Time(a), _) if m.max_timestamp < a)
+        && !matches!((from, to), (_, Bound::Time(b)) if m.min_timestamp >= b)
+        && !matches!((from, to), (Bound::Offset(a), _) if m.last_offset < a)
+        && !matches!((from, to), (_, Bound::Offset(b)) if m.first_offset >= b);
+    let start_inside = match from {
+        Bound::Unbounded => true,
+        Bound::Offset(a) => m.first_offset >= a,
+        Bound::Time(a) => m.min_timestamp >= a,
+    };
+    let end_inside = match to {
+        Bound::Unbounded => true,
+        Bound::Offset(b) => m.last_offset < b,
+        Bound::Time(b) => m.max_timestamp < b,
+    };
+    (may, may && start_inside && end_inside)
+}
+
+/// A partition's selection, counted from chunk metadata where a chunk lies wholly inside
+/// the window: only the chunks the window cuts are fetched and decoded.
+pub(crate) struct Counted {
+    first: i64,
+    last: i64,
+    records: u64,
+    /// Payload bytes of decoded chunks, uncompressed size of whole ones.
+    bytes: u64,
+    /// Per overlapping chunk: (its ref, whether wholly selected, selected count).
+    pieces: Vec<(crate::repo::ChunkRef, bool, u64)>,
+}
+
+impl Counted {
+    /// Number of selected records with an offset below `offset`.
+    async fn count_before(
+        &self,
+        repo: &Repository,
+        offset: i64,
+        from: Bound,
+        to: Bound,
+    ) -> Result<u64> {
+        let mut n = 0;
+        for (c, whole, count) in &self.pieces {
+            if c.meta.last_offset < offset {
+                n += count;
+            } else if c.meta.first_offset < offset {
+                for r in repo.read_chunk(c).await? {
+                    if r.offset < offset && (*whole || selected(&r, from, to)) {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+async fn count_selection(
+    repo: &Repository,
+    chunks: &[crate::repo::ChunkRef],
+    from: Bound,
+    to: Bound,
+) -> Result<Counted> {
+    let mut out = Counted {
+        first: i64::MAX,
+        last: -1,
+        records: 0,
+        bytes: 0,
+        pieces: Vec::new(),
+    };
+    for c in chunks {
+        let (may, whole) = chunk_position(&c.meta, from, to);
+        if !may {
+            continue;
+        }
+        let count = if whole {
+            out.first = out.first.min(c.meta.first_offset);
+            out.last = out.last.max(c.meta.last_offset);
+            out.bytes += c.meta.raw_len;
+            c.meta.record_count
+        } else {
+            let mut n = 0;
+            for r in repo.read_chunk(c).await? {
+                if selected(&r, from, to) {
+                    out.first = out.first.min(r.offset);
+                    out.last = out.last.max(r.offset);
+                    out.bytes += r.payload_len() as u64;
+                    n += 1;
+                }
+            }
+            n
+        };
+        out.records += count;
+        if count > 0 {
+            out.pieces.push((c.clone(), whole, count));
+        }
+    }
+    Ok(out)
 }

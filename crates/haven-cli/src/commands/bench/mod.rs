@@ -4,6 +4,7 @@
 mod backup;
 mod data;
 mod format;
+mod restore;
 mod rpo;
 
 use serde::Serialize;
@@ -18,6 +19,8 @@ pub enum Command {
     Backup(backup::Args),
     /// Delay from produce to durable-in-repository under a steady load.
     Rpo(rpo::Args),
+    /// `haven restore` against a plain rdkafka producer writing the same records.
+    Restore(restore::Args),
 }
 
 /// One measured quantity and its baseline.
@@ -100,6 +103,7 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
         Command::Format(a) => format::run(ctx, a),
         Command::Backup(a) => backup::run(ctx, a).await,
         Command::Rpo(a) => rpo::run(ctx, a).await,
+        Command::Restore(a) => restore::run(ctx, a).await,
     }
 }
 
