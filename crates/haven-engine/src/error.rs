@@ -22,6 +22,8 @@ pub enum Error {
     Key(String),
     #[error("another writer appended segment {seq} at the same time; {detail}")]
     Concurrent { seq: u64, detail: String },
+    #[error("the repository is damaged: {0}; run `haven verify` for the full report")]
+    Damaged(String),
     #[error("invalid input: {0}")]
     Input(String),
     #[error("background task failed: {0}")]

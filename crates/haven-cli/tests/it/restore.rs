@@ -454,3 +454,110 @@ fn consumer_group_resumes_on_the_target_at_exactly_the_next_record() {
         "window restore, p1 resumes at the window's first record"
     );
 }
+
+#[test]
+fn encrypted_repository_restores_with_its_key_and_refuses_otherwise() {
+    let b = Broker::start().unwrap();
+    b.create_topic("sec", 1).unwrap();
+    b.produce("sec", &records(30, 1, 1_700_000_000_000))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    let key = haven_format::MasterKey::generate();
+    let env = [("HAVEN_KEY", key.to_hex())];
+    let bs = b.bootstrap();
+    ok(&crate::haven_env(
+        &[
+            "backup",
+            "--brokers",
+            &bs,
+            "--repo",
+            &repo,
+            "--topics",
+            "sec",
+            "--once",
+        ],
+        &env,
+    ));
+    let restore = |env: &[(&str, String)], target: &str| {
+        let rename = format!("sec={target}");
+        crate::haven_env(
+            &[
+                "restore",
+                "--repo",
+                &repo,
+                "--brokers",
+                &bs,
+                "--topics",
+                "sec",
+                "--rename",
+                &rename,
+            ],
+            env,
+        )
+    };
+    let out = restore(&[], "sec.nokey");
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("encrypted"), "{}", stderr(&out));
+    let out = restore(
+        &[("HAVEN_KEY", haven_format::MasterKey::generate().to_hex())],
+        "sec.wrong",
+    );
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
+    assert!(b.read_partition("sec.nokey", 0).is_err() && b.read_partition("sec.wrong", 0).is_err());
+    ok(&restore(&env, "sec.copy"));
+    let src = b.read_partition("sec", 0).unwrap();
+    let dst = b.read_partition("sec.copy", 0).unwrap();
+    assert_eq!(src.len(), dst.len());
+    assert!(src.iter().zip(&dst).all(|(s, d)| same_content(s, d)));
+}
+
+#[test]
+fn a_missing_segment_is_a_clear_error_before_anything_is_written() {
+    let b = Broker::start().unwrap();
+    b.create_topic("m", 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    for i in 0..3 {
+        b.produce("m", &records(10, 1, 1_700_000_000_000 + i * 100_000))
+            .unwrap();
+        backup(&b, &repo, "m");
+    }
+    let seg = dir.path().join("repo/log").join(format!("{:020}.seg", 2));
+    let bytes = std::fs::read(&seg).unwrap();
+    // Truncate it: the index can no longer be found.
+    std::fs::write(&seg, &bytes[..bytes.len() / 2]).unwrap();
+    let out = haven(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--brokers",
+        &b.bootstrap(),
+        "--topics",
+        "m",
+        "--rename",
+        "m=m.copy",
+    ]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains(&format!("{:020}.seg", 2)),
+        "names the object: {}",
+        stderr(&out)
+    );
+    assert!(b.read_partition("m.copy", 0).is_err(), "nothing written");
+    std::fs::remove_file(&seg).unwrap();
+    let out = haven(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--brokers",
+        &b.bootstrap(),
+        "--topics",
+        "m",
+        "--rename",
+        "m=m.copy",
+    ]);
+    assert_ne!(code(&out), 0);
+    assert!(b.read_partition("m.copy", 0).is_err(), "nothing written");
+}

@@ -185,24 +185,28 @@ pub async fn run(
                 if index <= already {
                     continue;
                 }
-                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
-                for (name, value) in &r.headers {
-                    headers = headers.insert(Header {
-                        key: name,
-                        value: *value,
-                    });
-                }
                 let provenance;
-                if plan.provenance_headers {
-                    provenance = format!("{}/{}/{}", pp.source_topic, pp.partition, r.offset);
-                    headers = headers.insert(Header {
-                        key: "haven-source",
-                        value: Some(provenance.as_bytes()),
-                    });
+                let mut fr: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(&pp.target_topic).partition(pp.partition);
+                // Headers only when there are some: an empty header list costs an
+                // allocation per record in librdkafka.
+                if !r.headers.is_empty() || plan.provenance_headers {
+                    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
+                    for (name, value) in &r.headers {
+                        headers = headers.insert(Header {
+                            key: name,
+                            value: *value,
+                        });
+                    }
+                    if plan.provenance_headers {
+                        provenance = format!("{}/{}/{}", pp.source_topic, pp.partition, r.offset);
+                        headers = headers.insert(Header {
+                            key: "haven-source",
+                            value: Some(provenance.as_bytes()),
+                        });
+                    }
+                    fr = fr.headers(headers);
                 }
-                let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&pp.target_topic)
-                    .partition(pp.partition)
-                    .headers(headers);
                 if let Some(k) = r.key {
                     fr = fr.key(k);
                 }

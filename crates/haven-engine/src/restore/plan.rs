@@ -210,6 +210,9 @@ pub async fn plan(
             )));
         }
     }
+    if let Some((key, what)) = state.chain_breaks.first() {
+        return Err(Error::Damaged(format!("{key}: {what}")));
+    }
     let sources: Vec<(String, u32)> = state
         .topics
         .iter()
@@ -291,6 +294,11 @@ pub async fn plan(
             let Some(ps) = state.partitions.get(&(topic.clone(), generation, p)) else {
                 continue;
             };
+            if let Some((key, expected, found)) = ps.discontinuities.first() {
+                return Err(Error::Damaged(format!(
+                    "{key}: {topic}/{p} resumes at offset {found} where {expected} was expected"
+                )));
+            }
             let sel = count_selection(repo, &ps.chunks, opts.from, opts.to).await?;
             if sel.records == 0 {
                 continue;
