@@ -16,6 +16,7 @@ mod error;
 pub mod events;
 pub mod metrics;
 pub mod offsets;
+pub mod partitioner;
 pub mod read;
 pub mod repo;
 pub mod restore;

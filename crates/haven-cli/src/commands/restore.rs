@@ -61,6 +61,16 @@ pub struct Args {
     #[arg(long, value_name = "FROM=TO")]
     rename: Vec<String>,
 
+    /// Onto an existing target topic with another partition count: re-hash records by key
+    /// with the Java client's murmur2 partitioner, so each key's records stay together and
+    /// in order (records without a key: source partition modulo the new count).
+    #[arg(long)]
+    repartition: bool,
+
+    /// Explicit source=target partition pairs (comma-separated), for example 0=0,1=0,2=1.
+    #[arg(long, value_name = "S=T,...", conflicts_with = "repartition")]
+    partition_map: Option<String>,
+
     /// Prefix for every target topic not renamed explicitly.
     #[arg(long, default_value = "")]
     prefix: String,
@@ -138,6 +148,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 provenance_headers: a.provenance_headers,
                 groups,
                 group_point: at,
+                repartition: a.repartition,
+                partition_map: match &a.partition_map {
+                    Some(m) => Some(parse_partition_map(m)?),
+                    None => None,
+                },
             };
             restore::plan(&repo, &state, &opts).await?
         }
@@ -243,4 +258,21 @@ fn print_groups(groups: &[restore::PlannedGroup], skipped: &[(String, String)]) 
     for (g, why) in skipped {
         println!("group {g}: left alone: {why}");
     }
+}
+
+fn parse_partition_map(text: &str) -> anyhow::Result<BTreeMap<i32, i32>> {
+    let mut m = BTreeMap::new();
+    for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let parsed = pair.split_once('=').and_then(|(s, t)| {
+            Some((s.trim().parse::<i32>().ok()?, t.trim().parse::<i32>().ok()?))
+        });
+        let (s, t) = parsed
+            .ok_or_else(|| usage(format!("--partition-map: {pair:?} is not SOURCE=TARGET")))?;
+        if m.insert(s, t).is_some() {
+            return Err(usage(format!(
+                "--partition-map: partition {s} appears twice"
+            )));
+        }
+    }
+    Ok(m)
 }

@@ -561,3 +561,110 @@ fn a_missing_segment_is_a_clear_error_before_anything_is_written() {
     assert_ne!(code(&out), 0);
     assert!(b.read_partition("m.copy", 0).is_err(), "nothing written");
 }
+
+#[test]
+fn repartition_six_to_three_keeps_each_keys_records_together_and_in_order() {
+    use rdkafka::producer::DefaultProducerContext;
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let b = Broker::start().unwrap();
+    b.create_topic("wide", 6).unwrap();
+    let recs: Vec<Rec> = (0..600)
+        .map(|i| {
+            // Keyed as a producer would: every record of a key in one source partition.
+            let c = i % 40;
+            let mut r = Rec::kv(&format!("customer-{c}"), &format!("{i}")).to_partition(c % 6);
+            if i % 50 == 0 {
+                r.key = None;
+                r.partition = Some(i % 6);
+            }
+            r
+        })
+        .collect();
+    b.produce("wide", &recs).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    backup(&b, &repo, "wide");
+    b.create_topic("narrow", 3).unwrap();
+    let bs = b.bootstrap();
+    let out = haven(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--brokers",
+        &bs,
+        "--topics",
+        "wide",
+        "--rename",
+        "wide=narrow",
+    ]);
+    assert_eq!(
+        code(&out),
+        2,
+        "an incompatible partition count needs --repartition"
+    );
+    assert!(stderr(&out).contains("--repartition"), "{}", stderr(&out));
+    ok(&haven(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--brokers",
+        &bs,
+        "--topics",
+        "wide",
+        "--rename",
+        "wide=narrow",
+        "--repartition",
+    ]));
+
+    // The oracle: librdkafka's Java-compatible partitioner on a 3-partition topic.
+    b.create_topic("oracle", 3).unwrap();
+    let p: ThreadedProducer<DefaultProducerContext> =
+        b.config().set("partitioner", "murmur2").create().unwrap();
+    for c in 0..40 {
+        let key = format!("customer-{c}");
+        p.send(BaseRecord::<str, str>::to("oracle").key(&key).payload("x"))
+            .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let mut oracle = std::collections::BTreeMap::new();
+    for part in 0..3 {
+        for r in b.read_partition("oracle", part).unwrap() {
+            oracle.insert(r.key.unwrap(), part);
+        }
+    }
+    let mut total = 0;
+    for part in 0..3 {
+        let got = b.read_partition("narrow", part).unwrap();
+        total += got.len();
+        let mut last_seq: std::collections::BTreeMap<Vec<u8>, i64> = Default::default();
+        for r in got {
+            let seq: i64 = String::from_utf8(r.value.clone().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            match &r.key {
+                Some(k) => {
+                    assert_eq!(
+                        oracle[k],
+                        part,
+                        "key {:?} placed unlike the Java partitioner",
+                        String::from_utf8_lossy(k)
+                    );
+                    if let Some(prev) = last_seq.insert(k.clone(), seq) {
+                        assert!(
+                            prev < seq,
+                            "key {:?} out of order: {prev} then {seq}",
+                            String::from_utf8_lossy(k)
+                        );
+                    }
+                }
+                None => assert_eq!(
+                    (seq % 6) % 3,
+                    part as i64,
+                    "a keyless record goes to its source partition mod 3"
+                ),
+            }
+        }
+    }
+    assert_eq!(total, 600);
+}

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use crate::offsets::OffsetMap;
 use crate::repo::Repository;
 use crate::{blocking, Error, Result};
-pub use plan::{plan, PlannedGroup, PlannedPartition, PlannedTopic, RestoreOptions, RestorePlan};
+pub use plan::{
+    plan, PlannedGroup, PlannedPartition, PlannedTopic, RestoreOptions, RestorePlan, Routing,
+};
 
 /// Where a restore's objects live in the repository.
 pub fn plan_key(id: &str) -> String {
@@ -139,126 +141,163 @@ pub async fn run(
         id: plan.id.clone(),
         partitions: Vec::new(),
     };
-    for pp in &plan.partitions {
+    for topic in &plan.topics {
+        let pps: Vec<&PlannedPartition> = plan
+            .partitions
+            .iter()
+            .filter(|p| p.source_topic == topic.source)
+            .collect();
+        if pps.is_empty() {
+            continue;
+        }
+        // Records of each target partition already there from an interrupted run.
         let c = cluster.clone();
-        let (t, p) = (pp.target_topic.clone(), pp.partition);
-        let high = blocking(move || {
+        let (t, n) = (topic.target.clone(), topic.partitions);
+        let highs = blocking(move || {
             let i = c.inspector("haven-inspector")?;
-            Ok(haven_kafka::watermarks(&i, &t, p, Duration::from_secs(10))?.1)
+            (0..n)
+                .map(|p| Ok(haven_kafka::watermarks(&i, &t, p, Duration::from_secs(10))?.1))
+                .collect::<Result<Vec<i64>>>()
         })
         .await?;
-        let already = high - pp.target_start;
-        if already < 0 || already as u64 > pp.records {
-            return Err(Error::Input(format!(
-                "{}/{}: the target partition holds {} records past the restore's start, the plan has {}: \
-                 something else writes to it or it was re-created",
-                pp.target_topic, pp.partition, already, pp.records
-            )));
+        let mut already = Vec::with_capacity(highs.len());
+        for (p, high) in highs.iter().enumerate() {
+            let start = topic.target_starts.get(p).copied().unwrap_or(0);
+            if *high < start {
+                return Err(Error::Input(format!(
+                    "{}/{p}: the target partition ends at {high}, before the restore's start {start}: it was re-created",
+                    topic.target
+                )));
+            }
+            already.push(high - start);
         }
-        let mut map = OffsetMap::default();
-        let mut index: i64 = 0;
-        let mut in_flight: VecDeque<(i64, i64, _)> = VecDeque::new();
-        let mut result = PartitionResult {
-            source_topic: pp.source_topic.clone(),
-            partition: pp.partition,
-            target_topic: pp.target_topic.clone(),
-            restored: 0,
-            skipped: already as u64,
-        };
-        // One chunk at a time: memory does not grow with the restore's size.
-        let mut seen: u64 = 0;
-        for chunk in plan::chunks_of(state, pp)? {
-            let body = repo.chunk_body(chunk).await?;
-            let mut refs = Vec::with_capacity(chunk.meta.record_count as usize);
-            haven_format::visit_chunk(&body, |r| {
-                if plan::is_selected(window, pp, r.offset, r.timestamp) {
-                    refs.push(r);
-                }
-                Ok(())
-            })
-            .map_err(|e| Error::format(&chunk.key, e))?;
-            seen += refs.len() as u64;
-            for r in &refs {
-                let expected = pp.target_start + index;
-                map.push(r.offset, expected);
-                index += 1;
-                if index <= already {
-                    continue;
-                }
-                let provenance;
-                let mut fr: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&pp.target_topic).partition(pp.partition);
-                // Headers only when there are some: an empty header list costs an
-                // allocation per record in librdkafka.
-                if !r.headers.is_empty() || plan.provenance_headers {
-                    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
-                    for (name, value) in &r.headers {
-                        headers = headers.insert(Header {
-                            key: name,
-                            value: *value,
-                        });
+        // Records routed to each target partition so far (in plan order).
+        let mut sent = vec![0i64; highs.len()];
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        for pp in pps {
+            let mut map = OffsetMap::default();
+            let mut result = PartitionResult {
+                source_topic: pp.source_topic.clone(),
+                partition: pp.partition,
+                target_topic: pp.target_topic.clone(),
+                ..Default::default()
+            };
+            // One chunk at a time: memory does not grow with the restore's size.
+            let mut seen: u64 = 0;
+            for chunk in plan::chunks_of(state, pp)? {
+                let body = repo.chunk_body(chunk).await?;
+                let mut refs = Vec::with_capacity(chunk.meta.record_count as usize);
+                haven_format::visit_chunk(&body, |r| {
+                    if plan::is_selected(window, pp, r.offset, r.timestamp) {
+                        refs.push(r);
                     }
-                    if plan.provenance_headers {
-                        provenance = format!("{}/{}/{}", pp.source_topic, pp.partition, r.offset);
-                        headers = headers.insert(Header {
-                            key: "haven-source",
-                            value: Some(provenance.as_bytes()),
-                        });
+                    Ok(())
+                })
+                .map_err(|e| Error::format(&chunk.key, e))?;
+                seen += refs.len() as u64;
+                for r in &refs {
+                    let tp = topic.routing.target(r.key, pp.partition, topic.partitions);
+                    let slot = usize::try_from(tp)
+                        .ok()
+                        .filter(|s| *s < sent.len())
+                        .ok_or_else(|| {
+                            Error::Input(format!("{}: no partition {tp}", topic.target))
+                        })?;
+                    let k = sent[slot];
+                    sent[slot] += 1;
+                    let expected = topic.target_starts.get(slot).copied().unwrap_or(0) + k;
+                    if topic.routing == plan::Routing::Same {
+                        map.push(r.offset, expected);
                     }
-                    fr = fr.headers(headers);
-                }
-                if let Some(k) = r.key {
-                    fr = fr.key(k);
-                }
-                if let Some(v) = r.value {
-                    fr = fr.payload(v);
-                }
-                if r.timestamp >= 0 {
-                    fr = fr.timestamp(r.timestamp);
-                }
-                let fut = loop {
-                    match producer.send_result(fr) {
-                        Ok(f) => break f,
-                        Err((e, back))
-                            if e.rdkafka_error_code()
-                                == Some(
-                                    haven_kafka::rdkafka::types::RDKafkaErrorCode::QueueFull,
-                                ) =>
-                        {
-                            let n = in_flight.len().min(1000);
-                            settle(&mut in_flight, n.max(1), pp).await?;
-                            fr = back;
+                    if k < already[slot] {
+                        result.skipped += 1;
+                        continue;
+                    }
+                    let provenance;
+                    let mut fr: FutureRecord<'_, [u8], [u8]> =
+                        FutureRecord::to(&topic.target).partition(tp);
+                    // Headers only when there are some: an empty header list costs an
+                    // allocation per record in librdkafka.
+                    if !r.headers.is_empty() || plan.provenance_headers {
+                        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
+                        for (name, value) in &r.headers {
+                            headers = headers.insert(Header {
+                                key: name,
+                                value: *value,
+                            });
                         }
-                        Err((e, _)) => {
-                            return Err(Error::Task(format!("produce to {}: {e}", pp.target_topic)))
+                        if plan.provenance_headers {
+                            provenance =
+                                format!("{}/{}/{}", pp.source_topic, pp.partition, r.offset);
+                            headers = headers.insert(Header {
+                                key: "haven-source",
+                                value: Some(provenance.as_bytes()),
+                            });
                         }
+                        fr = fr.headers(headers);
                     }
-                };
-                report.bytes +=
-                    (r.key.map_or(0, <[u8]>::len) + r.value.map_or(0, <[u8]>::len)) as u64;
-                in_flight.push_back((r.offset, expected, fut));
-                if in_flight.len() >= 5000 {
-                    settle(&mut in_flight, 1000, pp).await?;
+                    if let Some(k) = r.key {
+                        fr = fr.key(k);
+                    }
+                    if let Some(v) = r.value {
+                        fr = fr.payload(v);
+                    }
+                    if r.timestamp >= 0 {
+                        fr = fr.timestamp(r.timestamp);
+                    }
+                    let fut = loop {
+                        match producer.send_result(fr) {
+                            Ok(f) => break f,
+                            Err((e, back))
+                                if e.rdkafka_error_code()
+                                    == Some(
+                                        haven_kafka::rdkafka::types::RDKafkaErrorCode::QueueFull,
+                                    ) =>
+                            {
+                                let n = in_flight.len().min(1000);
+                                settle(&mut in_flight, n.max(1), &topic.target).await?;
+                                fr = back;
+                            }
+                            Err((e, _)) => {
+                                return Err(Error::Task(format!(
+                                    "produce to {}: {e}",
+                                    topic.target
+                                )))
+                            }
+                        }
+                    };
+                    report.bytes +=
+                        (r.key.map_or(0, <[u8]>::len) + r.value.map_or(0, <[u8]>::len)) as u64;
+                    in_flight.push_back(InFlight {
+                        source: (pp.partition, r.offset),
+                        target: (tp, expected),
+                        delivery: fut,
+                    });
+                    if in_flight.len() >= 5000 {
+                        settle(&mut in_flight, 1000, &topic.target).await?;
+                    }
+                    result.restored += 1;
                 }
-                result.restored += 1;
+            }
+            if seen != pp.records {
+                return Err(Error::Input(format!(
+                    "{}/{}: the repository now yields {seen} records for the plan's {}",
+                    pp.source_topic, pp.partition, pp.records
+                )));
+            }
+            report.records += result.restored;
+            report.partitions.push(result);
+            if topic.routing == plan::Routing::Same {
+                offsets.partitions.push(PartitionOffsets {
+                    source_topic: pp.source_topic.clone(),
+                    partition: pp.partition,
+                    target_topic: pp.target_topic.clone(),
+                    map,
+                });
             }
         }
-        if seen != pp.records {
-            return Err(Error::Input(format!(
-                "{}/{}: the repository now yields {seen} records for the plan's {}",
-                pp.source_topic, pp.partition, pp.records
-            )));
-        }
         let n = in_flight.len();
-        settle(&mut in_flight, n, pp).await?;
-        report.records += result.restored;
-        report.partitions.push(result);
-        offsets.partitions.push(PartitionOffsets {
-            source_topic: pp.source_topic.clone(),
-            partition: pp.partition,
-            target_topic: pp.target_topic.clone(),
-            map,
-        });
+        settle(&mut in_flight, n, &topic.target).await?;
     }
     put_json(repo, &offsets_key(&plan.id), &offsets).await?;
     set_groups(plan, cluster, &mut report).await?;
@@ -267,32 +306,35 @@ pub async fn run(
     Ok(report)
 }
 
-type Delivery = haven_kafka::rdkafka::producer::DeliveryFuture;
+/// A record on its way: where it came from, where it must land.
+struct InFlight {
+    source: (i32, i64),
+    target: (i32, i64),
+    delivery: haven_kafka::rdkafka::producer::DeliveryFuture,
+}
 
 /// Waits for the oldest `n` deliveries and checks each landed where the plan says.
-async fn settle(
-    in_flight: &mut VecDeque<(i64, i64, Delivery)>,
-    n: usize,
-    pp: &PlannedPartition,
-) -> Result<()> {
+async fn settle(in_flight: &mut VecDeque<InFlight>, n: usize, topic: &str) -> Result<()> {
     for _ in 0..n {
-        let Some((source, expected, fut)) = in_flight.pop_front() else {
+        let Some(f) = in_flight.pop_front() else {
             break;
         };
-        let delivery = fut
+        let (sp, so) = f.source;
+        let (tp, expected) = f.target;
+        let delivery = f
+            .delivery
             .await
             .map_err(|_| Error::Task("the producer was dropped".into()))?
             .map_err(|(e, _)| {
                 Error::Task(format!(
-                    "{}/{} offset {source}: {e}",
-                    pp.target_topic, pp.partition
+                    "{topic}/{tp} (source partition {sp} offset {so}): {e}"
                 ))
             })?;
-        if delivery.offset != expected {
+        if delivery.offset != expected || delivery.partition != tp {
             return Err(Error::Input(format!(
-                "{}/{}: source offset {source} landed at target offset {}, expected {expected}: \
+                "source partition {sp} offset {so} landed at {topic}/{}@{}, expected {topic}/{tp}@{expected}: \
                  another producer writes to the target partition",
-                pp.target_topic, pp.partition, delivery.offset
+                delivery.partition, delivery.offset
             )));
         }
     }

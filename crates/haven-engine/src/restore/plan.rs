@@ -40,6 +40,10 @@ pub struct RestoreOptions {
     pub groups: Option<Regex>,
     /// The instant whose group offsets are restored (`--at`); None: the latest known.
     pub group_point: Option<i64>,
+    /// Re-hash by key onto an existing target topic with another partition count.
+    pub repartition: bool,
+    /// Explicit source -> target partition map.
+    pub partition_map: Option<BTreeMap<i32, i32>>,
 }
 
 /// A consumer group's committed offset on a restored partition, and where it lands.
@@ -78,10 +82,44 @@ pub struct PlannedPartition {
 pub struct PlannedTopic {
     pub source: String,
     pub target: String,
+    /// Partition count of the target topic.
     pub partitions: i32,
-    /// Whether the restore creates it (false: it exists with a compatible partition count).
+    /// Whether the restore creates it (false: it exists).
     pub create: bool,
     pub configs: Vec<(String, String)>,
+    /// How source partitions map onto target partitions.
+    #[serde(default)]
+    pub routing: Routing,
+    /// Each target partition's high watermark before the restore.
+    #[serde(default)]
+    pub target_starts: Vec<i64>,
+}
+
+/// Where a record of source partition `p` goes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// Target partition `p`.
+    #[default]
+    Same,
+    /// Re-hashed by key with the Java client's murmur2 partitioner (keyless records: `p`
+    /// modulo the target count).
+    Hash,
+    /// An explicit source -> target partition map.
+    Map(BTreeMap<i32, i32>),
+}
+
+impl Routing {
+    pub fn target(&self, key: Option<&[u8]>, source_partition: i32, partitions: i32) -> i32 {
+        match self {
+            Routing::Same => source_partition,
+            Routing::Hash => crate::partitioner::java_partition(key, source_partition, partitions),
+            Routing::Map(m) => m
+                .get(&source_partition)
+                .copied()
+                .unwrap_or(source_partition),
+        }
+    }
 }
 
 /// `restores/{id}/plan.json`.
@@ -259,16 +297,45 @@ pub async fn plan(
             .as_ref()
             .map(|m| m.partition_count)
             .unwrap_or_else(|| source_partitions.iter().max().map_or(1, |m| m + 1));
-        let create = match existing.iter().find(|t| t.name == target) {
-            Some(t) if t.partitions == count => false,
-            Some(t) => {
+        let (create, target_count) = match existing.iter().find(|t| t.name == target) {
+            Some(t) => (false, t.partitions),
+            None => (true, count),
+        };
+        let routing = match &opts.partition_map {
+            Some(m) => {
+                if let Some((s, t)) = m.iter().find(|(_, t)| **t < 0 || **t >= target_count) {
+                    return Err(Error::Input(format!(
+                        "--partition-map {s}={t}: {target} has partitions 0..{}",
+                        target_count - 1
+                    )));
+                }
+                if let Some(p) = source_partitions.iter().find(|p| !m.contains_key(p)) {
+                    return Err(Error::Input(format!(
+                        "--partition-map does not say where partition {p} of {topic} goes"
+                    )));
+                }
+                Routing::Map(m.clone())
+            }
+            None if target_count == count => Routing::Same,
+            None if opts.repartition => Routing::Hash,
+            None => {
                 return Err(Error::Input(format!(
-                    "target topic {target} exists with {} partitions, the backup of {topic} has {count}: \
-                     restore to another name (--rename {topic}=NEW) (repartitioning is not supported yet)",
-                    t.partitions
+                    "target topic {target} exists with {target_count} partitions, the backup of {topic} has {count}: \
+                     add --repartition (re-hash by key, as the Java client does) or --partition-map, \
+                     or restore to another name (--rename {topic}=NEW)"
                 )))
             }
-            None => true,
+        };
+        let target_starts = if create {
+            vec![0; target_count.max(0) as usize]
+        } else {
+            let (c, t) = (inspector.clone(), target.clone());
+            blocking(move || {
+                (0..target_count)
+                    .map(|p| Ok(haven_kafka::watermarks(&c, &t, p, Duration::from_secs(10))?.1))
+                    .collect::<Result<Vec<i64>>>()
+            })
+            .await?
         };
         let configs = meta
             .as_ref()
@@ -283,9 +350,11 @@ pub async fn plan(
         topics.push(PlannedTopic {
             source: topic.clone(),
             target: target.clone(),
-            partitions: count,
+            partitions: target_count,
             create,
             configs,
+            routing: routing.clone(),
+            target_starts: target_starts.clone(),
         });
         for p in source_partitions {
             if opts.partitions.as_ref().is_some_and(|v| !v.contains(&p)) {
@@ -303,13 +372,8 @@ pub async fn plan(
             if sel.records == 0 {
                 continue;
             }
-            let target_start = if create {
-                0
-            } else {
-                let (c, t) = (inspector.clone(), target.clone());
-                blocking(move || Ok(haven_kafka::watermarks(&c, &t, p, Duration::from_secs(10))?.1))
-                    .await?
-            };
+            // Meaningful when partitions map one to one.
+            let target_start = target_starts.get(p as usize).copied().unwrap_or(0);
             let (first, last, n, bytes) = (sel.first, sel.last, sel.records, sel.bytes);
             selections.insert((topic.clone(), p), (sel, target_start));
             partitions.push(PlannedPartition {
@@ -325,7 +389,8 @@ pub async fn plan(
             });
         }
     }
-    let (groups, groups_skipped) = plan_groups(repo, state, opts, &partitions, &selections).await?;
+    let (groups, groups_skipped) =
+        plan_groups(repo, state, opts, &topics, &partitions, &selections).await?;
     Ok(RestorePlan {
         groups,
         groups_skipped,
@@ -351,6 +416,7 @@ async fn plan_groups(
     repo: &Repository,
     state: &RepoState,
     opts: &RestoreOptions,
+    topics: &[PlannedTopic],
     partitions: &[PlannedPartition],
     selections: &BTreeMap<(String, i32), (Counted, i64)>,
 ) -> Result<(Vec<PlannedGroup>, Vec<(String, String)>)> {
@@ -396,6 +462,18 @@ async fn plan_groups(
         let Some((sel, target_start)) = selections.get(&(topic.clone(), partition)) else {
             continue;
         };
+        if topics
+            .iter()
+            .find(|t| t.source == topic)
+            .map(|t| &t.routing)
+            != Some(&Routing::Same)
+        {
+            skipped.push((
+                group,
+                format!("{topic}/{partition}: offsets cannot be translated across repartitioning"),
+            ));
+            continue;
+        }
         // Where the group resumes: after every selected record it had processed.
         let target_offset =
             target_start + sel.count_before(repo, c.offset, opts.from, opts.to).await? as i64;

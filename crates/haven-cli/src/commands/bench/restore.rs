@@ -200,6 +200,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         provenance_headers: false,
         groups: None,
         group_point: None,
+        repartition: false,
+        partition_map: None,
     };
     let plan = restore::plan(&repo, &state, &opts).await?;
     let report = restore::run(&repo, &state, &plan, &opts.cluster).await?;
