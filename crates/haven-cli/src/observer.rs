@@ -61,6 +61,22 @@ impl Observer for CliObserver {
                 );
                 *bar = Some(b);
             }
+            Event::RestoreStarted { records } => {
+                let b = ProgressBar::new(*records);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} restore [{bar:30}] {pos}/{len} records  {per_sec}  ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                *bar = Some(b);
+            }
+            Event::RestoreProgress { records } => {
+                if let Some(b) = bar.as_ref() {
+                    b.set_position(*records);
+                }
+            }
             Event::SegmentWritten { records, bytes, .. } => {
                 if let Some(b) = bar.as_ref() {
                     b.inc(*records);

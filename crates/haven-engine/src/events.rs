@@ -46,6 +46,11 @@ pub enum Event {
     GroupsSampled { groups: usize, changes: usize },
     /// Another writer appended to the log at the same time; the backup reconciled.
     ConcurrentAppend { seq: u64 },
+    /// A restore starts: `records` planned in all.
+    RestoreStarted { records: u64 },
+    /// Records a restore has written and seen acknowledged so far (including those an
+    /// interrupted run had already written).
+    RestoreProgress { records: u64 },
     /// A recoverable error (broker unreachable, ...); the engine retries.
     Retrying { what: String, error: String },
 }
@@ -64,7 +69,11 @@ impl Observer for LogObserver {
         match event {
             Event::RecordsLost { .. } => tracing::error!(?event, "records lost at the source"),
             Event::Retrying { .. } | Event::ConcurrentAppend { .. } => tracing::warn!(?event),
-            Event::PartitionLag { .. } | Event::GroupsSampled { .. } => tracing::debug!(?event),
+            Event::PartitionLag { .. }
+            | Event::GroupsSampled { .. }
+            | Event::RestoreProgress { .. } => {
+                tracing::debug!(?event)
+            }
             _ => tracing::info!(?event),
         }
     }

@@ -53,6 +53,11 @@ pub struct Args {
     #[arg(long, value_name = "OFFSET|TIME")]
     to: Option<String>,
 
+    /// An offset window for one partition, PARTITION=FROM..TO (TO exclusive; repeatable);
+    /// it replaces --from/--to for that partition.
+    #[arg(long = "offsets", value_name = "P=FROM..TO")]
+    offset_windows: Vec<String>,
+
     /// Point in time: every selected partition up to and including this instant.
     #[arg(long, value_name = "TIME", conflicts_with = "to")]
     at: Option<String>,
@@ -74,6 +79,10 @@ pub struct Args {
     /// Prefix for every target topic not renamed explicitly.
     #[arg(long, default_value = "")]
     prefix: String,
+
+    /// Suffix for every target topic not renamed explicitly.
+    #[arg(long, default_value = "")]
+    suffix: String,
 
     /// Add a `haven-source` header (topic/partition/offset of the original) to every record.
     #[arg(long)]
@@ -145,6 +154,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 to,
                 renames,
                 prefix: a.prefix.clone(),
+                suffix: a.suffix.clone(),
+                offset_windows: parse_offset_windows(&a.offset_windows)?,
                 provenance_headers: a.provenance_headers,
                 groups,
                 group_point: at,
@@ -209,7 +220,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             "the selection is empty: no record matches the topics and window",
         ));
     }
-    let report = restore::run(&repo, &state, &plan, &cl).await?;
+    let observer = crate::observer::CliObserver::new(ctx.json);
+    let report = restore::run(&repo, &state, &plan, &cl, &observer).await;
+    observer.finish();
+    let report = report?;
     if ctx.json {
         output::json(&report)?;
     } else {
@@ -273,6 +287,29 @@ fn parse_partition_map(text: &str) -> anyhow::Result<BTreeMap<i32, i32>> {
                 "--partition-map: partition {s} appears twice"
             )));
         }
+    }
+    Ok(m)
+}
+
+fn parse_offset_windows(items: &[String]) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let mut m = BTreeMap::new();
+    for item in items {
+        let parsed = item.split_once('=').and_then(|(p, range)| {
+            let (a, b) = range.split_once("..")?;
+            Some((
+                p.trim().parse::<i32>().ok()?,
+                a.trim().parse::<i64>().ok()?,
+                b.trim().parse::<i64>().ok()?,
+            ))
+        });
+        let (p, a, b) = parsed
+            .ok_or_else(|| usage(format!("--offsets {item:?}: expected PARTITION=FROM..TO")))?;
+        if a >= b || a < 0 {
+            return Err(usage(format!(
+                "--offsets {item:?}: empty window (FROM must be below TO)"
+            )));
+        }
+        m.insert(p, (a, b));
     }
     Ok(m)
 }

@@ -124,6 +124,7 @@ pub async fn run(
     state: &crate::repo::RepoState,
     plan: &RestorePlan,
     cluster: &ClusterConfig,
+    observer: &dyn crate::events::Observer,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
     put_json(repo, &plan_key(&plan.id), plan).await?;
@@ -133,6 +134,10 @@ pub async fn run(
     }
     let producer = cluster.producer()?;
     let window = plan::window(plan);
+    observer.event(&crate::events::Event::RestoreStarted {
+        records: plan.partitions.iter().map(|p| p.records).sum(),
+    });
+    let mut progress = Progress { observer, done: 0 };
     let mut report = RestoreReport {
         id: plan.id.clone(),
         ..Default::default()
@@ -211,6 +216,7 @@ pub async fn run(
                     }
                     if k < already[slot] {
                         result.skipped += 1;
+                        progress.done += 1;
                         continue;
                     }
                     let provenance;
@@ -255,7 +261,8 @@ pub async fn run(
                                     ) =>
                             {
                                 let n = in_flight.len().min(1000);
-                                settle(&mut in_flight, n.max(1), &topic.target).await?;
+                                settle(&mut in_flight, n.max(1), &topic.target, &mut progress)
+                                    .await?;
                                 fr = back;
                             }
                             Err((e, _)) => {
@@ -274,7 +281,7 @@ pub async fn run(
                         delivery: fut,
                     });
                     if in_flight.len() >= 5000 {
-                        settle(&mut in_flight, 1000, &topic.target).await?;
+                        settle(&mut in_flight, 1000, &topic.target, &mut progress).await?;
                     }
                     result.restored += 1;
                 }
@@ -297,7 +304,7 @@ pub async fn run(
             }
         }
         let n = in_flight.len();
-        settle(&mut in_flight, n, &topic.target).await?;
+        settle(&mut in_flight, n, &topic.target, &mut progress).await?;
     }
     put_json(repo, &offsets_key(&plan.id), &offsets).await?;
     set_groups(plan, cluster, &mut report).await?;
@@ -313,8 +320,20 @@ struct InFlight {
     delivery: haven_kafka::rdkafka::producer::DeliveryFuture,
 }
 
+/// Acknowledged records, reported to the observer.
+struct Progress<'a> {
+    observer: &'a dyn crate::events::Observer,
+    done: u64,
+}
+
 /// Waits for the oldest `n` deliveries and checks each landed where the plan says.
-async fn settle(in_flight: &mut VecDeque<InFlight>, n: usize, topic: &str) -> Result<()> {
+async fn settle(
+    in_flight: &mut VecDeque<InFlight>,
+    n: usize,
+    topic: &str,
+    progress: &mut Progress<'_>,
+) -> Result<()> {
+    let settled = n.min(in_flight.len()) as u64;
     for _ in 0..n {
         let Some(f) = in_flight.pop_front() else {
             break;
@@ -338,6 +357,12 @@ async fn settle(in_flight: &mut VecDeque<InFlight>, n: usize, topic: &str) -> Re
             )));
         }
     }
+    progress.done += settled;
+    progress
+        .observer
+        .event(&crate::events::Event::RestoreProgress {
+            records: progress.done,
+        });
     Ok(())
 }
 

@@ -33,8 +33,11 @@ pub struct RestoreOptions {
     pub to: Bound,
     /// Exact topic renames, source -> target.
     pub renames: BTreeMap<String, String>,
-    /// Prefix added to every target topic name not renamed explicitly.
+    /// Prefix and suffix added to every target topic name not renamed explicitly.
     pub prefix: String,
+    pub suffix: String,
+    /// Offset windows `[from, to)` for single partitions, overriding `from`/`to` there.
+    pub offset_windows: BTreeMap<i32, (i64, i64)>,
     pub provenance_headers: bool,
     /// Consumer groups whose committed offsets are carried over, translated.
     pub groups: Option<Regex>,
@@ -76,6 +79,10 @@ pub struct PlannedPartition {
     pub bytes: u64,
     /// The target partition's high watermark before the restore.
     pub target_start: i64,
+    /// An offset window of its own (`--offsets`) replaced the plan's window here; the
+    /// pinned range is then the whole selection.
+    #[serde(default)]
+    pub own_window: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -223,7 +230,7 @@ pub(crate) fn is_selected(
             }
         }
     };
-    in_bound(window.0, true) && in_bound(window.1, false)
+    pp.own_window || (in_bound(window.0, true) && in_bound(window.1, false))
 }
 
 /// The plan's window.
@@ -285,7 +292,7 @@ pub async fn plan(
             .renames
             .get(&topic)
             .cloned()
-            .unwrap_or_else(|| format!("{}{topic}", opts.prefix));
+            .unwrap_or_else(|| format!("{}{topic}{}", opts.prefix, opts.suffix));
         let meta = state.topics.get(&topic).and_then(|t| t.meta.clone());
         let source_partitions: Vec<i32> = state
             .partitions
@@ -368,7 +375,11 @@ pub async fn plan(
                     "{key}: {topic}/{p} resumes at offset {found} where {expected} was expected"
                 )));
             }
-            let sel = count_selection(repo, &ps.chunks, opts.from, opts.to).await?;
+            let (from, to) = match opts.offset_windows.get(&p) {
+                Some((a, b)) => (Bound::Offset(*a), Bound::Offset(*b)),
+                None => (opts.from, opts.to),
+            };
+            let sel = count_selection(repo, &ps.chunks, from, to).await?;
             if sel.records == 0 {
                 continue;
             }
@@ -386,6 +397,7 @@ pub async fn plan(
                 records: n,
                 bytes,
                 target_start,
+                own_window: opts.offset_windows.contains_key(&p),
             });
         }
     }
@@ -475,8 +487,13 @@ async fn plan_groups(
             continue;
         }
         // Where the group resumes: after every selected record it had processed.
-        let target_offset =
-            target_start + sel.count_before(repo, c.offset, opts.from, opts.to).await? as i64;
+        let target_offset = target_start + {
+            let (from, to) = match opts.offset_windows.get(&partition) {
+                Some((a, b)) => (Bound::Offset(*a), Bound::Offset(*b)),
+                None => (opts.from, opts.to),
+            };
+            sel.count_before(repo, c.offset, from, to).await? as i64
+        };
         groups.push(PlannedGroup {
             group,
             source_topic: topic,

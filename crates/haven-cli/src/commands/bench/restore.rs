@@ -197,6 +197,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         to: Bound::Time(to),
         renames: BTreeMap::from([("bench".to_string(), "window".to_string())]),
         prefix: String::new(),
+        suffix: String::new(),
+        offset_windows: Default::default(),
         provenance_headers: false,
         groups: None,
         group_point: None,
@@ -204,7 +206,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         partition_map: None,
     };
     let plan = restore::plan(&repo, &state, &opts).await?;
-    let report = restore::run(&repo, &state, &plan, &opts.cluster).await?;
+    let report = restore::run(
+        &repo,
+        &state,
+        &plan,
+        &opts.cluster,
+        &haven_engine::events::Collect::default(),
+    )
+    .await?;
     let read = store.traffic().bytes_read.load(Ordering::Relaxed) - before;
     let ratios = [
         Ratio::new("wall time", haven_wall, base_wall, "s", "<= 1.1", |r| {
