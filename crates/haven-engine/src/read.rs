@@ -28,21 +28,24 @@ pub struct Selection {
     pub to: Bound,
 }
 
-fn in_window(r: &Record, from: Bound, to: Bound) -> bool {
+/// Whether a record at `offset` with `timestamp` falls in `[from, to)`. The one place
+/// that says what a window selects (cat, restore, and what comes next).
+pub fn in_window(offset: i64, timestamp: i64, from: Bound, to: Bound) -> bool {
     let after = match from {
         Bound::Unbounded => true,
-        Bound::Offset(o) => r.offset >= o,
-        Bound::Time(t) => r.timestamp >= t,
+        Bound::Offset(o) => offset >= o,
+        Bound::Time(t) => timestamp >= t,
     };
     let before = match to {
         Bound::Unbounded => true,
-        Bound::Offset(o) => r.offset < o,
-        Bound::Time(t) => r.timestamp < t,
+        Bound::Offset(o) => offset < o,
+        Bound::Time(t) => timestamp < t,
     };
     after && before
 }
 
-fn chunk_may_hold(m: &haven_format::ChunkMeta, from: Bound, to: Bound) -> bool {
+/// Whether a chunk may hold records of `[from, to)` (from its index entry alone).
+pub fn chunk_may_hold(m: &haven_format::ChunkMeta, from: Bound, to: Bound) -> bool {
     let after = match from {
         Bound::Unbounded => true,
         Bound::Offset(o) => m.last_offset >= o,
@@ -102,7 +105,7 @@ where
             .filter(|c| chunk_may_hold(&c.meta, sel.from, sel.to))
         {
             for r in repo.read_chunk(c).await? {
-                if in_window(&r, sel.from, sel.to) {
+                if in_window(r.offset, r.timestamp, sel.from, sel.to) {
                     f(*p, &r)?;
                     n += 1;
                 }

@@ -2,10 +2,9 @@
 
 use std::io::Write;
 
-use haven_engine::read::{for_each_record, record_json, Bound, Selection};
-use haven_engine::time::parse_instant;
+use haven_engine::read::{for_each_record, record_json, Selection};
 
-use super::{load_config, open_repo, usage, RepoArgs};
+use super::{load_config, open_repo, RepoArgs};
 use crate::Ctx;
 
 /// Print backed-up records as NDJSON, one object per line:
@@ -45,16 +44,6 @@ pub struct Args {
     to: Option<String>,
 }
 
-fn bound(s: Option<&str>, now: i64) -> anyhow::Result<Bound> {
-    Ok(match s {
-        None => Bound::Unbounded,
-        Some(t) => match t.parse::<i64>() {
-            Ok(n) if (0..1_000_000_000_000).contains(&n) => Bound::Offset(n),
-            _ => Bound::Time(parse_instant(t, now).map_err(|e| usage(e.to_string()))?),
-        },
-    })
-}
-
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
@@ -64,8 +53,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         topic: a.topic.clone(),
         partitions: (!a.partition.is_empty()).then(|| a.partition.clone()),
         generation: a.generation,
-        from: bound(a.from.as_deref(), now)?,
-        to: bound(a.to.as_deref(), now)?,
+        from: super::parse_bound(a.from.as_deref(), now)?,
+        to: super::parse_bound(a.to.as_deref(), now)?,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

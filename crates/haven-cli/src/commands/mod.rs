@@ -95,3 +95,18 @@ pub async fn open_repo(cfg: &Config, args: &RepoArgs, create: bool) -> anyhow::R
     };
     repo.with_context(|| format!("repository {}", section.url))
 }
+
+/// `--from`/`--to`: a plain number below 10^12 is an offset, anything else a time
+/// (RFC 3339, epoch milliseconds, or relative like -15m).
+pub fn parse_bound(s: Option<&str>, now: i64) -> anyhow::Result<haven_engine::read::Bound> {
+    use haven_engine::read::Bound;
+    Ok(match s {
+        None => Bound::Unbounded,
+        Some(t) => match t.parse::<i64>() {
+            Ok(n) if (0..1_000_000_000_000).contains(&n) => Bound::Offset(n),
+            _ => Bound::Time(
+                haven_engine::time::parse_instant(t, now).map_err(|e| usage(e.to_string()))?,
+            ),
+        },
+    })
+}

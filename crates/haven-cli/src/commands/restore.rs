@@ -104,16 +104,6 @@ pub struct Args {
     resume: Option<String>,
 }
 
-fn bound(s: Option<&str>, now: i64) -> anyhow::Result<Bound> {
-    Ok(match s {
-        None => Bound::Unbounded,
-        Some(t) => match t.parse::<i64>() {
-            Ok(n) if (0..1_000_000_000_000).contains(&n) => Bound::Offset(n),
-            _ => Bound::Time(parse_instant(t, now).map_err(|e| usage(e.to_string()))?),
-        },
-    })
-}
-
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
@@ -137,7 +127,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             };
             let to = match at {
                 Some(at) => Bound::Time(at + 1),
-                None => bound(a.to.as_deref(), now)?,
+                None => super::parse_bound(a.to.as_deref(), now)?,
             };
             let groups =
                 match &a.consumer_groups {
@@ -150,7 +140,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 cluster: cl.clone(),
                 topics: topic_regex(a.topics.as_deref().unwrap_or(".*"))?,
                 partitions: (!a.partitions.is_empty()).then(|| a.partitions.clone()),
-                from: bound(a.from.as_deref(), now)?,
+                from: super::parse_bound(a.from.as_deref(), now)?,
                 to,
                 renames,
                 prefix: a.prefix.clone(),

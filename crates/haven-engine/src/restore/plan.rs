@@ -169,17 +169,7 @@ fn parse_bound(text: &str) -> Bound {
 }
 
 fn selected(r: &Record, from: Bound, to: Bound) -> bool {
-    let after = match from {
-        Bound::Unbounded => true,
-        Bound::Offset(o) => r.offset >= o,
-        Bound::Time(t) => r.timestamp >= t,
-    };
-    let before = match to {
-        Bound::Unbounded => true,
-        Bound::Offset(o) => r.offset < o,
-        Bound::Time(t) => r.timestamp < t,
-    };
-    after && before
+    crate::read::in_window(r.offset, r.timestamp, from, to)
 }
 
 /// The chunks that may hold a planned partition's records, in offset order.
@@ -210,27 +200,9 @@ pub(crate) fn is_selected(
     offset: i64,
     timestamp: i64,
 ) -> bool {
-    if offset < pp.first_offset || offset > pp.last_offset {
-        return false;
-    }
-    let in_bound = |b: Bound, start: bool| match b {
-        Bound::Unbounded => true,
-        Bound::Offset(o) => {
-            if start {
-                offset >= o
-            } else {
-                offset < o
-            }
-        }
-        Bound::Time(t) => {
-            if start {
-                timestamp >= t
-            } else {
-                timestamp < t
-            }
-        }
-    };
-    pp.own_window || (in_bound(window.0, true) && in_bound(window.1, false))
+    offset >= pp.first_offset
+        && offset <= pp.last_offset
+        && (pp.own_window || crate::read::in_window(offset, timestamp, window.0, window.1))
 }
 
 /// The plan's window.
@@ -516,10 +488,7 @@ async fn plan_groups(
 
 /// Where a chunk lies relative to a window.
 fn chunk_position(m: &haven_format::ChunkMeta, from: Bound, to: Bound) -> (bool, bool) {
-    let may = !matches!((from, to), (Bound::Time(a), _) if m.max_timestamp < a)
-        && !matches!((from, to), (_, Bound::Time(b)) if m.min_timestamp >= b)
-        && !matches!((from, to), (Bound::Offset(a), _) if m.last_offset < a)
-        && !matches!((from, to), (_, Bound::Offset(b)) if m.first_offset >= b);
+    let may = crate::read::chunk_may_hold(m, from, to);
     let start_inside = match from {
         Bound::Unbounded => true,
         Bound::Offset(a) => m.first_offset >= a,
