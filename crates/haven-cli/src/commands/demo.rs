@@ -6,6 +6,7 @@ use std::time::Duration;
 use haven_engine::backup::{self, BackupOptions};
 use haven_engine::read::{for_each_record, record_json, Bound, Selection};
 use haven_engine::repo::Repository;
+use haven_engine::restore::RestoreOptions;
 use haven_kafka::ClusterConfig;
 use haven_storage::Store;
 use testbed::{Broker, Rec};
@@ -144,10 +145,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     }
     say("7. restoring the events of minutes 10 to 20 into demo.orders.restored ...".into());
     let t0 = 1_767_225_600_000i64;
-    let opts = haven_engine::restore::RestoreOptions {
-        cluster: ClusterConfig::new(broker.bootstrap()),
-        topics: backup::topic_regex("demo\\.orders")?,
-        partitions: None,
+    let opts = RestoreOptions {
         from: Bound::Time(t0 + 600_000),
         to: Bound::Time(t0 + 1_200_000),
         renames: [(
@@ -155,14 +153,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             "demo.orders.restored".to_string(),
         )]
         .into(),
-        prefix: String::new(),
-        suffix: String::new(),
-        offset_windows: Default::default(),
         provenance_headers: true,
-        groups: None,
-        group_point: None,
-        repartition: false,
-        partition_map: None,
+        ..RestoreOptions::new(
+            ClusterConfig::new(broker.bootstrap()),
+            backup::topic_regex("demo\\.orders")?,
+        )
     };
     let plan = haven_engine::restore::plan(&repo, &state, &opts).await?;
     let observer = CliObserver::new(ctx.json);

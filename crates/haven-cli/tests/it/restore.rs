@@ -733,20 +733,14 @@ async fn a_window_reads_only_its_chunks_and_gaps_translate_exactly() {
         .sum();
     let before = store.traffic().bytes_read.load(Ordering::Relaxed);
     let opts = RestoreOptions {
-        cluster: haven_kafka::ClusterConfig::new(b.bootstrap()),
-        topics: haven_engine::backup::topic_regex("compacted").unwrap(),
-        partitions: None,
         from: Bound::Time(from),
         to: Bound::Time(to),
-        renames: Default::default(),
-        prefix: String::new(),
         suffix: ".hour4".into(),
-        offset_windows: Default::default(),
         provenance_headers: true,
-        groups: None,
-        group_point: None,
-        repartition: false,
-        partition_map: None,
+        ..RestoreOptions::new(
+            haven_kafka::ClusterConfig::new(b.bootstrap()),
+            haven_engine::backup::topic_regex("compacted").unwrap(),
+        )
     };
     let plan = restore::plan(&repo, &state, &opts).await.unwrap();
     let report = restore::run(

@@ -64,6 +64,28 @@ pub struct PlannedGroup {
     pub target_offset: i64,
 }
 
+impl RestoreOptions {
+    /// Every partition of the matching topics, no window, same names, no groups.
+    pub fn new(cluster: ClusterConfig, topics: Regex) -> Self {
+        RestoreOptions {
+            cluster,
+            topics,
+            partitions: None,
+            from: Bound::Unbounded,
+            to: Bound::Unbounded,
+            renames: BTreeMap::new(),
+            prefix: String::new(),
+            suffix: String::new(),
+            offset_windows: BTreeMap::new(),
+            provenance_headers: false,
+            groups: None,
+            group_point: None,
+            repartition: false,
+            partition_map: None,
+        }
+    }
+}
+
 /// One source partition and where it goes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PlannedPartition {

@@ -190,20 +190,13 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         .sum();
     let before = store.traffic().bytes_read.load(Ordering::Relaxed);
     let opts = RestoreOptions {
-        cluster: ClusterConfig::new(broker.bootstrap()),
-        topics: haven_engine::backup::topic_regex("bench")?,
-        partitions: None,
         from: Bound::Time(from),
         to: Bound::Time(to),
         renames: BTreeMap::from([("bench".to_string(), "window".to_string())]),
-        prefix: String::new(),
-        suffix: String::new(),
-        offset_windows: Default::default(),
-        provenance_headers: false,
-        groups: None,
-        group_point: None,
-        repartition: false,
-        partition_map: None,
+        ..RestoreOptions::new(
+            ClusterConfig::new(broker.bootstrap()),
+            haven_engine::backup::topic_regex("bench")?,
+        )
     };
     let plan = restore::plan(&repo, &state, &opts).await?;
     let report = restore::run(
