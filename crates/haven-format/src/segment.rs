@@ -288,11 +288,6 @@ impl SegmentBuilder {
             && self.index.group_samples.is_empty()
     }
 
-    /// Bytes of chunk data added so far.
-    pub fn data_len(&self) -> usize {
-        self.buf.len()
-    }
-
     /// Adds the covered range `[start_offset, end_offset)` of a partition with its records
     /// (strictly increasing offsets inside the range) and losses, cut into chunks of about
     /// the target size.
@@ -582,22 +577,9 @@ impl SegmentIndex {
         }
     }
 
-    /// The key id this segment was encrypted with, if any.
-    pub fn key_id(&self) -> Option<&KeyId> {
-        self.wrapped_key.as_ref().map(|w| &w.key_id)
-    }
-
     /// Checks the CRC of a stored chunk.
     pub fn check_chunk(&self, meta: &ChunkMeta, stored: &[u8]) -> Result<(), FormatError> {
-        let crc = crc32c::crc32c(stored);
-        if crc != meta.crc32c || stored.len() as u64 != meta.byte_len {
-            return Err(FormatError::Checksum {
-                what: format!("chunk {} of segment {}", meta.ordinal, self.seq),
-                stored: meta.crc32c,
-                computed: crc,
-            });
-        }
-        Ok(())
+        check_crc(self.seq, meta, stored)
     }
 
     /// Checks, decrypts, decompresses and decodes a stored chunk, and checks that what it
@@ -643,13 +625,8 @@ pub fn open_stored_chunk(
     Ok(body)
 }
 
-fn open_body(
-    seq: u64,
-    encrypted: bool,
-    meta: &ChunkMeta,
-    stored: &[u8],
-    data_key: Option<&[u8; 32]>,
-) -> Result<Vec<u8>, FormatError> {
+/// The CRC-32C (and length) of a stored chunk against its index entry.
+fn check_crc(seq: u64, meta: &ChunkMeta, stored: &[u8]) -> Result<(), FormatError> {
     let crc = crc32c::crc32c(stored);
     if crc != meta.crc32c || stored.len() as u64 != meta.byte_len {
         return Err(FormatError::Checksum {
@@ -658,6 +635,17 @@ fn open_body(
             computed: crc,
         });
     }
+    Ok(())
+}
+
+fn open_body(
+    seq: u64,
+    encrypted: bool,
+    meta: &ChunkMeta,
+    stored: &[u8],
+    data_key: Option<&[u8; 32]>,
+) -> Result<Vec<u8>, FormatError> {
+    check_crc(seq, meta, stored)?;
     match (encrypted, data_key) {
         (true, Some(dk)) => decompress(&open_chunk(dk, seq, meta.ordinal, stored)?, meta.raw_len),
         (true, None) => Err(FormatError::KeyRequired),

@@ -206,7 +206,6 @@ pub fn commit_offsets(
     cluster: &ClusterConfig,
     group: &str,
     offsets: &[(String, i32, i64)],
-    _timeout: Duration,
 ) -> Result<()> {
     let c = cluster.inspector(group)?;
     let mut tpl = TopicPartitionList::new();

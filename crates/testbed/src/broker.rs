@@ -63,6 +63,27 @@ pub struct Consumed {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+impl Consumed {
+    /// A copy of a consumed message (null key or value kept distinct from empty).
+    pub fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
+        Consumed {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis().unwrap_or(-1),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// A tansu broker on a free loopback port, with sqlite storage in a temporary directory.
 pub struct Broker {
     child: Option<Child>,
@@ -264,21 +285,7 @@ impl Broker {
             }
             if let Some(m) = c.poll(Duration::from_millis(200)) {
                 let m = m?;
-                out.push(Consumed {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp: m.timestamp().to_millis().unwrap_or(-1),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
+                out.push(Consumed::from_message(&m));
             }
         }
         Ok(out)

@@ -6,32 +6,7 @@ use std::time::{Duration, Instant};
 use haven_engine::read::json_bytes;
 use testbed::{Broker, Consumed, Rec};
 
-use crate::{code, commit, haven, haven_env, ok, path, stderr};
-
-/// Runs `haven [--json] backup --once` of `topics` from `b` into `repo`, with extra flags and
-/// environment, and returns its stdout.
-fn backup_once(
-    b: &Broker,
-    repo: &str,
-    topics: &str,
-    extra: &[&str],
-    env: &[(&str, String)],
-) -> String {
-    let bootstrap = b.bootstrap();
-    let mut args = vec![
-        "--json",
-        "backup",
-        "--brokers",
-        &bootstrap,
-        "--repo",
-        repo,
-        "--topics",
-        topics,
-        "--once",
-    ];
-    args.extend_from_slice(extra);
-    ok(&haven_env(&args, env))
-}
+use crate::{backup_once, code, commit, haven, haven_env, ok, path, stderr};
 
 /// Edge cases of a record: null vs empty key and value, duplicate and null headers.
 fn edge_records(n: usize, partitions: i32) -> Vec<Rec> {

@@ -74,3 +74,28 @@ pub fn commit(b: &testbed::Broker, group: &str, topic: &str, partition: i32, off
     c.commit(&tpl, CommitMode::Sync).unwrap();
     c.unsubscribe();
 }
+
+/// Runs `haven [--json] backup --once` of `topics` from `b` into `repo`, with extra flags and
+/// environment, and returns its stdout.
+pub fn backup_once(
+    b: &testbed::Broker,
+    repo: &str,
+    topics: &str,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> String {
+    let bootstrap = b.bootstrap();
+    let mut args = vec![
+        "--json",
+        "backup",
+        "--brokers",
+        &bootstrap,
+        "--repo",
+        repo,
+        "--topics",
+        topics,
+        "--once",
+    ];
+    args.extend_from_slice(extra);
+    ok(&haven_env(&args, env))
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use testbed::{Broker, Consumed, Rec};
 
-use crate::{code, haven, ok, path, stderr};
+use crate::{backup_once, code, haven, ok, path, stderr};
 
 fn records(n: usize, partitions: i32, ts0: i64) -> Vec<Rec> {
     (0..n)
@@ -24,21 +24,6 @@ fn records(n: usize, partitions: i32, ts0: i64) -> Vec<Rec> {
         .collect()
 }
 
-fn backup(b: &Broker, repo: &str, topics: &str) {
-    ok(&haven(&[
-        "backup",
-        "--brokers",
-        &b.bootstrap(),
-        "--repo",
-        repo,
-        "--topics",
-        topics,
-        "--once",
-        "--group-interval",
-        "0",
-    ]));
-}
-
 /// Everything but the offset must match.
 fn same_content(a: &Consumed, b: &Consumed) -> bool {
     a.key == b.key && a.value == b.value && a.timestamp == b.timestamp && a.headers == b.headers
@@ -53,7 +38,7 @@ fn whole_topic_into_another_cluster_with_rename_and_exact_offset_map() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = path(&dir.path().join("repo"));
-    backup(&us, &repo, "orders");
+    backup_once(&us, &repo, "orders", &[], &[]);
 
     // A dry run changes nothing.
     let out = ok(&haven(&[
@@ -131,7 +116,7 @@ fn time_window_and_point_in_time() {
     b.produce("events", &records(100, 2, t0)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = path(&dir.path().join("repo"));
-    backup(&b, &repo, "events");
+    backup_once(&b, &repo, "events", &[], &[]);
     let iso = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(ms)
             .unwrap()
@@ -192,7 +177,7 @@ fn sigkill_mid_restore_then_resume_writes_each_record_once() {
     b.produce("big", &recs).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = path(&dir.path().join("repo"));
-    backup(&b, &repo, "big");
+    backup_once(&b, &repo, "big", &[], &[]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_haven"))
         .args([
             "restore",
@@ -259,7 +244,7 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
     b.produce("t", &records(10, 1, 1_700_000_000_000)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = path(&dir.path().join("repo"));
-    backup(&b, &repo, "t");
+    backup_once(&b, &repo, "t", &[], &[]);
     let run = |extra: &[&str]| {
         let bs = b.bootstrap();
         let mut args = vec!["restore", "--repo", &repo, "--brokers", &bs];
@@ -315,7 +300,7 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
 /// The first record a real consumer of `group` reads from each partition of `topic`.
 fn first_read(b: &Broker, group: &str, topic: &str, partitions: i32) -> Vec<Consumed> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
+    use rdkafka::message::Message;
     let c: BaseConsumer = b
         .config()
         .set("group.id", group)
@@ -334,21 +319,7 @@ fn first_read(b: &Broker, group: &str, topic: &str, partitions: i32) -> Vec<Cons
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
             let slot = &mut got[m.partition() as usize];
             if slot.is_none() {
-                *slot = Some(Consumed {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp: m.timestamp().to_millis().unwrap_or(-1),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
+                *slot = Some(Consumed::from_message(&m));
             }
         }
     }
@@ -522,7 +493,7 @@ fn a_missing_segment_is_a_clear_error_before_anything_is_written() {
     for i in 0..3 {
         b.produce("m", &records(10, 1, 1_700_000_000_000 + i * 100_000))
             .unwrap();
-        backup(&b, &repo, "m");
+        backup_once(&b, &repo, "m", &[], &[]);
     }
     let seg = dir.path().join("repo/log").join(format!("{:020}.seg", 2));
     let bytes = std::fs::read(&seg).unwrap();
@@ -583,7 +554,7 @@ fn repartition_six_to_three_keeps_each_keys_records_together_and_in_order() {
     b.produce("wide", &recs).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = path(&dir.path().join("repo"));
-    backup(&b, &repo, "wide");
+    backup_once(&b, &repo, "wide", &[], &[]);
     b.create_topic("narrow", 3).unwrap();
     let bs = b.bootstrap();
     let out = haven(&[
@@ -699,9 +670,7 @@ async fn synthetic_repo(
         }
         seg.add_partition("compacted", 0, 0, start, offset, &recs, vec![])
             .unwrap();
-        let (bytes, index, digest) = seg.finish();
-        let key = repo.append(bytes, &index).await.unwrap();
-        state.apply(&key, &index, digest);
+        repo.commit_segment(&mut state, seg).await.unwrap();
     }
     (repo, store)
 }
@@ -809,7 +778,7 @@ fn an_offset_window_for_one_partition() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = path(&dir.path().join("repo"));
-    backup(&b, &repo, "ow");
+    backup_once(&b, &repo, "ow", &[], &[]);
     let bs = b.bootstrap();
     ok(&haven(&[
         "restore",

@@ -88,19 +88,7 @@ fn backup_into_s3_round_trips() {
     b.produce("payments", &recs).unwrap();
     let env: Vec<(&str, String)> = s3.env();
     let repo = "s3://backups/prod";
-    ok(&haven_env(
-        &[
-            "backup",
-            "--brokers",
-            &b.bootstrap(),
-            "--repo",
-            repo,
-            "--topics",
-            "payments",
-            "--once",
-        ],
-        &env,
-    ));
+    crate::backup_once(&b, repo, "payments", &[], &env);
     for p in 0..2 {
         let expected = b.read_partition("payments", p).unwrap();
         let out = ok(&haven_env(

@@ -618,11 +618,8 @@ async fn flush(
             .values()
             .filter_map(|p| p.oldest_timestamp)
             .min();
-        let (bytes, index, digest) = seg.finish();
-        let len = bytes.len() as u64;
-        match repo.append(bytes, &index).await {
-            Ok(key) => {
-                state.apply(&key, &index, digest);
+        match repo.commit_segment(state, seg).await {
+            Ok((key, len)) => {
                 batch.committed();
                 report.segments += 1;
                 report.records += records;

@@ -4,9 +4,7 @@
 mod state;
 
 use bytes::Bytes;
-use haven_format::{
-    index_of, Digest, MasterKey, SegmentBuilder, SegmentIndex, SegmentTrailer, TRAILER_LEN,
-};
+use haven_format::{Digest, MasterKey, SegmentBuilder, SegmentIndex, SegmentTrailer, TRAILER_LEN};
 use haven_storage::{CreateOnly, ObjectInfo, StorageError, Store};
 use serde::{Deserialize, Serialize};
 
@@ -263,6 +261,20 @@ impl Repository {
         }
     }
 
+    /// Finishes `segment`, appends it to the log and applies it to `state`. Returns its key
+    /// and size; [`Error::Concurrent`] if another writer took its position.
+    pub async fn commit_segment(
+        &self,
+        state: &mut RepoState,
+        segment: SegmentBuilder,
+    ) -> Result<(String, u64)> {
+        let (bytes, index, digest) = segment.finish();
+        let len = bytes.len() as u64;
+        let key = self.append(bytes, &index).await?;
+        state.apply(&key, &index, digest);
+        Ok((key, len))
+    }
+
     /// Reads and decodes one chunk (one ranged read).
     pub async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<haven_format::Record>> {
         let body = self.chunk_body(chunk).await?;
@@ -319,10 +331,5 @@ impl Repository {
         let bytes = self.store.get(key).await?.to_vec();
         let (ix, d) = haven_format::verify_object(&bytes).map_err(|e| Error::format(key, e))?;
         Ok((bytes, ix, d))
-    }
-
-    /// The index of a segment held in memory.
-    pub fn index_in_memory(key: &str, bytes: &[u8]) -> Result<SegmentIndex> {
-        index_of(bytes).map_err(|e| Error::format(key, e))
     }
 }

@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use haven_format::{
-    ChunkMeta, Digest, FormatError, GroupCommit, Loss, Record, SegmentIndex, TopicMeta, WrappedKey,
-};
+use haven_format::{ChunkMeta, Digest, GroupCommit, Loss, SegmentIndex, TopicMeta, WrappedKey};
 
 /// (topic, generation, partition)
 pub type PartitionKey = (String, u32, i32);
@@ -16,22 +14,6 @@ pub struct ChunkRef {
     pub seq: u64,
     pub meta: ChunkMeta,
     pub wrapped_key: Option<WrappedKey>,
-}
-
-impl ChunkRef {
-    pub fn decode(
-        &self,
-        stored: &[u8],
-        data_key: Option<&[u8; 32]>,
-    ) -> Result<Vec<Record>, FormatError> {
-        haven_format::read_stored_chunk(
-            self.seq,
-            self.wrapped_key.is_some(),
-            &self.meta,
-            stored,
-            data_key,
-        )
-    }
 }
 
 /// Everything the log says about one partition.

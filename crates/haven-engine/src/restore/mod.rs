@@ -387,15 +387,7 @@ async fn set_groups(
             .iter()
             .map(|g| (g.target_topic.clone(), g.partition, g.target_offset))
             .collect();
-        let res = blocking(move || {
-            Ok(haven_kafka::commit_offsets(
-                &c,
-                &name,
-                &items,
-                Duration::from_secs(10),
-            ))
-        })
-        .await?;
+        let res = blocking(move || Ok(haven_kafka::commit_offsets(&c, &name, &items))).await?;
         match res {
             Ok(()) => report.groups_set.extend(entries.into_iter().cloned()),
             Err(e) => report.groups_skipped.push((

@@ -92,9 +92,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 )?;
             }
         }
-        let (bytes, index, digest) = seg.finish();
-        let key = repo.append(bytes, &index).await?;
-        state.apply(&key, &index, digest);
+        repo.commit_segment(&mut state, seg).await?;
         start += per_segment;
     }
     let broker = std::sync::Arc::new(tokio::task::spawn_blocking(Broker::start).await??);
