@@ -58,6 +58,9 @@ enum Command {
     Ls(commands::ls::Args),
     /// Restore topics (all, some partitions, a time or offset window) into a cluster.
     Restore(commands::restore::Args),
+    /// Mirror topics to another cluster continuously (exactly once, offsets translated
+    /// exactly, RPO in seconds); `mirror status`, `mirror translate`.
+    Mirror(commands::mirror::Args),
     /// Translate offsets through a restore's offset map.
     #[command(subcommand)]
     Offsets(commands::offsets::Command),
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
             Command::Ls(a) => commands::ls::run(&ctx, a).await,
             Command::Verify(a) => commands::verify::run(&ctx, a).await,
             Command::Restore(a) => commands::restore::run(&ctx, a).await,
+            Command::Mirror(a) => commands::mirror::run(&ctx, a).await,
             Command::Offsets(c) => commands::offsets::run(&ctx, c).await,
             Command::Cat(a) => commands::cat::run(&ctx, a).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,

@@ -86,6 +86,34 @@ pub struct JobSection {
     pub flush_ms: Option<u64>,
 }
 
+/// A continuous mirror between two clusters (`haven mirror --job NAME`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSection {
+    /// Source cluster name from `[clusters]`.
+    pub from: String,
+    /// Target cluster name from `[clusters]`.
+    pub to: String,
+    /// Regular expression matched against whole source topic names.
+    pub topics: String,
+    /// Target topic name = prefix + source name (default: the same name).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Consumer groups whose offsets are synced onto the target (regular expressions).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// A data-residency rule: topics matching `topics` may only live in `regions`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencyRule {
+    /// Regular expression matched against whole topic names.
+    pub topics: String,
+    /// Regions (as in `clusters.*.region`, `repositories.*.region`) allowed to hold them.
+    pub regions: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -95,6 +123,11 @@ pub struct Config {
     pub repositories: BTreeMap<String, RepositorySection>,
     #[serde(default)]
     pub jobs: BTreeMap<String, JobSection>,
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, MirrorSection>,
+    /// Named data-residency rules.
+    #[serde(default)]
+    pub residency: BTreeMap<String, ResidencyRule>,
 }
 
 pub const EXAMPLE: &str = r#"[clusters.us]
@@ -120,6 +153,16 @@ cluster = "us"
 repository = "main"
 topics = "orders\\..*"
 flush_ms = 1000
+
+[mirrors.us-to-eu]
+from = "us"
+to = "eu"
+topics = "orders\\..*"
+groups = ["billing", "shipping-.*"]
+
+[residency.us-customers]
+topics = "customers\\.us\\..*"
+regions = ["us"]
 "#;
 
 impl Config {
@@ -223,7 +266,83 @@ impl Config {
                 ));
             }
         }
+        for (name, r) in &self.residency {
+            if let Err(e) = regex::Regex::new(&r.topics) {
+                return Err(invalid(
+                    format!("residency.{name}.topics"),
+                    format!("not a regular expression: {e}"),
+                ));
+            }
+            if r.regions.is_empty() {
+                return Err(invalid(
+                    format!("residency.{name}.regions"),
+                    "empty: name at least one region the topics may live in".into(),
+                ));
+            }
+        }
+        for (name, m) in &self.mirrors {
+            for (key, cluster) in [("from", &m.from), ("to", &m.to)] {
+                if !self.clusters.contains_key(cluster) {
+                    return Err(invalid(
+                        format!("mirrors.{name}.{key}"),
+                        format!(
+                            "no cluster named {cluster:?}: define [clusters.{cluster}] or fix the name"
+                        ),
+                    ));
+                }
+            }
+            if m.from == m.to {
+                return Err(invalid(
+                    format!("mirrors.{name}.to"),
+                    "a mirror needs two different clusters".into(),
+                ));
+            }
+            for (key, pattern) in
+                std::iter::once(("topics", &m.topics)).chain(m.groups.iter().map(|g| ("groups", g)))
+            {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    return Err(invalid(
+                        format!("mirrors.{name}.{key}"),
+                        format!("{pattern:?} is not a regular expression: {e}"),
+                    ));
+                }
+            }
+            let region = self.clusters[&m.to].region.as_deref();
+            if let Some(v) = self.residency_overlap(&m.topics, region) {
+                return Err(invalid(
+                    format!("mirrors.{name}"),
+                    format!(
+                        "would copy topics pinned by {v} to cluster {:?}; fix: narrow `topics` or mirror to an allowed region",
+                        m.to
+                    ),
+                ));
+            }
+        }
+        for (name, j) in &self.jobs {
+            let region = self.repositories[&j.repository].region.as_deref();
+            if let Some(v) = self.residency_overlap(&j.topics, region) {
+                return Err(invalid(
+                    format!("jobs.{name}"),
+                    format!(
+                        "would back up topics pinned by {v} to repository {:?}; fix: narrow `topics` or use a repository in an allowed region",
+                        j.repository
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The residency rules as checkable regular expressions.
+    pub fn residency_rules(&self) -> crate::residency::Rules {
+        crate::residency::Rules::new(&self.residency)
+    }
+
+    /// A rule whose topics a job pattern may select and whose regions exclude `region`.
+    fn residency_overlap(&self, pattern: &str, region: Option<&str>) -> Option<String> {
+        self.residency_rules()
+            .overlap(pattern, region)
+            .map(|v| v.to_string())
     }
 
     /// Resolves `--brokers`: a cluster name from the config, else taken as `host:port,...`.

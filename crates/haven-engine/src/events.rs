@@ -32,9 +32,10 @@ pub enum Event {
     TopicRecreated { topic: String, generation: u32 },
     /// A topic's partition count or configuration changed (or was first seen).
     TopicChanged { topic: String, partitions: i32 },
-    /// How far a partition's backup is behind the source: `records` not yet durable (high
-    /// watermark minus durable offset) and `seconds` since the partition was last fully
-    /// durable (an upper bound of the age of its oldest non-durable record).
+    /// How far a partition's backup (or mirror) is behind the source: `records` not yet
+    /// durable (high watermark minus durable offset) and `seconds`, the age of its oldest
+    /// non-durable record (or an upper bound of it: the time since the partition was last
+    /// fully durable).
     PartitionLag {
         topic: String,
         partition: i32,
@@ -51,6 +52,18 @@ pub enum Event {
     /// Records a restore has written and seen acknowledged so far (including those an
     /// interrupted run had already written).
     RestoreProgress { records: u64 },
+    /// A mirror session started with this many partitions selected.
+    MirrorStarted { partitions: usize },
+    /// Totals of a mirror process so far (sent with each lag measure).
+    MirrorProgress {
+        records: u64,
+        bytes: u64,
+        skipped_origin: u64,
+    },
+    /// A consumer group's offsets were translated and committed on the target.
+    GroupSynced { group: String, partitions: usize },
+    /// A consumer group's offsets could not be synced (typically: active on the target).
+    GroupNotSynced { group: String, reason: String },
     /// A recoverable error (broker unreachable, ...); the engine retries.
     Retrying { what: String, error: String },
 }
@@ -68,9 +81,13 @@ impl Observer for LogObserver {
     fn event(&self, event: &Event) {
         match event {
             Event::RecordsLost { .. } => tracing::error!(?event, "records lost at the source"),
-            Event::Retrying { .. } | Event::ConcurrentAppend { .. } => tracing::warn!(?event),
+            Event::Retrying { .. }
+            | Event::ConcurrentAppend { .. }
+            | Event::GroupNotSynced { .. } => tracing::warn!(?event),
             Event::PartitionLag { .. }
             | Event::GroupsSampled { .. }
+            | Event::GroupSynced { .. }
+            | Event::MirrorProgress { .. }
             | Event::RestoreProgress { .. } => {
                 tracing::debug!(?event)
             }

@@ -7,18 +7,23 @@
 //! - [`verify`] - integrity checks of a whole repository.
 //! - [`events`] - typed events every job emits.
 //!
-//! Restore, mirroring and failover will live beside `backup` as `restore`, `mirror` and
-//! `failover`; offset translation for all of them in one `offsets` module.
+//! - [`restore`] - restoring a repository's records to a cluster.
+//! - [`mirror`] - continuous replication between clusters, exact offset translation.
+//! - [`residency`] - data-residency rules every job that moves data checks.
+//!
+//! Offset translation for restore, mirroring and recovery lives in one module: [`offsets`].
 
 pub mod backup;
 pub mod config;
 mod error;
 pub mod events;
 pub mod metrics;
+pub mod mirror;
 pub mod offsets;
 pub mod partitioner;
 pub mod read;
 pub mod repo;
+pub mod residency;
 pub mod restore;
 pub mod time;
 pub mod verify;

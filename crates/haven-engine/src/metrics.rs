@@ -13,6 +13,13 @@ type Lag = (i64, f64, i64);
 /// Counters and gauges fed by [`Event`]s. Render with [`Metrics::render`].
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Names the per-partition lag series: `haven_{job}_lag_*` (default `backup`).
+    job: &'static str,
+    mirrored_records: AtomicU64,
+    mirrored_bytes: AtomicU64,
+    skipped_origin: AtomicU64,
+    group_syncs: AtomicU64,
+    group_sync_refusals: AtomicU64,
     records: AtomicU64,
     bytes: AtomicU64,
     segments: AtomicU64,
@@ -27,7 +34,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Metrics of a job kind (`backup`, `mirror`): names the lag series.
+    pub fn for_job(job: &'static str) -> Self {
+        Metrics {
+            job,
+            ..Default::default()
+        }
+    }
+
     pub fn render(&self) -> String {
+        let job = if self.job.is_empty() {
+            "backup"
+        } else {
+            self.job
+        };
         let mut o = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(
@@ -83,6 +103,46 @@ impl Metrics {
                 self.last_oldest_age_ms.load(Ordering::Relaxed) as f64 / 1000.0
             ),
         );
+        if job == "mirror" {
+            for (name, kind, help, v) in [
+                (
+                    "haven_mirror_records_total",
+                    "counter",
+                    "Records copied to the target and acknowledged.",
+                    &self.mirrored_records,
+                ),
+                (
+                    "haven_mirror_bytes_total",
+                    "counter",
+                    "Key and value bytes copied.",
+                    &self.mirrored_bytes,
+                ),
+                (
+                    "haven_mirror_skipped_origin_total",
+                    "counter",
+                    "Records not copied back to the cluster they came from.",
+                    &self.skipped_origin,
+                ),
+                (
+                    "haven_mirror_group_syncs_total",
+                    "counter",
+                    "Consumer-group offset commits made on the target.",
+                    &self.group_syncs,
+                ),
+                (
+                    "haven_mirror_group_sync_refusals_total",
+                    "counter",
+                    "Group syncs refused (group active on the target, ...).",
+                    &self.group_sync_refusals,
+                ),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            }
+        }
         let _ = writeln!(o, "# HELP haven_backup_records_lost_total Records the source deleted before Haven read them.");
         let _ = writeln!(o, "# TYPE haven_backup_records_lost_total counter");
         if let Ok(lost) = self.lost.lock() {
@@ -97,22 +157,23 @@ impl Metrics {
         if let Ok(lag) = self.lag.lock() {
             let series: [(&str, &str, &str); 3] = [
                 (
-                    "haven_backup_lag_records",
-                    "Records of the partition not yet durable in the repository.",
+                    "lag_records",
+                    "Records of the partition not yet durable at the destination.",
                     "records",
                 ),
                 (
-                    "haven_backup_lag_seconds",
-                    "Seconds since the partition was last fully durable.",
+                    "lag_seconds",
+                    "Age of the partition's oldest record not yet durable at the destination (RPO now).",
                     "seconds",
                 ),
                 (
-                    "haven_backup_durable_offset",
+                    "durable_offset",
                     "Next offset to make durable (everything below is).",
                     "offset",
                 ),
             ];
-            for (name, help, which) in series {
+            for (suffix, help, which) in series {
+                let name = format!("haven_{job}_{suffix}");
                 let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
                 for ((t, p), (records, seconds, offset)) in lag.iter() {
                     let v = match which {
@@ -182,6 +243,22 @@ impl Observer for Metrics {
             }
             Event::ConcurrentAppend { .. } => {
                 self.concurrent_appends.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::MirrorProgress {
+                records,
+                bytes,
+                skipped_origin,
+            } => {
+                self.mirrored_records.store(*records, Ordering::Relaxed);
+                self.mirrored_bytes.store(*bytes, Ordering::Relaxed);
+                self.skipped_origin
+                    .store(*skipped_origin, Ordering::Relaxed);
+            }
+            Event::GroupSynced { .. } => {
+                self.group_syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::GroupNotSynced { .. } => {
+                self.group_sync_refusals.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }

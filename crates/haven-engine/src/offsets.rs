@@ -59,6 +59,20 @@ impl OffsetMap {
         }
     }
 
+    /// Translates a consumer group's committed source offset `committed` for a log that is
+    /// still being written (mirroring): every source record before `mirrored_to` is on the
+    /// target. None while the group is ahead of the mirror (translating then would skip
+    /// records) or nothing is mapped yet; otherwise the target offset of the first record
+    /// the group has not processed, or the target position right after the last mapped
+    /// record when the group has processed everything mirrored.
+    pub fn translate_committed(&self, committed: i64, mirrored_to: i64) -> Option<i64> {
+        if committed > mirrored_to {
+            return None;
+        }
+        self.translate(committed)
+            .or_else(|| self.runs.last().map(|r| r.target + r.len))
+    }
+
     pub fn records(&self) -> i64 {
         self.runs.iter().map(|r| r.len).sum()
     }
@@ -88,5 +102,23 @@ mod tests {
         assert_eq!(m.translate(21), Some(106));
         assert_eq!(m.translate(22), None);
         assert_eq!(m.translate(0), Some(100));
+    }
+
+    #[test]
+    fn committed_offsets_translate_only_behind_the_mirror() {
+        let mut m = OffsetMap::default();
+        assert_eq!(m.translate_committed(0, 0), None, "nothing mapped yet");
+        for (i, s) in (10..15).chain(20..22).enumerate() {
+            m.push(s, 100 + i as i64);
+        }
+        // Mirrored everything before source offset 22.
+        assert_eq!(m.translate_committed(12, 22), Some(102));
+        assert_eq!(m.translate_committed(17, 22), Some(105));
+        assert_eq!(m.translate_committed(22, 22), Some(107), "all processed");
+        assert_eq!(
+            m.translate_committed(23, 22),
+            None,
+            "group ahead of the mirror"
+        );
     }
 }

@@ -207,7 +207,11 @@ pub fn commit_offsets(
     group: &str,
     offsets: &[(String, i32, i64)],
 ) -> Result<()> {
-    let c = cluster.inspector(group)?;
+    commit_as(&cluster.inspector(group)?, offsets)
+}
+
+/// Commits offsets for the inspector's group (blocking); see [`commit_offsets`].
+pub fn commit_as(c: &BaseConsumer, offsets: &[(String, i32, i64)]) -> Result<()> {
     let mut tpl = TopicPartitionList::new();
     for (t, p, o) in offsets {
         tpl.add_partition_offset(t, *p, Offset::Offset(*o))
@@ -304,5 +308,66 @@ pub fn record_ref<'a>(m: &'a BorrowedMessage<'_>) -> haven_format::RecordRef<'a>
         key: m.key(),
         value: m.payload(),
         headers,
+    }
+}
+
+/// Reads `topic`/`partition` from offset `from` up to (not including) `until` and calls
+/// `visit` for each message, stopping early when it returns false (blocking). Ends at the
+/// partition's end even when `until` lies beyond it; fails when no progress is made for
+/// `stall` (broker unreachable).
+pub fn scan(
+    cluster: &ClusterConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    until: i64,
+    stall: Duration,
+    mut visit: impl FnMut(&BorrowedMessage<'_>) -> bool,
+) -> Result<()> {
+    if from >= until {
+        return Ok(());
+    }
+    let c: BaseConsumer = cluster
+        .base()
+        .set("group.id", "haven-scan")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "error")
+        .set("fetch.wait.max.ms", cluster.fetch_wait_ms.to_string())
+        .create()
+        .map_err(op("create consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(op("assign"))?;
+    c.assign(&tpl).map_err(op("assign"))?;
+    let mut last_progress = std::time::Instant::now();
+    loop {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_progress = std::time::Instant::now();
+                if m.offset() >= until || !visit(&m) || m.offset() + 1 >= until {
+                    return Ok(());
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(()),
+            Some(Err(e)) if last_progress.elapsed() > stall => {
+                return Err(KafkaError::Op {
+                    op: "read partition",
+                    source: e,
+                })
+            }
+            Some(Err(_)) | None => {
+                if last_progress.elapsed() > stall {
+                    return Err(KafkaError::Topic {
+                        topic: format!("{topic}/{partition}"),
+                        reason: format!(
+                            "no record arrived for {} s while reading from offset {from}",
+                            stall.as_secs()
+                        ),
+                    });
+                }
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tempfile::TempDir;
 
 use crate::process::{find_tool, free_port, kill, tail, wait_for_port};
+use crate::proxy::DelayProxy;
 
 const TANSU_INSTALL: &str = "cargo install tansu --version 0.6.0 --features libsql --locked";
 
@@ -90,6 +91,9 @@ pub struct Broker {
     dir: TempDir,
     port: u16,
     log: PathBuf,
+    /// When set, the broker is "in another region": clients reach it (and it advertises
+    /// itself) only through this delaying proxy.
+    proxy: Option<DelayProxy>,
 }
 
 impl Broker {
@@ -103,14 +107,43 @@ impl Broker {
             dir,
             port,
             log,
+            proxy: None,
         };
         b.spawn()?;
         Ok(b)
     }
 
+    /// Starts a broker in a "remote region": every client connection, including the
+    /// ones the broker advertises in metadata, goes through a proxy that delays each
+    /// direction by `one_way` (80 ms in the seed's US-EU setup).
+    pub fn start_remote(one_way: Duration) -> Result<Broker> {
+        let dir = tempfile::Builder::new().prefix("haven-tansu-").tempdir()?;
+        let port = free_port()?;
+        let proxy = DelayProxy::start(0, port, one_way)?;
+        let log = dir.path().join("tansu.log");
+        let mut b = Broker {
+            child: None,
+            dir,
+            port,
+            log,
+            proxy: Some(proxy),
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    /// Cuts (or restores) the network link to a broker started with
+    /// [`Broker::start_remote`]: open connections drop, new ones are refused.
+    pub fn set_link_down(&self, down: bool) {
+        if let Some(p) = &self.proxy {
+            p.set_down(down);
+        }
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let tansu = find_tool("tansu", TANSU_INSTALL, &[])?;
         let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.client_port());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -121,7 +154,7 @@ impl Broker {
             .arg("--listener-url")
             .arg(&listener)
             .arg("--advertised-listener-url")
-            .arg(&listener)
+            .arg(&advertised)
             .arg("--storage-engine")
             .arg("sqlite://tansu.db")
             .env("RUST_LOG", "warn")
@@ -155,7 +188,12 @@ impl Broker {
 
     /// `127.0.0.1:PORT`, for `bootstrap.servers` and `--brokers`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.client_port())
+    }
+
+    /// The port clients use: the proxy's for a remote broker.
+    fn client_port(&self) -> u16 {
+        self.proxy.as_ref().map_or(self.port, DelayProxy::port)
     }
 
     pub fn port(&self) -> u16 {

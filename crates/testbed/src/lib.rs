@@ -9,11 +9,13 @@
 mod broker;
 mod postgres;
 mod process;
+mod proxy;
 mod s3;
 
 pub use broker::{Broker, Consumed, Producer, Rec};
 pub use postgres::Postgres;
 pub use process::{find_tool, free_port};
+pub use proxy::DelayProxy;
 pub use s3::S3Server;
 
 /// The command that installs everything the test bed needs.

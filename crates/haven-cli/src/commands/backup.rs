@@ -126,7 +126,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let repo = open_repo(
         &cfg,
         &RepoArgs {
-            repo: repo_name,
+            repo: repo_name.clone(),
             key_file: a.key_file.clone(),
         },
         true,
@@ -146,6 +146,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     opts.group_interval = (a.group_interval > 0).then(|| Duration::from_secs(a.group_interval));
     opts.groups = a.groups.clone();
     opts.job = a.job.clone().unwrap_or_else(|| "default".into());
+    opts.residency = cfg.residency_rules();
+    opts.repository_region = cfg.repository(&repo_name).region;
 
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -180,7 +182,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

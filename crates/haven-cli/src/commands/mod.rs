@@ -6,6 +6,7 @@ pub mod cat;
 pub mod config;
 pub mod demo;
 pub mod ls;
+pub mod mirror;
 pub mod offsets;
 pub mod restore;
 pub mod verify;

@@ -9,7 +9,7 @@ use testbed::{Broker, Consumed, Rec};
 use crate::{backup_once, code, commit, haven, haven_env, ok, path, stderr};
 
 /// Edge cases of a record: null vs empty key and value, duplicate and null headers.
-fn edge_records(n: usize, partitions: i32) -> Vec<Rec> {
+pub(crate) fn edge_records(n: usize, partitions: i32) -> Vec<Rec> {
     (0..n)
         .map(|i| {
             let mut r = Rec::kv(

@@ -3,6 +3,7 @@
 mod backup;
 mod config;
 mod foundation;
+mod mirror;
 mod restore;
 mod storage;
 

@@ -53,6 +53,10 @@ pub struct BackupOptions {
     pub groups: Vec<String>,
     /// Job name, recorded as the writer of each segment.
     pub job: String,
+    /// Data-residency rules and the repository's region: a pinned topic is refused
+    /// before its first record is read.
+    pub residency: crate::residency::Rules,
+    pub repository_region: Option<String>,
 }
 
 impl BackupOptions {
@@ -66,6 +70,8 @@ impl BackupOptions {
             group_interval: Some(Duration::from_secs(5)),
             groups: Vec::new(),
             job: "default".into(),
+            residency: crate::residency::Rules::default(),
+            repository_region: None,
         }
     }
 }
@@ -138,11 +144,15 @@ async fn plan(
             }
         )));
     }
+    opts.residency.check_topics(
+        selected.iter().map(|t| t.name.as_str()),
+        opts.repository_region.as_deref(),
+        &format!("the repository {}", repo.store().url()),
+    )?;
     let admin = opts.cluster.admin()?;
     let now = chrono::Utc::now().timestamp_millis();
     let mut batch = Batch::default();
     let mut assign = Vec::new();
-    let _ = repo;
     for t in &selected {
         let configs = match haven_kafka::describe_topic_configs(&admin, &t.name).await {
             Ok(c) => c,

@@ -14,6 +14,7 @@
 //! The offset map (`restores/{id}/offsets.json`) is written when the restore completes.
 
 mod plan;
+pub(crate) use plan::CARRIED_CONFIGS;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

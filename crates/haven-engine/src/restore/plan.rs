@@ -14,7 +14,7 @@ use crate::repo::{RepoState, Repository};
 use crate::{blocking, Error, Result};
 
 /// Topic configurations a restore carries over when it creates a topic.
-const CARRIED_CONFIGS: &[&str] = &[
+pub(crate) const CARRIED_CONFIGS: &[&str] = &[
     "cleanup.policy",
     "retention.ms",
     "retention.bytes",

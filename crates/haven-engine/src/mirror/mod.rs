@@ -1,0 +1,729 @@
+//! `haven mirror`: continuous replication of topics from one cluster to another.
+//!
+//! Records are copied partition to partition (same partition number, same order) with
+//! their keys, values, headers and timestamps, plus provenance headers (`provenance`). The
+//! target cluster is the only state: where each partition stands is rebuilt from the map
+//! topic and the target partition's tail (`position`), so a mirror killed at any moment
+//! resumes exactly (nothing duplicated, nothing skipped). Every delivery extends the
+//! partition's offset map, which translates consumer-group offsets exactly (`groups`).
+//!
+//! Failures (broker restarts, network cuts, a producer error) end the *session*: the mirror
+//! waits until every record in flight is settled, then starts over from the target's
+//! state after a back-off. Lag keeps being reported meanwhile.
+
+pub mod groups;
+pub mod position;
+pub mod provenance;
+pub mod status;
+mod target;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use haven_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use haven_kafka::rdkafka::error::KafkaError as RdError;
+use haven_kafka::rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use haven_kafka::rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use haven_kafka::rdkafka::types::RDKafkaErrorCode;
+use haven_kafka::rdkafka::{Offset, TopicPartitionList};
+use haven_kafka::ClusterConfig;
+use regex::Regex;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::events::{Event, Observer};
+use crate::residency::Rules;
+use crate::{blocking, Error, Result};
+use position::{MapEntry, Position};
+use target::{Change, MirrorContext};
+
+/// How a mirror runs.
+#[derive(Debug, Clone)]
+pub struct MirrorOptions {
+    /// Names the mirror's map topic and consumer group; keep it stable.
+    pub name: String,
+    pub source: ClusterConfig,
+    /// Source cluster id written in provenance headers (its name in haven.toml).
+    pub source_id: String,
+    pub target: ClusterConfig,
+    pub target_id: String,
+    /// Region of the target cluster, for residency rules.
+    pub target_region: Option<String>,
+    /// Matched against whole source topic names.
+    pub topics: Regex,
+    /// Target topic = prefix + source topic.
+    pub prefix: String,
+    /// Consumer groups (regular expressions) whose offsets are synced to the target.
+    pub groups: Vec<String>,
+    pub residency: Rules,
+    /// Mirror up to the source's high watermarks seen at start, then stop.
+    pub once: bool,
+    /// How often group offsets are synced.
+    pub sync_interval: Duration,
+    /// How often the offset map is checkpointed to the map topic.
+    pub checkpoint_interval: Duration,
+    /// Records in flight (sent, not yet acknowledged) before reading pauses.
+    pub max_in_flight: usize,
+}
+
+impl MirrorOptions {
+    pub fn new(
+        source: (ClusterConfig, String),
+        target: (ClusterConfig, String),
+        topics: Regex,
+    ) -> Self {
+        let name = format!("{}-to-{}", source.1, target.1)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        MirrorOptions {
+            name,
+            source: source.0,
+            source_id: source.1,
+            target: target.0,
+            target_id: target.1,
+            target_region: None,
+            topics,
+            prefix: String::new(),
+            groups: Vec::new(),
+            residency: Rules::default(),
+            once: false,
+            sync_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(5),
+            max_in_flight: 20_000,
+        }
+    }
+
+    pub fn target_topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+}
+
+/// What a mirror run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MirrorReport {
+    pub records: u64,
+    pub bytes: u64,
+    /// Records not copied because they originated on the target (active-active).
+    pub skipped_origin: u64,
+    pub partitions: usize,
+    /// Sessions started (1 + restarts after failures).
+    pub sessions: u64,
+    pub group_commits: u64,
+    /// Records found twice on a target partition (must stay 0).
+    pub duplicates: u64,
+    pub seconds: f64,
+}
+
+/// Runs a mirror until it is done (`once`) or `stop` turns true, restarting its session
+/// after operational failures.
+pub async fn run(
+    opts: &MirrorOptions,
+    observer: &dyn Observer,
+    mut stop: watch::Receiver<bool>,
+) -> Result<MirrorReport> {
+    let started = Instant::now();
+    let mut report = MirrorReport::default();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        report.sessions += 1;
+        match session(opts, observer, &mut stop, &mut report).await {
+            Ok(()) => break,
+            Err(e) if e.is_usage() => return Err(e),
+            Err(e) => {
+                observer.event(&Event::Retrying {
+                    what: format!("mirror session (next in {} ms)", backoff.as_millis()),
+                    error: e.to_string(),
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                if *stop.borrow() {
+                    break;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// One owned partition.
+struct Part {
+    topic: String,
+    partition: i32,
+    target_topic: String,
+    pos: Position,
+    /// First source offset not yet settled (copied and acknowledged, or skipped).
+    durable_next: i64,
+    /// (source offset, timestamp ms, is a copy) of records sent and not yet acknowledged.
+    pending: VecDeque<(i64, i64)>,
+    /// Source high watermark at the last measure (or the snapshot's end).
+    high: i64,
+    end: Option<i64>,
+    caught_up_at: Instant,
+    /// Runs of `pos.map` already checkpointed (the last one may have grown since).
+    checkpointed: usize,
+    last_checkpointed: Option<crate::offsets::Run>,
+}
+
+impl Part {
+    fn done(&self) -> bool {
+        self.end.is_some_and(|e| self.durable_next >= e) && self.pending.is_empty()
+    }
+}
+
+type DeliveryOutcome = Result<
+    haven_kafka::rdkafka::producer::future_producer::OwnedDeliveryResult,
+    futures::channel::oneshot::Canceled,
+>;
+
+/// A record sent (or skipped) and waiting for its turn to settle.
+struct InFlight {
+    part: usize,
+    offset: i64,
+    delivery: Option<DeliveryFuture>,
+}
+
+struct Session<'a> {
+    opts: &'a MirrorOptions,
+    observer: &'a dyn Observer,
+    producer: Arc<FutureProducer>,
+    parts: Vec<Option<Part>>,
+    index: HashMap<String, HashMap<i32, usize>>,
+    in_flight: VecDeque<InFlight>,
+    known: Arc<Mutex<BTreeMap<(String, i32), Position>>>,
+    report: &'a mut MirrorReport,
+}
+
+async fn session(
+    opts: &MirrorOptions,
+    observer: &dyn Observer,
+    stop: &mut watch::Receiver<bool>,
+    report: &mut MirrorReport,
+) -> Result<()> {
+    let topics = target::prepare(opts).await?;
+    let parts: Vec<(String, i32)> = topics
+        .iter()
+        .flat_map(|t| (0..t.partitions).map(move |p| (t.name.clone(), p)))
+        .collect();
+    let o = opts.clone();
+    let ps = parts.clone();
+    let known = blocking(move || {
+        let mut map = position::load_map(&o.target, &o.name, &o.source_id)?;
+        for (t, p) in &ps {
+            let pos = map.entry((t.clone(), *p)).or_default();
+            position::catch_up(&o.target, &o.source_id, t, *p, &o.target_topic(t), pos)?;
+        }
+        map.retain(|k, _| ps.contains(k));
+        Ok(map)
+    })
+    .await?;
+    let duplicates: u64 = known.values().map(|p| p.duplicates).sum();
+    if duplicates > report.duplicates {
+        report.duplicates = duplicates;
+    }
+    let producer = Arc::new(opts.target.producer()?);
+    let known = Arc::new(Mutex::new(known));
+    let source = Arc::new(opts.source.inspector("haven-inspector")?);
+    let (changes_tx, changes) = std::sync::mpsc::channel();
+    let context = MirrorContext {
+        opts: opts.clone(),
+        known: known.clone(),
+        producer: producer.clone(),
+        source: source.clone(),
+        changes: changes_tx,
+    };
+    let consumer = opts
+        .source
+        .reader_with_context(&format!("haven-mirror-{}", opts.name), context)?;
+    let mut s = Session {
+        opts,
+        observer,
+        producer: producer.clone(),
+        parts: Vec::new(),
+        index: HashMap::new(),
+        in_flight: VecDeque::new(),
+        known: known.clone(),
+        report,
+    };
+    if opts.once {
+        let k = known
+            .lock()
+            .map_err(|_| Error::Task("lock poisoned".into()))?
+            .clone();
+        let (src, ps) = (source.clone(), parts.clone());
+        let starts = blocking(move || target::starts(&src, &ps, &k, true)).await?;
+        let mut tpl = TopicPartitionList::new();
+        for st in &starts {
+            if st.end.is_some_and(|e| st.start >= e) {
+                continue;
+            }
+            tpl.add_partition_offset(&st.topic, st.partition, Offset::Offset(st.start))
+                .map_err(|e| Error::Task(e.to_string()))?;
+        }
+        s.apply(Change::Assigned(starts));
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::Task(format!("assign partitions: {e}")))?;
+    } else {
+        let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| Error::Task(format!("subscribe to {names:?}: {e}")))?;
+    }
+    observer.event(&Event::MirrorStarted {
+        partitions: parts.len(),
+    });
+    let mut sync = groups::GroupSync::new(opts);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_lag = Instant::now();
+    let mut next_sync = Instant::now();
+    let mut next_checkpoint = Instant::now() + opts.checkpoint_interval;
+    let result: Result<()> = async {
+        loop {
+            while let Ok(c) = changes.try_recv() {
+                s.apply(c);
+            }
+            s.settle_ready()?;
+            if opts.once && s.parts.iter().flatten().all(Part::done) {
+                break;
+            }
+            if s.in_flight.len() >= opts.max_in_flight {
+                s.settle_front().await?;
+                continue;
+            }
+            tokio::select! {
+                msg = consumer.recv() => match msg {
+                    Ok(m) => {
+                        while let Ok(c) = changes.try_recv() {
+                            s.apply(c);
+                        }
+                        s.copy(&m)?;
+                    }
+                    Err(RdError::PartitionEOF(_)) => {}
+                    Err(RdError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
+                        return Err(Error::Task(
+                            "the source deleted records the mirror had not copied yet (retention); restarting at the source's start".into(),
+                        ));
+                    }
+                    Err(e) => {
+                        observer.event(&Event::Retrying { what: "consume from the source".into(), error: e.to_string() });
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                _ = tick.tick() => {}
+                _ = stop.changed() => {
+                    if *stop.borrow() {
+                        break;
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= next_lag {
+                next_lag = now + Duration::from_secs(1);
+                s.measure_lag(&source).await;
+            }
+            if now >= next_sync && !opts.groups.is_empty() {
+                next_sync = now + opts.sync_interval;
+                s.sync_groups(&mut sync).await;
+            }
+            if now >= next_checkpoint {
+                next_checkpoint = now + opts.checkpoint_interval;
+                s.checkpoint().await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Whatever happened, settle what is in flight so the next session (or process) reads
+    // a target that no longer changes behind its back.
+    let p = producer.clone();
+    let flushed = blocking(move || {
+        p.flush(Duration::from_secs(330))
+            .map_err(|e| Error::Task(format!("flush the target producer: {e}")))
+    })
+    .await;
+    result?;
+    flushed?;
+    while !s.in_flight.is_empty() {
+        s.settle_front().await?;
+    }
+    s.checkpoint().await?;
+    if !opts.groups.is_empty() {
+        s.sync_groups(&mut sync).await;
+    }
+    s.measure_lag(&source).await;
+    s.report.partitions = s.parts.iter().flatten().count();
+    drop(consumer);
+    Ok(())
+}
+
+impl Session<'_> {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Assigned(starts) => {
+                for st in starts {
+                    let part = Part {
+                        target_topic: self.opts.target_topic(&st.topic),
+                        pos: st.pos,
+                        durable_next: st.start,
+                        pending: VecDeque::new(),
+                        high: st.end.unwrap_or(st.start),
+                        end: st.end,
+                        caught_up_at: Instant::now(),
+                        checkpointed: 0,
+                        last_checkpointed: None,
+                        topic: st.topic,
+                        partition: st.partition,
+                    };
+                    if let Some(l) = st.lost {
+                        self.observer.event(&Event::RecordsLost {
+                            topic: part.topic.clone(),
+                            partition: part.partition,
+                            from: l.0,
+                            to: l.1,
+                            reason: "deleted at the source (retention) before the mirror copied it"
+                                .into(),
+                        });
+                    }
+                    let slot = self
+                        .index
+                        .get(&part.topic)
+                        .and_then(|m| m.get(&part.partition))
+                        .copied();
+                    match slot {
+                        Some(i) => self.parts[i] = Some(part),
+                        None => {
+                            let i = self.parts.len();
+                            self.index
+                                .entry(part.topic.clone())
+                                .or_default()
+                                .insert(part.partition, i);
+                            self.parts.push(Some(part));
+                        }
+                    }
+                }
+            }
+            Change::Revoked(revoked) => {
+                for (t, p) in revoked {
+                    if let Some(i) = self.index.get(&t).and_then(|m| m.get(&p)) {
+                        self.parts[*i] = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one source record to the target (or skips it when it came from there).
+    fn copy(&mut self, m: &BorrowedMessage<'_>) -> Result<()> {
+        let Some(i) = self
+            .index
+            .get(m.topic())
+            .and_then(|x| x.get(&m.partition()))
+            .copied()
+        else {
+            return Ok(());
+        };
+        let opts = self.opts;
+        let Some(part) = self.parts[i].as_mut() else {
+            return Ok(());
+        };
+        let offset = m.offset();
+        if offset < part.durable_next
+            || part.pending.back().is_some_and(|(o, _)| offset <= *o)
+            || part.end.is_some_and(|e| offset >= e)
+        {
+            return Ok(());
+        }
+        let origin = position::header(m, provenance::ORIGIN_HEADER);
+        if origin == Some(opts.target_id.as_bytes()) {
+            self.report.skipped_origin += 1;
+            if part.pending.is_empty() {
+                part.durable_next = offset + 1;
+            } else {
+                part.pending.push_back((offset, -1));
+                self.in_flight.push_back(InFlight {
+                    part: i,
+                    offset,
+                    delivery: None,
+                });
+            }
+            return Ok(());
+        }
+        let rec = haven_kafka::record_ref(m);
+        let source = provenance::encode(&opts.source_id, m.topic(), m.partition(), offset);
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len() + 2);
+        for (name, value) in &rec.headers {
+            if *name != provenance::SOURCE_HEADER {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: *value,
+                });
+            }
+        }
+        headers = headers.insert(Header {
+            key: provenance::SOURCE_HEADER,
+            value: Some(source.as_bytes()),
+        });
+        if origin.is_none() {
+            headers = headers.insert(Header {
+                key: provenance::ORIGIN_HEADER,
+                value: Some(opts.source_id.as_bytes()),
+            });
+        }
+        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&part.target_topic)
+            .partition(m.partition())
+            .headers(headers);
+        if let Some(k) = rec.key {
+            fr = fr.key(k);
+        }
+        if let Some(v) = rec.value {
+            fr = fr.payload(v);
+        }
+        if rec.timestamp >= 0 {
+            fr = fr.timestamp(rec.timestamp);
+        }
+        let delivery = loop {
+            match self.producer.send_result(fr) {
+                Ok(f) => break f,
+                Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    // librdkafka's queue is full: let it drain (blocking this task briefly).
+                    std::thread::sleep(Duration::from_millis(5));
+                    fr = back;
+                }
+                Err((e, _)) => {
+                    return Err(Error::Task(format!(
+                        "produce to {}: {e}",
+                        part.target_topic
+                    )))
+                }
+            }
+        };
+        self.report.bytes +=
+            (rec.key.map_or(0, <[u8]>::len) + rec.value.map_or(0, <[u8]>::len)) as u64;
+        part.pending.push_back((offset, rec.timestamp));
+        self.in_flight.push_back(InFlight {
+            part: i,
+            offset,
+            delivery: Some(delivery),
+        });
+        Ok(())
+    }
+
+    /// Settles every acknowledged record at the front of the queue.
+    fn settle_ready(&mut self) -> Result<()> {
+        while let Some(front) = self.in_flight.front_mut() {
+            let res = match front.delivery.as_mut() {
+                None => None,
+                Some(d) => match d.now_or_never() {
+                    None => return Ok(()),
+                    Some(r) => Some(r),
+                },
+            };
+            let f = self
+                .in_flight
+                .pop_front()
+                .ok_or_else(|| Error::Task("empty".into()))?;
+            self.settled(f, res)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest record in flight.
+    async fn settle_front(&mut self) -> Result<()> {
+        let Some(mut f) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let res = match f.delivery.take() {
+            None => None,
+            Some(d) => Some(d.await),
+        };
+        self.settled(f, res)
+    }
+
+    fn settled(&mut self, f: InFlight, res: Option<DeliveryOutcome>) -> Result<()> {
+        let target = match res {
+            None => None,
+            Some(Ok(Ok(d))) => Some(d),
+            Some(Ok(Err((e, _)))) => {
+                return Err(Error::Task(format!("the target refused a record: {e}")))
+            }
+            Some(Err(_)) => return Err(Error::Task("the producer was dropped".into())),
+        };
+        let Some(part) = self.parts.get_mut(f.part).and_then(Option::as_mut) else {
+            return Ok(()); // revoked meanwhile: the next owner reads the target's tail
+        };
+        if part.pending.front().is_some_and(|(o, _)| *o == f.offset) {
+            part.pending.pop_front();
+        }
+        if let Some(d) = target {
+            if d.partition != part.partition {
+                return Err(Error::Task(format!(
+                    "{}/{} offset {} landed in partition {} of {}",
+                    part.topic, part.partition, f.offset, d.partition, part.target_topic
+                )));
+            }
+            part.pos.push(f.offset, d.offset);
+            self.report.records += 1;
+        }
+        part.durable_next = part.durable_next.max(f.offset + 1);
+        if part.durable_next >= part.high {
+            part.caught_up_at = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Measures and reports each owned partition's lag (records and seconds).
+    async fn measure_lag(&mut self, source: &Arc<BaseConsumer>) {
+        let keys: Vec<(usize, String, i32)> = self
+            .parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.topic.clone(), p.partition)))
+            .collect();
+        let c = source.clone();
+        let highs = blocking(move || {
+            let mut out = Vec::new();
+            for (i, t, p) in keys {
+                out.push((
+                    i,
+                    haven_kafka::watermarks(&c, &t, p, Duration::from_secs(2))?.1,
+                ));
+            }
+            Ok(out)
+        })
+        .await;
+        match highs {
+            Ok(h) => {
+                for (i, high) in h {
+                    if let Some(Some(p)) = self.parts.get_mut(i) {
+                        p.high = p.end.map_or(high, |e| e.min(high));
+                    }
+                }
+            }
+            Err(e) => self.observer.event(&Event::Retrying {
+                what: "measure lag (source high watermarks)".into(),
+                error: e.to_string(),
+            }),
+        }
+        self.observer.event(&Event::MirrorProgress {
+            records: self.report.records,
+            bytes: self.report.bytes,
+            skipped_origin: self.report.skipped_origin,
+        });
+        let now = Instant::now();
+        let wall = chrono::Utc::now().timestamp_millis();
+        for p in self.parts.iter_mut().flatten() {
+            let records = (p.high - p.durable_next).max(0);
+            if records == 0 {
+                p.caught_up_at = now;
+            }
+            let oldest_pending = p
+                .pending
+                .iter()
+                .find(|(_, ts)| *ts >= 0)
+                .map(|(_, ts)| ((wall - ts).max(0)) as f64 / 1000.0);
+            let unread = if records > p.pending.len() as i64 {
+                now.duration_since(p.caught_up_at).as_secs_f64()
+            } else {
+                0.0
+            };
+            self.observer.event(&Event::PartitionLag {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                records,
+                seconds: if records == 0 {
+                    0.0
+                } else {
+                    oldest_pending.unwrap_or(0.0).max(unread)
+                },
+                durable_offset: p.durable_next,
+            });
+        }
+    }
+
+    /// Writes new or grown runs of every partition's map to the map topic.
+    async fn checkpoint(&mut self) -> Result<()> {
+        let topic = position::map_topic(&self.opts.name);
+        let mut entries = Vec::new();
+        for p in self.parts.iter_mut().flatten() {
+            let runs = &p.pos.map.runs;
+            let from = p.checkpointed.min(runs.len().saturating_sub(1));
+            for r in runs.iter().skip(from) {
+                if Some(*r) == p.last_checkpointed {
+                    continue;
+                }
+                entries.push(MapEntry {
+                    source_cluster: self.opts.source_id.clone(),
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    target_topic: p.target_topic.clone(),
+                    run: *r,
+                });
+            }
+            p.checkpointed = runs.len();
+            p.last_checkpointed = runs.last().copied();
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut futs = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let key = e.key();
+            let value = serde_json::to_vec(e).map_err(|e| Error::Task(e.to_string()))?;
+            let fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
+                .partition(0)
+                .key(key.as_bytes())
+                .payload(&value);
+            futs.push(
+                self.producer
+                    .send_result(fr)
+                    .map_err(|(e, _)| Error::Task(format!("checkpoint to {topic}: {e}")))?,
+            );
+        }
+        for f in futs {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(Error::Task(format!("checkpoint to {topic}: {e}"))),
+                Err(_) => return Err(Error::Task("the producer was dropped".into())),
+            }
+        }
+        if let Ok(mut known) = self.known.lock() {
+            for p in self.parts.iter().flatten() {
+                let mut pos = p.pos.clone();
+                pos.scanned_to = pos.next_target().unwrap_or(0);
+                known.insert((p.topic.clone(), p.partition), pos);
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_groups(&mut self, sync: &mut groups::GroupSync) {
+        let parts: Vec<groups::SyncPartition> = self
+            .parts
+            .iter()
+            .flatten()
+            .map(|p| groups::SyncPartition {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                target_topic: p.target_topic.clone(),
+                map: p.pos.map.clone(),
+                mirrored_to: p.durable_next,
+            })
+            .collect();
+        let commits = sync.run(parts, self.observer).await;
+        self.report.group_commits += commits;
+    }
+}

@@ -1,0 +1,180 @@
+//! Where a mirror stands on each partition, rebuilt from the target cluster alone.
+//!
+//! Two sources, both on the target, so any process of the mirror (after a crash, on
+//! another machine, after a rebalance) finds the same answer:
+//! 1. the **map topic** `haven-mirror-map.NAME`: compact offset-map runs the mirror
+//!    checkpoints every few seconds ([`MapEntry`], JSON, keyed so that a compacted topic
+//!    keeps one entry per run);
+//! 2. the **tail** of each target partition after the last checkpointed run: every mirrored
+//!    record carries its source coordinates (`provenance`), so the records written after
+//!    the last checkpoint extend the map exactly.
+//!
+//! The resume point is the source offset after the last mirrored record: a record is
+//! either on the target (and skipped) or not (and copied), so a restart neither duplicates
+//! nor skips.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use haven_kafka::rdkafka::message::{BorrowedMessage, Headers, Message};
+use haven_kafka::ClusterConfig;
+use serde::{Deserialize, Serialize};
+
+use super::provenance;
+use crate::offsets::{OffsetMap, Run};
+use crate::Result;
+
+/// The map topic of a mirror.
+pub fn map_topic(mirror: &str) -> String {
+    format!("haven-mirror-map.{mirror}")
+}
+
+/// One checkpointed run of a partition's offset map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapEntry {
+    pub source_cluster: String,
+    pub topic: String,
+    pub partition: i32,
+    pub target_topic: String,
+    #[serde(flatten)]
+    pub run: Run,
+}
+
+impl MapEntry {
+    /// Entries of the same run share a key (a longer run supersedes a shorter one).
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.source_cluster, self.topic, self.partition, self.run.source
+        )
+    }
+}
+
+/// A partition's mirror position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    /// Source offsets mirrored so far and where they landed.
+    pub map: OffsetMap,
+    /// Target offset up to which the target partition has been read back.
+    pub scanned_to: i64,
+    /// Records found on the target twice (must stay 0; reported, never hidden).
+    pub duplicates: u64,
+}
+
+impl Position {
+    /// The first source offset not on the target (None: nothing mirrored yet).
+    pub fn next_source(&self) -> Option<i64> {
+        self.map.runs.last().map(|r| r.source + r.len)
+    }
+
+    /// The target offset after the last mirrored record.
+    pub fn next_target(&self) -> Option<i64> {
+        self.map.runs.last().map(|r| r.target + r.len)
+    }
+
+    /// Records that source `source` landed at target `target`; a source offset at or
+    /// before one already mapped is a duplicate and is counted, not mapped.
+    pub fn push(&mut self, source: i64, target: i64) {
+        if self.next_source().is_some_and(|n| source < n) {
+            self.duplicates += 1;
+            return;
+        }
+        self.map.push(source, target);
+    }
+}
+
+/// A header's value.
+pub fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+}
+
+/// Reads the map topic: the checkpointed runs of `source_cluster`'s partitions (blocking).
+pub fn load_map(
+    target: &ClusterConfig,
+    mirror: &str,
+    source_cluster: &str,
+) -> Result<BTreeMap<(String, i32), Position>> {
+    let topic = map_topic(mirror);
+    let inspector = target.inspector("haven-inspector")?;
+    let exists = haven_kafka::list_topics(&inspector, &target.brokers, Duration::from_secs(10))?
+        .iter()
+        .any(|t| t.name == topic);
+    let mut runs: BTreeMap<(String, i32), BTreeMap<(i64, i64), i64>> = BTreeMap::new();
+    if exists {
+        let (low, high) = haven_kafka::watermarks(&inspector, &topic, 0, Duration::from_secs(10))?;
+        haven_kafka::scan(target, &topic, 0, low, high, STALL, |m| {
+            match m.payload().map(serde_json::from_slice::<MapEntry>) {
+                Some(Ok(e)) if e.source_cluster == source_cluster => {
+                    let len = runs
+                        .entry((e.topic, e.partition))
+                        .or_default()
+                        .entry((e.run.source, e.run.target))
+                        .or_insert(0);
+                    *len = (*len).max(e.run.len);
+                }
+                Some(Err(err)) => {
+                    tracing::warn!("{topic}@{}: not a map entry ({err}); ignored", m.offset())
+                }
+                _ => {}
+            }
+            true
+        })?;
+    }
+    Ok(runs
+        .into_iter()
+        .map(|(k, rs)| {
+            let mut pos = Position::default();
+            for ((source, target), len) in rs {
+                // Runs come sorted by source; a shorter copy of a run is already merged.
+                if pos.next_source().is_some_and(|n| source < n) {
+                    continue;
+                }
+                pos.map.runs.push(Run {
+                    source,
+                    target,
+                    len,
+                });
+            }
+            pos.scanned_to = pos.next_target().unwrap_or(0);
+            (k, pos)
+        })
+        .collect())
+}
+
+/// How long a read may make no progress before the broker counts as unreachable.
+pub const STALL: Duration = Duration::from_secs(30);
+
+/// Extends `pos` with the mirrored records on the target partition after what it knows
+/// (blocking). A target partition shorter than the map (re-created topic) resets it.
+pub fn catch_up(
+    target: &ClusterConfig,
+    source_cluster: &str,
+    topic: &str,
+    partition: i32,
+    target_topic: &str,
+    pos: &mut Position,
+) -> Result<()> {
+    let inspector = target.inspector("haven-inspector")?;
+    let (low, high) =
+        haven_kafka::watermarks(&inspector, target_topic, partition, Duration::from_secs(10))?;
+    if pos.next_target().is_some_and(|n| high < n) {
+        tracing::warn!(
+            "{target_topic}/{partition} ends at {high}, before the mirror's map: the target topic was re-created; mirroring it again from the start"
+        );
+        *pos = Position::default();
+    }
+    let from = pos.scanned_to.max(pos.next_target().unwrap_or(0)).max(low);
+    haven_kafka::scan(target, target_topic, partition, from, high, STALL, |m| {
+        if let Some(s) = header(m, provenance::SOURCE_HEADER).and_then(provenance::decode) {
+            if s.cluster == source_cluster && s.topic == topic && s.partition == partition {
+                pos.push(s.offset, m.offset());
+            }
+        }
+        true
+    })?;
+    pos.scanned_to = high;
+    Ok(())
+}

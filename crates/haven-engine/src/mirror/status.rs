@@ -1,0 +1,208 @@
+//! Read-only views of a mirror, computed from the two clusters (the mirror process need not
+//! run): per-partition lag and what a source failure would lose now (`haven mirror status`),
+//! and exact offset translation (`haven mirror translate`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use haven_kafka::rdkafka::message::Message;
+use serde::Serialize;
+
+use super::position::{self, header, Position};
+use super::{provenance, MirrorOptions};
+use crate::{blocking, Error, Result};
+
+/// Records on the source not yet on the target: lost if the source died now.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AtRisk {
+    /// Source offsets, inclusive.
+    pub from: i64,
+    pub to: i64,
+    pub records: i64,
+    /// Timestamps (ms) of the oldest and newest of them.
+    pub oldest_ms: i64,
+    pub newest_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    pub target_topic: String,
+    pub source_high: i64,
+    /// Every source record before this offset is on the target.
+    pub mirrored_to: i64,
+    pub lag_records: i64,
+    /// Age of the oldest source record not on the target (0 when none).
+    pub lag_seconds: f64,
+    pub at_risk: Option<AtRisk>,
+}
+
+/// A selected partition: its mirror position and the source's watermarks.
+struct View {
+    topic: String,
+    partition: i32,
+    pos: Position,
+    low: i64,
+    high: i64,
+}
+
+/// Positions of every selected partition, read from the target (blocking).
+fn positions(opts: &MirrorOptions) -> Result<Vec<View>> {
+    let s = opts.source.inspector("haven-inspector")?;
+    let topics = haven_kafka::list_topics(&s, &opts.source.brokers, Duration::from_secs(10))?;
+    let selected: Vec<_> = topics
+        .into_iter()
+        .filter(|t| opts.topics.is_match(&t.name) && !t.name.starts_with("haven-mirror-map."))
+        .collect();
+    if selected.is_empty() {
+        return Err(Error::Input(format!(
+            "no topic on the source {} matches {}",
+            opts.source.brokers,
+            opts.topics.as_str()
+        )));
+    }
+    let mut map = position::load_map(&opts.target, &opts.name, &opts.source_id)?;
+    let mut out = Vec::new();
+    for t in &selected {
+        for p in 0..t.partitions {
+            let mut pos = map.remove(&(t.name.clone(), p)).unwrap_or_default();
+            let target_topic = opts.target_topic(&t.name);
+            position::catch_up(
+                &opts.target,
+                &opts.source_id,
+                &t.name,
+                p,
+                &target_topic,
+                &mut pos,
+            )?;
+            let (low, high) = haven_kafka::watermarks(&s, &t.name, p, Duration::from_secs(10))?;
+            out.push(View {
+                topic: t.name.clone(),
+                partition: p,
+                pos,
+                low,
+                high,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Lag and records at risk per partition.
+pub async fn status(opts: &MirrorOptions) -> Result<Vec<PartitionStatus>> {
+    let opts = opts.clone();
+    blocking(move || {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut out = Vec::new();
+        for View {
+            topic,
+            partition,
+            pos,
+            low,
+            high,
+        } in positions(&opts)?
+        {
+            let mirrored_to = pos.next_source().unwrap_or(low).max(low);
+            // Records after `mirrored_to` that came from the target itself are not at risk.
+            let mut risk: Option<AtRisk> = None;
+            haven_kafka::scan(
+                &opts.source,
+                &topic,
+                partition,
+                mirrored_to,
+                high,
+                position::STALL,
+                |m| {
+                    if header(m, provenance::ORIGIN_HEADER) == Some(opts.target_id.as_bytes()) {
+                        return true;
+                    }
+                    let ts = m.timestamp().to_millis().unwrap_or(now);
+                    let r = risk.get_or_insert(AtRisk {
+                        from: m.offset(),
+                        to: m.offset(),
+                        records: 0,
+                        oldest_ms: ts,
+                        newest_ms: ts,
+                    });
+                    r.to = m.offset();
+                    r.records += 1;
+                    r.oldest_ms = r.oldest_ms.min(ts);
+                    r.newest_ms = r.newest_ms.max(ts);
+                    true
+                },
+            )?;
+            out.push(PartitionStatus {
+                target_topic: opts.target_topic(&topic),
+                topic,
+                partition,
+                source_high: high,
+                mirrored_to,
+                lag_records: risk.as_ref().map_or(0, |r| r.records),
+                lag_seconds: risk
+                    .as_ref()
+                    .map_or(0.0, |r| (now - r.oldest_ms).max(0) as f64 / 1000.0),
+                at_risk: risk,
+            });
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// One translated offset.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Translated {
+    pub topic: String,
+    pub partition: i32,
+    pub source_offset: i64,
+    pub target_topic: String,
+    /// None while the source offset is ahead of what is mirrored.
+    pub target_offset: Option<i64>,
+}
+
+/// Translates source offsets (a group's commits, or given ones) to target offsets.
+/// `group`: read its committed offsets on the source; `offsets`: (topic, partition, offset).
+pub async fn translate(
+    opts: &MirrorOptions,
+    group: Option<String>,
+    offsets: Vec<(String, i32, i64)>,
+) -> Result<Vec<Translated>> {
+    let opts = opts.clone();
+    blocking(move || {
+        let positions: BTreeMap<(String, i32), Position> = positions(&opts)?
+            .into_iter()
+            .map(|v| ((v.topic, v.partition), v.pos))
+            .collect();
+        let mut wanted = offsets;
+        if let Some(g) = &group {
+            let c = opts.source.inspector(g)?;
+            let parts: Vec<(String, i32)> = positions.keys().cloned().collect();
+            wanted.extend(haven_kafka::committed(&c, &parts, Duration::from_secs(10))?);
+            if wanted.is_empty() {
+                return Err(Error::Input(format!(
+                    "group {g:?} has no committed offsets on the source for the selected topics"
+                )));
+            }
+        }
+        wanted
+            .into_iter()
+            .map(|(topic, partition, offset)| {
+                let pos = positions.get(&(topic.clone(), partition)).ok_or_else(|| {
+                    Error::Input(format!(
+                        "{topic}/{partition} is not mirrored by this mirror"
+                    ))
+                })?;
+                let to = pos.next_source().unwrap_or(0);
+                Ok(Translated {
+                    target_topic: opts.target_topic(&topic),
+                    target_offset: pos.map.translate_committed(offset, to),
+                    topic,
+                    partition,
+                    source_offset: offset,
+                })
+            })
+            .collect()
+    })
+    .await
+}
