@@ -43,6 +43,9 @@ pub enum Event {
         seconds: f64,
         durable_offset: i64,
     },
+    /// This process gave partitions to another member of its job (rebalance): it stops
+    /// reporting their lag.
+    PartitionsReleased { partitions: Vec<(String, i32)> },
     /// Consumer-group commits were sampled; `changes` of them were new.
     GroupsSampled { groups: usize, changes: usize },
     /// Another writer appended to the log at the same time; the backup reconciled.

@@ -238,6 +238,13 @@ impl Observer for Metrics {
                     );
                 }
             }
+            Event::PartitionsReleased { partitions } => {
+                if let Ok(mut l) = self.lag.lock() {
+                    for k in partitions {
+                        l.remove(k);
+                    }
+                }
+            }
             Event::Retrying { .. } => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }

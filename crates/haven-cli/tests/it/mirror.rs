@@ -453,3 +453,78 @@ fn chrono_now() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// Committed offset of `group` on `b` for `topic`/`p` (None: no commit).
+fn committed(b: &Broker, group: &str, topic: &str, p: i32) -> Option<i64> {
+    let c: BaseConsumer = b.config().set("group.id", group).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, p);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
+    let e = got.elements_for_topic(topic);
+    match e.first()?.offset() {
+        rdkafka::Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+#[test]
+fn processes_share_partitions_survive_a_kill_and_sync_groups_continuously() {
+    let us = Broker::start().unwrap();
+    let eu = Broker::start_remote(REGION_DELAY).unwrap();
+    us.create_topic("shipments", 4).unwrap();
+    let batch = |n: usize, tag: &str| -> Vec<Rec> {
+        (0..n)
+            .map(|i| Rec::kv(&format!("k{i}"), &format!("{tag} {i}")).to_partition((i % 4) as i32))
+            .collect()
+    };
+    us.produce("shipments", &batch(400, "first")).unwrap();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", testbed::free_port().unwrap()))
+        .collect();
+    let start = |addr: &str| {
+        spawn_mirror(
+            &us,
+            &eu,
+            "shipments",
+            &[
+                "--name",
+                "shared",
+                "--groups",
+                "shipping",
+                "--metrics-addr",
+                addr,
+            ],
+        )
+    };
+    let mut a = start(&addrs[0]);
+    let mut b = start(&addrs[1]);
+    // Both processes own partitions (each reports lag only for the partitions it owns).
+    let owned = |addr: &str| fetch(addr).matches("haven_mirror_lag_records{").count();
+    wait_for("both processes to own partitions", 90, || {
+        let (x, y) = (owned(&addrs[0]), owned(&addrs[1]));
+        x > 0 && y > 0 && x + y == 4
+    });
+    // A group commits on the source while the mirror runs: synced within seconds.
+    commit(&us, "shipping", "shipments", 2, 60);
+    wait_for("the group offset on the target", 30, || {
+        committed(&eu, "shipping", "shipments", 2) == Some(60)
+    });
+
+    us.produce("shipments", &batch(400, "second")).unwrap();
+    b.kill().unwrap();
+    b.wait().unwrap();
+    us.produce("shipments", &batch(400, "third")).unwrap();
+    // tansu does not make survivors rebalance on its own: a replacement joins after the
+    // dead member's session timeout, and the group hands out its partitions again.
+    std::thread::sleep(Duration::from_secs(11));
+    let mut c = start(&addrs[2]);
+    us.produce("shipments", &batch(400, "fourth")).unwrap();
+    wait_for("the mirror to catch up", 120, || {
+        (0..4).map(|p| high(&eu, "shipments", p)).sum::<i64>() >= 1600
+    });
+    for mut p in [a, c] {
+        let _ = Command::new("kill").arg(p.id().to_string()).status();
+        assert!(p.wait().unwrap().success());
+    }
+    assert_eq!(assert_mirrored(&us, &eu, "shipments", 4, 0), 1600);
+}

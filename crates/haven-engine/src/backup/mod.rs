@@ -550,7 +550,12 @@ fn apply_changes(
                 }
                 report.partitions = batch.parts.len();
             }
-            Change::Revoked(parts) => revoked.extend(parts),
+            Change::Revoked(parts) => {
+                observer.event(&Event::PartitionsReleased {
+                    partitions: parts.clone(),
+                });
+                revoked.extend(parts)
+            }
         }
     }
 }

@@ -236,7 +236,7 @@ async fn session(
     let producer = Arc::new(opts.target.producer()?);
     let known = Arc::new(Mutex::new(known));
     let source = Arc::new(opts.source.inspector("haven-inspector")?);
-    let (changes_tx, changes) = std::sync::mpsc::channel();
+    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let context = MirrorContext {
         opts: opts.clone(),
         known: known.clone(),
@@ -417,6 +417,9 @@ impl Session<'_> {
                 }
             }
             Change::Revoked(revoked) => {
+                self.observer.event(&Event::PartitionsReleased {
+                    partitions: revoked.clone(),
+                });
                 for (t, p) in revoked {
                     if let Some(i) = self.index.get(&t).and_then(|m| m.get(&p)) {
                         self.parts[*i] = None;

@@ -3,7 +3,7 @@
 //! hands it over.
 
 use std::collections::BTreeMap;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use haven_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -157,7 +157,7 @@ pub struct MirrorContext {
     pub known: Arc<Mutex<BTreeMap<(String, i32), Position>>>,
     pub producer: Arc<FutureProducer>,
     pub source: Arc<BaseConsumer>,
-    pub changes: mpsc::Sender<Change>,
+    pub changes: tokio::sync::mpsc::UnboundedSender<Change>,
 }
 
 impl ClientContext for MirrorContext {}

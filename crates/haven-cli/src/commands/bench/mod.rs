@@ -4,6 +4,7 @@
 mod backup;
 mod data;
 mod format;
+mod mirror;
 mod restore;
 mod rpo;
 
@@ -21,6 +22,10 @@ pub enum Command {
     Rpo(rpo::Args),
     /// `haven restore` against a plain rdkafka producer writing the same records.
     Restore(restore::Args),
+    /// `haven mirror --once` across an 80 ms link against a consume-then-produce loop.
+    Mirror(mirror::Args),
+    /// Produce-to-target delay of a continuous mirror across an 80 ms link.
+    MirrorLag(mirror::LagArgs),
 }
 
 /// One measured quantity and its baseline.
@@ -104,6 +109,8 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
         Command::Backup(a) => backup::run(ctx, a).await,
         Command::Rpo(a) => rpo::run(ctx, a).await,
         Command::Restore(a) => restore::run(ctx, a).await,
+        Command::Mirror(a) => mirror::throughput(ctx, a).await,
+        Command::MirrorLag(a) => mirror::lag(ctx, a).await,
     }
 }
 
