@@ -119,6 +119,7 @@ pub async fn lag(ctx: &Ctx, a: LagArgs) -> anyhow::Result<u8> {
         }
         c.assign(&tpl)?;
         let mut delays = Vec::with_capacity(expected);
+        let mut timeline = Vec::new();
         let mut idle = Instant::now();
         while delays.len() < expected {
             anyhow::ensure!(
@@ -128,14 +129,40 @@ pub async fn lag(ctx: &Ctx, a: LagArgs) -> anyhow::Result<u8> {
             );
             if let Some(m) = c.poll(Duration::from_millis(50)) {
                 let m = m?;
+                if m.key() == Some(b"warm-up".as_slice()) {
+                    continue;
+                }
                 let now = chrono::Utc::now().timestamp_millis();
-                delays.push(now - m.timestamp().to_millis().unwrap_or(now));
+                let d = now - m.timestamp().to_millis().unwrap_or(now);
+                delays.push(d);
+                if d > 1000 {
+                    timeline.push((delays.len(), d));
+                }
                 idle = Instant::now();
             }
         }
+        if !timeline.is_empty() {
+            tracing::warn!(
+                "records over 1 s (arrival index, delay ms): {:?}",
+                &timeline[..timeline.len().min(20)]
+            );
+        }
         Ok(delays)
     });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Warm-up: one record per partition must cross before the measured load starts (the
+    // mirror has joined its group and connected to both clusters).
+    let (u, e) = (us.clone(), eu.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let warm: Vec<Rec> = (0..parts).map(|p| Rec::kv("warm-up", "warm-up").to_partition(p)).collect();
+        u.produce("lag", &warm)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while (0..parts).any(|p| e.high_watermark("lag", p).unwrap_or(0) < 1) {
+            anyhow::ensure!(Instant::now() < deadline, "the warm-up records never crossed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    })
+    .await??;
     let u = us.clone();
     let (seconds, rate, size) = (a.seconds, a.rate, a.event_size);
     let produced = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
