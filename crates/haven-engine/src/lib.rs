@@ -26,6 +26,7 @@ pub mod repo;
 pub mod residency;
 pub mod restore;
 pub mod time;
+pub mod timeline;
 pub mod verify;
 
 pub use error::{Error, Result};

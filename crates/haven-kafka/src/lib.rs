@@ -264,13 +264,30 @@ pub async fn create_topic(
     partitions: i32,
     configs: &[(String, String)],
 ) -> Result<()> {
-    let mut nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        nt = nt.set(k, v);
-    }
+    create_topics(admin, &[(topic.to_string(), partitions, configs.to_vec())]).await
+}
+
+/// A topic to create: name, partition count, configuration entries.
+pub type NewTopicSpec = (String, i32, Vec<(String, String)>);
+
+/// Creates topics in one request (async). Existing topics are not an error.
+pub async fn create_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[NewTopicSpec],
+) -> Result<()> {
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(topic, partitions, configs)| {
+            let mut nt = NewTopic::new(topic, *partitions, TopicReplication::Fixed(1));
+            for (k, v) in configs {
+                nt = nt.set(k, v);
+            }
+            nt
+        })
+        .collect();
     let res = admin
         .create_topics(
-            &[nt],
+            &new,
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await

@@ -496,7 +496,7 @@ fn processes_share_partitions_survive_a_kill_and_sync_groups_continuously() {
             ],
         )
     };
-    let mut a = start(&addrs[0]);
+    let a = start(&addrs[0]);
     let mut b = start(&addrs[1]);
     // Both processes own partitions (each reports lag only for the partitions it owns).
     let owned = |addr: &str| fetch(addr).matches("haven_mirror_lag_records{").count();
@@ -517,7 +517,7 @@ fn processes_share_partitions_survive_a_kill_and_sync_groups_continuously() {
     // tansu does not make survivors rebalance on its own: a replacement joins after the
     // dead member's session timeout, and the group hands out its partitions again.
     std::thread::sleep(Duration::from_secs(11));
-    let mut c = start(&addrs[2]);
+    let c = start(&addrs[2]);
     us.produce("shipments", &batch(400, "fourth")).unwrap();
     wait_for("the mirror to catch up", 120, || {
         (0..4).map(|p| high(&eu, "shipments", p)).sum::<i64>() >= 1600

@@ -39,6 +39,9 @@ use crate::{blocking, Error, Result};
 use position::{MapEntry, Position};
 use target::{Change, MirrorContext};
 
+/// Records taken from the consumer's queue at once when they are already there.
+const BURST: usize = 500;
+
 /// How a mirror runs.
 #[derive(Debug, Clone)]
 pub struct MirrorOptions {
@@ -203,7 +206,14 @@ struct Session<'a> {
     index: HashMap<String, HashMap<i32, usize>>,
     in_flight: VecDeque<InFlight>,
     known: Arc<Mutex<BTreeMap<(String, i32), Position>>>,
+    checkpoint: Option<Checkpoint>,
     report: &'a mut MirrorReport,
+}
+
+/// Map entries sent and not yet all acknowledged, and the positions they cover.
+struct Checkpoint {
+    futs: Vec<DeliveryFuture>,
+    snapshot: Vec<((String, i32), Position)>,
 }
 
 async fn session(
@@ -212,23 +222,28 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
     report: &mut MirrorReport,
 ) -> Result<()> {
-    let topics = target::prepare(opts).await?;
+    let t0 = Instant::now();
+    let (topics, target_inspector) = target::prepare(opts).await?;
+    tracing::info!("mirror: target prepared in {:?}", t0.elapsed());
     let parts: Vec<(String, i32)> = topics
         .iter()
         .flat_map(|t| (0..t.partitions).map(move |p| (t.name.clone(), p)))
         .collect();
     let o = opts.clone();
     let ps = parts.clone();
+    let ti = target_inspector.clone();
     let known = blocking(move || {
-        let mut map = position::load_map(&o.target, &o.name, &o.source_id)?;
-        for (t, p) in &ps {
-            let pos = map.entry((t.clone(), *p)).or_default();
-            position::catch_up(&o.target, &o.source_id, t, *p, &o.target_topic(t), pos)?;
-        }
+        let mut map = position::load_map(&o.target, &ti, &o.name, &o.source_id)?;
+        let items: Vec<(String, i32, String)> = ps
+            .iter()
+            .map(|(t, p)| (t.clone(), *p, o.target_topic(t)))
+            .collect();
+        position::catch_up_all(&o.target, &ti, &o.source_id, &items, &mut map)?;
         map.retain(|k, _| ps.contains(k));
         Ok(map)
     })
     .await?;
+    tracing::info!("mirror: positions read back in {:?}", t0.elapsed());
     let duplicates: u64 = known.values().map(|p| p.duplicates).sum();
     if duplicates > report.duplicates {
         report.duplicates = duplicates;
@@ -242,6 +257,7 @@ async fn session(
         known: known.clone(),
         producer: producer.clone(),
         source: source.clone(),
+        target: target_inspector.clone(),
         changes: changes_tx,
     };
     let consumer = opts
@@ -255,6 +271,7 @@ async fn session(
         index: HashMap::new(),
         in_flight: VecDeque::new(),
         known: known.clone(),
+        checkpoint: None,
         report,
     };
     if opts.once {
@@ -311,17 +328,21 @@ async fn session(
                             s.apply(c);
                         }
                         s.copy(&m)?;
+                        drop(m);
+                        // Take what is already fetched in one go: the producer sees bursts,
+                        // not a trickle (fewer wake-ups of its broker thread).
+                        for _ in 0..BURST {
+                            match consumer.recv().now_or_never() {
+                                Some(Ok(m)) => s.copy(&m)?,
+                                Some(Err(e)) => {
+                                    consume_error(e, observer).await?;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
                     }
-                    Err(RdError::PartitionEOF(_)) => {}
-                    Err(RdError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
-                        return Err(Error::Task(
-                            "the source deleted records the mirror had not copied yet (retention); restarting at the source's start".into(),
-                        ));
-                    }
-                    Err(e) => {
-                        observer.event(&Event::Retrying { what: "consume from the source".into(), error: e.to_string() });
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    Err(e) => consume_error(e, observer).await?,
                 },
                 _ = tick.tick() => {}
                 _ = stop.changed() => {
@@ -339,14 +360,16 @@ async fn session(
                 next_sync = now + opts.sync_interval;
                 s.sync_groups(&mut sync).await;
             }
+            s.poll_checkpoint(false).await?;
             if now >= next_checkpoint {
                 next_checkpoint = now + opts.checkpoint_interval;
-                s.checkpoint().await?;
+                s.start_checkpoint()?;
             }
         }
         Ok(())
     }
     .await;
+    tracing::info!("mirror: copy loop ended at {:?}", t0.elapsed());
     // Whatever happened, settle what is in flight so the next session (or process) reads
     // a target that no longer changes behind its back.
     let p = producer.clone();
@@ -360,14 +383,33 @@ async fn session(
     while !s.in_flight.is_empty() {
         s.settle_front().await?;
     }
-    s.checkpoint().await?;
+    s.checkpoint_now().await?;
     if !opts.groups.is_empty() {
         s.sync_groups(&mut sync).await;
     }
     s.measure_lag(&source).await;
     s.report.partitions = s.parts.iter().flatten().count();
+    tracing::info!("mirror: session ended at {:?}", t0.elapsed());
     drop(consumer);
     Ok(())
+}
+
+/// What a consumer error means for the session.
+async fn consume_error(e: RdError, observer: &dyn Observer) -> Result<()> {
+    match e {
+        RdError::PartitionEOF(_) => Ok(()),
+        RdError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange) => Err(Error::Task(
+            "the source deleted records the mirror had not copied yet (retention); restarting at the source's start".into(),
+        )),
+        e => {
+            observer.event(&Event::Retrying {
+                what: "consume from the source".into(),
+                error: e.to_string(),
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(())
+        }
+    }
 }
 
 impl Session<'_> {
@@ -450,7 +492,11 @@ impl Session<'_> {
         {
             return Ok(());
         }
-        let origin = position::header(m, provenance::ORIGIN_HEADER);
+        let origin_header = position::header(m, provenance::ORIGIN_HEADER);
+        let origin = provenance::origin(
+            origin_header,
+            position::header(m, provenance::SOURCE_HEADER),
+        );
         if origin == Some(opts.target_id.as_bytes()) {
             self.report.skipped_origin += 1;
             if part.pending.is_empty() {
@@ -467,7 +513,7 @@ impl Session<'_> {
         }
         let rec = haven_kafka::record_ref(m);
         let source = provenance::encode(&opts.source_id, m.topic(), m.partition(), offset);
-        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len() + 2);
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len() + 1);
         for (name, value) in &rec.headers {
             if *name != provenance::SOURCE_HEADER {
                 headers = headers.insert(Header {
@@ -480,10 +526,11 @@ impl Session<'_> {
             key: provenance::SOURCE_HEADER,
             value: Some(source.as_bytes()),
         });
-        if origin.is_none() {
+        if let (None, Some(o)) = (origin_header, origin) {
+            // Second hop: keep the first hop's origin.
             headers = headers.insert(Header {
                 key: provenance::ORIGIN_HEADER,
-                value: Some(opts.source_id.as_bytes()),
+                value: Some(o),
             });
         }
         let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&part.target_topic)
@@ -657,8 +704,13 @@ impl Session<'_> {
         }
     }
 
-    /// Writes new or grown runs of every partition's map to the map topic.
-    async fn checkpoint(&mut self) -> Result<()> {
+    /// Sends new or grown runs of every partition's map to the map topic without waiting:
+    /// the acknowledgements are collected by [`Session::poll_checkpoint`], so the copy
+    /// pipeline never drains for a checkpoint. Skipped while the previous one is pending.
+    fn start_checkpoint(&mut self) -> Result<()> {
+        if self.checkpoint.is_some() {
+            return Ok(());
+        }
         let topic = position::map_topic(&self.opts.name);
         let mut entries = Vec::new();
         for p in self.parts.iter_mut().flatten() {
@@ -696,21 +748,60 @@ impl Session<'_> {
                     .map_err(|(e, _)| Error::Task(format!("checkpoint to {topic}: {e}")))?,
             );
         }
-        for f in futs {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(Error::Task(format!("checkpoint to {topic}: {e}"))),
-                Err(_) => return Err(Error::Task("the producer was dropped".into())),
-            }
-        }
-        if let Ok(mut known) = self.known.lock() {
-            for p in self.parts.iter().flatten() {
+        let snapshot = self
+            .parts
+            .iter()
+            .flatten()
+            .map(|p| {
                 let mut pos = p.pos.clone();
                 pos.scanned_to = pos.next_target().unwrap_or(0);
-                known.insert((p.topic.clone(), p.partition), pos);
+                ((p.topic.clone(), p.partition), pos)
+            })
+            .collect();
+        self.checkpoint = Some(Checkpoint { futs, snapshot });
+        Ok(())
+    }
+
+    /// Collects a pending checkpoint's acknowledgements (all of them when `wait`); once all
+    /// are in, the positions it covered become what a rebalance starts from.
+    async fn poll_checkpoint(&mut self, wait: bool) -> Result<()> {
+        let Some(cp) = self.checkpoint.as_mut() else {
+            return Ok(());
+        };
+        let topic = position::map_topic(&self.opts.name);
+        let mut rest = Vec::new();
+        for mut f in cp.futs.drain(..) {
+            let res = if wait {
+                Some((&mut f).await)
+            } else {
+                (&mut f).now_or_never()
+            };
+            match res {
+                None => rest.push(f),
+                Some(Ok(Ok(_))) => {}
+                Some(Ok(Err((e, _)))) => {
+                    return Err(Error::Task(format!("checkpoint to {topic}: {e}")))
+                }
+                Some(Err(_)) => return Err(Error::Task("the producer was dropped".into())),
+            }
+        }
+        if !rest.is_empty() {
+            cp.futs = rest;
+            return Ok(());
+        }
+        if let Some(cp) = self.checkpoint.take() {
+            if let Ok(mut known) = self.known.lock() {
+                known.extend(cp.snapshot);
             }
         }
         Ok(())
+    }
+
+    /// Checkpoints everything copied so far and waits for it.
+    async fn checkpoint_now(&mut self) -> Result<()> {
+        self.poll_checkpoint(true).await?;
+        self.start_checkpoint()?;
+        self.poll_checkpoint(true).await
     }
 
     async fn sync_groups(&mut self, sync: &mut groups::GroupSync) {

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use haven_kafka::rdkafka::consumer::BaseConsumer;
 use haven_kafka::rdkafka::message::{BorrowedMessage, Headers, Message};
 use haven_kafka::ClusterConfig;
 use serde::{Deserialize, Serialize};
@@ -94,17 +95,17 @@ pub fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
 /// Reads the map topic: the checkpointed runs of `source_cluster`'s partitions (blocking).
 pub fn load_map(
     target: &ClusterConfig,
+    inspector: &BaseConsumer,
     mirror: &str,
     source_cluster: &str,
 ) -> Result<BTreeMap<(String, i32), Position>> {
     let topic = map_topic(mirror);
-    let inspector = target.inspector("haven-inspector")?;
-    let exists = haven_kafka::list_topics(&inspector, &target.brokers, Duration::from_secs(10))?
+    let exists = haven_kafka::list_topics(inspector, &target.brokers, Duration::from_secs(10))?
         .iter()
         .any(|t| t.name == topic);
     let mut runs: BTreeMap<(String, i32), BTreeMap<(i64, i64), i64>> = BTreeMap::new();
     if exists {
-        let (low, high) = haven_kafka::watermarks(&inspector, &topic, 0, Duration::from_secs(10))?;
+        let (low, high) = haven_kafka::watermarks(inspector, &topic, 0, Duration::from_secs(10))?;
         haven_kafka::scan(target, &topic, 0, low, high, STALL, |m| {
             match m.payload().map(serde_json::from_slice::<MapEntry>) {
                 Some(Ok(e)) if e.source_cluster == source_cluster => {
@@ -151,15 +152,15 @@ pub const STALL: Duration = Duration::from_secs(30);
 /// (blocking). A target partition shorter than the map (re-created topic) resets it.
 pub fn catch_up(
     target: &ClusterConfig,
+    inspector: &BaseConsumer,
     source_cluster: &str,
     topic: &str,
     partition: i32,
     target_topic: &str,
     pos: &mut Position,
 ) -> Result<()> {
-    let inspector = target.inspector("haven-inspector")?;
     let (low, high) =
-        haven_kafka::watermarks(&inspector, target_topic, partition, Duration::from_secs(10))?;
+        haven_kafka::watermarks(inspector, target_topic, partition, Duration::from_secs(10))?;
     if pos.next_target().is_some_and(|n| high < n) {
         tracing::warn!(
             "{target_topic}/{partition} ends at {high}, before the mirror's map: the target topic was re-created; mirroring it again from the start"
@@ -176,5 +177,43 @@ pub fn catch_up(
         true
     })?;
     pos.scanned_to = high;
+    Ok(())
+}
+
+/// [`catch_up`] for many partitions at once (blocking): one metadata connection, and the
+/// partitions read back in parallel, so a start across a slow inter-region link costs a
+/// few round trips, not a few per partition. `parts`: (topic, partition, target topic).
+pub fn catch_up_all(
+    target: &ClusterConfig,
+    inspector: &BaseConsumer,
+    source_cluster: &str,
+    parts: &[(String, i32, String)],
+    positions: &mut BTreeMap<(String, i32), Position>,
+) -> Result<()> {
+    for chunk in parts.chunks(16) {
+        let results: Vec<Result<Position>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|(t, p, tt)| {
+                    let mut pos = positions.get(&(t.clone(), *p)).cloned().unwrap_or_default();
+                    scope.spawn(move || {
+                        catch_up(target, inspector, source_cluster, t, *p, tt, &mut pos)?;
+                        Ok(pos)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(crate::Error::Task("read-back thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        for ((t, p, _), r) in chunk.iter().zip(results) {
+            positions.insert((t.clone(), *p), r?);
+        }
+    }
     Ok(())
 }

@@ -3,8 +3,11 @@
 //! - `haven-mirror-source` = `CLUSTER/TOPIC/PARTITION/OFFSET`: the record this one is a copy
 //!   of, one hop back. The target partition itself is therefore the durable truth of how
 //!   far a mirror got: a restarted mirror reads it back (see `position`).
-//! - `haven-origin` = `CLUSTER`: where the record was first produced, kept across hops. A
-//!   mirror never copies a record back to its origin, so active-active pairs do not loop.
+//! - `haven-origin` = `CLUSTER`: where the record was first produced, written from the
+//!   second hop on (on the first hop the origin is the cluster of `haven-mirror-source`, so
+//!   one header suffices: brokers that store headers row by row, like tansu, pay per
+//!   header). A mirror never copies a record back to its origin, so active-active pairs
+//!   do not loop.
 //!
 //! Cluster ids are the names used in `haven.toml` (or the bootstrap string for a cluster
 //! given as `host:port`): keep them stable, as a mirror recognises its own records by them.
@@ -41,9 +44,31 @@ pub fn decode(value: &[u8]) -> Option<Source<'_>> {
     })
 }
 
+/// The cluster a record was first produced on, from its `haven-origin` and
+/// `haven-mirror-source` headers (None: produced where it is read).
+pub fn origin<'a>(
+    origin_header: Option<&'a [u8]>,
+    source_header: Option<&'a [u8]>,
+) -> Option<&'a [u8]> {
+    origin_header.or_else(|| source_header.and_then(decode).map(|s| s.cluster.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_survives_hops() {
+        let first = encode("us", "t", 0, 5);
+        assert_eq!(origin(None, None), None);
+        assert_eq!(origin(None, Some(first.as_bytes())), Some(b"us".as_slice()));
+        let second = encode("eu", "t", 0, 9);
+        assert_eq!(
+            origin(Some(b"us"), Some(second.as_bytes())),
+            Some(b"us".as_slice())
+        );
+        assert_eq!(origin(None, Some(b"garbage")), None);
+    }
     use proptest::prelude::*;
 
     #[test]

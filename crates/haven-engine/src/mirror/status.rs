@@ -62,29 +62,26 @@ fn positions(opts: &MirrorOptions) -> Result<Vec<View>> {
             opts.topics.as_str()
         )));
     }
-    let mut map = position::load_map(&opts.target, &opts.name, &opts.source_id)?;
+    let t = opts.target.inspector("haven-inspector")?;
+    let mut map = position::load_map(&opts.target, &t, &opts.name, &opts.source_id)?;
+    let items: Vec<(String, i32, String)> = selected
+        .iter()
+        .flat_map(|t| {
+            (0..t.partitions).map(move |p| (t.name.clone(), p, opts.target_topic(&t.name)))
+        })
+        .collect();
+    position::catch_up_all(&opts.target, &t, &opts.source_id, &items, &mut map)?;
     let mut out = Vec::new();
-    for t in &selected {
-        for p in 0..t.partitions {
-            let mut pos = map.remove(&(t.name.clone(), p)).unwrap_or_default();
-            let target_topic = opts.target_topic(&t.name);
-            position::catch_up(
-                &opts.target,
-                &opts.source_id,
-                &t.name,
-                p,
-                &target_topic,
-                &mut pos,
-            )?;
-            let (low, high) = haven_kafka::watermarks(&s, &t.name, p, Duration::from_secs(10))?;
-            out.push(View {
-                topic: t.name.clone(),
-                partition: p,
-                pos,
-                low,
-                high,
-            });
-        }
+    for (topic, partition, _) in items {
+        let pos = map.remove(&(topic.clone(), partition)).unwrap_or_default();
+        let (low, high) = haven_kafka::watermarks(&s, &topic, partition, Duration::from_secs(10))?;
+        out.push(View {
+            topic,
+            partition,
+            pos,
+            low,
+            high,
+        });
     }
     Ok(out)
 }
@@ -114,7 +111,11 @@ pub async fn status(opts: &MirrorOptions) -> Result<Vec<PartitionStatus>> {
                 high,
                 position::STALL,
                 |m| {
-                    if header(m, provenance::ORIGIN_HEADER) == Some(opts.target_id.as_bytes()) {
+                    let origin = provenance::origin(
+                        header(m, provenance::ORIGIN_HEADER),
+                        header(m, provenance::SOURCE_HEADER),
+                    );
+                    if origin == Some(opts.target_id.as_bytes()) {
                         return true;
                     }
                     let ts = m.timestamp().to_millis().unwrap_or(now);

@@ -63,20 +63,22 @@ pub fn starts(
 }
 
 /// Selects the source topics, checks residency and partition counts, creates missing
-/// target topics and the map topic. Returns the selected source topics.
-pub async fn prepare(opts: &MirrorOptions) -> Result<Vec<TopicInfo>> {
+/// target topics and the map topic. Returns the selected source topics and a metadata
+/// client of the target (connections across a slow link are worth keeping).
+pub async fn prepare(opts: &MirrorOptions) -> Result<(Vec<TopicInfo>, Arc<BaseConsumer>)> {
     if opts.source.brokers == opts.target.brokers && opts.prefix.is_empty() {
         return Err(Error::Input(
             "the source and target are the same cluster and no --prefix is set: the mirror would copy its own output forever".into(),
         ));
     }
     let o = opts.clone();
-    let (source_topics, target_topics) = blocking(move || {
+    let (source_topics, target_topics, inspector) = blocking(move || {
         let s = o.source.inspector("haven-inspector")?;
         let t = o.target.inspector("haven-inspector")?;
         Ok((
             haven_kafka::list_topics(&s, &o.source.brokers, Duration::from_secs(10))?,
             haven_kafka::list_topics(&t, &o.target.brokers, Duration::from_secs(10))?,
+            Arc::new(t),
         ))
     })
     .await?;
@@ -103,7 +105,7 @@ pub async fn prepare(opts: &MirrorOptions) -> Result<Vec<TopicInfo>> {
         &format!("the target cluster {:?}", opts.target_id),
     )?;
     let source_admin = opts.source.admin()?;
-    let target_admin = opts.target.admin()?;
+    let mut create = Vec::new();
     for t in &selected {
         let name = opts.target_topic(&t.name);
         match target_topics.iter().find(|x| x.name == name) {
@@ -126,21 +128,22 @@ pub async fn prepare(opts: &MirrorOptions) -> Result<Vec<TopicInfo>> {
                                 .then_some((k, v?))
                         })
                         .collect();
-                haven_kafka::create_topic(&target_admin, &name, t.partitions, &configs).await?;
+                create.push((name, t.partitions, configs));
             }
         }
     }
     let map = position::map_topic(&opts.name);
     if !target_topics.iter().any(|t| t.name == map) {
-        haven_kafka::create_topic(
-            &target_admin,
-            &map,
+        create.push((
+            map,
             1,
-            &[("cleanup.policy".to_string(), "compact".to_string())],
-        )
-        .await?;
+            vec![("cleanup.policy".to_string(), "compact".to_string())],
+        ));
     }
-    Ok(selected)
+    if !create.is_empty() {
+        haven_kafka::create_topics(&opts.target.admin()?, &create).await?;
+    }
+    Ok((selected, inspector))
 }
 
 /// Runs blocking work from a librdkafka callback without stalling the async runtime.
@@ -157,6 +160,7 @@ pub struct MirrorContext {
     pub known: Arc<Mutex<BTreeMap<(String, i32), Position>>>,
     pub producer: Arc<FutureProducer>,
     pub source: Arc<BaseConsumer>,
+    pub target: Arc<BaseConsumer>,
     pub changes: tokio::sync::mpsc::UnboundedSender<Change>,
 }
 
@@ -176,17 +180,17 @@ impl MirrorContext {
             .lock()
             .map_err(|_| Error::Task("lock poisoned".into()))?
             .clone();
-        for (t, p) in &parts {
-            let pos = known.entry((t.clone(), *p)).or_default();
-            position::catch_up(
-                &self.opts.target,
-                &self.opts.source_id,
-                t,
-                *p,
-                &self.opts.target_topic(t),
-                pos,
-            )?;
-        }
+        let items: Vec<(String, i32, String)> = parts
+            .iter()
+            .map(|(t, p)| (t.clone(), *p, self.opts.target_topic(t)))
+            .collect();
+        position::catch_up_all(
+            &self.opts.target,
+            &self.target,
+            &self.opts.source_id,
+            &items,
+            &mut known,
+        )?;
         let starts = starts(&self.source, &parts, &known, false)?;
         let mut out = TopicPartitionList::new();
         for s in &starts {

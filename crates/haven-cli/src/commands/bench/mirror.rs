@@ -63,6 +63,10 @@ pub struct Args {
     rounds: usize,
     #[arg(long, default_value_t = 80)]
     delay_ms: u64,
+    /// Let the loop add the one provenance header Haven adds to each record: isolates what
+    /// the header itself costs on the broker (tansu stores each header as a row).
+    #[arg(long)]
+    loop_with_header: bool,
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -153,11 +157,16 @@ pub async fn lag(ctx: &Ctx, a: LagArgs) -> anyhow::Result<u8> {
     // mirror has joined its group and connected to both clusters).
     let (u, e) = (us.clone(), eu.clone());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let warm: Vec<Rec> = (0..parts).map(|p| Rec::kv("warm-up", "warm-up").to_partition(p)).collect();
+        let warm: Vec<Rec> = (0..parts)
+            .map(|p| Rec::kv("warm-up", "warm-up").to_partition(p))
+            .collect();
         u.produce("lag", &warm)?;
         let deadline = Instant::now() + Duration::from_secs(120);
         while (0..parts).any(|p| e.high_watermark("lag", p).unwrap_or(0) < 1) {
-            anyhow::ensure!(Instant::now() < deadline, "the warm-up records never crossed");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the warm-up records never crossed"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
@@ -240,6 +249,7 @@ fn plain_loop(
     topic: &str,
     target: &str,
     partitions: i32,
+    with_header: bool,
 ) -> anyhow::Result<u64> {
     let c: BaseConsumer = src
         .config()
@@ -271,6 +281,15 @@ fn plain_loop(
         };
         let m = m?;
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(target).partition(m.partition());
+        if with_header {
+            let v = format!("us/{topic}/{}/{}", m.partition(), m.offset());
+            rec = rec.headers(haven_kafka::rdkafka::message::OwnedHeaders::new().insert(
+                haven_kafka::rdkafka::message::Header {
+                    key: "haven-mirror-source",
+                    value: Some(v.as_bytes()),
+                },
+            ));
+        }
         if let Some(k) = m.key() {
             rec = rec.key(k);
         }
@@ -337,11 +356,11 @@ pub async fn throughput(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     for round in 0..a.rounds {
         let target = format!("loop{round}-bench");
         let (u, e, t) = (us.clone(), eu.clone(), target.clone());
-        let parts = a.partitions;
+        let (parts, with_header) = (a.partitions, a.loop_with_header);
         let w = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
             e.create_topic(&t, parts)?;
             let start = Instant::now();
-            let copied = plain_loop(&u, &e, "bench", &t, parts)?;
+            let copied = plain_loop(&u, &e, "bench", &t, parts, with_header)?;
             anyhow::ensure!(copied == n, "the loop copied {copied} of {n}");
             Ok(start.elapsed().as_secs_f64())
         })
@@ -354,9 +373,12 @@ pub async fn throughput(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         let prefix = format!("mirror{round}-");
         let start = Instant::now();
         let out = Command::new(&exe)
-            .args([
-                "-q", "--json", "mirror", "--once", "--topics", "bench", "--name",
-            ])
+            .arg(if std::env::var("HAVEN_BENCH_V").is_ok() {
+                "-v"
+            } else {
+                "-q"
+            })
+            .args(["--json", "mirror", "--once", "--topics", "bench", "--name"])
             .arg(format!("bench{round}"))
             .arg("--prefix")
             .arg(&prefix)
