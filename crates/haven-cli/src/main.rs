@@ -61,6 +61,19 @@ enum Command {
     /// Mirror topics to another cluster continuously (exactly once, offsets translated
     /// exactly, RPO in seconds); `mirror status`, `mirror translate`.
     Mirror(commands::mirror::Args),
+    /// What a service's database restore to T0 means: downstream groups that processed the
+    /// lost events, upstream offsets to rewind to.
+    Impact(commands::impact::Args),
+    /// Set a consumer group's offsets to where they were at an instant (from the backup).
+    Rewind(commands::rewind::Args),
+    /// Replay a window's events to stdout, a topic, an HTTP endpoint or a Postgres table.
+    Replay(commands::replay::Args),
+    /// Emit compensating events (idempotent) for lost events downstream groups processed.
+    Compensate(commands::compensate::Args),
+    /// Write a recovery plan (rewind, replay, compensate) to review, then apply it.
+    Recover(commands::recover::Args),
+    /// Print the repository's audit log of actions that changed a cluster.
+    Audit(commands::audit::Args),
     /// Translate offsets through a restore's offset map.
     #[command(subcommand)]
     Offsets(commands::offsets::Command),
@@ -149,6 +162,12 @@ fn main() -> ExitCode {
             Command::Verify(a) => commands::verify::run(&ctx, a).await,
             Command::Restore(a) => commands::restore::run(&ctx, a).await,
             Command::Mirror(a) => commands::mirror::run(&ctx, a).await,
+            Command::Impact(a) => commands::impact::run(&ctx, a).await,
+            Command::Rewind(a) => commands::rewind::run(&ctx, a).await,
+            Command::Replay(a) => commands::replay::run(&ctx, a).await,
+            Command::Compensate(a) => commands::compensate::run(&ctx, a).await,
+            Command::Recover(a) => commands::recover::run(&ctx, a).await,
+            Command::Audit(a) => commands::audit::run(&ctx, a).await,
             Command::Offsets(c) => commands::offsets::run(&ctx, c).await,
             Command::Cat(a) => commands::cat::run(&ctx, a).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,

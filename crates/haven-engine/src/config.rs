@@ -104,6 +104,22 @@ pub struct MirrorSection {
     pub groups: Vec<String>,
 }
 
+/// A service of the event-driven architecture: what it writes (single writer) and how it
+/// reads. Used by `impact`, `recover` and `compensate`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Topics this service produces (it is their only writer).
+    #[serde(default)]
+    pub produces: Vec<String>,
+    /// Topics this service consumes.
+    #[serde(default)]
+    pub consumes: Vec<String>,
+    /// Consumer groups this service consumes with.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
 /// A data-residency rule: topics matching `topics` may only live in `regions`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +144,9 @@ pub struct Config {
     /// Named data-residency rules.
     #[serde(default)]
     pub residency: BTreeMap<String, ResidencyRule>,
+    /// Services of the event-driven architecture (`haven impact --service NAME`).
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSection>,
 }
 
 pub const EXAMPLE: &str = r#"[clusters.us]
@@ -163,6 +182,11 @@ groups = ["billing", "shipping-.*"]
 [residency.us-customers]
 topics = "customers\\.us\\..*"
 regions = ["us"]
+
+[services.machine-management]
+produces = ["machine-events"]
+consumes = ["documents"]
+groups = ["machine-management"]
 "#;
 
 impl Config {
@@ -277,6 +301,20 @@ impl Config {
                 return Err(invalid(
                     format!("residency.{name}.regions"),
                     "empty: name at least one region the topics may live in".into(),
+                ));
+            }
+        }
+        for (name, svc) in &self.services {
+            if svc.produces.is_empty() && svc.consumes.is_empty() {
+                return Err(invalid(
+                    format!("services.{name}"),
+                    "names no topic: add `produces = [...]` and/or `consumes = [...]`".into(),
+                ));
+            }
+            if !svc.consumes.is_empty() && svc.groups.is_empty() {
+                return Err(invalid(
+                    format!("services.{name}.groups"),
+                    "the service consumes topics but names no consumer group: add `groups = [...]`".into(),
                 ));
             }
         }

@@ -22,6 +22,7 @@ pub mod mirror;
 pub mod offsets;
 pub mod partitioner;
 pub mod read;
+pub mod recovery;
 pub mod repo;
 pub mod residency;
 pub mod restore;

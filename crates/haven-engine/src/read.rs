@@ -59,17 +59,11 @@ pub fn chunk_may_hold(m: &haven_format::ChunkMeta, from: Bound, to: Bound) -> bo
     after && before
 }
 
-/// Calls `f` for every selected record, partition by partition, in offset order.
-/// Returns the number of records.
-pub async fn for_each_record<F>(
-    repo: &Repository,
-    state: &RepoState,
+/// The chunks that may hold selected records, partition by partition, in offset order.
+pub fn chunks_for<'a>(
+    state: &'a RepoState,
     sel: &Selection,
-    mut f: F,
-) -> Result<u64>
-where
-    F: FnMut(i32, &Record) -> Result<()>,
-{
+) -> Result<Vec<(i32, &'a crate::repo::ChunkRef)>> {
     let generation = match sel.generation {
         Some(g) => g,
         None => {
@@ -91,7 +85,7 @@ where
                 .generation
         }
     };
-    let mut n = 0;
+    let mut out = Vec::new();
     for ((t, g, p), ps) in &state.partitions {
         if *t != sel.topic || *g != generation {
             continue;
@@ -99,16 +93,33 @@ where
         if sel.partitions.as_ref().is_some_and(|v| !v.contains(p)) {
             continue;
         }
-        for c in ps
-            .chunks
-            .iter()
-            .filter(|c| chunk_may_hold(&c.meta, sel.from, sel.to))
-        {
-            for r in repo.read_chunk(c).await? {
-                if in_window(r.offset, r.timestamp, sel.from, sel.to) {
-                    f(*p, &r)?;
-                    n += 1;
-                }
+        out.extend(
+            ps.chunks
+                .iter()
+                .filter(|c| chunk_may_hold(&c.meta, sel.from, sel.to))
+                .map(|c| (*p, c)),
+        );
+    }
+    Ok(out)
+}
+
+/// Calls `f` for every selected record, partition by partition, in offset order.
+/// Returns the number of records.
+pub async fn for_each_record<F>(
+    repo: &Repository,
+    state: &RepoState,
+    sel: &Selection,
+    mut f: F,
+) -> Result<u64>
+where
+    F: FnMut(i32, &Record) -> Result<()>,
+{
+    let mut n = 0;
+    for (p, c) in chunks_for(state, sel)? {
+        for r in repo.read_chunk(c).await? {
+            if in_window(r.offset, r.timestamp, sel.from, sel.to) {
+                f(p, &r)?;
+                n += 1;
             }
         }
     }

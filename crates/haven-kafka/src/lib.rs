@@ -388,3 +388,41 @@ pub fn scan(
         }
     }
 }
+
+/// The first offset of a partition whose timestamp is at or after `ts_ms` (blocking);
+/// None when no record is that recent (the caller takes the high watermark).
+pub fn offset_for_time(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    ts_ms: i64,
+    timeout: Duration,
+) -> Result<Option<i64>> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(ts_ms))
+        .map_err(op("offsets for times"))?;
+    let got = consumer
+        .offsets_for_times(tpl, timeout)
+        .map_err(op("offsets for times"))?;
+    Ok(got
+        .elements()
+        .first()
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        }))
+}
+
+/// Describes a consumer group's members (blocking): Some(member descriptions) when the
+/// broker answers, None when it cannot describe groups (the caller must find another
+/// signal).
+pub fn group_members(consumer: &BaseConsumer, group: &str, timeout: Duration) -> Option<Vec<String>> {
+    let list = consumer.fetch_group_list(Some(group), timeout).ok()?;
+    let g = list.groups().iter().find(|g| g.name() == group)?;
+    Some(
+        g.members()
+            .iter()
+            .map(|m| format!("{} ({}@{})", m.id(), m.client_id(), m.client_host()))
+            .collect(),
+    )
+}

@@ -1,14 +1,20 @@
 //! One file per command. Shared arguments and helpers live here.
 
+pub mod audit;
 pub mod backup;
 pub mod bench;
 pub mod cat;
+pub mod compensate;
 pub mod config;
 pub mod demo;
+pub mod impact;
 pub mod ls;
 pub mod mirror;
 pub mod offsets;
+pub mod recover;
+pub mod replay;
 pub mod restore;
+pub mod rewind;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -110,4 +116,33 @@ pub fn parse_bound(s: Option<&str>, now: i64) -> anyhow::Result<haven_engine::re
             ),
         },
     })
+}
+
+/// Parses an instant flag (RFC 3339, epoch ms, or relative like -15m).
+pub fn instant(flag: &str, text: &str) -> anyhow::Result<i64> {
+    let now = chrono::Utc::now().timestamp_millis();
+    haven_engine::time::parse_instant(text, now).map_err(|e| usage(format!("{flag} {text:?}: {e}")))
+}
+
+/// Asks before an action that changes a cluster: `--yes` skips the question; without a
+/// terminal to ask on, the action is refused (exit 2) rather than taken silently.
+pub fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(format!(
+            "{what}: refusing to change the cluster without confirmation; review with --dry-run, then pass --yes"
+        )));
+    }
+    eprint!("{what}\nProceed? [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if matches!(line.trim(), "y" | "Y" | "yes" | "YES") {
+        Ok(())
+    } else {
+        Err(usage("cancelled"))
+    }
 }

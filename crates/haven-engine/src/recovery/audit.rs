@@ -1,0 +1,86 @@
+//! The audit log: every action that changed a cluster (rewind, replay to Kafka, compensate,
+//! recover --apply) is recorded in the repository, append-only: one create-only object per
+//! action under `audit/`, named by time so a listing is chronological. Nothing rewrites or
+//! deletes them; `haven audit` prints them.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::repo::Repository;
+use crate::{Error, Result};
+
+/// One recorded action.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    /// Unix ms.
+    pub at: i64,
+    /// Who ran it (`$USER`, else the numeric uid) and where.
+    pub user: String,
+    pub host: String,
+    /// `rewind`, `replay`, `compensate`, `recover-apply`, ...
+    pub action: String,
+    /// SHA-256 of the plan or parameters the action executed (hex).
+    pub plan_sha256: String,
+    /// What was done, as the command reports it.
+    pub details: serde_json::Value,
+}
+
+fn whoami() -> (String, String) {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    (user, host)
+}
+
+/// SHA-256 (hex) of a value's canonical JSON.
+pub fn sha256_of<T: Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// Appends an entry; returns its key.
+pub async fn record(
+    repo: &Repository,
+    action: &str,
+    plan_sha256: &str,
+    details: serde_json::Value,
+) -> Result<String> {
+    let (user, host) = whoami();
+    let at = chrono::Utc::now().timestamp_millis();
+    let entry = Entry {
+        at,
+        user,
+        host,
+        action: action.to_string(),
+        plan_sha256: plan_sha256.to_string(),
+        details,
+    };
+    let body = serde_json::to_vec_pretty(&entry).map_err(|e| Error::Task(e.to_string()))?;
+    for attempt in 0..5u32 {
+        let key = format!("audit/{at:013}-{:08x}.json", rand::random::<u32>() ^ attempt);
+        match repo.store().put_new(&key, Bytes::from(body.clone())).await {
+            Ok(()) => return Ok(key),
+            Err(haven_storage::StorageError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Task("could not find a free audit key".into()))
+}
+
+/// Every entry, oldest first.
+pub async fn list(repo: &Repository) -> Result<Vec<(String, Entry)>> {
+    let mut objects = repo.store().list("audit/").await?;
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut out = Vec::new();
+    for o in objects {
+        let raw = repo.store().get(&o.key).await?;
+        let e: Entry = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Damaged(format!("{}: not an audit entry: {e}", o.key)))?;
+        out.push((o.key, e));
+    }
+    Ok(out)
+}
