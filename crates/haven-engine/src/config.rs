@@ -314,7 +314,8 @@ impl Config {
             if !svc.consumes.is_empty() && svc.groups.is_empty() {
                 return Err(invalid(
                     format!("services.{name}.groups"),
-                    "the service consumes topics but names no consumer group: add `groups = [...]`".into(),
+                    "the service consumes topics but names no consumer group: add `groups = [...]`"
+                        .into(),
                 ));
             }
         }

@@ -404,19 +404,20 @@ pub fn offset_for_time(
     let got = consumer
         .offsets_for_times(tpl, timeout)
         .map_err(op("offsets for times"))?;
-    Ok(got
-        .elements()
-        .first()
-        .and_then(|e| match e.offset() {
-            Offset::Offset(o) if o >= 0 => Some(o),
-            _ => None,
-        }))
+    Ok(got.elements().first().and_then(|e| match e.offset() {
+        Offset::Offset(o) if o >= 0 => Some(o),
+        _ => None,
+    }))
 }
 
 /// Describes a consumer group's members (blocking): Some(member descriptions) when the
 /// broker answers, None when it cannot describe groups (the caller must find another
 /// signal).
-pub fn group_members(consumer: &BaseConsumer, group: &str, timeout: Duration) -> Option<Vec<String>> {
+pub fn group_members(
+    consumer: &BaseConsumer,
+    group: &str,
+    timeout: Duration,
+) -> Option<Vec<String>> {
     let list = consumer.fetch_group_list(Some(group), timeout).ok()?;
     let g = list.groups().iter().find(|g| g.name() == group)?;
     Some(
@@ -425,4 +426,33 @@ pub fn group_members(consumer: &BaseConsumer, group: &str, timeout: Duration) ->
             .map(|m| format!("{} ({}@{})", m.id(), m.client_id(), m.client_host()))
             .collect(),
     )
+}
+
+/// [`offset_for_time`], checked against the partition's last record (blocking): some
+/// brokers (tansu 0.6) answer offset 0 instead of "none" for an instant after the last
+/// record, so an answer is only trusted when the last record is at least that recent.
+pub fn offset_for_time_checked(
+    cluster: &ClusterConfig,
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    ts_ms: i64,
+    timeout: Duration,
+) -> Result<Option<i64>> {
+    let (_, high) = watermarks(consumer, topic, partition, timeout)?;
+    let Some(o) = offset_for_time(consumer, topic, partition, ts_ms, timeout)? else {
+        return Ok(None);
+    };
+    if high == 0 {
+        return Ok(None);
+    }
+    let mut last_ts = None;
+    scan(cluster, topic, partition, high - 1, high, timeout, |m| {
+        last_ts = m.timestamp().to_millis();
+        false
+    })?;
+    Ok(match last_ts {
+        Some(t) if t < ts_ms => None,
+        _ => Some(o),
+    })
 }

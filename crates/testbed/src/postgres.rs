@@ -139,6 +139,16 @@ impl Postgres {
         self.port
     }
 
+    /// A client program of this Postgres installation (`pg_dump`, `psql`, ...).
+    pub fn tool(&self, name: &str) -> PathBuf {
+        let p = self.bin.join(name);
+        if p.is_file() {
+            p
+        } else {
+            PathBuf::from(name)
+        }
+    }
+
     /// A libpq / tokio-postgres connection string for database `db`.
     pub fn url(&self, db: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)

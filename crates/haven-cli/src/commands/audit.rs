@@ -18,12 +18,22 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let repo = open_repo(&cfg, &a.repo, false).await?;
     let entries = audit::list(&repo).await?;
     if ctx.json {
-        let v: Vec<_> = entries.iter().map(|(k, e)| serde_json::json!({"key": k, "entry": e})).collect();
+        let v: Vec<_> = entries
+            .iter()
+            .map(|(k, e)| serde_json::json!({"key": k, "entry": e}))
+            .collect();
         output::json(&v)?;
     } else {
         let rows: Vec<Vec<String>> = entries
             .iter()
-            .map(|(_, e)| vec![haven_engine::time::format_ms(e.at), e.action.clone(), format!("{}@{}", e.user, e.host), e.plan_sha256[..12.min(e.plan_sha256.len())].to_string()])
+            .map(|(_, e)| {
+                vec![
+                    haven_engine::time::format_ms(e.at),
+                    e.action.clone(),
+                    format!("{}@{}", e.user, e.host),
+                    e.plan_sha256[..12.min(e.plan_sha256.len())].to_string(),
+                ]
+            })
             .collect();
         output::table(&["WHEN", "ACTION", "WHO", "SHA256"], &rows);
     }

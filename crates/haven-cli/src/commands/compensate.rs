@@ -47,12 +47,18 @@ pub struct Args {
     yes: bool,
 }
 
-pub fn generator(template: Option<String>, command: Option<String>, hook: Option<String>) -> anyhow::Result<Generator> {
+pub fn generator(
+    template: Option<String>,
+    command: Option<String>,
+    hook: Option<String>,
+) -> anyhow::Result<Generator> {
     match (template, command, hook) {
         (Some(t), None, None) => Ok(Generator::Template(t)),
         (None, Some(c), None) => Ok(Generator::Command(c)),
         (None, None, Some(h)) => Ok(Generator::Http(h)),
-        _ => Err(usage("give one of --template JSON, --command CMD or --hook URL")),
+        _ => Err(usage(
+            "give one of --template JSON, --command CMD or --hook URL",
+        )),
     }
 }
 
@@ -68,10 +74,17 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let (report, comps) = compensate::compensate(&cl, ranges, &a.to_topic, &gen, true).await?;
     if a.dry_run || comps.is_empty() {
         if ctx.json {
-            output::json(&serde_json::json!({"dry_run": a.dry_run, "report": report, "pending": comps.len()}))?;
+            output::json(
+                &serde_json::json!({"dry_run": a.dry_run, "report": report, "pending": comps.len()}),
+            )?;
         } else {
             for c in &comps {
-                println!("{} for {}: {}", c.id, c.of, String::from_utf8_lossy(c.value.as_deref().unwrap_or_default()));
+                println!(
+                    "{} for {}: {}",
+                    c.id,
+                    c.of,
+                    String::from_utf8_lossy(c.value.as_deref().unwrap_or_default())
+                );
             }
             println!(
                 "{} compensating events to emit for {} original events ({} already emitted){}",
@@ -83,7 +96,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
-    confirm(a.yes, &format!("Emit {} compensating events to {}", comps.len(), a.to_topic))?;
+    confirm(
+        a.yes,
+        &format!("Emit {} compensating events to {}", comps.len(), a.to_topic),
+    )?;
     let (report, _) = compensate::compensate(&cl, ranges, &a.to_topic, &gen, false).await?;
     let cfgrepo = super::open_repo(&cfg, a.impact.repo_args(), false).await?;
     let details = serde_json::json!({"service": imp.service, "restored_to": imp.restored_to, "to_topic": a.to_topic, "generator": gen, "report": report});

@@ -111,7 +111,12 @@ fn print_text(i: &Impact) {
         println!("WARNING: the group timeline has no sample from {a} to {b}");
     }
     for d in &i.downstream {
-        println!("\nDOWNSTREAM {}: {} events produced in the window: {}", d.topic, d.records, ranges(&d.produced));
+        println!(
+            "\nDOWNSTREAM {}: {} events produced in the window: {}",
+            d.topic,
+            d.records,
+            ranges(&d.produced)
+        );
         let rows: Vec<Vec<String>> = d
             .groups
             .iter()
@@ -128,7 +133,10 @@ fn print_text(i: &Impact) {
         output::table(&["GROUP", "STATUS", "PROCESSED", "RANGES", "NOTE"], &rows);
     }
     for u in &i.upstream {
-        println!("\nUPSTREAM {} (group {}): rewind to the offsets at T0", u.topic, u.group);
+        println!(
+            "\nUPSTREAM {} (group {}): rewind to the offsets at T0",
+            u.topic, u.group
+        );
         let rows: Vec<Vec<String>> = u
             .partitions
             .iter()
@@ -147,7 +155,9 @@ pub fn markdown(i: &Impact) -> String {
         i.service, i.restored_to, i.restored_to, i.incident
     );
     for (a, b) in &i.timeline_gaps {
-        s.push_str(&format!("> **Warning**: the group timeline has no sample from {a} to {b}.\n\n"));
+        s.push_str(&format!(
+            "> **Warning**: the group timeline has no sample from {a} to {b}.\n\n"
+        ));
     }
     for d in &i.downstream {
         s.push_str(&format!(
@@ -175,7 +185,13 @@ pub fn markdown(i: &Impact) -> String {
         ));
         for p in &u.partitions {
             let o = |x: Option<i64>| x.map_or("unknown".to_string(), |v| v.to_string());
-            s.push_str(&format!("| {} | {} | {} | {} |\n", p.partition, o(p.at_t0), o(p.now), o(p.records)));
+            s.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                p.partition,
+                o(p.at_t0),
+                o(p.now),
+                o(p.records)
+            ));
         }
         s.push('\n');
     }

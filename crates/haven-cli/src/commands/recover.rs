@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use haven_engine::read::Bound;
 use haven_engine::recovery::plan::{self, RecoveryPlan, Step};
 use haven_engine::recovery::replay::{self, ReplayOptions, Source};
 use haven_engine::recovery::sink::{Sink, SinkSpec};
 use haven_engine::recovery::{audit, compensate, rewind};
-use haven_engine::read::Bound;
 
 use super::compensate::generator;
 use super::{cluster, confirm, load_config, open_repo, usage, ClusterArgs, RepoArgs};
@@ -88,8 +88,13 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
 
 async fn write_plan(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let ia = impact::Args {
-        repo: RepoArgs { repo: a.repo.repo.clone(), key_file: a.repo.key_file.clone() },
-        cluster: ClusterArgs { brokers: a.cluster.brokers.clone() },
+        repo: RepoArgs {
+            repo: a.repo.repo.clone(),
+            key_file: a.repo.key_file.clone(),
+        },
+        cluster: ClusterArgs {
+            brokers: a.cluster.brokers.clone(),
+        },
         service: a.service.clone().unwrap_or_default(),
         restored_to: a.restored_to.clone().unwrap_or_default(),
         incident: a.incident.clone(),
@@ -98,22 +103,39 @@ async fn write_plan(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     };
     let imp = impact::compute(ctx, &ia).await?;
     let replay = a.replay_sink.as_ref().map(|s| {
-        (if a.replay_source == "live" { Source::Live } else { Source::Backup }, s.clone())
+        (
+            if a.replay_source == "live" {
+                Source::Live
+            } else {
+                Source::Backup
+            },
+            s.clone(),
+        )
     });
     if let Some(s) = &a.replay_sink {
         SinkSpec::parse(s)?;
     }
     let comp = match &a.compensate_topic {
-        Some(t) => Some((t.clone(), generator(a.template.clone(), a.command.clone(), a.hook.clone())?)),
+        Some(t) => Some((
+            t.clone(),
+            generator(a.template.clone(), a.command.clone(), a.hook.clone())?,
+        )),
         None => None,
     };
     let p = plan::build(&imp, replay, comp);
     std::fs::write(&a.out, serde_json::to_vec_pretty(&p)?)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", a.out.display()))?;
     if ctx.json {
-        output::json(&serde_json::json!({"plan": a.out, "sha256": audit::sha256_of(&p), "steps": p.steps.len(), "warnings": p.warnings}))?;
+        output::json(
+            &serde_json::json!({"plan": a.out, "sha256": audit::sha256_of(&p), "steps": p.steps.len(), "warnings": p.warnings}),
+        )?;
     } else {
-        println!("wrote {} ({} steps, sha256 {}):", a.out.display(), p.steps.len(), audit::sha256_of(&p));
+        println!(
+            "wrote {} ({} steps, sha256 {}):",
+            a.out.display(),
+            p.steps.len(),
+            audit::sha256_of(&p)
+        );
         for (i, s) in p.steps.iter().enumerate() {
             println!("  {}. {}", i + 1, describe(s));
         }
@@ -127,9 +149,13 @@ async fn write_plan(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
 
 fn describe(s: &Step) -> String {
     match s {
-        Step::Rewind { group, moves } => format!("rewind group {group} on {} partitions", moves.len()),
+        Step::Rewind { group, moves } => {
+            format!("rewind group {group} on {} partitions", moves.len())
+        }
         Step::Replay { topics, sink, .. } => format!("replay {} to {sink}", topics.join(", ")),
-        Step::Compensate { ranges, to_topic, .. } => format!(
+        Step::Compensate {
+            ranges, to_topic, ..
+        } => format!(
             "compensate {} events to {to_topic}",
             ranges.iter().map(|r| (r.3 - r.2).max(0)).sum::<i64>()
         ),
@@ -137,15 +163,24 @@ fn describe(s: &Step) -> String {
 }
 
 async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
-    let raw = std::fs::read(path).map_err(|e| usage(format!("cannot read plan {}: {e}", path.display())))?;
-    let p: RecoveryPlan = serde_json::from_slice(&raw).map_err(|e| usage(format!("{} is not a recovery plan: {e}", path.display())))?;
+    let raw = std::fs::read(path)
+        .map_err(|e| usage(format!("cannot read plan {}: {e}", path.display())))?;
+    let p: RecoveryPlan = serde_json::from_slice(&raw)
+        .map_err(|e| usage(format!("{} is not a recovery plan: {e}", path.display())))?;
     let hash = audit::sha256_of(&p);
     let prog = progress_path(path);
     let done: Vec<usize> = match std::fs::read(&prog) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| usage(format!("{}: {e}", prog.display())))?,
+        Ok(b) => {
+            serde_json::from_slice(&b).map_err(|e| usage(format!("{}: {e}", prog.display())))?
+        }
         Err(_) => Vec::new(),
     };
-    let left: Vec<(usize, &Step)> = p.steps.iter().enumerate().filter(|(i, _)| !done.contains(i)).collect();
+    let left: Vec<(usize, &Step)> = p
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !done.contains(i))
+        .collect();
     if a.dry_run || left.is_empty() {
         for (i, s) in &left {
             println!("{}. {}", i + 1, describe(s));
@@ -153,8 +188,18 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
         println!("{} of {} steps left", left.len(), p.steps.len());
         return Ok(0);
     }
-    let summary: Vec<String> = left.iter().map(|(i, s)| format!("  {}. {}", i + 1, describe(s))).collect();
-    confirm(a.yes, &format!("Apply {} (sha256 {hash}):\n{}", path.display(), summary.join("\n")))?;
+    let summary: Vec<String> = left
+        .iter()
+        .map(|(i, s)| format!("  {}. {}", i + 1, describe(s)))
+        .collect();
+    confirm(
+        a.yes,
+        &format!(
+            "Apply {} (sha256 {hash}):\n{}",
+            path.display(),
+            summary.join("\n")
+        ),
+    )?;
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
     let cl = cluster(&cfg, &a.cluster);
@@ -163,11 +208,22 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
         let res: anyhow::Result<serde_json::Value> = async {
             match step {
                 Step::Rewind { group, moves } => {
-                    let rp = rewind::RewindPlan { group: group.clone(), at: 0, at_text: p.restored_to.clone(), moves: moves.clone() };
+                    let rp = rewind::RewindPlan {
+                        group: group.clone(),
+                        at: 0,
+                        at_text: p.restored_to.clone(),
+                        moves: moves.clone(),
+                    };
                     rewind::apply_async(&cl, &rp, Duration::from_secs(3)).await?;
                     Ok(serde_json::to_value(&rp)?)
                 }
-                Step::Replay { topics, from_ms, to_ms, source, sink } => {
+                Step::Replay {
+                    topics,
+                    from_ms,
+                    to_ms,
+                    source,
+                    sink,
+                } => {
                     let spec = SinkSpec::parse(sink)?;
                     let mut s = Sink::open(&spec, Some(&cl)).await?;
                     let opts = ReplayOptions {
@@ -182,8 +238,13 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
                     let r = replay::replay(Some(&repo), Some(&cl), &opts, &mut s).await?;
                     Ok(serde_json::to_value(&r)?)
                 }
-                Step::Compensate { ranges, to_topic, generator } => {
-                    let (r, _) = compensate::compensate(&cl, ranges, to_topic, generator, false).await?;
+                Step::Compensate {
+                    ranges,
+                    to_topic,
+                    generator,
+                } => {
+                    let (r, _) =
+                        compensate::compensate(&cl, ranges, to_topic, generator, false).await?;
                     Ok(serde_json::to_value(&r)?)
                 }
             }
@@ -209,7 +270,9 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
         }
     }
     if ctx.json {
-        output::json(&serde_json::json!({"applied": path, "sha256": hash, "steps": p.steps.len()}))?;
+        output::json(
+            &serde_json::json!({"applied": path, "sha256": hash, "steps": p.steps.len()}),
+        )?;
     } else {
         println!("plan applied ({} steps)", p.steps.len());
     }

@@ -1,9 +1,9 @@
 //! `haven replay`: the events of a window to a sink, so a service can rebuild from them.
 
 use haven_engine::read::Bound;
+use haven_engine::recovery::audit;
 use haven_engine::recovery::replay::{self, ReplayOptions, Source};
 use haven_engine::recovery::sink::{Sink, SinkSpec};
-use haven_engine::recovery::audit;
 
 use super::{cluster, load_config, open_repo, parse_bound, usage, ClusterArgs, RepoArgs};
 use crate::{output, Ctx};
@@ -57,6 +57,9 @@ pub struct Args {
     /// Events per batch.
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// HTTP sink: how many times a failed POST (connection error, 5xx) is retried.
+    #[arg(long, default_value_t = 8)]
+    retries: u32,
     /// Continue an earlier replay (its id is printed at the start and in --json).
     #[arg(long, value_name = "ID")]
     resume: Option<String>,
@@ -71,20 +74,45 @@ enum SourceArg {
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let now = chrono::Utc::now().timestamp_millis();
-    let (from, to) = (parse_bound(a.from.as_deref(), now)?, parse_bound(a.to.as_deref(), now)?);
+    let (from, to) = (
+        parse_bound(a.from.as_deref(), now)?,
+        parse_bound(a.to.as_deref(), now)?,
+    );
     let source = match a.source {
         SourceArg::Backup => Source::Backup,
         SourceArg::Live => Source::Live,
     };
     let repo = match &a.repo {
-        Some(r) => Some(open_repo(&cfg, &RepoArgs { repo: r.clone(), key_file: a.key_file.clone() }, false).await?),
+        Some(r) => Some(
+            open_repo(
+                &cfg,
+                &RepoArgs {
+                    repo: r.clone(),
+                    key_file: a.key_file.clone(),
+                },
+                false,
+            )
+            .await?,
+        ),
         None if source == Source::Backup => return Err(usage("--source backup needs --repo")),
         None => None,
     };
-    let cl = a.brokers.as_ref().map(|b| cluster(&cfg, &ClusterArgs { brokers: b.clone() }));
+    let cl = a
+        .brokers
+        .as_ref()
+        .map(|b| cluster(&cfg, &ClusterArgs { brokers: b.clone() }));
     let spec = SinkSpec::parse(&a.sink)?;
     let mut sink = Sink::open(&spec, cl.as_ref()).await?;
-    let id = a.resume.clone().unwrap_or_else(|| format!("{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), rand::random::<u16>()));
+    if let Sink::Http { retries, .. } = &mut sink {
+        *retries = a.retries;
+    }
+    let id = a.resume.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{:04x}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+            rand::random::<u16>()
+        )
+    });
     if !ctx.json && spec != SinkSpec::Stdout {
         eprintln!("replay {id}: {} to {}", a.topics.join(", "), a.sink);
     }
@@ -101,7 +129,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         eprintln!("note: no --from/--to: replaying everything");
     }
     let report = replay::replay(repo.as_ref(), cl.as_ref(), &opts, &mut sink).await?;
-    if let (Some(repo), SinkSpec::Kafka { .. } | SinkSpec::Postgres { .. } | SinkSpec::Http { .. }) = (&repo, &spec) {
+    if let (
+        Some(repo),
+        SinkSpec::Kafka { .. } | SinkSpec::Postgres { .. } | SinkSpec::Http { .. },
+    ) = (&repo, &spec)
+    {
         let details = serde_json::json!({"id": id, "sink": redact(&a.sink), "topics": a.topics, "records": report.records});
         audit::record(repo, "replay", &audit::sha256_of(&details), details).await?;
     }
@@ -112,7 +144,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             "replayed {} events in {} batches (replay {id}){}",
             report.records,
             report.batches,
-            if report.resumed_past > 0 { format!("; {} were already delivered by an earlier run", report.resumed_past) } else { String::new() }
+            if report.resumed_past > 0 {
+                format!(
+                    "; {} were already delivered by an earlier run",
+                    report.resumed_past
+                )
+            } else {
+                String::new()
+            }
         );
     }
     Ok(0)

@@ -56,7 +56,12 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let state = repo.load_state().await?;
     let timeline = Timeline::new(&state);
     let topics: Vec<String> = if a.topics.is_empty() {
-        let mut t: Vec<String> = state.group_commits.iter().filter(|c| c.group == a.group).map(|c| c.topic.clone()).collect();
+        let mut t: Vec<String> = state
+            .group_commits
+            .iter()
+            .filter(|c| c.group == a.group)
+            .map(|c| c.topic.clone())
+            .collect();
         t.sort();
         t.dedup();
         t
@@ -71,7 +76,13 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         let rows: Vec<Vec<String>> = plan
             .moves
             .iter()
-            .map(|m| vec![format!("{}/{}", m.topic, m.partition), m.now.map_or("none".into(), |v| v.to_string()), m.to.to_string()])
+            .map(|m| {
+                vec![
+                    format!("{}/{}", m.topic, m.partition),
+                    m.now.map_or("none".into(), |v| v.to_string()),
+                    m.to.to_string(),
+                ]
+            })
             .collect();
         if !ctx.json {
             println!("group {} to its offsets at {}:", plan.group, plan.at_text);
@@ -84,9 +95,23 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
-    confirm(a.yes, &format!("Rewind group {} on {} partitions to {}", plan.group, plan.moves.len(), plan.at_text))?;
+    confirm(
+        a.yes,
+        &format!(
+            "Rewind group {} on {} partitions to {}",
+            plan.group,
+            plan.moves.len(),
+            plan.at_text
+        ),
+    )?;
     rewind::apply_async(&cl, &plan, Duration::from_millis(a.watch_ms)).await?;
-    let key = audit::record(&repo, "rewind", &audit::sha256_of(&plan), serde_json::to_value(&plan)?).await?;
+    let key = audit::record(
+        &repo,
+        "rewind",
+        &audit::sha256_of(&plan),
+        serde_json::to_value(&plan)?,
+    )
+    .await?;
     if ctx.json {
         output::json(&serde_json::json!({"rewound": plan, "audit": key}))?;
     } else {

@@ -4,6 +4,7 @@ mod backup;
 mod config;
 mod foundation;
 mod mirror;
+mod recovery;
 mod restore;
 mod storage;
 

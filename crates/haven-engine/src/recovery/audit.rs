@@ -61,7 +61,10 @@ pub async fn record(
     };
     let body = serde_json::to_vec_pretty(&entry).map_err(|e| Error::Task(e.to_string()))?;
     for attempt in 0..5u32 {
-        let key = format!("audit/{at:013}-{:08x}.json", rand::random::<u32>() ^ attempt);
+        let key = format!(
+            "audit/{at:013}-{:08x}.json",
+            rand::random::<u32>() ^ attempt
+        );
         match repo.store().put_new(&key, Bytes::from(body.clone())).await {
             Ok(()) => return Ok(key),
             Err(haven_storage::StorageError::AlreadyExists { .. }) => continue,

@@ -71,8 +71,14 @@ fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 /// becomes the JSON value itself (numbers stay numbers); inside a longer string it is
 /// inserted as text. The result must be valid JSON.
 pub fn render(template: &str, topic: &str, partition: i32, r: &Record) -> Result<Vec<u8>> {
-    let value_json: Option<Value> = r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok());
-    let text = |b: &Option<Vec<u8>>| b.as_deref().map(|b| String::from_utf8_lossy(b).into_owned());
+    let value_json: Option<Value> = r
+        .value
+        .as_deref()
+        .and_then(|v| serde_json::from_slice(v).ok());
+    let text = |b: &Option<Vec<u8>>| {
+        b.as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
     let resolve = |name: &str| -> Result<Value> {
         Ok(match name {
             "topic" => Value::from(topic),
@@ -103,9 +109,10 @@ pub fn render(template: &str, topic: &str, partition: i32, r: &Record) -> Result
     let mut out = String::new();
     let mut rest = template;
     while let Some(i) = rest.find("{{") {
-        let j = rest[i..].find("}}").map(|j| i + j).ok_or_else(|| {
-            Error::Input("template: `{{` without a closing `}}`".into())
-        })?;
+        let j = rest[i..]
+            .find("}}")
+            .map(|j| i + j)
+            .ok_or_else(|| Error::Input("template: `{{` without a closing `}}`".into()))?;
         let name = rest[i + 2..j].trim();
         let v = resolve(name)?;
         let quoted = out.ends_with('"') && rest[..i].is_empty() || rest[..i].ends_with('"');
@@ -126,25 +133,51 @@ pub fn render(template: &str, topic: &str, partition: i32, r: &Record) -> Result
         }
     }
     out.push_str(rest);
-    serde_json::from_str::<Value>(&out)
-        .map_err(|e| Error::Input(format!("the template does not give JSON for {topic}/{partition}@{}: {e}: {out}", r.offset)))?;
+    serde_json::from_str::<Value>(&out).map_err(|e| {
+        Error::Input(format!(
+            "the template does not give JSON for {topic}/{partition}@{}: {e}: {out}",
+            r.offset
+        ))
+    })?;
     Ok(out.into_bytes())
 }
 
+/// A generated event: key, value, headers.
+type Made = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
 /// Parses a hook's answer: one JSON object per line.
-fn parse_answer(text: &str, what: &str) -> Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>)>> {
+fn parse_answer(text: &str, what: &str) -> Result<Vec<Made>> {
     let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let v: Value = serde_json::from_str(line)
             .map_err(|e| Error::Input(format!("{what}: line {} is not JSON: {e}", n + 1)))?;
-        let bad = |f: &str| Error::Input(format!("{what}: line {}: `{f}` must be a string, {{\"base64\": ...}} or null", n + 1));
+        let bad = |f: &str| {
+            Error::Input(format!(
+                "{what}: line {}: `{f}` must be a string, {{\"base64\": ...}} or null",
+                n + 1
+            ))
+        };
         let key = json_bytes(v.get("key").unwrap_or(&Value::Null)).map_err(|_| bad("key"))?;
         let value = json_bytes(v.get("value").unwrap_or(&Value::Null)).map_err(|_| bad("value"))?;
         let mut headers = Vec::new();
         if let Some(hs) = v.get("headers").and_then(Value::as_array) {
             for h in hs {
-                let name = h.get(0).and_then(Value::as_str).ok_or_else(|| bad("headers"))?;
-                headers.push((name.to_string(), json_bytes(h.get(1).unwrap_or(&Value::Null)).map_err(|_| bad("headers"))?));
+                let name = h
+                    .get(0)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("headers"))?;
+                headers.push((
+                    name.to_string(),
+                    json_bytes(h.get(1).unwrap_or(&Value::Null)).map_err(|_| bad("headers"))?,
+                ));
             }
         }
         out.push((key, value, headers));
@@ -153,10 +186,19 @@ fn parse_answer(text: &str, what: &str) -> Result<Vec<(Option<Vec<u8>>, Option<V
 }
 
 /// The compensating events for one original event.
-pub async fn generate(gen: &Generator, topic: &str, partition: i32, r: &Record) -> Result<Vec<Compensation>> {
+pub async fn generate(
+    gen: &Generator,
+    topic: &str,
+    partition: i32,
+    r: &Record,
+) -> Result<Vec<Compensation>> {
     let of = format!("{topic}/{partition}/{}", r.offset);
     let made = match gen {
-        Generator::Template(t) => vec![(r.key.clone(), Some(render(t, topic, partition, r)?), Vec::new())],
+        Generator::Template(t) => vec![(
+            r.key.clone(),
+            Some(render(t, topic, partition, r)?),
+            Vec::new(),
+        )],
         Generator::Command(cmd) => {
             let input = format!("{}\n", record_json(topic, partition, r));
             let cmd = cmd.clone();
@@ -168,13 +210,22 @@ pub async fn generate(gen: &Generator, topic: &str, partition: i32, r: &Record) 
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::inherit())
                     .spawn()
-                    .map_err(|e| Error::Input(format!("cannot run compensation command {cmd:?}: {e}")))?;
+                    .map_err(|e| {
+                        Error::Input(format!("cannot run compensation command {cmd:?}: {e}"))
+                    })?;
                 if let Some(mut stdin) = child.stdin.take() {
-                    stdin.write_all(input.as_bytes()).map_err(|e| Error::Task(e.to_string()))?;
+                    stdin
+                        .write_all(input.as_bytes())
+                        .map_err(|e| Error::Task(e.to_string()))?;
                 }
-                let out = child.wait_with_output().map_err(|e| Error::Task(e.to_string()))?;
+                let out = child
+                    .wait_with_output()
+                    .map_err(|e| Error::Task(e.to_string()))?;
                 if !out.status.success() {
-                    return Err(Error::Input(format!("compensation command {cmd:?} failed ({})", out.status)));
+                    return Err(Error::Input(format!(
+                        "compensation command {cmd:?} failed ({})",
+                        out.status
+                    )));
                 }
                 Ok(String::from_utf8_lossy(&out.stdout).into_owned())
             })
@@ -194,7 +245,10 @@ pub async fn generate(gen: &Generator, topic: &str, partition: i32, r: &Record) 
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
             if !status.is_success() {
-                return Err(Error::Input(format!("compensation hook {url} answered {status}: {}", body.chars().take(300).collect::<String>())));
+                return Err(Error::Input(format!(
+                    "compensation hook {url} answered {status}: {}",
+                    body.chars().take(300).collect::<String>()
+                )));
             }
             parse_answer(&body, "compensation hook")?
         }
@@ -219,7 +273,12 @@ pub fn emitted_ids(cluster: &ClusterConfig, topic: &str) -> Result<BTreeSet<Stri
         .into_iter()
         .find(|t| t.name == topic)
         .map(|t| t.partitions)
-        .ok_or_else(|| Error::Input(format!("compensation topic {topic} does not exist on {}: create it first", cluster.brokers)))?;
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "compensation topic {topic} does not exist on {}: create it first",
+                cluster.brokers
+            ))
+        })?;
     let mut ids = BTreeSet::new();
     for p in 0..n {
         let (low, high) = haven_kafka::watermarks(&i, topic, p, Duration::from_secs(10))?;
@@ -284,11 +343,20 @@ pub async fn compensate(
     for comp in &pending {
         let mut headers = OwnedHeaders::new_with_capacity(comp.headers.len() + 2);
         for (k, v) in &comp.headers {
-            headers = headers.insert(Header { key: k, value: v.as_deref() });
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
         }
         headers = headers
-            .insert(Header { key: ID_HEADER, value: Some(comp.id.as_bytes()) })
-            .insert(Header { key: OF_HEADER, value: Some(comp.of.as_bytes()) });
+            .insert(Header {
+                key: ID_HEADER,
+                value: Some(comp.id.as_bytes()),
+            })
+            .insert(Header {
+                key: OF_HEADER,
+                value: Some(comp.of.as_bytes()),
+            });
         let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(to_topic).headers(headers);
         if let Some(k) = &comp.key {
             fr = fr.key(k);
@@ -296,7 +364,11 @@ pub async fn compensate(
         if let Some(v) = &comp.value {
             fr = fr.payload(v);
         }
-        futs.push(producer.send_result(fr).map_err(|(e, _)| Error::Task(format!("produce to {to_topic}: {e}")))?);
+        futs.push(
+            producer
+                .send_result(fr)
+                .map_err(|(e, _)| Error::Task(format!("produce to {to_topic}: {e}")))?,
+        );
     }
     for f in futs {
         match f.await {
@@ -337,12 +409,21 @@ mod tests {
         .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["machine"], "m-1");
-        assert_eq!(v["hours"], 12, "a whole-string placeholder keeps the JSON type");
+        assert_eq!(
+            v["hours"], 12,
+            "a whole-string placeholder keeps the JSON type"
+        );
         assert_eq!(v["of"], "machine-events/2/7");
         assert_eq!(v["why"], "lost a \"quoted\" one");
-        assert!(render(r#"{"x":"{{value.nope}}"}"#, "t", 0, &r).unwrap_err().to_string().contains("nope"));
+        assert!(render(r#"{"x":"{{value.nope}}"}"#, "t", 0, &r)
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
         assert!(render(r#"{"x":"{{bogus}}"}"#, "t", 0, &r).is_err());
-        assert!(render(r#"{"x": {{value.machine.id}}"#, "t", 0, &r).is_err(), "not JSON");
+        assert!(
+            render(r#"{"x": {{value.machine.id}}"#, "t", 0, &r).is_err(),
+            "not JSON"
+        );
     }
 
     #[test]

@@ -119,20 +119,38 @@ pub async fn analyse(
                 .iter()
                 .find(|x| x.name == t)
                 .map(|x| x.partitions)
-                .ok_or_else(|| Error::Input(format!("topic {t} (of service {}) is not on {}", svc.name, c.brokers)))
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "topic {t} (of service {}) is not on {}",
+                        svc.name, c.brokers
+                    ))
+                })
         };
         let mut downstream = Vec::new();
         for topic in &svc.produces {
             let n = partitions_of(topic)?;
             let mut produced = Vec::new();
             for p in 0..n {
-                let (_, high) = haven_kafka::watermarks(&inspector, topic, p, Duration::from_secs(10))?;
+                let (_, high) =
+                    haven_kafka::watermarks(&inspector, topic, p, Duration::from_secs(10))?;
                 let at = |ts| -> Result<i64> {
-                    Ok(haven_kafka::offset_for_time(&inspector, topic, p, ts, Duration::from_secs(10))?
-                        .unwrap_or(high))
+                    Ok(haven_kafka::offset_for_time_checked(
+                        &c,
+                        &inspector,
+                        topic,
+                        p,
+                        ts,
+                        Duration::from_secs(10),
+                    )?
+                    .unwrap_or(high))
                 };
                 let (from, to) = (at(t0)?, at(t1)?);
-                produced.push(Range { partition: p, from, to, records: (to - from).max(0) });
+                produced.push(Range {
+                    partition: p,
+                    from,
+                    to,
+                    records: (to - from).max(0),
+                });
             }
             let mut groups: BTreeSet<String> = tl.groups_on(topic).into_iter().collect();
             for (g, consumes) in &known_consumers {
@@ -157,7 +175,12 @@ pub async fn analyse(
                         Some(c) => {
                             let upto = c.min(r.to);
                             if upto > r.from {
-                                ranges.push(Range { partition: r.partition, from: r.from, to: upto, records: upto - r.from });
+                                ranges.push(Range {
+                                    partition: r.partition,
+                                    from: r.from,
+                                    to: upto,
+                                    records: upto - r.from,
+                                });
                             }
                         }
                         None if r.records > 0 => unknown.push(r.partition),
@@ -174,7 +197,10 @@ pub async fn analyse(
                 };
                 let mut notes = Vec::new();
                 if live.is_none() {
-                    notes.push("live commits unreachable: positions from the backup's timeline".to_string());
+                    notes.push(
+                        "live commits unreachable: positions from the backup's timeline"
+                            .to_string(),
+                    );
                 }
                 if !unknown.is_empty() {
                     notes.push(format!("no commit known on partitions {unknown:?}"));
@@ -216,7 +242,11 @@ pub async fn analyse(
                         }
                     })
                     .collect();
-                upstream.push(Upstream { topic: topic.clone(), group: g.clone(), partitions });
+                upstream.push(Upstream {
+                    topic: topic.clone(),
+                    group: g.clone(),
+                    partitions,
+                });
             }
         }
         Ok((downstream, upstream))

@@ -47,7 +47,11 @@ impl Service {
     pub fn consumers(cfg: &crate::config::Config) -> Vec<(String, Vec<String>)> {
         cfg.services
             .values()
-            .flat_map(|s| s.groups.iter().map(move |g| (g.clone(), s.consumes.clone())))
+            .flat_map(|s| {
+                s.groups
+                    .iter()
+                    .map(move |g| (g.clone(), s.consumes.clone()))
+            })
             .collect()
     }
 }

@@ -55,8 +55,8 @@ async fn load_progress(repo: &Repository, id: &str) -> Result<(Progress, u64)> {
         return Ok((Progress::new(), 0));
     };
     let raw = repo.store().get(&last.key).await?;
-    let p: Progress = serde_json::from_slice(&raw)
-        .map_err(|e| Error::Damaged(format!("{}: {e}", last.key)))?;
+    let p: Progress =
+        serde_json::from_slice(&raw).map_err(|e| Error::Damaged(format!("{}: {e}", last.key)))?;
     Ok((p, objects.len() as u64))
 }
 
@@ -82,7 +82,11 @@ struct Run<'a> {
 impl Run<'_> {
     async fn push(&mut self, e: Event) -> Result<()> {
         let key = format!("{}/{}", e.topic, e.partition);
-        if self.progress.get(&key).is_some_and(|next| e.record.offset < *next) {
+        if self
+            .progress
+            .get(&key)
+            .is_some_and(|next| e.record.offset < *next)
+        {
             self.report.resumed_past += 1;
             return Ok(());
         }
@@ -102,9 +106,17 @@ impl Run<'_> {
             self.progress
                 .insert(format!("{}/{}", e.topic, e.partition), e.record.offset + 1);
             self.report.records += 1;
-            match self.report.partitions.iter_mut().find(|x| x.0 == e.topic && x.1 == e.partition) {
+            match self
+                .report
+                .partitions
+                .iter_mut()
+                .find(|x| x.0 == e.topic && x.1 == e.partition)
+            {
                 Some(x) => x.2 += 1,
-                None => self.report.partitions.push((e.topic.clone(), e.partition, 1)),
+                None => self
+                    .report
+                    .partitions
+                    .push((e.topic.clone(), e.partition, 1)),
             }
         }
         self.report.batches += 1;
@@ -156,16 +168,28 @@ pub async fn replay(
                 for (p, c) in chunks_for(&state, &sel)? {
                     for r in repo.read_chunk(c).await? {
                         if in_window(r.offset, r.timestamp, opts.from, opts.to) {
-                            run.push(Event { topic: topic.clone(), partition: p, record: r }).await?;
+                            run.push(Event {
+                                topic: topic.clone(),
+                                partition: p,
+                                record: r,
+                            })
+                            .await?;
                         }
                     }
                 }
             }
         }
         Source::Live => {
-            let cluster = cluster.ok_or_else(|| Error::Input("--source live needs --brokers".into()))?;
+            let cluster =
+                cluster.ok_or_else(|| Error::Input("--source live needs --brokers".into()))?;
             for topic in &opts.topics {
-                let (c, t, parts, from, to) = (cluster.clone(), topic.clone(), opts.partitions.clone(), opts.from, opts.to);
+                let (c, t, parts, from, to) = (
+                    cluster.clone(),
+                    topic.clone(),
+                    opts.partitions.clone(),
+                    opts.from,
+                    opts.to,
+                );
                 // Offsets of the window per partition, then the records (blocking reads).
                 let ranges = blocking(move || {
                     let i = c.inspector("haven-inspector")?;
@@ -173,18 +197,29 @@ pub async fn replay(
                         .into_iter()
                         .find(|x| x.name == t)
                         .map(|x| x.partitions)
-                        .ok_or_else(|| Error::Input(format!("topic {t} is not on {}", c.brokers)))?;
+                        .ok_or_else(|| {
+                            Error::Input(format!("topic {t} is not on {}", c.brokers))
+                        })?;
                     let mut out = Vec::new();
                     for p in 0..n {
                         if parts.as_ref().is_some_and(|v| !v.contains(&p)) {
                             continue;
                         }
-                        let (low, high) = haven_kafka::watermarks(&i, &t, p, Duration::from_secs(10))?;
+                        let (low, high) =
+                            haven_kafka::watermarks(&i, &t, p, Duration::from_secs(10))?;
                         let at = |b: Bound, default: i64| -> Result<i64> {
                             Ok(match b {
                                 Bound::Unbounded => default,
                                 Bound::Offset(o) => o.clamp(low, high),
-                                Bound::Time(ts) => haven_kafka::offset_for_time(&i, &t, p, ts, Duration::from_secs(10))?.unwrap_or(high),
+                                Bound::Time(ts) => haven_kafka::offset_for_time_checked(
+                                    &c,
+                                    &i,
+                                    &t,
+                                    p,
+                                    ts,
+                                    Duration::from_secs(10),
+                                )?
+                                .unwrap_or(high),
                             })
                         };
                         out.push((p, at(from, low)?, at(to, high)?));
@@ -197,12 +232,18 @@ pub async fn replay(
                     let (tx, mut rx) = tokio::sync::mpsc::channel::<haven_format::Record>(1000);
                     let reader = tokio::task::spawn_blocking(move || {
                         haven_kafka::scan(&c, &t, p, a, b, Duration::from_secs(30), |m| {
-                            tx.blocking_send(haven_kafka::record_ref(m).to_owned()).is_ok()
+                            tx.blocking_send(haven_kafka::record_ref(m).to_owned())
+                                .is_ok()
                         })
                     });
                     while let Some(r) = rx.recv().await {
                         if in_window(r.offset, r.timestamp, opts.from, opts.to) {
-                            run.push(Event { topic: topic.clone(), partition: p, record: r }).await?;
+                            run.push(Event {
+                                topic: topic.clone(),
+                                partition: p,
+                                record: r,
+                            })
+                            .await?;
                         }
                     }
                     reader.await.map_err(|e| Error::Task(e.to_string()))??;

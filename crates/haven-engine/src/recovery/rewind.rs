@@ -43,7 +43,10 @@ pub enum Activity {
     Inactive,
     /// Members as the broker describes them (empty when it cannot describe groups and the
     /// evidence is moving commits).
-    Active { members: Vec<String>, evidence: String },
+    Active {
+        members: Vec<String>,
+        evidence: String,
+    },
 }
 
 /// The rewind of `group` on `topics` to instant `at`, from the timeline. Partitions the
@@ -87,9 +90,16 @@ pub fn plan(timeline: &Timeline, group: &str, topics: &[String], at: i64) -> Res
     })
 }
 
-fn current(cluster: &ClusterConfig, group: &str, moves: &[Move]) -> Result<Vec<(String, i32, i64)>> {
+fn current(
+    cluster: &ClusterConfig,
+    group: &str,
+    moves: &[Move],
+) -> Result<Vec<(String, i32, i64)>> {
     let c = cluster.inspector(group)?;
-    let parts: Vec<(String, i32)> = moves.iter().map(|m| (m.topic.clone(), m.partition)).collect();
+    let parts: Vec<(String, i32)> = moves
+        .iter()
+        .map(|m| (m.topic.clone(), m.partition))
+        .collect();
     Ok(haven_kafka::committed(&c, &parts, Duration::from_secs(10))?)
 }
 
@@ -169,7 +179,11 @@ pub fn apply(cluster: &ClusterConfig, plan: &RewindPlan, watch: Duration) -> Res
 }
 
 /// Runs [`apply`] off the async runtime.
-pub async fn apply_async(cluster: &ClusterConfig, plan: &RewindPlan, watch: Duration) -> Result<()> {
+pub async fn apply_async(
+    cluster: &ClusterConfig,
+    plan: &RewindPlan,
+    watch: Duration,
+) -> Result<()> {
     let (c, p) = (cluster.clone(), plan.clone());
     blocking(move || apply(&c, &p, watch)).await
 }

@@ -43,7 +43,9 @@ impl SinkSpec {
             if t.is_empty() {
                 return Err(Error::Input("--sink kafka:TOPIC needs a topic".into()));
             }
-            return Ok(SinkSpec::Kafka { topic: t.to_string() });
+            return Ok(SinkSpec::Kafka {
+                topic: t.to_string(),
+            });
         }
         if s.starts_with("http://") || s.starts_with("https://") {
             return Ok(SinkSpec::Http { url: s.to_string() });
@@ -59,12 +61,24 @@ impl SinkSpec {
                 }
             }
             let table = table.ok_or_else(|| {
-                Error::Input("--sink postgres://...: add ?table=NAME (the table replayed events go to)".into())
+                Error::Input(
+                    "--sink postgres://...: add ?table=NAME (the table replayed events go to)"
+                        .into(),
+                )
             })?;
-            if !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
-                return Err(Error::Input(format!("--sink: table name {table:?} may only hold letters, digits, _ and .")));
+            if !table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            {
+                return Err(Error::Input(format!(
+                    "--sink: table name {table:?} may only hold letters, digits, _ and ."
+                )));
             }
-            let url = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
+            let url = if rest.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}?{}", rest.join("&"))
+            };
             return Ok(SinkSpec::Postgres { url, table });
         }
         Err(Error::Input(format!(
@@ -75,9 +89,19 @@ impl SinkSpec {
 
 pub enum Sink {
     Stdout,
-    Kafka { producer: FutureProducer, topic: String },
-    Http { client: reqwest::Client, url: String },
-    Postgres { client: tokio_postgres::Client, table: String },
+    Kafka {
+        producer: FutureProducer,
+        topic: String,
+    },
+    Http {
+        client: reqwest::Client,
+        url: String,
+        retries: u32,
+    },
+    Postgres {
+        client: tokio_postgres::Client,
+        table: String,
+    },
 }
 
 impl Sink {
@@ -86,28 +110,49 @@ impl Sink {
         Ok(match spec {
             SinkSpec::Stdout => Sink::Stdout,
             SinkSpec::Kafka { topic } => {
-                let cluster = cluster.ok_or_else(|| Error::Input("--sink kafka:TOPIC needs --brokers".into()))?;
+                let cluster = cluster
+                    .ok_or_else(|| Error::Input("--sink kafka:TOPIC needs --brokers".into()))?;
                 let c = cluster.clone();
-                let (t, topics) = (topic.clone(), crate::blocking(move || {
-                    let i = c.inspector("haven-inspector")?;
-                    Ok(haven_kafka::list_topics(&i, &c.brokers, Duration::from_secs(10))?)
-                }).await?);
+                let (t, topics) = (
+                    topic.clone(),
+                    crate::blocking(move || {
+                        let i = c.inspector("haven-inspector")?;
+                        Ok(haven_kafka::list_topics(
+                            &i,
+                            &c.brokers,
+                            Duration::from_secs(10),
+                        )?)
+                    })
+                    .await?,
+                );
                 if !topics.iter().any(|x| x.name == t) {
-                    return Err(Error::Input(format!("sink topic {t} does not exist on {}: create it first", cluster.brokers)));
+                    return Err(Error::Input(format!(
+                        "sink topic {t} does not exist on {}: create it first",
+                        cluster.brokers
+                    )));
                 }
-                Sink::Kafka { producer: cluster.producer()?, topic: topic.clone() }
+                Sink::Kafka {
+                    producer: cluster.producer()?,
+                    topic: topic.clone(),
+                }
             }
             SinkSpec::Http { url } => {
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(30))
                     .build()
                     .map_err(|e| Error::Task(e.to_string()))?;
-                Sink::Http { client, url: url.clone() }
+                Sink::Http {
+                    client,
+                    url: url.clone(),
+                    retries: 8,
+                }
             }
             SinkSpec::Postgres { url, table } => {
                 let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
                     .await
-                    .map_err(|e| Error::Input(format!("sink {}: cannot connect: {e}", redact(url))))?;
+                    .map_err(|e| {
+                        Error::Input(format!("sink {}: cannot connect: {e}", redact(url)))
+                    })?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::error!("postgres sink connection: {e}");
@@ -121,7 +166,10 @@ impl Sink {
                     ))
                     .await
                     .map_err(|e| Error::Input(format!("sink table {table}: {e}")))?;
-                Sink::Postgres { client, table: table.clone() }
+                Sink::Postgres {
+                    client,
+                    table: table.clone(),
+                }
             }
         })
     }
@@ -148,10 +196,17 @@ impl Sink {
                     let source = format!("{}/{}/{}", e.topic, e.partition, r.offset);
                     let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
                     for h in &r.headers {
-                        headers = headers.insert(Header { key: &h.name, value: h.value.as_deref() });
+                        headers = headers.insert(Header {
+                            key: &h.name,
+                            value: h.value.as_deref(),
+                        });
                     }
-                    headers = headers.insert(Header { key: "haven-source", value: Some(source.as_bytes()) });
-                    let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+                    headers = headers.insert(Header {
+                        key: "haven-source",
+                        value: Some(source.as_bytes()),
+                    });
+                    let mut fr: FutureRecord<'_, [u8], [u8]> =
+                        FutureRecord::to(topic).headers(headers);
                     if let Some(k) = &r.key {
                         fr = fr.key(k);
                     }
@@ -161,24 +216,34 @@ impl Sink {
                     if r.timestamp >= 0 {
                         fr = fr.timestamp(r.timestamp);
                     }
-                    futs.push(producer.send_result(fr).map_err(|(e, _)| Error::Task(format!("produce to {topic}: {e}")))?);
+                    futs.push(
+                        producer
+                            .send_result(fr)
+                            .map_err(|(e, _)| Error::Task(format!("produce to {topic}: {e}")))?,
+                    );
                 }
                 for f in futs {
                     match f.await {
                         Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => return Err(Error::Task(format!("produce to {topic}: {e}"))),
+                        Ok(Err((e, _))) => {
+                            return Err(Error::Task(format!("produce to {topic}: {e}")))
+                        }
                         Err(_) => return Err(Error::Task("the producer was dropped".into())),
                     }
                 }
                 Ok(())
             }
-            Sink::Http { client, url } => {
+            Sink::Http {
+                client,
+                url,
+                retries,
+            } => {
                 let mut body = String::new();
                 for e in batch {
                     body.push_str(&record_json(&e.topic, e.partition, &e.record).to_string());
                     body.push('\n');
                 }
-                post_with_retries(client, url, body).await
+                post_with_retries(client, url, body, *retries).await
             }
             Sink::Postgres { client, table } => copy_rows(client, table, batch).await,
         }
@@ -192,12 +257,22 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// POSTs NDJSON; retries connection errors and 5xx with back-off (up to ~1 minute), stops
-/// at once on a 4xx with the endpoint's reason.
-pub async fn post_with_retries(client: &reqwest::Client, url: &str, body: String) -> Result<()> {
+/// POSTs NDJSON; retries connection errors and 5xx `retries` times with back-off (200 ms
+/// doubling, at most 15 s; the default 8 waits about a minute), stops at once on a 4xx
+/// with the endpoint's reason.
+pub async fn post_with_retries(
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+    retries: u32,
+) -> Result<()> {
     let mut delay = Duration::from_millis(200);
     let mut last = String::new();
-    for _ in 0..9 {
+    for attempt in 0..=retries {
+        if attempt > 0 {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(15));
+        }
         match client
             .post(url)
             .header("content-type", "application/x-ndjson")
@@ -215,17 +290,22 @@ pub async fn post_with_retries(client: &reqwest::Client, url: &str, body: String
                 )));
             }
             Ok(r) => last = format!("{}", r.status()),
-            Err(e) => last = e.to_string(),
+            Err(e) => last = format!("{e:?}"),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(15));
     }
-    Err(Error::Task(format!("{url} unreachable after retries: {last}")))
+    Err(Error::Task(format!(
+        "sink {url} unreachable after {} attempts: {last}",
+        retries + 1
+    )))
 }
 
 /// COPY into a temporary table, then insert what is not there yet: a batch replayed twice
 /// leaves one row per (topic, partition, offset).
-async fn copy_rows(client: &mut tokio_postgres::Client, table: &str, batch: &[Event]) -> Result<()> {
+async fn copy_rows(
+    client: &mut tokio_postgres::Client,
+    table: &str,
+    batch: &[Event],
+) -> Result<()> {
     use futures::SinkExt;
     let pg = |e: tokio_postgres::Error| Error::Task(format!("postgres sink {table}: {e}"));
     let tx = client.transaction().await.map_err(pg)?;
@@ -294,12 +374,23 @@ mod tests {
     #[test]
     fn sink_specs() {
         assert_eq!(SinkSpec::parse("stdout").unwrap(), SinkSpec::Stdout);
-        assert_eq!(SinkSpec::parse("kafka:rebuild").unwrap(), SinkSpec::Kafka { topic: "rebuild".into() });
+        assert_eq!(
+            SinkSpec::parse("kafka:rebuild").unwrap(),
+            SinkSpec::Kafka {
+                topic: "rebuild".into()
+            }
+        );
         assert_eq!(
             SinkSpec::parse("postgres://u@h:5432/db?table=replayed&sslmode=disable").unwrap(),
-            SinkSpec::Postgres { url: "postgres://u@h:5432/db?sslmode=disable".into(), table: "replayed".into() }
+            SinkSpec::Postgres {
+                url: "postgres://u@h:5432/db?sslmode=disable".into(),
+                table: "replayed".into()
+            }
         );
-        assert!(SinkSpec::parse("postgres://u@h/db").unwrap_err().to_string().contains("table="));
+        assert!(SinkSpec::parse("postgres://u@h/db")
+            .unwrap_err()
+            .to_string()
+            .contains("table="));
         assert!(SinkSpec::parse("postgres://u@h/db?table=x;drop").is_err());
         assert!(SinkSpec::parse("ftp://x").is_err());
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://***@h/db");
