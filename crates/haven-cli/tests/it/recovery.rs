@@ -539,6 +539,73 @@ fn restored_database_is_measured_rebuilt_and_compensated() {
             .get(0)
     });
     assert_eq!(rows, 15);
+    // A replay resumed after it finished delivers nothing twice.
+    let out = ok(&h(&with(vec![
+        "--json",
+        "replay",
+        "--topics",
+        "machine-events",
+        "--from",
+        &t0s,
+        "--to",
+        &t1s,
+        "--sink",
+        &sink,
+        "--batch",
+        "4",
+    ])));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    let out = ok(&h(&with(vec![
+        "--json",
+        "replay",
+        "--topics",
+        "machine-events",
+        "--from",
+        &t0s,
+        "--to",
+        &t1s,
+        "--sink",
+        &sink,
+        "--resume",
+        &id,
+    ])));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["records"].as_u64(), v["resumed_past"].as_u64()),
+        (Some(0), Some(15)),
+        "{v}"
+    );
+    // From the live cluster to stdout, and from the backup to a topic with provenance.
+    let out = ok(&h(&with(vec![
+        "replay",
+        "--source",
+        "live",
+        "--topics",
+        "machine-events",
+        "--from",
+        &t0s,
+        "--to",
+        &t1s,
+    ])));
+    assert_eq!(out.lines().count(), 15, "{out}");
+    b.create_topic("rebuild", 1).unwrap();
+    ok(&h(&with(vec![
+        "replay",
+        "--topics",
+        "machine-events",
+        "--from",
+        &t0s,
+        "--to",
+        &t1s,
+        "--sink",
+        "kafka:rebuild",
+    ])));
+    let rebuilt = b.read_partition("rebuild", 0).unwrap();
+    assert_eq!(rebuilt.len(), 15);
+    assert!(rebuilt
+        .iter()
+        .all(|r| r.headers.iter().any(|h| h.0 == "haven-source")));
     // To an HTTP endpoint, and to one that refuses, and to none at all.
     let (url, got) = http_server(200, "");
     ok(&h(&with(vec![
@@ -624,6 +691,25 @@ fn restored_database_is_measured_rebuilt_and_compensated() {
         .collect();
     assert_eq!(ids.len(), 15);
 
+    // The same with an external command deciding: one compensation for each event.
+    let out = ok(&h(&with(vec![
+        "compensate",
+        "--service",
+        "machine-management",
+        "--restored-to",
+        &t0s,
+        "--incident",
+        &t1s,
+        "--to-topic",
+        "invoices",
+        "--command",
+        r#"read line; echo '{"key":"k","value":"credit note"}'"#,
+        "--dry-run",
+    ])));
+    assert!(
+        out.contains("15 compensating events to emit for 15 original events"),
+        "{out}"
+    );
     // The hybrid: a plan to review, then applied step by step.
     let plan = dir.path().join("plan.json").display().to_string();
     let psink = format!("{}?table=plan_replay", pg.url("mm"));
