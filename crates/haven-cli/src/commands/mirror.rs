@@ -13,10 +13,11 @@ use crate::{output, Ctx};
 /// Mirror topics from one cluster to another, continuously, exactly once.
 ///
 /// Copies records (keys, values, headers, timestamps, partition and order) from --from to
-/// --to, creating target topics with the source's partition count. Each copy carries
-/// provenance headers (haven-mirror-source, haven-origin): a restarted mirror reads the
-/// target back and continues exactly where it stopped, even after SIGKILL, and records are
-/// never copied back to the cluster they came from (active-active pairs do not loop).
+/// --to, creating target topics with the source's partition count. Each copy carries a
+/// provenance header (haven-mirror-source: CLUSTER/TOPIC/PARTITION/OFFSET): a restarted
+/// mirror reads the target back and continues exactly where it stopped, even after
+/// SIGKILL, and records are never copied back to the cluster they came from
+/// (active-active pairs do not loop).
 ///
 /// Consumer groups named with --groups are synced onto the target every --sync-ms,
 /// translated exactly through the mirror's offset map: a consumer that fails over resumes
