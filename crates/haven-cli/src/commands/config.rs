@@ -85,6 +85,33 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
                     j.kind, j.topics, j.cluster, j.repository
                 );
             }
+            println!("mirrors: {}", cfg.mirrors.len());
+            for (n, m) in &cfg.mirrors {
+                println!(
+                    "  {n}: topics /{}/ from cluster {} to cluster {}{}",
+                    m.topics,
+                    m.from,
+                    m.to,
+                    if m.groups.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", groups {}", m.groups.join(","))
+                    }
+                );
+            }
+            println!("residency rules: {}", cfg.residency.len());
+            for (n, r) in &cfg.residency {
+                println!("  {n}: topics /{}/ only in {}", r.topics, r.regions.join(", "));
+            }
+            println!("services: {}", cfg.services.len());
+            for (n, s) in &cfg.services {
+                println!(
+                    "  {n}: produces {} consumes {} with groups {}",
+                    s.produces.join(","),
+                    s.consumes.join(","),
+                    s.groups.join(",")
+                );
+            }
             Ok(0)
         }
     }
