@@ -9,6 +9,7 @@
 mod chunk;
 mod crypto;
 mod error;
+pub mod provenance;
 mod record;
 mod segment;
 mod wire;

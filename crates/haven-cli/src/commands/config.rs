@@ -101,7 +101,11 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
             }
             println!("residency rules: {}", cfg.residency.len());
             for (n, r) in &cfg.residency {
-                println!("  {n}: topics /{}/ only in {}", r.topics, r.regions.join(", "));
+                println!(
+                    "  {n}: topics /{}/ only in {}",
+                    r.topics,
+                    r.regions.join(", ")
+                );
             }
             println!("services: {}", cfg.services.len());
             for (n, s) in &cfg.services {

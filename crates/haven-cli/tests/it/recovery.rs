@@ -732,6 +732,34 @@ fn restored_database_is_measured_rebuilt_and_compensated() {
     ok(&h(&with(vec!["recover", "--apply", &plan, "--yes"])));
     let out = ok(&h(&with(vec!["recover", "--apply", &plan, "--yes"])));
     assert!(out.contains("0 of 2 steps left"), "{out}");
+    // A plan whose replay sink refuses: the rewind step is done, the apply stops at the
+    // replay and says how to continue; the next apply starts at that step.
+    let (bad, _) = http_server(400, "schema mismatch");
+    let plan2 = dir.path().join("plan2.json").display().to_string();
+    ok(&h(&with(vec![
+        "recover",
+        "--service",
+        "machine-management",
+        "--restored-to",
+        &t0s,
+        "--incident",
+        &t1s,
+        "--out",
+        &plan2,
+        "--replay-sink",
+        &bad,
+    ])));
+    let out = h(&with(vec!["recover", "--apply", &plan2, "--yes"]));
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("step 2")
+            && stderr(&out).contains("schema mismatch")
+            && stderr(&out).contains("again"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ok(&h(&with(vec!["recover", "--apply", &plan2, "--dry-run"])));
+    assert!(out.contains("1 of 2 steps left"), "{out}");
     let audit = ok(&h(&["--json", "audit", "--repo", "main"]));
     let entries: serde_json::Value = serde_json::from_str(&audit).unwrap();
     let actions: Vec<&str> = entries

@@ -13,7 +13,7 @@
 
 pub mod groups;
 pub mod position;
-pub mod provenance;
+pub use haven_format::provenance;
 pub mod status;
 mod target;
 

@@ -1,8 +1,9 @@
-//! Provenance headers: what every mirrored record carries.
+//! Provenance headers: what every record `haven mirror` copies carries (the mirror's
+//! format on the target cluster; see FORMAT.md, "Mirror metadata").
 //!
 //! - `haven-mirror-source` = `CLUSTER/TOPIC/PARTITION/OFFSET`: the record this one is a copy
 //!   of, one hop back. The target partition itself is therefore the durable truth of how
-//!   far a mirror got: a restarted mirror reads it back (see `position`).
+//!   far a mirror got: a restarted mirror reads it back (`haven_engine::mirror::position`).
 //! - `haven-origin` = `CLUSTER`: where the record was first produced, written from the
 //!   second hop on (on the first hop the origin is the cluster of `haven-mirror-source`, so
 //!   one header suffices: brokers that store headers row by row, like tansu, pay per
