@@ -69,6 +69,9 @@ pub struct MirrorOptions {
     pub checkpoint_interval: Duration,
     /// Records in flight (sent, not yet acknowledged) before reading pauses.
     pub max_in_flight: usize,
+    /// Key and value bytes in flight before reading pauses (bounds memory whatever the
+    /// record size, and keeps librdkafka's queue from filling).
+    pub max_in_flight_bytes: usize,
 }
 
 impl MirrorOptions {
@@ -102,6 +105,7 @@ impl MirrorOptions {
             sync_interval: Duration::from_secs(1),
             checkpoint_interval: Duration::from_secs(5),
             max_in_flight: 20_000,
+            max_in_flight_bytes: 64 << 20,
         }
     }
 
@@ -195,6 +199,8 @@ type DeliveryOutcome = Result<
 struct InFlight {
     part: usize,
     offset: i64,
+    /// Key + value bytes (what librdkafka's queue holds for it).
+    bytes: usize,
     delivery: Option<DeliveryFuture>,
 }
 
@@ -205,6 +211,7 @@ struct Session<'a> {
     parts: Vec<Option<Part>>,
     index: HashMap<String, HashMap<i32, usize>>,
     in_flight: VecDeque<InFlight>,
+    in_flight_bytes: usize,
     known: Arc<Mutex<BTreeMap<(String, i32), Position>>>,
     checkpoint: Option<Checkpoint>,
     report: &'a mut MirrorReport,
@@ -270,6 +277,7 @@ async fn session(
         parts: Vec::new(),
         index: HashMap::new(),
         in_flight: VecDeque::new(),
+        in_flight_bytes: 0,
         known: known.clone(),
         checkpoint: None,
         report,
@@ -317,7 +325,9 @@ async fn session(
             if opts.once && s.parts.iter().flatten().all(Part::done) {
                 break;
             }
-            if s.in_flight.len() >= opts.max_in_flight {
+            if s.in_flight.len() >= opts.max_in_flight
+                || s.in_flight_bytes >= opts.max_in_flight_bytes
+            {
                 s.settle_front().await?;
                 continue;
             }
@@ -506,6 +516,7 @@ impl Session<'_> {
                 self.in_flight.push_back(InFlight {
                     part: i,
                     offset,
+                    bytes: 0,
                     delivery: None,
                 });
             }
@@ -549,7 +560,8 @@ impl Session<'_> {
             match self.producer.send_result(fr) {
                 Ok(f) => break f,
                 Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    // librdkafka's queue is full: let it drain (blocking this task briefly).
+                    // Cannot happen within the in-flight bounds (far below librdkafka's
+                    // queue limits) unless those are configured lower: wait briefly.
                     std::thread::sleep(Duration::from_millis(5));
                     fr = back;
                 }
@@ -561,12 +573,14 @@ impl Session<'_> {
                 }
             }
         };
-        self.report.bytes +=
-            (rec.key.map_or(0, <[u8]>::len) + rec.value.map_or(0, <[u8]>::len)) as u64;
+        let bytes = rec.key.map_or(0, <[u8]>::len) + rec.value.map_or(0, <[u8]>::len);
+        self.report.bytes += bytes as u64;
+        self.in_flight_bytes += bytes;
         part.pending.push_back((offset, rec.timestamp));
         self.in_flight.push_back(InFlight {
             part: i,
             offset,
+            bytes,
             delivery: Some(delivery),
         });
         Ok(())
@@ -604,6 +618,7 @@ impl Session<'_> {
     }
 
     fn settled(&mut self, f: InFlight, res: Option<DeliveryOutcome>) -> Result<()> {
+        self.in_flight_bytes -= f.bytes;
         let target = match res {
             None => None,
             Some(Ok(Ok(d))) => Some(d),
