@@ -5,7 +5,9 @@
 #   - Debian packages for the rdkafka build (cmake, libcurl4-openssl-dev, libssl-dev,
 #     libsasl2-dev, zlib1g-dev, libzstd-dev) and Postgres (postgresql);
 #   - the tansu 0.6.0 Kafka-compatible broker (cargo install, ~11 minutes the first time);
-#   - the Garage 2.5.0 S3-compatible object server (cargo install, ~10 minutes the first time).
+#   - the Garage 2.5.0 S3-compatible object server (cargo install, ~10 minutes the first time);
+#   - kafka-python 3.0.12 (PyPI, pure Python): the independent Kafka client tests check
+#     Haven's output with, in a virtualenv at ~/.cache/haven/venv unless python3 has it.
 set -euo pipefail
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -21,7 +23,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # 1. Debian packages -------------------------------------------------------------------
-packages=(cmake libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev postgresql pkg-config)
+packages=(cmake libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev postgresql pkg-config python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -54,5 +56,20 @@ if ! garage_ok; then
 fi
 garage_ok || { say "garage 2.5.0 is not runnable after install"; exit 1; }
 phase "garage ready: $(command -v garage)"
+
+# 3. The independent Kafka client --------------------------------------------------------
+venv="$HOME/.cache/haven/venv"
+kafka_python_ok() { "$1" -c 'import kafka, sys; sys.exit(0 if kafka.__version__.startswith("3.") else 1)' 2>/dev/null; }
+if kafka_python_ok python3; then
+  phase "kafka-python ready: $(command -v python3)"
+else
+  if ! kafka_python_ok "$venv/bin/python"; then
+    say "installing kafka-python 3.0.12 into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet kafka-python==3.0.12
+  fi
+  kafka_python_ok "$venv/bin/python" || { say "kafka-python is not importable after install"; exit 1; }
+  phase "kafka-python ready: $venv/bin/python"
+fi
 
 say "all set in $(( $(date +%s) - t0 )) s"

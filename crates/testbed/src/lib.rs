@@ -7,12 +7,14 @@
 //! A missing server binary is an error that names the command installing it.
 
 mod broker;
+mod independent;
 mod postgres;
 mod process;
 mod proxy;
 mod s3;
 
 pub use broker::{Broker, Consumed, Producer, Rec};
+pub use independent::independent_read;
 pub use postgres::Postgres;
 pub use process::{find_tool, free_port};
 pub use proxy::DelayProxy;
