@@ -21,9 +21,10 @@ use crate::{output, Ctx};
 /// the topic demo.orders (3 partitions), produces sample order events with keys, headers
 /// and timestamps, backs them up into a local repository, verifies the repository and
 /// prints what it holds and a few records read back from it, then restores a 10-minute
-/// window of the events into a new topic with its offset map. The broker is stopped at the
-/// end; the repository stays for you to explore with `haven ls`, `haven verify` and
-/// `haven cat`.
+/// window of the events into a new topic with its offset map, and mirrors the topic to a
+/// second broker behind an 80 ms link (the seed's US-EU distance) and shows what a US
+/// failure would lose. The brokers are stopped at the end; the repository stays for you to
+/// explore with `haven ls`, `haven verify` and `haven cat`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Where to create the demo repository [default: a new directory under the temp dir].
@@ -180,10 +181,30 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         "   restore {}: {} records in {:.1}s",
         restored.id, restored.records, restored.seconds
     ));
+    say("8. mirroring demo.orders to a second broker 80 ms away (the \"EU region\") ...".into());
+    let eu =
+        tokio::task::spawn_blocking(|| Broker::start_remote(Duration::from_millis(80))).await??;
+    let mut mopts = haven_engine::mirror::MirrorOptions::new(
+        (ClusterConfig::new(broker.bootstrap()), "us".into()),
+        (ClusterConfig::new(eu.bootstrap()), "eu".into()),
+        backup::topic_regex("demo\\.orders")?,
+    );
+    mopts.once = true;
+    let (_stop_tx, stop) = watch::channel(false);
+    let mirrored =
+        haven_engine::mirror::run(&mopts, &haven_engine::events::LogObserver, stop).await?;
+    let status = haven_engine::mirror::status::status(&mopts).await?;
+    let at_risk: i64 = status.iter().map(|p| p.lag_records).sum();
+    say(format!(
+        "   {} records copied exactly once in {:.1}s; records the EU side would lose if the US died now: {at_risk}",
+        mirrored.records, mirrored.seconds
+    ));
+    drop(eu);
     drop(broker);
     if ctx.json {
         output::json(&serde_json::json!({
             "repository": dir, "backup": report, "verify": v, "records_shown": shown, "restore": restored,
+            "mirror": mirrored, "mirror_at_risk": at_risk,
         }))?;
     } else {
         println!("\nThe broker is stopped; the repository stays. Explore it:");
@@ -199,9 +220,15 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             restored.id
         );
     }
-    Ok(if v.intact() && report.records as usize == events {
-        0
-    } else {
-        1
-    })
+    Ok(
+        if v.intact()
+            && report.records as usize == events
+            && mirrored.records as usize == events
+            && at_risk == 0
+        {
+            0
+        } else {
+            1
+        },
+    )
 }

@@ -6,7 +6,22 @@ use crate::{code, haven, ok, stderr};
 fn help_lists_the_commands() {
     let out = ok(&haven(&["--help"]));
     for c in [
-        "demo", "backup", "ls", "verify", "cat", "config", "--json", "--config",
+        "demo",
+        "backup",
+        "ls",
+        "verify",
+        "cat",
+        "config",
+        "restore",
+        "mirror",
+        "impact",
+        "rewind",
+        "replay",
+        "compensate",
+        "recover",
+        "audit",
+        "--json",
+        "--config",
     ] {
         assert!(out.contains(c), "--help does not mention {c}:\n{out}");
     }

@@ -79,3 +79,17 @@ async fn postgres_round_trips_rows() {
     let data: Vec<u8> = rows[7].get(2);
     assert_eq!((name.as_str(), data), ("m7", vec![7u8; 3]));
 }
+
+#[test]
+fn demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").display().to_string();
+    let out = crate::ok(&crate::haven(&[
+        "--json", "demo", "--events", "1500", "--repo", &repo,
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["backup"]["records"], 1500, "{v}");
+    assert_eq!(v["mirror"]["records"], 1500, "{v}");
+    assert_eq!(v["mirror_at_risk"], 0, "{v}");
+    assert_eq!(v["restore"]["records"], 600, "minutes 10 to 20: {v}");
+}

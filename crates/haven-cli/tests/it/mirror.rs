@@ -340,6 +340,13 @@ fn residency_rules_refuse_a_mirror_and_a_backup_at_check_and_run_time() {
     let eu = Broker::start().unwrap();
     us.create_topic("customers.us.profiles", 1).unwrap();
     us.create_topic("orders", 1).unwrap();
+    us.produce(
+        "orders",
+        &(0..5)
+            .map(|i| Rec::kv("k", &format!("order {i}")))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("haven.toml");
     let base = format!(
