@@ -15,8 +15,10 @@ use clap::{Parser, Subcommand};
 /// Haven: disaster recovery for Kafka-based architectures.
 ///
 /// Haven backs up Kafka topics (records, topic configs and a timeline of consumer-group
-/// commits) into an immutable, verifiable repository on object storage, and restores any
-/// part of it to any cluster.
+/// commits) into an immutable, verifiable repository on object storage, restores any part
+/// of it to any cluster, mirrors topics to another region exactly once, and repairs an
+/// event-driven system after one service restored its database (impact, rewind, replay,
+/// compensate, recover).
 ///
 /// Start with `haven demo`, which runs everything on a local broker. Named clusters and
 /// repositories can live in a haven.toml (see `haven config check --help`).
@@ -50,36 +52,54 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run Haven end to end on a local broker: produce sample events, back them up, show them.
+    #[command(
+        about = "Run Haven end to end on a local broker: produce sample events, back them up, show them."
+    )]
     Demo(commands::demo::Args),
-    /// Back up Kafka topics into a repository (continuous, or a snapshot with --once).
+    #[command(
+        about = "Back up Kafka topics into a repository (continuous, or a snapshot with --once)."
+    )]
     Backup(commands::backup::Args),
-    /// List what a repository holds: topics, partitions, offsets, times, gaps, losses.
+    #[command(
+        about = "List what a repository holds: topics, partitions, offsets, times, gaps, losses."
+    )]
     Ls(commands::ls::Args),
-    /// Restore topics (all, some partitions, a time or offset window) into a cluster.
+    #[command(
+        about = "Restore topics (all, some partitions, a time or offset window) into a cluster."
+    )]
     Restore(commands::restore::Args),
-    /// Mirror topics to another cluster continuously (exactly once, offsets translated
-    /// exactly, RPO in seconds); `mirror status`, `mirror translate`.
+    #[command(
+        about = "Mirror topics to another cluster continuously (exactly once, offsets translated exactly, RPO in seconds); `mirror status`, `mirror translate`."
+    )]
     Mirror(commands::mirror::Args),
-    /// What a service's database restore to T0 means: downstream groups that processed the
-    /// lost events, upstream offsets to rewind to.
+    #[command(
+        about = "What a service's database restore to T0 means: downstream groups that processed the lost events, upstream offsets to rewind to."
+    )]
     Impact(commands::impact::Args),
-    /// Set a consumer group's offsets to where they were at an instant (from the backup).
+    #[command(
+        about = "Set a consumer group's offsets to where they were at an instant (from the backup)."
+    )]
     Rewind(commands::rewind::Args),
-    /// Replay a window's events to stdout, a topic, an HTTP endpoint or a Postgres table.
+    #[command(
+        about = "Replay a window's events to stdout, a topic, an HTTP endpoint or a Postgres table."
+    )]
     Replay(commands::replay::Args),
-    /// Emit compensating events (idempotent) for lost events downstream groups processed.
+    #[command(
+        about = "Emit compensating events (idempotent) for lost events downstream groups processed."
+    )]
     Compensate(commands::compensate::Args),
-    /// Write a recovery plan (rewind, replay, compensate) to review, then apply it.
+    #[command(
+        about = "Write a recovery plan (rewind, replay, compensate) to review, then apply it."
+    )]
     Recover(commands::recover::Args),
-    /// Print the repository's audit log of actions that changed a cluster.
+    #[command(about = "Print the repository's audit log of actions that changed a cluster.")]
     Audit(commands::audit::Args),
     /// Translate offsets through a restore's offset map.
     #[command(subcommand)]
     Offsets(commands::offsets::Command),
-    /// Check a repository's integrity: checksums, hash chain, offset continuity.
+    #[command(about = "Check a repository's integrity: checksums, hash chain, offset continuity.")]
     Verify(commands::verify::Args),
-    /// Print backed-up records as NDJSON.
+    #[command(about = "Print backed-up records as NDJSON.")]
     Cat(commands::cat::Args),
     /// Measure Haven against baselines run on the same data (ratios, not absolute times).
     #[command(subcommand)]
