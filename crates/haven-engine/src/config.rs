@@ -449,4 +449,28 @@ mod tests {
                 .to_string();
         assert!(e.contains("jobs.j.cluster"), "{e}");
     }
+
+    #[test]
+    fn services_mirrors_and_residency_are_checked() {
+        let e = parse("[services.a]\nconsumes = [\"t\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("services.a.groups"), "{e}");
+        let e = parse("[services.a]\n").unwrap_err().to_string();
+        assert!(e.contains("services.a") && e.contains("produces"), "{e}");
+        let e = parse("[residency.r]\ntopics = \"x\"\nregions = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("residency.r.regions"), "{e}");
+        let e = parse("[clusters.us]\nbootstrap = \"a:1\"\n[mirrors.m]\nfrom = \"us\"\nto = \"eu\"\ntopics = \".*\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mirrors.m.to") && e.contains("eu"), "{e}");
+        let e = parse("[clusters.us]\nbootstrap = \"a:1\"\n[mirrors.m]\nfrom = \"us\"\nto = \"us\"\ntopics = \".*\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("two different clusters"), "{e}");
+        let ok = parse("[services.a]\nproduces = [\"t\"]\n").unwrap();
+        assert_eq!(ok.services["a"].produces, vec!["t".to_string()]);
+    }
 }
