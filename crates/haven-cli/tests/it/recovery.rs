@@ -710,6 +710,28 @@ fn restored_database_is_measured_rebuilt_and_compensated() {
         out.contains("15 compensating events to emit for 15 original events"),
         "{out}"
     );
+    // And with an HTTP hook answering one compensating event per original.
+    let (hook, calls) = http_server(200, "{\"value\":\"credit note\"}\n");
+    let out = ok(&h(&with(vec![
+        "compensate",
+        "--service",
+        "machine-management",
+        "--restored-to",
+        &t0s,
+        "--incident",
+        &t1s,
+        "--to-topic",
+        "invoices",
+        "--hook",
+        &hook,
+        "--dry-run",
+    ])));
+    assert!(out.contains("15 compensating events to emit"), "{out}");
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        15,
+        "one call per original event"
+    );
     // The hybrid: a plan to review, then applied step by step.
     let plan = dir.path().join("plan.json").display().to_string();
     let psink = format!("{}?table=plan_replay", pg.url("mm"));
