@@ -449,6 +449,36 @@ fn restored_database_is_measured_rebuilt_and_compensated() {
         "{md}"
     );
 
+    // A window the timeline does not fully cover (the incident an hour ahead, past the last
+    // sample) is named, and every group says what it cannot know.
+    let later = (now_ms() + 3_600_000).to_string();
+    let out = ok(&h(&with(vec![
+        "--json",
+        "impact",
+        "--service",
+        "machine-management",
+        "--restored-to",
+        &t0s,
+        "--incident",
+        &later,
+        "--group-interval",
+        "1",
+    ])));
+    let gap: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        !gap["timeline_gaps"].as_array().unwrap().is_empty(),
+        "{gap}"
+    );
+    for g in gap["downstream"][0]["groups"].as_array().unwrap() {
+        assert!(
+            g["note"].as_str().unwrap_or("").contains("no sample"),
+            "{g}"
+        );
+    }
+    assert!(
+        imp["timeline_gaps"].as_array().unwrap().is_empty(),
+        "the real window is covered: {imp}"
+    );
     // Clear errors.
     let out = h(&with(vec![
         "impact",

@@ -110,6 +110,15 @@ pub async fn analyse(
             crate::time::format_ms(t0)
         )));
     }
+    let gaps = timeline.gaps(t0, t1, sample_gap_ms);
+    let gap_note = gaps.first().map(|(a, b)| {
+        format!(
+            "the commit timeline has no sample for {} stretch(es) of the window (first {} .. {}): when this group processed events there is unknown",
+            gaps.len(),
+            crate::time::format_ms(*a),
+            crate::time::format_ms(*b)
+        )
+    });
     let (c, svc, tl) = (cluster.clone(), service.clone(), timeline.clone());
     let (downstream, upstream) = blocking(move || {
         let inspector = c.inspector("haven-inspector")?;
@@ -188,7 +197,7 @@ pub async fn analyse(
                     }
                 }
                 let processed: i64 = ranges.iter().map(|r| r.records).sum();
-                let status = if !unknown.is_empty() {
+                let status = if !unknown.is_empty() || (live.is_none() && gap_note.is_some()) {
                     "unknown"
                 } else if processed > 0 {
                     "affected"
@@ -204,6 +213,9 @@ pub async fn analyse(
                 }
                 if !unknown.is_empty() {
                     notes.push(format!("no commit known on partitions {unknown:?}"));
+                }
+                if let Some(n) = &gap_note {
+                    notes.push(n.clone());
                 }
                 impacts.push(GroupImpact {
                     group: g,
@@ -258,8 +270,7 @@ pub async fn analyse(
         incident: crate::time::format_ms(t1),
         restored_to_ms: t0,
         incident_ms: t1,
-        timeline_gaps: timeline
-            .gaps(t0, t1, sample_gap_ms)
+        timeline_gaps: gaps
             .into_iter()
             .map(|(a, b)| (crate::time::format_ms(a), crate::time::format_ms(b)))
             .collect(),
