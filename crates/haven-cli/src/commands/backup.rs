@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use haven_engine::backup::{self, BackupOptions};
 use haven_storage::CreateOnly;
-use tokio::sync::watch;
 
 use super::{cluster, load_config, open_repo, usage, ClusterArgs, RepoArgs};
-use crate::observer::CliObserver;
 use crate::{output, Ctx};
 
 /// Back up Kafka topics into a repository.
@@ -149,18 +147,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     opts.residency = cfg.residency_rules();
     opts.repository_region = cfg.repository(&repo_name).region;
 
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = tx.send(true);
-    });
-    let mut observer = CliObserver::new(ctx.json);
-    if let Some(addr) = &a.metrics_addr {
-        let metrics = std::sync::Arc::new(haven_engine::metrics::Metrics::default());
-        let bound = crate::metrics_server::serve(addr, metrics.clone()).await?;
-        tracing::info!("metrics at http://{bound}/metrics");
-        observer = observer.with_metrics(metrics);
-    }
+    let rx = super::stop_on_signal();
+    let observer = super::job_observer(ctx, a.metrics_addr.as_deref(), "backup").await?;
     let report = backup::run(&repo, &opts, &observer, rx).await;
     observer.finish();
     let report = report?;
@@ -180,19 +168,4 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
-}
-
-pub(crate) async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

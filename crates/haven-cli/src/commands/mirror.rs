@@ -4,10 +4,8 @@ use std::time::Duration;
 
 use haven_engine::backup::topic_regex;
 use haven_engine::mirror::{self, status, MirrorOptions};
-use tokio::sync::watch;
 
 use super::{cluster, load_config, usage, ClusterArgs};
-use crate::observer::CliObserver;
 use crate::{output, Ctx};
 
 /// Mirror topics from one cluster to another, continuously, exactly once.
@@ -184,18 +182,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let mut opts = options(ctx, &a.ends)?;
     opts.once = a.once;
     opts.sync_interval = Duration::from_millis(a.sync_ms.max(100));
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        super::backup::shutdown_signal().await;
-        let _ = tx.send(true);
-    });
-    let mut observer = CliObserver::new(ctx.json);
-    if let Some(addr) = &a.metrics_addr {
-        let metrics = std::sync::Arc::new(haven_engine::metrics::Metrics::for_job("mirror"));
-        let bound = crate::metrics_server::serve(addr, metrics.clone()).await?;
-        tracing::info!("metrics at http://{bound}/metrics");
-        observer = observer.with_metrics(metrics);
-    }
+    let rx = super::stop_on_signal();
+    let observer = super::job_observer(ctx, a.metrics_addr.as_deref(), "mirror").await?;
     let report = mirror::run(&opts, &observer, rx).await;
     observer.finish();
     let report = report?;

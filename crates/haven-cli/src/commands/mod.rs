@@ -146,3 +146,45 @@ pub fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
         Err(usage("cancelled"))
     }
 }
+
+/// A flag that turns true on Ctrl-C or SIGTERM: long-running jobs finish cleanly on it.
+pub fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The observer of a long-running job (`backup`, `mirror`): logs and progress, and
+/// Prometheus metrics at `metrics_addr` when given.
+pub async fn job_observer(
+    ctx: &Ctx,
+    metrics_addr: Option<&str>,
+    job: &'static str,
+) -> anyhow::Result<crate::observer::CliObserver> {
+    let mut observer = crate::observer::CliObserver::new(ctx.json);
+    if let Some(addr) = metrics_addr {
+        let metrics = std::sync::Arc::new(haven_engine::metrics::Metrics::for_job(job));
+        let bound = crate::metrics_server::serve(addr, metrics.clone()).await?;
+        tracing::info!("metrics at http://{bound}/metrics");
+        observer = observer.with_metrics(metrics);
+    }
+    Ok(observer)
+}

@@ -134,7 +134,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         SinkSpec::Kafka { .. } | SinkSpec::Postgres { .. } | SinkSpec::Http { .. },
     ) = (&repo, &spec)
     {
-        let details = serde_json::json!({"id": id, "sink": redact(&a.sink), "topics": a.topics, "records": report.records});
+        let details = serde_json::json!({"id": id, "sink": haven_engine::recovery::sink::redact(&a.sink), "topics": a.topics, "records": report.records});
         audit::record(repo, "replay", &audit::sha256_of(&details), details).await?;
     }
     if ctx.json {
@@ -155,11 +155,4 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         );
     }
     Ok(0)
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
-        _ => url.to_string(),
-    }
 }

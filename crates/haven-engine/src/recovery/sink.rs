@@ -250,7 +250,8 @@ impl Sink {
     }
 }
 
-fn redact(url: &str) -> String {
+/// A connection string without its credentials (for logs and the audit log).
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
         (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
         _ => url.to_string(),

@@ -7,7 +7,7 @@ use haven_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use haven_kafka::rdkafka::message::Message;
 use haven_kafka::rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
-use testbed::{Broker, Rec};
+use testbed::Broker;
 
 use super::{cpu_seconds, data, print, Ratio};
 use crate::Ctx;
@@ -81,17 +81,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             let mut zstd_cpu = 0.0;
             let mut i = 0u64;
             while i < n {
-                let batch: Vec<Rec> = (i..(i + 20_000).min(n))
-                    .map(|j| {
-                        let (k, v) = data::event(&mut rng, j, a.event_size);
-                        Rec {
-                            partition: Some((j % a.partitions as u64) as i32),
-                            key: Some(k),
-                            value: Some(v),
-                            ..Rec::default()
-                        }
-                    })
-                    .collect();
+                let batch = data::batch(
+                    &mut rng,
+                    i,
+                    (i + 20_000).min(n),
+                    a.event_size,
+                    a.partitions,
+                    false,
+                );
                 // The unavoidable work: zstd level 3 over the same bytes, in 1 MiB chunks.
                 let mut raw = Vec::with_capacity(1 << 20);
                 let c0 = cpu_seconds(false);

@@ -54,3 +54,27 @@ pub fn event(rng: &mut impl Rng, i: u64, size: usize) -> (Vec<u8>, Vec<u8>) {
 pub fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }
+
+/// Events `from..to` of about `size` bytes, spread round-robin over `partitions`; with
+/// `stamped`, each carries the current time as its timestamp (delay measurements).
+pub fn batch(
+    rng: &mut impl Rng,
+    from: u64,
+    to: u64,
+    size: usize,
+    partitions: i32,
+    stamped: bool,
+) -> Vec<testbed::Rec> {
+    (from..to)
+        .map(|j| {
+            let (k, v) = event(rng, j, size);
+            testbed::Rec {
+                partition: Some((j % partitions as u64) as i32),
+                key: Some(k),
+                value: Some(v),
+                timestamp: stamped.then(|| chrono::Utc::now().timestamp_millis()),
+                ..testbed::Rec::default()
+            }
+        })
+        .collect()
+}

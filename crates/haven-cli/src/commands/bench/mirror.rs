@@ -182,18 +182,7 @@ pub async fn lag(ctx: &Ctx, a: LagArgs) -> anyhow::Result<u8> {
         while sent < expected as u64 {
             let due =
                 ((start.elapsed().as_secs_f64() * rate as f64 / 60.0) as u64).min(expected as u64);
-            let batch: Vec<Rec> = (sent..due)
-                .map(|j| {
-                    let (k, v) = data::event(&mut rng, j, size);
-                    Rec {
-                        partition: Some((j % parts as u64) as i32),
-                        key: Some(k),
-                        value: Some(v),
-                        timestamp: Some(chrono::Utc::now().timestamp_millis()),
-                        ..Rec::default()
-                    }
-                })
-                .collect();
+            let batch = data::batch(&mut rng, sent, due, size, parts, true);
             if !batch.is_empty() {
                 producer.send("lag", &batch)?;
             }
@@ -333,17 +322,14 @@ pub async fn throughput(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         let producer = us.producer()?;
         let mut i = 0u64;
         while i < n {
-            let batch: Vec<Rec> = (i..(i + 20_000).min(n))
-                .map(|j| {
-                    let (k, v) = data::event(&mut rng, j, a.event_size);
-                    Rec {
-                        partition: Some((j % a.partitions as u64) as i32),
-                        key: Some(k),
-                        value: Some(v),
-                        ..Rec::default()
-                    }
-                })
-                .collect();
+            let batch = data::batch(
+                &mut rng,
+                i,
+                (i + 20_000).min(n),
+                a.event_size,
+                a.partitions,
+                false,
+            );
             producer.send("bench", &batch)?;
             i += batch.len() as u64;
         }

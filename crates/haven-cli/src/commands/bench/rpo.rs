@@ -10,7 +10,7 @@ use haven_engine::repo::Repository;
 use haven_kafka::ClusterConfig;
 use haven_storage::Store;
 use serde_json::json;
-use testbed::{Broker, Rec};
+use testbed::Broker;
 use tokio::sync::watch;
 
 use super::{data, print, Ratio};
@@ -90,19 +90,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         let mut i = 0u64;
         while start.elapsed() < Duration::from_secs(seconds) {
             let due = (start.elapsed().as_secs_f64() * rate as f64 / 60.0) as u64;
-            let batch: Vec<Rec> = (sent..due)
-                .map(|j| {
-                    let (k, v) = data::event(&mut rng, j, size);
-                    i += 1;
-                    Rec {
-                        partition: Some((j % parts as u64) as i32),
-                        key: Some(k),
-                        value: Some(v),
-                        timestamp: Some(chrono::Utc::now().timestamp_millis()),
-                        ..Rec::default()
-                    }
-                })
-                .collect();
+            let batch = data::batch(&mut rng, sent, due, size, parts, true);
+            i += batch.len() as u64;
             if !batch.is_empty() {
                 producer.send("rpo", &batch)?;
             }
