@@ -78,3 +78,49 @@ pub fn batch(
         })
         .collect()
 }
+
+/// A steady load: `rate` events a minute of `event_size` bytes for `seconds`, over
+/// `partitions` (the seed's peak by default: 10,000 records of 5 KB a minute).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct SteadyLoad {
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    /// Records per minute.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 5120)]
+    pub event_size: usize,
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+}
+
+impl SteadyLoad {
+    /// The number of events the load produces.
+    pub fn events(&self) -> u64 {
+        self.seconds * self.rate / 60
+    }
+
+    /// Produces the load to `topic` (blocking), paced every 100 ms, each event stamped
+    /// with the time it was sent. Returns the number of events.
+    pub fn produce(&self, broker: &testbed::Broker, topic: &str, seed: u64) -> anyhow::Result<u64> {
+        let mut rng = rng(seed);
+        let producer = broker.producer()?;
+        let start = std::time::Instant::now();
+        let total = self.events();
+        let mut sent = 0u64;
+        while sent < total {
+            let due = ((start.elapsed().as_secs_f64() * self.rate as f64 / 60.0) as u64).min(total);
+            let batch = batch(&mut rng, sent, due, self.event_size, self.partitions, true);
+            if !batch.is_empty() {
+                producer.send(topic, &batch)?;
+            }
+            sent = due;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            anyhow::ensure!(
+                start.elapsed() < std::time::Duration::from_secs(self.seconds * 3 + 60),
+                "the producer fell behind the load"
+            );
+        }
+        Ok(sent)
+    }
+}

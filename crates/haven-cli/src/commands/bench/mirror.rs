@@ -17,7 +17,7 @@ use serde_json::json;
 use testbed::{Broker, Rec};
 use tokio::sync::watch;
 
-use super::{data, print, Ratio};
+use super::{data, percentile, print, Ratio};
 use crate::Ctx;
 
 /// Mirror lag under a steady load across a delayed link.
@@ -30,15 +30,8 @@ use crate::Ctx;
 /// delayed link, so the figure is an upper bound of the mirror's lag. Target: p99 <= 1 s.
 #[derive(Debug, clap::Args)]
 pub struct LagArgs {
-    #[arg(long, default_value_t = 60)]
-    seconds: u64,
-    /// Records per minute.
-    #[arg(long, default_value_t = 10_000)]
-    rate: u64,
-    #[arg(long, default_value_t = 5120)]
-    event_size: usize,
-    #[arg(long, default_value_t = 4)]
-    partitions: i32,
+    #[command(flatten)]
+    load: data::SteadyLoad,
     /// One-way delay between the regions.
     #[arg(long, default_value_t = 80)]
     delay_ms: u64,
@@ -69,14 +62,6 @@ pub struct Args {
     loop_with_header: bool,
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn two_regions(delay_ms: u64) -> anyhow::Result<(Broker, Broker)> {
     Ok((
         Broker::start()?,
@@ -88,7 +73,7 @@ pub async fn lag(ctx: &Ctx, a: LagArgs) -> anyhow::Result<u8> {
     let (us, eu) = tokio::task::spawn_blocking(move || two_regions(a.delay_ms)).await??;
     let (us, eu) = (Arc::new(us), Arc::new(eu));
     let u = us.clone();
-    let parts = a.partitions;
+    let parts = a.load.partitions;
     tokio::task::spawn_blocking(move || u.create_topic("lag", parts)).await??;
     let mut opts = MirrorOptions::new(
         (ClusterConfig::new(us.bootstrap()), "us".into()),
@@ -101,7 +86,7 @@ pub async fn lag(ctx: &Ctx, a: LagArgs) -> anyhow::Result<u8> {
     let mirror = tokio::spawn(async move { mirror::run(&o, &LogObserver, stop).await });
     // The mirror creates the target topic; wait for it, then start reading it.
     let e = eu.clone();
-    let expected = (a.seconds * a.rate / 60) as usize;
+    let expected = a.load.events() as usize;
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<i64>> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while e.high_watermark("lag", 0).is_err() {
@@ -172,30 +157,8 @@ pub async fn lag(ctx: &Ctx, a: LagArgs) -> anyhow::Result<u8> {
         Ok(())
     })
     .await??;
-    let u = us.clone();
-    let (seconds, rate, size) = (a.seconds, a.rate, a.event_size);
-    let produced = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        let mut rng = data::rng(5);
-        let producer = u.producer()?;
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while sent < expected as u64 {
-            let due =
-                ((start.elapsed().as_secs_f64() * rate as f64 / 60.0) as u64).min(expected as u64);
-            let batch = data::batch(&mut rng, sent, due, size, parts, true);
-            if !batch.is_empty() {
-                producer.send("lag", &batch)?;
-            }
-            sent = due;
-            std::thread::sleep(Duration::from_millis(100));
-            anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(seconds * 3 + 60),
-                "the producer fell behind"
-            );
-        }
-        Ok(sent as usize)
-    })
-    .await??;
+    let (u, load) = (us.clone(), a.load);
+    let produced = tokio::task::spawn_blocking(move || load.produce(&u, "lag", 5)).await?? as usize;
     let mut delays = reader.await??;
     let _ = stop_tx.send(true);
     let report = mirror.await??;
@@ -211,7 +174,7 @@ pub async fn lag(ctx: &Ctx, a: LagArgs) -> anyhow::Result<u8> {
         ctx,
         &format!(
             "mirror lag: {produced} records of {} B at {}/min over {}s, {} ms each way between regions",
-            a.event_size, a.rate, a.seconds, a.delay_ms
+            a.load.event_size, a.load.rate, a.load.seconds, a.delay_ms
         ),
         &[Ratio::new(
             "p99 produce-to-visible-on-target",

@@ -114,6 +114,15 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
     }
 }
 
+/// The value at quantile `p` (0..=1) of sorted values (0 when there are none).
+pub fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
 /// CPU seconds (user + system) used so far by this process or by its waited-for children.
 pub fn cpu_seconds(children: bool) -> f64 {
     let who = if children {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use haven_engine::backup::{self, BackupOptions};
 use haven_engine::events::{Event, Observer};
@@ -13,7 +13,7 @@ use serde_json::json;
 use testbed::Broker;
 use tokio::sync::watch;
 
-use super::{data, print, Ratio};
+use super::{data, percentile, print, Ratio};
 use crate::Ctx;
 
 /// Produce-to-durable delay of a continuous backup under a steady load.
@@ -24,15 +24,8 @@ use crate::Ctx;
 /// CreateTime and the moment the segment holding it became durable. Target: p99 <= 1 s.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long, default_value_t = 60)]
-    seconds: u64,
-    /// Records per minute.
-    #[arg(long, default_value_t = 10_000)]
-    rate: u64,
-    #[arg(long, default_value_t = 5120)]
-    event_size: usize,
-    #[arg(long, default_value_t = 4)]
-    partitions: i32,
+    #[command(flatten)]
+    load: data::SteadyLoad,
     #[arg(long, default_value_t = 500)]
     flush_ms: u64,
 }
@@ -50,18 +43,10 @@ impl Observer for Durable {
     }
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let broker = Arc::new(tokio::task::spawn_blocking(Broker::start).await??);
     let b = broker.clone();
-    let parts = a.partitions;
+    let parts = a.load.partitions;
     tokio::task::spawn_blocking(move || b.create_topic("rpo", parts)).await??;
     let dir = tempfile::tempdir()?;
     let repo =
@@ -79,28 +64,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     // Let the consumer group settle before the load starts.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let b = broker.clone();
-    let (seconds, rate, size) = (a.seconds, a.rate, a.event_size);
-    let produced = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        let mut rng = data::rng(3);
-        let producer = b.producer()?;
-        let start = Instant::now();
-        let tick = Duration::from_millis(100);
-        let mut sent = 0u64;
-        let mut i = 0u64;
-        while start.elapsed() < Duration::from_secs(seconds) {
-            let due = (start.elapsed().as_secs_f64() * rate as f64 / 60.0) as u64;
-            let batch = data::batch(&mut rng, sent, due, size, parts, true);
-            i += batch.len() as u64;
-            if !batch.is_empty() {
-                producer.send("rpo", &batch)?;
-            }
-            sent = due;
-            std::thread::sleep(tick);
-        }
-        Ok(i)
-    })
-    .await??;
+    let (b, load) = (broker.clone(), a.load);
+    let produced = tokio::task::spawn_blocking(move || load.produce(&b, "rpo", 3)).await??;
     tokio::time::sleep(Duration::from_millis(a.flush_ms * 3 + 2000)).await;
     let _ = stop_tx.send(true);
     backup.await??;
@@ -137,7 +102,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         ctx,
         &format!(
             "rpo: {produced} records of {} B at {}/min over {}s, flush every {} ms",
-            a.event_size, a.rate, a.seconds, a.flush_ms
+            a.load.event_size, a.load.rate, a.load.seconds, a.flush_ms
         ),
         &ratios,
         json!({
