@@ -41,6 +41,22 @@ impl Timeline {
         self.samples.first().copied()
     }
 
+    /// Fails unless the timeline knows where groups were at `at`; `what` names the instant
+    /// for the message (`--restored-to`, `--to`).
+    pub fn require(&self, at: i64, what: &str) -> crate::Result<()> {
+        let start = self.start().ok_or_else(|| {
+            crate::Error::Input("the backup holds no consumer-group timeline: run `haven backup` with --group-interval > 0 (and --group NAME where the cluster cannot list groups)".into())
+        })?;
+        if at < start {
+            return Err(crate::Error::Input(format!(
+                "{what} {} is before the start of the backup's group timeline ({}): where groups were then is unknown, not guessed; pick a later instant",
+                crate::time::format_ms(at),
+                crate::time::format_ms(start)
+            )));
+        }
+        Ok(())
+    }
+
     /// The last full sample.
     pub fn end(&self) -> Option<i64> {
         self.samples.last().copied()

@@ -389,27 +389,6 @@ pub fn scan(
     }
 }
 
-/// The first offset of a partition whose timestamp is at or after `ts_ms` (blocking);
-/// None when no record is that recent (the caller takes the high watermark).
-pub fn offset_for_time(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partition: i32,
-    ts_ms: i64,
-    timeout: Duration,
-) -> Result<Option<i64>> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(ts_ms))
-        .map_err(op("offsets for times"))?;
-    let got = consumer
-        .offsets_for_times(tpl, timeout)
-        .map_err(op("offsets for times"))?;
-    Ok(got.elements().first().and_then(|e| match e.offset() {
-        Offset::Offset(o) if o >= 0 => Some(o),
-        _ => None,
-    }))
-}
-
 /// Describes a consumer group's members (blocking): Some(member descriptions) when the
 /// broker answers, None when it cannot describe groups (the caller must find another
 /// signal).
@@ -428,31 +407,113 @@ pub fn group_members(
     )
 }
 
-/// [`offset_for_time`], checked against the partition's last record (blocking): some
-/// brokers (tansu 0.6) answer offset 0 instead of "none" for an instant after the last
-/// record, so an answer is only trusted when the last record is at least that recent.
-pub fn offset_for_time_checked(
+/// A partition's watermarks and, for each asked instant, the first offset whose
+/// timestamp is at or after it (the high watermark when no record is that recent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetsAtTimes {
+    pub low: i64,
+    pub high: i64,
+    pub offsets: Vec<i64>,
+}
+
+/// Offsets by time for one partition (blocking). Some brokers (tansu 0.6) answer offset 0
+/// instead of "none" for an instant after the last record, so answers are checked against
+/// the last record's timestamp, read once whatever the number of instants.
+pub fn offsets_at_times(
     cluster: &ClusterConfig,
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,
-    ts_ms: i64,
+    instants: &[i64],
     timeout: Duration,
-) -> Result<Option<i64>> {
-    let (_, high) = watermarks(consumer, topic, partition, timeout)?;
-    let Some(o) = offset_for_time(consumer, topic, partition, ts_ms, timeout)? else {
-        return Ok(None);
-    };
-    if high == 0 {
-        return Ok(None);
+) -> Result<OffsetsAtTimes> {
+    let (low, high) = watermarks(consumer, topic, partition, timeout)?;
+    let mut last_ts: Option<Option<i64>> = None;
+    let mut offsets = Vec::with_capacity(instants.len());
+    for &ts in instants {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(ts))
+            .map_err(op("offsets for times"))?;
+        let got = consumer
+            .offsets_for_times(tpl, timeout)
+            .map_err(op("offsets for times"))?;
+        let answer = got.elements().first().and_then(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        });
+        let trusted = match answer {
+            Some(o) if high > low => {
+                if last_ts.is_none() {
+                    let mut t = None;
+                    scan(cluster, topic, partition, high - 1, high, timeout, |m| {
+                        t = m.timestamp().to_millis();
+                        false
+                    })?;
+                    last_ts = Some(t);
+                }
+                match last_ts.flatten() {
+                    Some(t) if t < ts => None,
+                    _ => Some(o),
+                }
+            }
+            _ => None,
+        };
+        offsets.push(trusted.unwrap_or(high));
     }
-    let mut last_ts = None;
-    scan(cluster, topic, partition, high - 1, high, timeout, |m| {
-        last_ts = m.timestamp().to_millis();
-        false
-    })?;
-    Ok(match last_ts {
-        Some(t) if t < ts_ms => None,
-        _ => Some(o),
-    })
+    Ok(OffsetsAtTimes { low, high, offsets })
+}
+
+/// A record to produce: key, value, headers in order, and a timestamp (None: the
+/// producer's clock).
+#[derive(Debug, Clone, Default)]
+pub struct Outgoing<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    pub timestamp: Option<i64>,
+}
+
+/// Produces records to `topic` (partitioned by key) and waits until every one is
+/// acknowledged (async). Returns how many were.
+pub async fn produce_all<'a>(
+    producer: &FutureProducer,
+    topic: &str,
+    records: impl IntoIterator<Item = Outgoing<'a>>,
+) -> Result<u64> {
+    let failed = |reason: String| KafkaError::Topic {
+        topic: topic.to_string(),
+        reason,
+    };
+    let mut futs = Vec::new();
+    for r in records {
+        let mut headers = rdkafka::message::OwnedHeaders::new_with_capacity(r.headers.len());
+        for (key, value) in &r.headers {
+            headers = headers.insert(rdkafka::message::Header { key, value: *value });
+        }
+        let mut fr: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+            rdkafka::producer::FutureRecord::to(topic).headers(headers);
+        if let Some(k) = r.key {
+            fr = fr.key(k);
+        }
+        if let Some(v) = r.value {
+            fr = fr.payload(v);
+        }
+        if let Some(ts) = r.timestamp {
+            fr = fr.timestamp(ts);
+        }
+        futs.push(
+            producer
+                .send_result(fr)
+                .map_err(|(e, _)| failed(format!("produce: {e}")))?,
+        );
+    }
+    let mut n = 0;
+    for f in futs {
+        match f.await {
+            Ok(Ok(_)) => n += 1,
+            Ok(Err((e, _))) => return Err(failed(format!("produce: {e}"))),
+            Err(_) => return Err(failed("the producer was dropped".into())),
+        }
+    }
+    Ok(n)
 }

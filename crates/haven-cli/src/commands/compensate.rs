@@ -3,7 +3,7 @@
 use haven_engine::recovery::compensate::{self, Generator};
 use haven_engine::recovery::{audit, plan};
 
-use super::{cluster, confirm, usage};
+use super::{confirm, usage};
 use crate::commands::impact;
 use crate::{output, Ctx};
 
@@ -64,14 +64,16 @@ pub fn generator(
 
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let gen = generator(a.template.clone(), a.command.clone(), a.hook.clone())?;
-    let imp = impact::compute(ctx, &a.impact).await?;
+    let impact::Computed {
+        impact: imp,
+        repo,
+        cluster: cl,
+    } = impact::compute(ctx, &a.impact).await?;
     let p = plan::build(&imp, None, Some((a.to_topic.clone(), gen.clone())));
     let Some(plan::Step::Compensate { ranges, .. }) = p.steps.last() else {
         return Err(anyhow::anyhow!("no compensation step planned"));
     };
-    let cfg = super::load_config(ctx)?;
-    let cl = cluster(&cfg, a.impact.cluster_args());
-    let (report, comps) = compensate::compensate(&cl, ranges, &a.to_topic, &gen, true).await?;
+    let (mut report, comps) = compensate::prepare(&cl, ranges, &a.to_topic, &gen).await?;
     if a.dry_run || comps.is_empty() {
         if ctx.json {
             output::json(
@@ -100,10 +102,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         a.yes,
         &format!("Emit {} compensating events to {}", comps.len(), a.to_topic),
     )?;
-    let (report, _) = compensate::compensate(&cl, ranges, &a.to_topic, &gen, false).await?;
-    let cfgrepo = super::open_repo(&cfg, a.impact.repo_args(), false).await?;
+    compensate::emit(&cl, &a.to_topic, &comps, &mut report).await?;
     let details = serde_json::json!({"service": imp.service, "restored_to": imp.restored_to, "to_topic": a.to_topic, "generator": gen, "report": report});
-    let key = audit::record(&cfgrepo, "compensate", &audit::sha256_of(&details), details).await?;
+    let key = audit::record(&repo, "compensate", &audit::sha256_of(&details), details).await?;
     if ctx.json {
         output::json(&serde_json::json!({"report": report, "audit": key}))?;
     } else {

@@ -51,16 +51,14 @@ pub struct Args {
     pub(crate) group_interval: u64,
 }
 
-impl Args {
-    pub fn cluster_args(&self) -> &ClusterArgs {
-        &self.cluster
-    }
-    pub fn repo_args(&self) -> &RepoArgs {
-        &self.repo
-    }
+/// An impact and what computing it opened, for commands that act on it.
+pub struct Computed {
+    pub impact: Impact,
+    pub repo: haven_engine::repo::Repository,
+    pub cluster: haven_kafka::ClusterConfig,
 }
 
-pub async fn compute(ctx: &Ctx, a: &Args) -> anyhow::Result<Impact> {
+pub async fn compute(ctx: &Ctx, a: &Args) -> anyhow::Result<Computed> {
     let cfg = load_config(ctx)?;
     let service = Service::from_config(&cfg, &a.service)?;
     let t0 = instant("--restored-to", &a.restored_to)?;
@@ -71,7 +69,7 @@ pub async fn compute(ctx: &Ctx, a: &Args) -> anyhow::Result<Impact> {
     let repo = open_repo(&cfg, &a.repo, false).await?;
     let state = repo.load_state().await?;
     let cl = cluster(&cfg, &a.cluster);
-    Ok(impact::analyse(
+    let impact = impact::analyse(
         &cl,
         &Timeline::new(&state),
         &service,
@@ -80,11 +78,16 @@ pub async fn compute(ctx: &Ctx, a: &Args) -> anyhow::Result<Impact> {
         t1,
         3 * 1000 * a.group_interval.max(1) as i64,
     )
-    .await?)
+    .await?;
+    Ok(Computed {
+        impact,
+        repo,
+        cluster: cl,
+    })
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
-    let imp = compute(ctx, &a).await?;
+    let imp = compute(ctx, &a).await?.impact;
     if ctx.json {
         output::json(&imp)?;
     } else if a.markdown {

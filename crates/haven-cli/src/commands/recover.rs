@@ -101,7 +101,7 @@ async fn write_plan(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         markdown: false,
         group_interval: a.group_interval,
     };
-    let imp = impact::compute(ctx, &ia).await?;
+    let imp = impact::compute(ctx, &ia).await?.impact;
     let replay = a.replay_sink.as_ref().map(|s| {
         (
             if a.replay_source == "live" {
@@ -243,8 +243,7 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
                     to_topic,
                     generator,
                 } => {
-                    let (r, _) =
-                        compensate::compensate(&cl, ranges, to_topic, generator, false).await?;
+                    let r = compensate::compensate(&cl, ranges, to_topic, generator).await?;
                     Ok(serde_json::to_value(&r)?)
                 }
             }

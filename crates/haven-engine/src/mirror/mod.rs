@@ -112,6 +112,13 @@ impl MirrorOptions {
     pub fn target_topic(&self, topic: &str) -> String {
         format!("{}{topic}", self.prefix)
     }
+
+    /// Whether a source topic is mirrored: it matches `topics` and is not a mirror's own map
+    /// topic (a `.*` mirror of an active-active pair would otherwise copy the other
+    /// direction's map).
+    pub fn selects(&self, topic: &str) -> bool {
+        self.topics.is_match(topic) && !topic.starts_with(position::MAP_TOPIC_PREFIX)
+    }
 }
 
 /// What a mirror run did.

@@ -25,9 +25,12 @@ use super::provenance;
 use crate::offsets::{OffsetMap, Run};
 use crate::Result;
 
+/// What every mirror's map topic is named with.
+pub const MAP_TOPIC_PREFIX: &str = "haven-mirror-map.";
+
 /// The map topic of a mirror.
 pub fn map_topic(mirror: &str) -> String {
-    format!("haven-mirror-map.{mirror}")
+    format!("{MAP_TOPIC_PREFIX}{mirror}")
 }
 
 /// One checkpointed run of a partition's offset map.

@@ -53,7 +53,7 @@ fn positions(opts: &MirrorOptions) -> Result<Vec<View>> {
     let topics = haven_kafka::list_topics(&s, &opts.source.brokers, Duration::from_secs(10))?;
     let selected: Vec<_> = topics
         .into_iter()
-        .filter(|t| opts.topics.is_match(&t.name) && !t.name.starts_with("haven-mirror-map."))
+        .filter(|t| opts.selects(&t.name))
         .collect();
     if selected.is_empty() {
         return Err(Error::Input(format!(

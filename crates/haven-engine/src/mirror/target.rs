@@ -84,7 +84,7 @@ pub async fn prepare(opts: &MirrorOptions) -> Result<(Vec<TopicInfo>, Arc<BaseCo
     .await?;
     let selected: Vec<TopicInfo> = source_topics
         .iter()
-        .filter(|t| opts.topics.is_match(&t.name) && !t.name.starts_with("haven-mirror-map."))
+        .filter(|t| opts.selects(&t.name))
         .cloned()
         .collect();
     if selected.is_empty() {

@@ -15,8 +15,6 @@ use std::io::Write;
 use std::time::Duration;
 
 use haven_format::Record;
-use haven_kafka::rdkafka::message::{Header, OwnedHeaders};
-use haven_kafka::rdkafka::producer::FutureRecord;
 use haven_kafka::ClusterConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -300,14 +298,14 @@ pub struct CompensateReport {
     pub ids: Vec<String>,
 }
 
-/// Reads the originals (live cluster, offsets `from..to` per partition), generates and
-/// emits what is not on `to_topic` yet. `dry_run`: generate, do not emit.
-pub async fn compensate(
+/// Reads the originals (live cluster, offsets `from..to` per partition) and generates
+/// their compensations, leaving out those already on `to_topic`. Runs the generator
+/// (template, command or hook) once per original; nothing is emitted.
+pub async fn prepare(
     cluster: &ClusterConfig,
     ranges: &[(String, i32, i64, i64)],
     to_topic: &str,
     gen: &Generator,
-    dry_run: bool,
 ) -> Result<(CompensateReport, Vec<Compensation>)> {
     let (c, t) = (cluster.clone(), to_topic.to_string());
     let done = blocking(move || emitted_ids(&c, &t)).await?;
@@ -335,50 +333,47 @@ pub async fn compensate(
             }
         }
     }
-    if dry_run {
-        return Ok((report, pending));
-    }
-    let producer = cluster.producer()?;
-    let mut futs = Vec::with_capacity(pending.len());
-    for comp in &pending {
-        let mut headers = OwnedHeaders::new_with_capacity(comp.headers.len() + 2);
-        for (k, v) in &comp.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: v.as_deref(),
-            });
-        }
-        headers = headers
-            .insert(Header {
-                key: ID_HEADER,
-                value: Some(comp.id.as_bytes()),
-            })
-            .insert(Header {
-                key: OF_HEADER,
-                value: Some(comp.of.as_bytes()),
-            });
-        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(to_topic).headers(headers);
-        if let Some(k) = &comp.key {
-            fr = fr.key(k);
-        }
-        if let Some(v) = &comp.value {
-            fr = fr.payload(v);
-        }
-        futs.push(
-            producer
-                .send_result(fr)
-                .map_err(|(e, _)| Error::Task(format!("produce to {to_topic}: {e}")))?,
-        );
-    }
-    for f in futs {
-        match f.await {
-            Ok(Ok(_)) => report.emitted += 1,
-            Ok(Err((e, _))) => return Err(Error::Task(format!("produce to {to_topic}: {e}"))),
-            Err(_) => return Err(Error::Task("the producer was dropped".into())),
-        }
-    }
-    report.ids = pending.iter().map(|c| c.id.clone()).collect();
     Ok((report, pending))
+}
+
+/// Emits prepared compensations to `to_topic` and counts them in `report`.
+pub async fn emit(
+    cluster: &ClusterConfig,
+    to_topic: &str,
+    pending: &[Compensation],
+    report: &mut CompensateReport,
+) -> Result<()> {
+    let producer = cluster.producer()?;
+    let records = pending.iter().map(|comp| {
+        let mut headers: Vec<(&str, Option<&[u8]>)> = comp
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        headers.push((ID_HEADER, Some(comp.id.as_bytes())));
+        headers.push((OF_HEADER, Some(comp.of.as_bytes())));
+        haven_kafka::Outgoing {
+            key: comp.key.as_deref(),
+            value: comp.value.as_deref(),
+            headers,
+            timestamp: None,
+        }
+    });
+    report.emitted += haven_kafka::produce_all(&producer, to_topic, records).await?;
+    report.ids = pending.iter().map(|c| c.id.clone()).collect();
+    Ok(())
+}
+
+/// [`prepare`] then [`emit`].
+pub async fn compensate(
+    cluster: &ClusterConfig,
+    ranges: &[(String, i32, i64, i64)],
+    to_topic: &str,
+    gen: &Generator,
+) -> Result<CompensateReport> {
+    let (mut report, pending) = prepare(cluster, ranges, to_topic, gen).await?;
+    emit(cluster, to_topic, &pending, &mut report).await?;
+    Ok(report)
 }
 
 #[cfg(test)]

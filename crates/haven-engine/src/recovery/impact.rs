@@ -93,16 +93,7 @@ pub async fn analyse(
     t1: i64,
     sample_gap_ms: i64,
 ) -> Result<Impact> {
-    let start = timeline.start().ok_or_else(|| {
-        Error::Input("the backup holds no consumer-group timeline: run `haven backup` with --group-interval > 0 (and --group NAME where the cluster cannot list groups)".into())
-    })?;
-    if t0 < start {
-        return Err(Error::Input(format!(
-            "--restored-to {} is before the start of the backup's group timeline ({}): what groups had processed then is unknown",
-            crate::time::format_ms(t0),
-            crate::time::format_ms(start)
-        )));
-    }
+    timeline.require(t0, "--restored-to")?;
     if t1 <= t0 {
         return Err(Error::Input(format!(
             "--incident {} is not after --restored-to {}",
@@ -140,20 +131,15 @@ pub async fn analyse(
             let n = partitions_of(topic)?;
             let mut produced = Vec::new();
             for p in 0..n {
-                let (_, high) =
-                    haven_kafka::watermarks(&inspector, topic, p, Duration::from_secs(10))?;
-                let at = |ts| -> Result<i64> {
-                    Ok(haven_kafka::offset_for_time_checked(
-                        &c,
-                        &inspector,
-                        topic,
-                        p,
-                        ts,
-                        Duration::from_secs(10),
-                    )?
-                    .unwrap_or(high))
-                };
-                let (from, to) = (at(t0)?, at(t1)?);
+                let at = haven_kafka::offsets_at_times(
+                    &c,
+                    &inspector,
+                    topic,
+                    p,
+                    &[t0, t1],
+                    Duration::from_secs(10),
+                )?;
+                let (from, to) = (at.offsets[0], at.offsets[1]);
                 produced.push(Range {
                     partition: p,
                     from,

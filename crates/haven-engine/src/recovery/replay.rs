@@ -205,24 +205,30 @@ pub async fn replay(
                         if parts.as_ref().is_some_and(|v| !v.contains(&p)) {
                             continue;
                         }
-                        let (low, high) =
-                            haven_kafka::watermarks(&i, &t, p, Duration::from_secs(10))?;
-                        let at = |b: Bound, default: i64| -> Result<i64> {
-                            Ok(match b {
-                                Bound::Unbounded => default,
-                                Bound::Offset(o) => o.clamp(low, high),
-                                Bound::Time(ts) => haven_kafka::offset_for_time_checked(
-                                    &c,
-                                    &i,
-                                    &t,
-                                    p,
-                                    ts,
-                                    Duration::from_secs(10),
-                                )?
-                                .unwrap_or(high),
+                        let times: Vec<i64> = [from, to]
+                            .iter()
+                            .filter_map(|b| match b {
+                                Bound::Time(ts) => Some(*ts),
+                                _ => None,
                             })
+                            .collect();
+                        let at = haven_kafka::offsets_at_times(
+                            &c,
+                            &i,
+                            &t,
+                            p,
+                            &times,
+                            Duration::from_secs(10),
+                        )?;
+                        let mut by_time = at.offsets.iter();
+                        let mut resolve = |b: Bound, default: i64| match b {
+                            Bound::Unbounded => default,
+                            Bound::Offset(o) => o.clamp(at.low, at.high),
+                            Bound::Time(_) => by_time.next().copied().unwrap_or(at.high),
                         };
-                        out.push((p, at(from, low)?, at(to, high)?));
+                        let a = resolve(from, at.low);
+                        let z = resolve(to, at.high);
+                        out.push((p, a, z));
                     }
                     Ok(out)
                 })

@@ -52,16 +52,7 @@ pub enum Activity {
 /// The rewind of `group` on `topics` to instant `at`, from the timeline. Partitions the
 /// group had no commit on at `at` are left out (and named in the error when none is left).
 pub fn plan(timeline: &Timeline, group: &str, topics: &[String], at: i64) -> Result<RewindPlan> {
-    let start = timeline.start().ok_or_else(|| {
-        Error::Input("the backup holds no consumer-group timeline: run `haven backup` with --group-interval > 0 (and --group NAME where the cluster cannot list groups)".into())
-    })?;
-    if at < start {
-        return Err(Error::Input(format!(
-            "{} is before the start of the backup's group timeline ({}): the group's offsets then are unknown; pick a later instant",
-            crate::time::format_ms(at),
-            crate::time::format_ms(start)
-        )));
-    }
+    timeline.require(at, "--to")?;
     let mut moves = Vec::new();
     for topic in topics {
         for p in timeline.partitions(group, topic) {

@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use haven_format::Record;
-use haven_kafka::rdkafka::message::{Header, OwnedHeaders};
-use haven_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use haven_kafka::rdkafka::producer::FutureProducer;
 use haven_kafka::ClusterConfig;
 use serde_json::Value;
 
@@ -190,47 +189,26 @@ impl Sink {
                 out.flush().map_err(|e| Error::Task(format!("stdout: {e}")))
             }
             Sink::Kafka { producer, topic } => {
-                let mut futs = Vec::with_capacity(batch.len());
-                for e in batch {
+                let sources: Vec<String> = batch
+                    .iter()
+                    .map(|e| format!("{}/{}/{}", e.topic, e.partition, e.record.offset))
+                    .collect();
+                let records = batch.iter().zip(&sources).map(|(e, source)| {
                     let r = &e.record;
-                    let source = format!("{}/{}/{}", e.topic, e.partition, r.offset);
-                    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
-                    for h in &r.headers {
-                        headers = headers.insert(Header {
-                            key: &h.name,
-                            value: h.value.as_deref(),
-                        });
+                    let mut headers: Vec<(&str, Option<&[u8]>)> = r
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.as_str(), h.value.as_deref()))
+                        .collect();
+                    headers.push(("haven-source", Some(source.as_bytes())));
+                    haven_kafka::Outgoing {
+                        key: r.key.as_deref(),
+                        value: r.value.as_deref(),
+                        headers,
+                        timestamp: (r.timestamp >= 0).then_some(r.timestamp),
                     }
-                    headers = headers.insert(Header {
-                        key: "haven-source",
-                        value: Some(source.as_bytes()),
-                    });
-                    let mut fr: FutureRecord<'_, [u8], [u8]> =
-                        FutureRecord::to(topic).headers(headers);
-                    if let Some(k) = &r.key {
-                        fr = fr.key(k);
-                    }
-                    if let Some(v) = &r.value {
-                        fr = fr.payload(v);
-                    }
-                    if r.timestamp >= 0 {
-                        fr = fr.timestamp(r.timestamp);
-                    }
-                    futs.push(
-                        producer
-                            .send_result(fr)
-                            .map_err(|(e, _)| Error::Task(format!("produce to {topic}: {e}")))?,
-                    );
-                }
-                for f in futs {
-                    match f.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => {
-                            return Err(Error::Task(format!("produce to {topic}: {e}")))
-                        }
-                        Err(_) => return Err(Error::Task("the producer was dropped".into())),
-                    }
-                }
+                });
+                haven_kafka::produce_all(producer, topic, records).await?;
                 Ok(())
             }
             Sink::Http {
