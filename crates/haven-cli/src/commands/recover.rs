@@ -210,7 +210,7 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
                 Step::Rewind { group, moves } => {
                     let rp = rewind::RewindPlan {
                         group: group.clone(),
-                        at: 0,
+                        at: p.restored_to_ms,
                         at_text: p.restored_to.clone(),
                         moves: moves.clone(),
                     };

@@ -37,6 +37,8 @@ pub enum Step {
 pub struct RecoveryPlan {
     pub service: String,
     pub restored_to: String,
+    /// T0 in Unix ms (what the rewind steps go back to).
+    pub restored_to_ms: i64,
     pub incident: String,
     pub created_at: String,
     /// What the plan could not decide (unknown offsets, ...): read before applying.
@@ -119,6 +121,7 @@ pub fn build(
     RecoveryPlan {
         service: impact.service.clone(),
         restored_to: impact.restored_to.clone(),
+        restored_to_ms: impact.restored_to_ms,
         incident: impact.incident.clone(),
         created_at: crate::time::format_ms(chrono::Utc::now().timestamp_millis()),
         warnings,
