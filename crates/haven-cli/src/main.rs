@@ -2,10 +2,11 @@
 //! command line, sets up logging and maps errors to exit codes:
 //! 0 success, 1 operational failure, 2 bad usage or bad configuration.
 
+#[macro_use]
+mod output;
 mod commands;
 mod metrics_server;
 mod observer;
-mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,9 +130,14 @@ fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{level},librdkafka=off,rdkafka=off"))
     });
+    // Colour only for a person at a terminal: never into files and pipes, never with
+    // NO_COLOR set (https://no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
 }
@@ -194,21 +200,58 @@ fn main() -> ExitCode {
             Command::Bench(c) => commands::bench::run(&ctx, c).await,
         }
     });
+    let result = result.or_else(|e| {
+        // A reader that closed stdout (`haven replay --sink stdout | head`) ends the
+        // command quietly, like the rest of its output.
+        let closed = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<haven_engine::Error>(),
+                Some(haven_engine::Error::OutputClosed)
+            )
+        });
+        if closed {
+            Ok(0)
+        } else {
+            Err(e)
+        }
+    });
+    if let Some(e) = output::failure() {
+        eprintln!("error: cannot write the output: {e}");
+        return ExitCode::from(1);
+    }
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = exit_code(&e);
+            let message = render_error(&e);
             if ctx_json_requested() {
                 let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-                println!(
+                outln!(
                     "{}",
-                    serde_json::json!({"error": e.to_string(), "causes": chain, "exit_code": code})
+                    serde_json::json!({"error": message, "causes": chain, "exit_code": code})
                 );
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {message}");
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes on one line, each said once: a cause whose text an outer
+/// message already includes is not repeated.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let m = cause.to_string();
+        if m.is_empty() || out.contains(&m) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&m);
+    }
+    out
 }
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core); with
@@ -223,4 +266,48 @@ fn limit_malloc_arenas() {
 
 fn ctx_json_requested() -> bool {
     std::env::args().any(|a| a == "--json")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    fn commands(c: &clap::Command, out: &mut Vec<clap::Command>) {
+        out.push(c.clone());
+        for s in c.get_subcommands() {
+            commands(s, out);
+        }
+    }
+
+    /// Every example in every command's --help can be pasted: at the width help is
+    /// rendered at (at most 100 columns), no example line is wrapped; longer examples are
+    /// split with ` \` continuations.
+    #[test]
+    fn help_examples_are_never_wrapped() {
+        let mut all = Vec::new();
+        commands(&super::Cli::command(), &mut all);
+        assert!(all.len() > 15);
+        for c in all {
+            let name = c.get_name().to_string();
+            let wide = c
+                .clone()
+                .max_term_width(1000)
+                .term_width(1000)
+                .render_long_help()
+                .to_string();
+            let narrow = c.clone().term_width(100).render_long_help().to_string();
+            let narrow_lines: Vec<&str> = narrow.lines().collect();
+            let mut continuing = false;
+            for line in wide.lines() {
+                let example = line.trim_start().starts_with("haven ");
+                if example || continuing {
+                    assert!(
+                        narrow_lines.contains(&line),
+                        "`{name} --help` wraps the example line (split it with ` \\`):\n{line}"
+                    );
+                }
+                continuing = (example || continuing) && line.ends_with('\\');
+            }
+        }
+    }
 }

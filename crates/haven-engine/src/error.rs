@@ -28,6 +28,12 @@ pub enum Error {
     Input(String),
     #[error("background task failed: {0}")]
     Task(String),
+    /// Something Haven must talk to did not answer (a sink, a server): exit 1.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The reader of stdout closed it (`| head`): not a failure.
+    #[error("stdout was closed by its reader")]
+    OutputClosed,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

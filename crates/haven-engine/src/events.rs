@@ -67,8 +67,103 @@ pub enum Event {
     GroupSynced { group: String, partitions: usize },
     /// A consumer group's offsets could not be synced (typically: active on the target).
     GroupNotSynced { group: String, reason: String },
+    /// A group named in the mirror's configuration has no commit on the mirrored
+    /// partitions of the source (sent once, until it has one): a typo, or a group that has
+    /// not consumed yet. Nothing is synced for it.
+    GroupNeverSynced { group: String },
     /// A recoverable error (broker unreachable, ...); the engine retries.
     Retrying { what: String, error: String },
+}
+
+impl std::fmt::Display for Event {
+    /// One sentence per event, for logs read by a person.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::BackupStarted {
+                partitions,
+                target_records,
+            } => match target_records {
+                Some(n) => write!(f, "backup started: {partitions} partitions, {n} records to read"),
+                None => write!(f, "backup started: {partitions} partitions"),
+            },
+            Event::SegmentWritten {
+                key,
+                records,
+                bytes,
+                oldest_age_ms,
+            } => {
+                write!(f, "segment {key} durable: {records} records, {bytes} bytes")?;
+                match oldest_age_ms {
+                    Some(ms) => write!(f, ", oldest record {ms} ms old"),
+                    None => Ok(()),
+                }
+            }
+            Event::RecordsLost {
+                topic,
+                partition,
+                from,
+                to,
+                reason,
+            } => write!(
+                f,
+                "records lost at the source: {topic}/{partition} offsets {from}..{to}: {reason}"
+            ),
+            Event::TopicRecreated { topic, generation } => write!(
+                f,
+                "topic {topic} was deleted and re-created: its records go to generation {generation}"
+            ),
+            Event::TopicChanged { topic, partitions } => {
+                write!(f, "topic {topic}: {partitions} partitions")
+            }
+            Event::PartitionLag {
+                topic,
+                partition,
+                records,
+                seconds,
+                durable_offset,
+            } => write!(
+                f,
+                "{topic}/{partition}: {records} records ({seconds:.1} s) behind, durable to offset {durable_offset}"
+            ),
+            Event::PartitionsReleased { partitions } => {
+                let names: Vec<String> =
+                    partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                write!(f, "partitions handed to another member: {}", names.join(", "))
+            }
+            Event::GroupsSampled { groups, changes } => {
+                write!(f, "consumer groups sampled: {groups} groups, {changes} new commits")
+            }
+            Event::ConcurrentAppend { seq } => write!(
+                f,
+                "another writer appended segment {seq} at the same time: reconciled with the log"
+            ),
+            Event::RestoreStarted { records } => write!(f, "restore started: {records} records"),
+            Event::RestoreProgress { records } => write!(f, "restored {records} records"),
+            Event::MirrorStarted { partitions } => {
+                write!(f, "mirror session started: {partitions} partitions")
+            }
+            Event::MirrorProgress {
+                records,
+                bytes,
+                skipped_origin,
+            } => write!(
+                f,
+                "mirrored {records} records ({bytes} bytes); {skipped_origin} not copied back to their origin"
+            ),
+            Event::GroupSynced { group, partitions } => {
+                write!(f, "group {group}: offsets synced on {partitions} partitions")
+            }
+            Event::GroupNotSynced { group, reason } => {
+                write!(f, "group {group}: offsets not synced: {reason}")
+            }
+            Event::GroupNeverSynced { group } => write!(
+                f,
+                "group {group} (configured with --groups) has no committed offset on the mirrored \
+                 partitions of the source: nothing to sync; check the name"
+            ),
+            Event::Retrying { what, error } => write!(f, "{what} failed, retrying: {error}"),
+        }
+    }
 }
 
 /// Receives engine events. Must be cheap: it runs on the engine's task.
@@ -83,18 +178,19 @@ pub struct LogObserver;
 impl Observer for LogObserver {
     fn event(&self, event: &Event) {
         match event {
-            Event::RecordsLost { .. } => tracing::error!(?event, "records lost at the source"),
+            Event::RecordsLost { .. } => tracing::error!("{event}"),
             Event::Retrying { .. }
             | Event::ConcurrentAppend { .. }
-            | Event::GroupNotSynced { .. } => tracing::warn!(?event),
+            | Event::GroupNotSynced { .. }
+            | Event::GroupNeverSynced { .. } => tracing::warn!("{event}"),
             Event::PartitionLag { .. }
             | Event::GroupsSampled { .. }
             | Event::GroupSynced { .. }
             | Event::MirrorProgress { .. }
             | Event::RestoreProgress { .. } => {
-                tracing::debug!(?event)
+                tracing::debug!("{event}")
             }
-            _ => tracing::info!(?event),
+            _ => tracing::info!("{event}"),
         }
     }
 }

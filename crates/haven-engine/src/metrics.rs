@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Age in ms of the oldest record of the last segment when it became durable.
     last_oldest_age_ms: AtomicI64,
     lost: Mutex<BTreeMap<(String, i32), u64>>,
+    /// Configured groups with nothing synced so far.
+    never_synced: Mutex<std::collections::BTreeSet<String>>,
     lag: Mutex<BTreeMap<(String, i32), Lag>>,
 }
 
@@ -141,6 +143,19 @@ impl Metrics {
                     "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                     v.load(Ordering::Relaxed)
                 );
+            }
+        }
+        if let Ok(groups) = self.never_synced.lock() {
+            if self.job == "mirror" {
+                let _ = writeln!(o, "# HELP haven_mirror_group_never_synced 1 for each group configured for offset sync that has no commit on the mirrored partitions (nothing synced for it).");
+                let _ = writeln!(o, "# TYPE haven_mirror_group_never_synced gauge");
+                for g in groups.iter() {
+                    let _ = writeln!(
+                        o,
+                        "haven_mirror_group_never_synced{{group=\"{}\"}} 1",
+                        g.replace('\\', "\\\\").replace('"', "\\\"")
+                    );
+                }
             }
         }
         let _ = writeln!(o, "# HELP haven_backup_records_lost_total Records the source deleted before Haven read them.");
@@ -261,8 +276,16 @@ impl Observer for Metrics {
                 self.skipped_origin
                     .store(*skipped_origin, Ordering::Relaxed);
             }
-            Event::GroupSynced { .. } => {
+            Event::GroupSynced { group, .. } => {
                 self.group_syncs.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut g) = self.never_synced.lock() {
+                    g.remove(group);
+                }
+            }
+            Event::GroupNeverSynced { group } => {
+                if let Ok(mut g) = self.never_synced.lock() {
+                    g.insert(group.clone());
+                }
             }
             Event::GroupNotSynced { .. } => {
                 self.group_sync_refusals.fetch_add(1, Ordering::Relaxed);

@@ -44,6 +44,50 @@ pub fn in_window(offset: i64, timestamp: i64, from: Bound, to: Bound) -> bool {
     after && before
 }
 
+/// Refuses a window that selects nothing by construction (`--from 10 --to 5`).
+pub fn check_window(from: Bound, to: Bound) -> Result<()> {
+    let text = |b: Bound| match b {
+        Bound::Unbounded => "unbounded".to_string(),
+        Bound::Offset(o) => format!("offset {o}"),
+        Bound::Time(t) => crate::time::format_ms(t),
+    };
+    if let (Bound::Time(a), Bound::Time(b)) | (Bound::Offset(a), Bound::Offset(b)) = (from, to) {
+        if a >= b {
+            return Err(Error::Input(format!(
+                "empty window: --from {} is not before --to {}",
+                text(from),
+                text(to)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses partitions the repository does not hold for `topic` (generation `generation`).
+pub fn check_partitions(
+    state: &RepoState,
+    topic: &str,
+    generation: u32,
+    wanted: &[i32],
+) -> Result<()> {
+    let held: Vec<i32> = state
+        .partitions
+        .keys()
+        .filter(|(t, g, _)| t == topic && *g == generation)
+        .map(|k| k.2)
+        .collect();
+    if let Some(p) = wanted.iter().find(|p| !held.contains(p)) {
+        return Err(Error::Input(format!(
+            "the repository holds no partition {p} of {topic}; it holds partitions {}",
+            held.iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Whether a chunk may hold records of `[from, to)` (from its index entry alone).
 pub fn chunk_may_hold(m: &haven_format::ChunkMeta, from: Bound, to: Bound) -> bool {
     let after = match from {
@@ -60,10 +104,14 @@ pub fn chunk_may_hold(m: &haven_format::ChunkMeta, from: Bound, to: Bound) -> bo
 }
 
 /// The chunks that may hold selected records, partition by partition, in offset order.
+/// Refuses a damaged log (unless loaded to salvage), a window that selects nothing by
+/// construction and partitions the repository does not hold.
 pub fn chunks_for<'a>(
     state: &'a RepoState,
     sel: &Selection,
 ) -> Result<Vec<(i32, &'a crate::repo::ChunkRef)>> {
+    state.ensure_intact()?;
+    check_window(sel.from, sel.to)?;
     let generation = match sel.generation {
         Some(g) => g,
         None => {
@@ -85,6 +133,9 @@ pub fn chunks_for<'a>(
                 .generation
         }
     };
+    if let Some(wanted) = &sel.partitions {
+        check_partitions(state, &sel.topic, generation, wanted)?;
+    }
     let mut out = Vec::new();
     for ((t, g, p), ps) in &state.partitions {
         if *t != sel.topic || *g != generation {

@@ -3,7 +3,21 @@
 
 use crate::{Error, Result};
 
+/// The instants Haven accepts: years 0000 to 9999 (what RFC 3339 can write).
+pub const MIN_INSTANT_MS: i64 = -62_167_219_200_000;
+pub const MAX_INSTANT_MS: i64 = 253_402_300_799_999;
+
 pub fn parse_instant(text: &str, now_ms: i64) -> Result<i64> {
+    let ms = parse_unchecked(text, now_ms)?;
+    if !(MIN_INSTANT_MS..=MAX_INSTANT_MS).contains(&ms) {
+        return Err(Error::Input(format!(
+            "{text:?} is out of range: instants go from 0000-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"
+        )));
+    }
+    Ok(ms)
+}
+
+fn parse_unchecked(text: &str, now_ms: i64) -> Result<i64> {
     let t = text.trim();
     if let Some(rel) = t.strip_prefix('-') {
         let (num, unit) =
@@ -23,7 +37,10 @@ pub fn parse_instant(text: &str, now_ms: i64) -> Result<i64> {
                 )))
             }
         };
-        return Ok(now_ms - n * ms);
+        return n
+            .checked_mul(ms)
+            .and_then(|d| now_ms.checked_sub(d))
+            .ok_or_else(|| Error::Input(format!("{text:?} is out of range")));
     }
     if let Ok(ms) = t.parse::<i64>() {
         return Ok(ms);
@@ -56,5 +73,12 @@ mod tests {
         assert!(parse_instant("yesterday", 0).is_err());
         assert!(parse_instant("-5y", 0).is_err());
         assert_eq!(format_ms(1000), "1970-01-01T00:00:01.000Z");
+        assert!(parse_instant("9223372036854775807", 0).is_err());
+        assert!(parse_instant("-9223372036854775807d", 0).is_err());
+        assert!(parse_instant("-99999999999999d", 0).is_err());
+        assert_eq!(
+            parse_instant("9999-12-31T23:59:59.999Z", 0).unwrap(),
+            MAX_INSTANT_MS
+        );
     }
 }

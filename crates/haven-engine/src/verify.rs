@@ -1,4 +1,6 @@
-//! `haven verify`: every checksum, the hash chain and offset continuity.
+//! `haven verify`: every checksum, the hash chain and offset continuity of the log, stray
+//! objects among the segments, and every record object beside the log (`audit/`,
+//! `restores/`, `replays/`).
 
 use serde::Serialize;
 
@@ -18,6 +20,8 @@ pub struct VerifyReport {
     pub bytes: u64,
     pub chunks_decoded: u64,
     pub records_decoded: u64,
+    /// Objects under `audit/`, `restores/` and `replays/` read and parsed.
+    pub records_objects: u64,
     pub head: Option<String>,
     pub problems: Vec<Problem>,
 }
@@ -37,6 +41,16 @@ pub async fn verify(repo: &Repository, deep: bool) -> Result<VerifyReport> {
         return Err(Error::Key(
             "--deep on an encrypted repository needs its key".into(),
         ));
+    }
+    for obj in repo.store().list(crate::repo::LOG_PREFIX).await? {
+        if crate::repo::segment_seq(&obj.key).is_none() {
+            report.problems.push(Problem {
+                object: obj.key.clone(),
+                what: "a stray object among the segments (not a segment name Haven writes): \
+                       it is not read; find out who put it there"
+                    .into(),
+            });
+        }
     }
     for obj in repo.segments().await? {
         report.segments += 1;
@@ -99,22 +113,65 @@ pub async fn verify(repo: &Repository, deep: bool) -> Result<VerifyReport> {
             }
         }
     }
-    for (key, what) in &state.chain_breaks {
+    for d in state.damage() {
         report.problems.push(Problem {
-            object: key.clone(),
-            what: format!("hash chain broken: {what}"),
+            object: d.object,
+            what: d.what,
         });
     }
-    for ((t, g, p), ps) in &state.partitions {
-        for (key, expected, found) in &ps.discontinuities {
-            report.problems.push(Problem {
-                object: key.clone(),
-                what: format!(
-                    "{t}/{p} (generation {g}): range starts at offset {found}, the previous one ended at {expected}"
-                ),
-            });
-        }
-    }
+    verify_records(repo, &mut report).await?;
     report.head = state.head.map(|(s, d)| format!("{s}:{}", hex::encode(d)));
     Ok(report)
+}
+
+/// Reads and parses every object beside the log: audit entries, restore plans and offset
+/// maps, replay progress. `haven audit`, `offsets translate` and `replay --resume` depend on
+/// them, so a damaged one is damage to the repository.
+async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<()> {
+    for prefix in ["audit/", "restores/", "replays/"] {
+        for obj in repo.store().list(prefix).await? {
+            let Some((what, check)) = record_kind(&obj.key) else {
+                report.problems.push(Problem {
+                    object: obj.key.clone(),
+                    what: format!("a stray object under {prefix} (not a name Haven writes)"),
+                });
+                continue;
+            };
+            let bytes = repo.store().get(&obj.key).await?;
+            report.records_objects += 1;
+            if let Err(e) = check(&bytes) {
+                report.problems.push(Problem {
+                    object: obj.key.clone(),
+                    what: format!("not {what}: {e}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+type Check = fn(&[u8]) -> std::result::Result<(), serde_json::Error>;
+
+fn parses<T: serde::de::DeserializeOwned>(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
+    serde_json::from_slice::<T>(b).map(|_| ())
+}
+
+/// What an object beside the log must hold, from its name (FORMAT.md, "Objects").
+fn record_kind(key: &str) -> Option<(&'static str, Check)> {
+    use crate::recovery::audit::Entry;
+    use crate::restore::{RestoreOffsets, RestorePlan};
+    if key.starts_with("audit/") && key.ends_with(".json") {
+        Some(("an audit entry", parses::<Entry>))
+    } else if key.starts_with("restores/") && key.ends_with("/plan.json") {
+        Some(("a restore plan", parses::<RestorePlan>))
+    } else if key.starts_with("restores/") && key.ends_with("/offsets.json") {
+        Some(("a restore offset map", parses::<RestoreOffsets>))
+    } else if key.starts_with("replays/") && key.ends_with(".json") {
+        Some((
+            "replay progress",
+            parses::<std::collections::BTreeMap<String, i64>>,
+        ))
+    } else {
+        None
+    }
 }

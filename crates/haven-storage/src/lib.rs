@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::ClientConfigKey;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use thiserror::Error;
 
@@ -37,6 +38,76 @@ pub enum StorageError {
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// The repository option (or `HAVEN_STORAGE_TIMEOUT`) bounding how long one storage
+/// operation may take, retries included: seconds, or a number with ms/s/m. Default 30 s.
+pub const TIMEOUT_OPTION: &str = "timeout";
+
+fn storage_timeout(options: &[(&str, &str)]) -> std::result::Result<std::time::Duration, String> {
+    let given = options
+        .iter()
+        .find(|(k, _)| *k == TIMEOUT_OPTION)
+        .map(|(_, v)| (format!("option {TIMEOUT_OPTION}"), v.to_string()))
+        .or_else(|| {
+            std::env::var("HAVEN_STORAGE_TIMEOUT")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| ("HAVEN_STORAGE_TIMEOUT".to_string(), v))
+        });
+    let Some((what, text)) = given else {
+        return Ok(std::time::Duration::from_secs(30));
+    };
+    let t = text.trim();
+    let (num, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (t, 1000)
+    };
+    match num.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(std::time::Duration::from_millis(n.saturating_mul(unit_ms))),
+        _ => Err(format!(
+            "{what} = {text:?}: expected a positive duration like 30, 30s, 500ms or 2m"
+        )),
+    }
+}
+
+/// Refuses an S3 store with no credentials configured, instead of letting the client fall
+/// back to the cloud's instance-metadata address and fail there with a 403 (or wait on a
+/// machine that is not in a cloud). Instance roles are used when asked for.
+fn check_credentials(b: &AmazonS3Builder) -> std::result::Result<(), String> {
+    let set = |k: AmazonS3ConfigKey| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
+    let env = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+    let static_keys =
+        set(AmazonS3ConfigKey::AccessKeyId) && set(AmazonS3ConfigKey::SecretAccessKey);
+    let unsigned = b
+        .get_config_value(&AmazonS3ConfigKey::SkipSignature)
+        .is_some_and(|v| v == "true");
+    let other_source = env("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || env("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        || std::env::var("HAVEN_S3_INSTANCE_ROLE").is_ok_and(|v| v == "true");
+    if static_keys || unsigned || other_source {
+        return Ok(());
+    }
+    if set(AmazonS3ConfigKey::AccessKeyId) != set(AmazonS3ConfigKey::SecretAccessKey) {
+        return Err(
+            "only half of the S3 credentials are set: give both AWS_ACCESS_KEY_ID and \
+                    AWS_SECRET_ACCESS_KEY (or both aws_access_key_id and aws_secret_access_key \
+                    in the repository's options)"
+                .into(),
+        );
+    }
+    Err(
+        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or \
+         aws_access_key_id and aws_secret_access_key in the repository's options in haven.toml); \
+         on a cloud machine with an instance role, set HAVEN_S3_INSTANCE_ROLE=true"
+            .into(),
+    )
+}
 
 /// The directory of a local repository URL (`file:///path` or a plain path), if it is one.
 pub fn local_path(url: &str) -> Option<std::path::PathBuf> {
@@ -110,13 +181,31 @@ impl Store {
             if bucket.is_empty() {
                 return Err(bad("no bucket name: use s3://BUCKET/PREFIX".into()));
             }
-            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-            for (k, v) in options {
+            let timeout = storage_timeout(options).map_err(&bad)?;
+            let mut b = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                // Bounded waits: a server that accepts connections and never answers fails
+                // an operation within `timeout` (retries included), not after minutes.
+                .with_retry(object_store::RetryConfig {
+                    backoff: Default::default(),
+                    max_retries: 10,
+                    retry_timeout: timeout,
+                })
+                .with_config(
+                    AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                    format!("{}ms", (timeout.as_millis() / 3).max(1)),
+                )
+                .with_config(
+                    AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                    format!("{}ms", (timeout.as_millis() / 3).clamp(1, 5000)),
+                );
+            for (k, v) in options.iter().filter(|(k, _)| *k != TIMEOUT_OPTION) {
                 let key = k
                     .parse()
                     .map_err(|e: object_store::Error| bad(format!("option {k}: {e}")))?;
                 b = b.with_config(key, *v);
             }
+            check_credentials(&b).map_err(bad)?;
             let s3 = b.build().map_err(|e| bad(e.to_string()))?;
             return Ok(Store::new(Arc::new(s3), prefix, url));
         }

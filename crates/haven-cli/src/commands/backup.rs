@@ -119,8 +119,20 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     if flush_ms == 0 {
         return Err(usage("--flush-ms must be at least 1"));
     }
-    let mut cl = cluster(&cfg, &ClusterArgs { brokers });
+    let mut cl = cluster(&cfg, &ClusterArgs { brokers })?;
     cl.fetch_wait_ms = a.fetch_wait_ms;
+    let mut opts = BackupOptions::new(cl, backup::topic_regex(&topics)?);
+    opts.once = a.once;
+    opts.max_buffer_bytes = a.max_buffer_mb.max(1) * 1024 * 1024;
+    opts.flush_interval = Duration::from_millis(flush_ms);
+    opts.group_interval = (a.group_interval > 0).then(|| Duration::from_secs(a.group_interval));
+    opts.groups = a.groups.clone();
+    opts.job = a.job.clone().unwrap_or_else(|| "default".into());
+    opts.residency = cfg.residency_rules();
+    opts.repository_region = cfg.repository(&repo_name).region;
+    // Everything that can be wrong with the flags or the cluster is found before a new
+    // repository is created.
+    backup::select_topics(&opts, &cfg.repository(&repo_name).url).await?;
     let repo = open_repo(
         &cfg,
         &RepoArgs {
@@ -137,15 +149,6 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             repo.store().url()
         );
     }
-    let mut opts = BackupOptions::new(cl, backup::topic_regex(&topics)?);
-    opts.once = a.once;
-    opts.max_buffer_bytes = a.max_buffer_mb.max(1) * 1024 * 1024;
-    opts.flush_interval = Duration::from_millis(flush_ms);
-    opts.group_interval = (a.group_interval > 0).then(|| Duration::from_secs(a.group_interval));
-    opts.groups = a.groups.clone();
-    opts.job = a.job.clone().unwrap_or_else(|| "default".into());
-    opts.residency = cfg.residency_rules();
-    opts.repository_region = cfg.repository(&repo_name).region;
 
     let rx = super::stop_on_signal();
     let observer = super::job_observer(ctx, a.metrics_addr.as_deref(), "backup").await?;
@@ -155,7 +158,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     if ctx.json {
         output::json(&report)?;
     } else {
-        println!(
+        outln!(
             "backed up {} records in {} segments ({}) from {} partitions in {:.1}s",
             report.records,
             report.segments,
@@ -164,7 +167,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             report.seconds
         );
         for (t, p, from, to) in &report.losses {
-            println!("LOSS {t}/{p}: offsets {from}..{to} were deleted at the source before Haven read them");
+            outln!("LOSS {t}/{p}: offsets {from}..{to} were deleted at the source before Haven read them");
         }
     }
     Ok(0)

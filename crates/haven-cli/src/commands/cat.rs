@@ -23,6 +23,9 @@ pub struct Args {
     #[command(flatten)]
     repo: RepoArgs,
 
+    #[command(flatten)]
+    damage: super::DamageArgs,
+
     /// Topic to print.
     #[arg(long)]
     topic: String,
@@ -36,18 +39,18 @@ pub struct Args {
     generation: Option<u32>,
 
     /// Start of the window (inclusive): OFFSET or TIME.
-    #[arg(long, value_name = "OFFSET|TIME")]
+    #[arg(long, allow_hyphen_values = true, value_name = "OFFSET|TIME")]
     from: Option<String>,
 
     /// End of the window (exclusive): OFFSET or TIME.
-    #[arg(long, value_name = "OFFSET|TIME")]
+    #[arg(long, allow_hyphen_values = true, value_name = "OFFSET|TIME")]
     to: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
-    let state = repo.load_state().await?;
+    let state = super::load_for_reading(&repo, a.damage.skip_damaged).await?;
     let now = chrono::Utc::now().timestamp_millis();
     let sel = Selection {
         topic: a.topic.clone(),
@@ -58,22 +61,17 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut io_err = None;
     let topic = a.topic.clone();
+    // A write error stops the reading: a closed pipe ends the command quietly, any other
+    // error is reported when it ends (crate::output).
+    let stopped = |e: std::io::Error| {
+        crate::output::note_write_error(e);
+        haven_engine::Error::OutputClosed
+    };
     for_each_record(&repo, &state, &sel, |p, r| {
-        if io_err.is_none() {
-            if let Err(e) = writeln!(out, "{}", record_json(&topic, p, r)) {
-                io_err = Some(e);
-            }
-        }
-        Ok(())
+        writeln!(out, "{}", record_json(&topic, p, r)).map_err(stopped)
     })
     .await?;
-    out.flush()?;
-    if let Some(e) = io_err {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e.into());
-        }
-    }
+    out.flush().map_err(stopped)?;
     Ok(0)
 }

@@ -24,9 +24,9 @@ use crate::{output, Ctx};
 /// it twice compensates once. Asks for confirmation unless --yes; --dry-run prints them.
 ///
 /// Example:
-///   haven compensate --service machine-management --restored-to 2026-11-22T14:00:00Z --brokers us \
-///       --repo main --to-topic machine-compensations \
-///       --template '{"type":"machine.event.revoked","machine":"{{value.machine_id}}","of":"{{offset}}"}'
+///   haven compensate --service machine-management --restored-to 2026-11-22T14:00:00Z \
+///       --brokers us --repo main --to-topic machine-compensations \
+///       --template '{"type":"machine.revoked","machine":"{{value.machine_id}}","of":"{{offset}}"}'
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -81,14 +81,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             )?;
         } else {
             for c in &comps {
-                println!(
+                outln!(
                     "{} for {}: {}",
                     c.id,
                     c.of,
                     String::from_utf8_lossy(c.value.as_deref().unwrap_or_default())
                 );
             }
-            println!(
+            outln!(
                 "{} compensating events to emit for {} original events ({} already emitted){}",
                 comps.len(),
                 report.originals,
@@ -108,9 +108,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     if ctx.json {
         output::json(&serde_json::json!({"report": report, "audit": key}))?;
     } else {
-        println!(
+        outln!(
             "emitted {} compensating events to {} ({} were already there); recorded as {key}",
-            report.emitted, a.to_topic, report.already_emitted
+            report.emitted,
+            a.to_topic,
+            report.already_emitted
         );
     }
     Ok(0)

@@ -18,14 +18,20 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
     },
-    /// Print an example config file.
+    /// Print an example config file (with --json: the same settings as one JSON document,
+    /// keys as in the TOML).
     Example,
 }
 
 pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
     match cmd {
         Command::Example => {
-            print!("{EXAMPLE}");
+            if ctx.json {
+                let value: toml::Value = toml::from_str(EXAMPLE)?;
+                output::json(&value)?;
+            } else {
+                out!("{EXAMPLE}");
+            }
             Ok(0)
         }
         Command::Check { file } => {
@@ -48,10 +54,10 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
                 output::json(&serde_json::json!({"file": path, "valid": true, "config": cfg}))?;
                 return Ok(0);
             }
-            println!("{}: valid", path.display());
-            println!("clusters: {}", cfg.clusters.len());
+            outln!("{}: valid", path.display());
+            outln!("clusters: {}", cfg.clusters.len());
             for (n, c) in &cfg.clusters {
-                println!(
+                outln!(
                     "  {n}: bootstrap {} region {}{}",
                     c.bootstrap,
                     c.region.as_deref().unwrap_or("(none)"),
@@ -65,9 +71,9 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
                     }
                 );
             }
-            println!("repositories: {}", cfg.repositories.len());
+            outln!("repositories: {}", cfg.repositories.len());
             for (n, r) in &cfg.repositories {
-                println!(
+                outln!(
                     "  {n}: {} region {}{}",
                     r.url,
                     r.region.as_deref().unwrap_or("(none)"),
@@ -78,16 +84,19 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
                     }
                 );
             }
-            println!("jobs: {}", cfg.jobs.len());
+            outln!("jobs: {}", cfg.jobs.len());
             for (n, j) in &cfg.jobs {
-                println!(
+                outln!(
                     "  {n}: {:?} topics /{}/ from cluster {} to repository {}",
-                    j.kind, j.topics, j.cluster, j.repository
+                    j.kind,
+                    j.topics,
+                    j.cluster,
+                    j.repository
                 );
             }
-            println!("mirrors: {}", cfg.mirrors.len());
+            outln!("mirrors: {}", cfg.mirrors.len());
             for (n, m) in &cfg.mirrors {
-                println!(
+                outln!(
                     "  {n}: topics /{}/ from cluster {} to cluster {}{}",
                     m.topics,
                     m.from,
@@ -99,17 +108,17 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
                     }
                 );
             }
-            println!("residency rules: {}", cfg.residency.len());
+            outln!("residency rules: {}", cfg.residency.len());
             for (n, r) in &cfg.residency {
-                println!(
+                outln!(
                     "  {n}: topics /{}/ only in {}",
                     r.topics,
                     r.regions.join(", ")
                 );
             }
-            println!("services: {}", cfg.services.len());
+            outln!("services: {}", cfg.services.len());
             for (n, s) in &cfg.services {
-                println!(
+                outln!(
                     "  {n}: produces {} consumes {} with groups {}",
                     s.produces.join(","),
                     s.consumes.join(","),

@@ -51,7 +51,7 @@ fn order(i: usize) -> Rec {
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let say = |s: String| {
         if !ctx.json {
-            println!("{s}");
+            outln!("{s}");
         }
     };
     let dir = match a.repo {
@@ -207,18 +207,22 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             "mirror": mirrored, "mirror_at_risk": at_risk,
         }))?;
     } else {
-        println!("\nThe broker is stopped; the repository stays. Explore it:");
-        println!("  haven ls --repo {}", dir.display());
-        println!("  haven verify --repo {} --deep", dir.display());
-        println!(
-            "  haven cat --repo {} --topic demo.orders --partition 1 --from 0 --to 5",
+        let haven = command_name();
+        outln!("\nThe broker is stopped; the repository stays. Explore it:");
+        outln!("  {haven} ls --repo {}", dir.display());
+        outln!("  {haven} verify --repo {} --deep", dir.display());
+        outln!(
+            "  {haven} cat --repo {} --topic demo.orders --partition 1 --from 0 --to 5",
             dir.display()
         );
-        println!(
-            "  haven offsets translate --repo {} --restore {} --topic demo.orders --partition 0 --offset 250",
+        outln!(
+            "  {haven} offsets translate --repo {} --restore {} --topic demo.orders --partition 0 --offset 250",
             dir.display(),
             restored.id
         );
+        if haven != "haven" {
+            outln!("(or install it on your PATH: cargo install --path crates/haven-cli)");
+        }
     }
     Ok(
         if v.intact()
@@ -231,4 +235,28 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             1
         },
     )
+}
+
+/// How to call this very binary in a hint: `haven` when that is what the PATH finds,
+/// else its path (after `cargo run`, `target/release/haven`).
+fn command_name() -> String {
+    let me = std::env::current_exe().ok();
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("haven"))
+            .find(|p| p.is_file())
+    });
+    match (me, on_path) {
+        (Some(me), Some(found))
+            if std::fs::canonicalize(&me).ok() == std::fs::canonicalize(&found).ok() =>
+        {
+            "haven".into()
+        }
+        (Some(me), _) => {
+            let cwd = std::env::current_dir().ok();
+            cwd.and_then(|d| me.strip_prefix(&d).ok().map(|p| p.display().to_string()))
+                .unwrap_or_else(|| me.display().to_string())
+        }
+        (None, _) => "haven".into(),
+    }
 }

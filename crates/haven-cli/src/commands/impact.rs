@@ -37,10 +37,10 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub(crate) service: String,
     /// T0: the point the service's database was restored to.
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
     pub(crate) restored_to: String,
     /// T1: when the data was lost (default: now).
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
     pub(crate) incident: Option<String>,
     /// Print Markdown for the incident ticket.
     #[arg(long)]
@@ -67,8 +67,8 @@ pub async fn compute(ctx: &Ctx, a: &Args) -> anyhow::Result<Computed> {
         None => chrono::Utc::now().timestamp_millis(),
     };
     let repo = open_repo(&cfg, &a.repo, false).await?;
-    let state = repo.load_state().await?;
-    let cl = cluster(&cfg, &a.cluster);
+    let state = super::load_for_reading(&repo, false).await?;
+    let cl = cluster(&cfg, &a.cluster)?;
     let impact = impact::analyse(
         &cl,
         &Timeline::new(&state),
@@ -91,7 +91,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     if ctx.json {
         output::json(&imp)?;
     } else if a.markdown {
-        print!("{}", markdown(&imp));
+        out!("{}", markdown(&imp));
     } else {
         print_text(&imp);
     }
@@ -106,15 +106,17 @@ fn ranges(rs: &[impact::Range]) -> String {
 }
 
 fn print_text(i: &Impact) {
-    println!(
+    outln!(
         "service {} restored to {}; data lost until {}",
-        i.service, i.restored_to, i.incident
+        i.service,
+        i.restored_to,
+        i.incident
     );
     for (a, b) in &i.timeline_gaps {
-        println!("WARNING: the group timeline has no sample from {a} to {b}");
+        outln!("WARNING: the group timeline has no sample from {a} to {b}");
     }
     for d in &i.downstream {
-        println!(
+        outln!(
             "\nDOWNSTREAM {}: {} events produced in the window: {}",
             d.topic,
             d.records,
@@ -136,9 +138,10 @@ fn print_text(i: &Impact) {
         output::table(&["GROUP", "STATUS", "PROCESSED", "RANGES", "NOTE"], &rows);
     }
     for u in &i.upstream {
-        println!(
+        outln!(
             "\nUPSTREAM {} (group {}): rewind to the offsets at T0",
-            u.topic, u.group
+            u.topic,
+            u.group
         );
         let rows: Vec<Vec<String>> = u
             .partitions

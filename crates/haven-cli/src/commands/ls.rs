@@ -14,6 +14,9 @@ use crate::{output, Ctx};
 pub struct Args {
     #[command(flatten)]
     repo: RepoArgs,
+
+    #[command(flatten)]
+    damage: super::DamageArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,12 +46,17 @@ struct Listing {
     topics: Vec<serde_json::Value>,
     groups: usize,
     group_timeline: Option<(String, String)>,
+    /// With --skip-damaged: what was left out, and the offsets no intact segment holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    damage: Vec<haven_engine::repo::Damage>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing: Vec<haven_engine::repo::MissingRange>,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
-    let st = repo.load_state().await?;
+    let st = super::load_for_reading(&repo, a.damage.skip_damaged).await?;
     let partitions: Vec<PartitionRow> = st
         .partitions
         .iter()
@@ -98,12 +106,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             (Some(a), Some(b)) => Some((format_ms(*a), format_ms(*b))),
             _ => None,
         },
+        damage: st.damage(),
+        missing: st.missing_ranges(),
     };
     if ctx.json {
         output::json(&listing)?;
         return Ok(0);
     }
-    println!(
+    outln!(
         "repository {} (id {}{}), {} segments",
         listing.repository,
         listing.id,
@@ -148,18 +158,19 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     );
     for r in &listing.partitions {
         for (from, to, why) in &r.losses {
-            println!(
+            outln!(
                 "LOSS {}/{}: offsets {from}..{to}: {why}",
-                r.topic, r.partition
+                r.topic,
+                r.partition
             );
         }
     }
     match &listing.group_timeline {
-        Some((a, b)) => println!(
+        Some((a, b)) => outln!(
             "consumer-group timeline: {} groups, sampled {a} .. {b}",
             listing.groups
         ),
-        None => println!("consumer-group timeline: empty"),
+        None => outln!("consumer-group timeline: empty"),
     }
     Ok(0)
 }

@@ -136,13 +136,13 @@ fn options(ctx: &Ctx, e: &Ends) -> anyhow::Result<MirrorOptions> {
         &ClusterArgs {
             brokers: from.clone(),
         },
-    );
+    )?;
     let target = cluster(
         &cfg,
         &ClusterArgs {
             brokers: to.clone(),
         },
-    );
+    )?;
     let mut opts = MirrorOptions::new(
         (source, from.clone()),
         (target, to.clone()),
@@ -190,7 +190,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     if ctx.json {
         output::json(&report)?;
     } else {
-        println!(
+        outln!(
             "mirrored {} records ({}) of {} partitions from {} to {} in {:.1}s; {} not copied back to their origin; {} group commits",
             report.records,
             output::bytes(report.bytes),
@@ -256,7 +256,7 @@ async fn show_status(ctx: &Ctx, opts: &MirrorOptions) -> anyhow::Result<u8> {
     );
     let worst = parts.iter().map(|p| p.lag_seconds).fold(0.0, f64::max);
     let total: i64 = parts.iter().map(|p| p.lag_records).sum();
-    println!(
+    outln!(
         "RPO now: {worst:.1} s ({total} records not on {})",
         opts.target_id
     );

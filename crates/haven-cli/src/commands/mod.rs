@@ -55,6 +55,37 @@ pub struct RepoArgs {
     pub key_file: Option<PathBuf>,
 }
 
+/// Reading a repository that may be damaged.
+#[derive(Debug, clap::Args)]
+pub struct DamageArgs {
+    /// Read what is intact of a damaged repository: leave out unreadable segments and
+    /// ranges held twice, and print (on stderr) exactly which offsets are missing. Without
+    /// it a damaged repository is refused (exit 1) naming the first problem.
+    #[arg(long)]
+    pub skip_damaged: bool,
+}
+
+/// The catalog a reader works from: refused when damaged, unless `skip_damaged`, which
+/// says on stderr what it leaves out.
+pub async fn load_for_reading(
+    repo: &Repository,
+    skip_damaged: bool,
+) -> anyhow::Result<haven_engine::repo::RepoState> {
+    let state = repo.load_state_for_reading(skip_damaged).await?;
+    if skip_damaged {
+        for d in state.damage() {
+            eprintln!("warning: damaged: {}: {}", d.object, d.what);
+        }
+        for m in state.missing_ranges() {
+            eprintln!(
+                "warning: missing: {}/{} offsets {}..{} (in no intact segment)",
+                m.topic, m.partition, m.from, m.to
+            );
+        }
+    }
+    Ok(state)
+}
+
 /// Which Kafka cluster.
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
@@ -67,11 +98,40 @@ pub fn load_config(ctx: &Ctx) -> anyhow::Result<Config> {
     Ok(Config::load(ctx.config_path.as_deref())?.0)
 }
 
-pub fn cluster(cfg: &Config, args: &ClusterArgs) -> ClusterConfig {
+/// Resolves `--brokers` (a cluster name from haven.toml, or HOST:PORT[,HOST:PORT...]):
+/// anything else is refused at once (exit 2) instead of being retried as an address.
+pub fn cluster(cfg: &Config, args: &ClusterArgs) -> anyhow::Result<ClusterConfig> {
     let c = cfg.cluster(&args.brokers);
+    check_bootstrap(&args.brokers, &c.bootstrap)?;
     let mut cc = ClusterConfig::new(c.bootstrap);
     cc.properties = c.properties.into_iter().collect();
-    cc
+    Ok(cc)
+}
+
+fn check_bootstrap(given: &str, bootstrap: &str) -> anyhow::Result<()> {
+    let bad = |why: &str| {
+        usage(format!(
+            "--brokers {given:?}: {why}; give a cluster name from haven.toml or HOST:PORT[,HOST:PORT...]"
+        ))
+    };
+    if bootstrap.trim().is_empty() {
+        return Err(bad("empty"));
+    }
+    for addr in bootstrap.split(',') {
+        let addr = addr.trim();
+        let port = addr
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        match port {
+            Some((host, Ok(p))) if !host.is_empty() && p > 0 => {}
+            _ => {
+                return Err(bad(&format!(
+                    "{addr:?} is neither a cluster in the config nor HOST:PORT"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Opens (or, with `create`, creates) the repository named by the arguments.

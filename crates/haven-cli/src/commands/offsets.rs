@@ -36,31 +36,52 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
     let offsets = restore::load_offsets(&repo, &a.restore).await?;
-    let p = offsets
+    let Some(p) = offsets
         .partitions
         .iter()
         .find(|p| p.source_topic == a.topic && p.partition == a.partition)
-        .ok_or_else(|| {
-            usage(format!(
+    else {
+        let plan = restore::load_plan(&repo, &a.restore).await?;
+        let restored = plan
+            .partitions
+            .iter()
+            .any(|p| p.source_topic == a.topic && p.partition == a.partition);
+        return Err(usage(if restored {
+            format!(
+                "restore {} re-hashed {}/{} by key over the target's partitions (--repartition): \
+                 its offsets have no one-to-one translation",
+                a.restore, a.topic, a.partition
+            )
+        } else {
+            format!(
                 "restore {} did not restore {}/{}",
                 a.restore, a.topic, a.partition
-            ))
-        })?;
+            )
+        }));
+    };
     let target = p.map.translate(a.offset);
     if ctx.json {
         output::json(&serde_json::json!({
             "restore": a.restore, "source_topic": a.topic, "partition": a.partition, "source_offset": a.offset,
-            "target_topic": p.target_topic, "target_offset": target,
+            "target_topic": p.target_topic, "target_partition": p.target_partition(), "target_offset": target,
         }))?;
     } else {
         match target {
-            Some(t) => println!(
+            Some(t) => outln!(
                 "{}/{} offset {} -> {}/{} offset {t}",
-                a.topic, a.partition, a.offset, p.target_topic, a.partition
+                a.topic,
+                a.partition,
+                a.offset,
+                p.target_topic,
+                p.target_partition()
             ),
-            None => println!(
+            None => outln!(
                 "{}/{} offset {} is past everything restored: resume at the end of {}/{}",
-                a.topic, a.partition, a.offset, p.target_topic, a.partition
+                a.topic,
+                a.partition,
+                a.offset,
+                p.target_topic,
+                p.target_partition()
             ),
         }
     }

@@ -28,7 +28,8 @@ use crate::{output, Ctx};
 ///
 /// Examples:
 ///   haven recover --service machine-management --restored-to 2026-11-22T14:00:00Z \
-///       --brokers us --repo main --replay-sink 'postgres://haven@db/mm?table=replayed' --out plan.json
+///       --brokers us --repo main --replay-sink 'postgres://haven@db/mm?table=replayed' \
+///       --out plan.json
 ///   haven recover --apply plan.json --brokers us --repo main
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -39,9 +40,14 @@ pub struct Args {
     cluster: ClusterArgs,
     #[arg(long, value_name = "NAME", required_unless_present = "apply")]
     service: Option<String>,
-    #[arg(long, value_name = "TIME", required_unless_present = "apply")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "TIME",
+        required_unless_present = "apply"
+    )]
     restored_to: Option<String>,
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
     incident: Option<String>,
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     group_interval: u64,
@@ -130,19 +136,19 @@ async fn write_plan(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             &serde_json::json!({"plan": a.out, "sha256": audit::sha256_of(&p), "steps": p.steps.len(), "warnings": p.warnings}),
         )?;
     } else {
-        println!(
+        outln!(
             "wrote {} ({} steps, sha256 {}):",
             a.out.display(),
             p.steps.len(),
             audit::sha256_of(&p)
         );
         for (i, s) in p.steps.iter().enumerate() {
-            println!("  {}. {}", i + 1, describe(s));
+            outln!("  {}. {}", i + 1, describe(s));
         }
         for w in &p.warnings {
-            println!("WARNING: {w}");
+            outln!("WARNING: {w}");
         }
-        println!("review it, then: haven recover --apply {}", a.out.display());
+        outln!("review it, then: haven recover --apply {}", a.out.display());
     }
     Ok(0)
 }
@@ -183,9 +189,9 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
         .collect();
     if a.dry_run || left.is_empty() {
         for (i, s) in &left {
-            println!("{}. {}", i + 1, describe(s));
+            outln!("{}. {}", i + 1, describe(s));
         }
-        println!("{} of {} steps left", left.len(), p.steps.len());
+        outln!("{} of {} steps left", left.len(), p.steps.len());
         return Ok(0);
     }
     let summary: Vec<String> = left
@@ -202,7 +208,7 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
     )?;
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
-    let cl = cluster(&cfg, &a.cluster);
+    let cl = cluster(&cfg, &a.cluster)?;
     let mut done = done;
     for (i, step) in left {
         let res: anyhow::Result<serde_json::Value> = async {
@@ -255,7 +261,7 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
                 done.push(i);
                 std::fs::write(&prog, serde_json::to_vec(&done)?)?;
                 if !ctx.json {
-                    println!("step {} done: {}", i + 1, describe(step));
+                    outln!("step {} done: {}", i + 1, describe(step));
                 }
             }
             Err(e) => {
@@ -273,7 +279,7 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
             &serde_json::json!({"applied": path, "sha256": hash, "steps": p.steps.len()}),
         )?;
     } else {
-        println!("plan applied ({} steps)", p.steps.len());
+        outln!("plan applied ({} steps)", p.steps.len());
     }
     Ok(0)
 }

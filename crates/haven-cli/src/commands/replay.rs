@@ -20,11 +20,15 @@ use crate::{output, Ctx};
 ///                                   headers) written with COPY, idempotent on
 ///                                   (topic, partition, offset); the table is created
 /// Progress is stored in the repository after every batch: --resume ID continues.
+/// With --sink stdout, stdout holds only the events; the summary (JSON with --json) goes
+/// to stderr.
 ///
 /// Examples:
-///   haven replay --repo main --topics machine-events --from 2026-11-22T14:00:00Z --to 2026-11-22T14:15:00Z \
+///   haven replay --repo main --topics machine-events \
+///       --from 2026-11-22T14:00:00Z --to 2026-11-22T14:15:00Z \
 ///       --sink 'postgres://haven@db/machines?table=replayed_events'
-///   haven replay --brokers us --source live --topics documents --from -15m --sink http://rebuild:8080/events
+///   haven replay --brokers us --source live --topics documents --from -15m \
+///       --sink http://rebuild:8080/events
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -43,10 +47,10 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     partitions: Option<Vec<i32>>,
     /// Window start: an offset, or a time (RFC 3339, epoch ms, -15m).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_name = "OFFSET|TIME")]
     from: Option<String>,
     /// Window end (exclusive).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_name = "OFFSET|TIME")]
     to: Option<String>,
     /// Where the events come from.
     #[arg(long, value_enum, default_value = "backup")]
@@ -100,7 +104,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cl = a
         .brokers
         .as_ref()
-        .map(|b| cluster(&cfg, &ClusterArgs { brokers: b.clone() }));
+        .map(|b| cluster(&cfg, &ClusterArgs { brokers: b.clone() }))
+        .transpose()?;
     let spec = SinkSpec::parse(&a.sink)?;
     let mut sink = Sink::open(&spec, cl.as_ref()).await?;
     if let Sink::Http { retries, .. } = &mut sink {
@@ -137,10 +142,13 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         let details = serde_json::json!({"id": id, "sink": haven_engine::recovery::sink::redact(&a.sink), "topics": a.topics, "records": report.records});
         audit::record(repo, "replay", &audit::sha256_of(&details), details).await?;
     }
-    if ctx.json {
+    if ctx.json && spec == SinkSpec::Stdout {
+        // stdout holds the events (NDJSON, as `haven cat`); the summary goes to stderr.
+        eprintln!("{}", serde_json::to_string(&report)?);
+    } else if ctx.json {
         output::json(&report)?;
     } else if spec != SinkSpec::Stdout {
-        println!(
+        outln!(
             "replayed {} events in {} batches (replay {id}){}",
             report.records,
             report.batches,

@@ -25,7 +25,8 @@ use crate::{output, Ctx};
 ///
 /// Examples:
 ///   haven restore --repo ./backup --brokers localhost:9092 --topics 'orders.*' --dry-run
-///   haven restore --repo ./backup --brokers dr:9092 --topics orders --from 2026-11-22T14:00:00Z --to 2026-11-22T14:15:00Z
+///   haven restore --repo ./backup --brokers dr:9092 --topics orders \
+///       --from 2026-11-22T14:00:00Z --to 2026-11-22T14:15:00Z
 ///   haven restore --repo ./backup --brokers test:9092 --topics orders --rename orders=orders.copy
 ///   haven restore --repo ./backup --brokers dr:9092 --resume 20261122T141500Z-1a2b3c4d
 #[derive(Debug, clap::Args)]
@@ -37,6 +38,9 @@ pub struct Args {
     #[command(flatten)]
     cluster: ClusterArgs,
 
+    #[command(flatten)]
+    damage: super::DamageArgs,
+
     /// Topics to restore: a regular expression matched against whole names.
     #[arg(long, value_name = "REGEX", required_unless_present = "resume")]
     topics: Option<String>,
@@ -46,11 +50,11 @@ pub struct Args {
     partitions: Vec<i32>,
 
     /// Window start (inclusive): an offset, or a time (RFC 3339, epoch ms, -15m).
-    #[arg(long, value_name = "OFFSET|TIME")]
+    #[arg(long, allow_hyphen_values = true, value_name = "OFFSET|TIME")]
     from: Option<String>,
 
     /// Window end (exclusive): an offset, or a time.
-    #[arg(long, value_name = "OFFSET|TIME")]
+    #[arg(long, allow_hyphen_values = true, value_name = "OFFSET|TIME")]
     to: Option<String>,
 
     /// An offset window for one partition, PARTITION=FROM..TO (TO exclusive; repeatable);
@@ -59,7 +63,12 @@ pub struct Args {
     offset_windows: Vec<String>,
 
     /// Point in time: every selected partition up to and including this instant.
-    #[arg(long, value_name = "TIME", conflicts_with = "to")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "TIME",
+        conflicts_with = "to"
+    )]
     at: Option<String>,
 
     /// Restore topic FROM as TO (repeatable).
@@ -107,8 +116,8 @@ pub struct Args {
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
-    let cl = cluster(&cfg, &a.cluster);
-    let state = repo.load_state().await?;
+    let cl = cluster(&cfg, &a.cluster)?;
+    let state = super::load_for_reading(&repo, a.damage.skip_damaged).await?;
     let plan = match &a.resume {
         Some(id) => restore::load_plan(&repo, id).await?,
         None => {
@@ -162,10 +171,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         if ctx.json {
             output::json(&serde_json::json!({"dry_run": true, "plan": plan}))?;
         } else {
-            println!("restore plan {} (nothing written: --dry-run)", plan.id);
-            println!("window: from {} to {}", plan.from, plan.to);
+            outln!("restore plan {} (nothing written: --dry-run)", plan.id);
+            outln!("window: from {} to {}", plan.from, plan.to);
             for t in &plan.topics {
-                println!(
+                outln!(
                     "topic {} -> {} ({} partitions{})",
                     t.source,
                     t.target,
@@ -183,7 +192,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 .map(|p| {
                     vec![
                         format!("{}/{}", p.source_topic, p.partition),
-                        format!("{}/{}", p.target_topic, p.partition),
+                        target_name(&p.target_topic, p.target_partition),
                         format!("{}..={}", p.first_offset, p.last_offset),
                         p.records.to_string(),
                         output::bytes(p.bytes),
@@ -218,12 +227,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         output::json(&report)?;
     } else {
         for p in &report.partitions {
-            println!(
-                "{}/{} -> {}/{}: {} records restored{}",
+            outln!(
+                "{}/{} -> {}: {} records restored{}",
                 p.source_topic,
                 p.partition,
-                p.target_topic,
-                p.partition,
+                target_name(&p.target_topic, p.target_partition),
                 p.restored,
                 if p.skipped > 0 {
                     format!(" ({} already there from the interrupted run)", p.skipped)
@@ -233,7 +241,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             );
         }
         print_groups(&report.groups_set, &report.groups_skipped);
-        println!(
+        outln!(
             "restore {}: {} records ({}) in {:.1}s, {:.0} records/s",
             report.id,
             report.records,
@@ -245,9 +253,17 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `topic/partition`, or `topic/(by key)` for records re-hashed over the partitions.
+fn target_name(topic: &str, partition: Option<i32>) -> String {
+    match partition {
+        Some(p) => format!("{topic}/{p}"),
+        None => format!("{topic}/(by key)"),
+    }
+}
+
 fn print_groups(groups: &[restore::PlannedGroup], skipped: &[(String, String)]) {
     for g in groups {
-        println!(
+        outln!(
             "group {}: {}/{} committed {} (observed {}) -> {}/{} offset {}",
             g.group,
             g.source_topic,
@@ -260,7 +276,7 @@ fn print_groups(groups: &[restore::PlannedGroup], skipped: &[(String, String)]) 
         );
     }
     for (g, why) in skipped {
-        println!("group {g}: left alone: {why}");
+        outln!("group {g}: left alone: {why}");
     }
 }
 

@@ -19,7 +19,8 @@ use crate::{output, Ctx};
 /// shows the moves. Recorded in the repository's audit log.
 ///
 /// Examples:
-///   haven rewind --group machine-management --to 2026-11-22T14:00:00Z --brokers us --repo main --dry-run
+///   haven rewind --group machine-management --to 2026-11-22T14:00:00Z \
+///       --brokers us --repo main --dry-run
 ///   haven rewind --group machine-management --to 2026-11-22T14:00:00Z --topics documents --yes
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -32,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     group: String,
     /// The instant to go back to (T0).
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
     to: String,
     /// Topics to rewind (default: every topic the timeline saw the group commit on).
     #[arg(long, value_delimiter = ',')]
@@ -53,7 +54,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let at = instant("--to", &a.to)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
-    let state = repo.load_state().await?;
+    let state = super::load_for_reading(&repo, false).await?;
     let timeline = Timeline::new(&state);
     let topics: Vec<String> = if a.topics.is_empty() {
         let mut t: Vec<String> = state
@@ -69,7 +70,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         a.topics.clone()
     };
     let plan = rewind::plan(&timeline, &a.group, &topics, at)?;
-    let cl = cluster(&cfg, &a.cluster);
+    let cl = cluster(&cfg, &a.cluster)?;
     let c = cl.clone();
     let plan = tokio::task::spawn_blocking(move || rewind::with_current(&c, plan)).await??;
     if a.dry_run || !ctx.json {
@@ -85,7 +86,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             })
             .collect();
         if !ctx.json {
-            println!("group {} to its offsets at {}:", plan.group, plan.at_text);
+            outln!("group {} to its offsets at {}:", plan.group, plan.at_text);
             output::table(&["PARTITION", "NOW", "REWIND-TO"], &rows);
         }
     }
@@ -115,7 +116,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     if ctx.json {
         output::json(&serde_json::json!({"rewound": plan, "audit": key}))?;
     } else {
-        println!("rewound; recorded as {key}");
+        outln!("rewound; recorded as {key}");
     }
     Ok(0)
 }

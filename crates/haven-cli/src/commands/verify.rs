@@ -29,9 +29,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         output::json(&serde_json::json!({"intact": report.intact(), "report": report}))?;
     } else {
         for p in &report.problems {
-            println!("DAMAGED {}: {}", p.object, p.what);
+            outln!("DAMAGED {}: {}", p.object, p.what);
         }
-        println!(
+        outln!(
             "{}: {} segments, {} checked{}; head {}",
             if report.intact() { "intact" } else { "DAMAGED" },
             report.segments,

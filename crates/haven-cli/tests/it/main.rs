@@ -3,6 +3,7 @@
 mod backup;
 mod config;
 mod foundation;
+mod hardening;
 mod mirror;
 mod recovery;
 mod restore;

@@ -106,19 +106,16 @@ pub fn topic_regex(pattern: &str) -> Result<Regex> {
     })
 }
 
-struct Plan {
-    batch: Batch,
-    assign: Vec<(String, i32, i64)>,
-    topics: Vec<String>,
-    inspector: Arc<haven_kafka::rdkafka::consumer::BaseConsumer>,
-}
-
-async fn plan(
-    repo: &Repository,
-    state: &RepoState,
+/// The topics a backup selects: the cluster must answer, at least one topic must match,
+/// and residency must allow them into the repository at `repo_url`. `haven backup` calls
+/// it before it creates a repository, so a typo or an unreachable broker creates nothing.
+pub async fn select_topics(
     opts: &BackupOptions,
-    observer: &dyn Observer,
-) -> Result<Plan> {
+    repo_url: &str,
+) -> Result<(
+    haven_kafka::rdkafka::consumer::BaseConsumer,
+    Vec<haven_kafka::TopicInfo>,
+)> {
     let cluster = opts.cluster.clone();
     let (inspector, topics) = blocking(move || {
         let c = cluster.inspector("haven-inspector")?;
@@ -126,7 +123,6 @@ async fn plan(
         Ok((c, t))
     })
     .await?;
-    let inspector = Arc::new(inspector);
     let all: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
     let selected: Vec<_> = topics
         .into_iter()
@@ -147,8 +143,26 @@ async fn plan(
     opts.residency.check_topics(
         selected.iter().map(|t| t.name.as_str()),
         opts.repository_region.as_deref(),
-        &format!("the repository {}", repo.store().url()),
+        &format!("the repository {repo_url}"),
     )?;
+    Ok((inspector, selected))
+}
+
+struct Plan {
+    batch: Batch,
+    assign: Vec<(String, i32, i64)>,
+    topics: Vec<String>,
+    inspector: Arc<haven_kafka::rdkafka::consumer::BaseConsumer>,
+}
+
+async fn plan(
+    repo: &Repository,
+    state: &RepoState,
+    opts: &BackupOptions,
+    observer: &dyn Observer,
+) -> Result<Plan> {
+    let (inspector, selected) = select_topics(opts, repo.store().url()).await?;
+    let inspector = Arc::new(inspector);
     let admin = opts.cluster.admin()?;
     let now = chrono::Utc::now().timestamp_millis();
     let mut batch = Batch::default();

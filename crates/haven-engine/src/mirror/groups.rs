@@ -39,8 +39,11 @@ pub struct GroupSync {
     source: ClusterConfig,
     target: ClusterConfig,
     patterns: Vec<Regex>,
-    /// Patterns that are plain names: synced even where the source cannot list groups.
+    /// Values that are valid group names (`ledger-svc`, `orders.consumer`): synced as
+    /// names even where the source cannot list groups, and as patterns too.
     names: Vec<String>,
+    /// Named groups already reported as having nothing to sync.
+    reported: Arc<Mutex<std::collections::BTreeSet<String>>>,
     own_group: String,
     clients: Arc<Mutex<Clients>>,
 }
@@ -58,9 +61,10 @@ impl GroupSync {
             names: opts
                 .groups
                 .iter()
-                .filter(|g| regex::escape(g) == **g)
+                .filter(|g| is_group_name(g))
                 .cloned()
                 .collect(),
+            reported: Default::default(),
             own_group: format!("haven-mirror-{}", opts.name),
             clients: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -78,6 +82,7 @@ impl GroupSync {
             self.own_group.clone(),
         );
         let clients = self.clients.clone();
+        let reported = self.reported.clone();
         let res = blocking(move || {
             let mut events = Vec::new();
             let mut commits = 0;
@@ -90,9 +95,9 @@ impl GroupSync {
                         .collect(),
                     Err(_) => Vec::new(),
                 };
-            for n in names {
-                if !groups.contains(&n) {
-                    groups.push(n);
+            for n in &names {
+                if !groups.contains(n) {
+                    groups.push(n.clone());
                 }
             }
             let mut clients = clients
@@ -105,14 +110,27 @@ impl GroupSync {
                 }
                 let (src, tgt) = &clients[&group];
                 match sync_group(src, tgt, &parts) {
-                    Ok(n) if n > 0 => {
-                        commits += 1;
-                        events.push(Event::GroupSynced {
-                            group,
-                            partitions: n,
-                        });
+                    Ok(Some(n)) => {
+                        if let Ok(mut r) = reported.lock() {
+                            r.remove(&group);
+                        }
+                        if n > 0 {
+                            commits += 1;
+                            events.push(Event::GroupSynced {
+                                group,
+                                partitions: n,
+                            });
+                        }
                     }
-                    Ok(_) => {}
+                    Ok(None) => {
+                        let first = reported
+                            .lock()
+                            .map(|mut r| r.insert(group.clone()))
+                            .unwrap_or(false);
+                        if first && names.contains(&group) {
+                            events.push(Event::GroupNeverSynced { group });
+                        }
+                    }
                     Err(e) => events.push(Event::GroupNotSynced {
                         group,
                         reason: e.to_string(),
@@ -140,12 +158,22 @@ impl GroupSync {
     }
 }
 
-/// Translates and commits one group's offsets (blocking); returns the partitions moved.
+/// Whether a `--groups` value is a plain group name (Kafka's legal characters), to be
+/// synced by name as well as matched as a pattern.
+pub fn is_group_name(g: &str) -> bool {
+    !g.is_empty()
+        && g.len() <= 249
+        && g.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Translates and commits one group's offsets (blocking); returns the partitions moved,
+/// or None when the group has no commit on the mirrored partitions of the source.
 fn sync_group(
     src: &BaseConsumer,
     tgt: &BaseConsumer,
     parts: &[SyncPartition],
-) -> haven_kafka::Result<usize> {
+) -> haven_kafka::Result<Option<usize>> {
     let timeout = Duration::from_secs(5);
     let source_parts: Vec<(String, i32)> = parts
         .iter()
@@ -153,7 +181,7 @@ fn sync_group(
         .collect();
     let committed = haven_kafka::committed(src, &source_parts, timeout)?;
     if committed.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let target_parts: Vec<(String, i32)> = parts
         .iter()
@@ -180,5 +208,20 @@ fn sync_group(
     if !moves.is_empty() {
         haven_kafka::commit_as(tgt, &moves)?;
     }
-    Ok(moves.len())
+    Ok(Some(moves.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_group_name;
+
+    #[test]
+    fn group_names_with_dashes_and_dots_are_names() {
+        for g in ["billing", "ledger-svc", "orders.consumer", "a_b-c.d"] {
+            assert!(is_group_name(g), "{g}");
+        }
+        for g in ["orders.*", "(a|b)", "", "x y", "^billing$"] {
+            assert!(!is_group_name(g), "{g}");
+        }
+    }
 }

@@ -147,12 +147,30 @@ pub async fn run(
     let started = Instant::now();
     let mut report = MirrorReport::default();
     let mut backoff = Duration::from_millis(500);
+    // A snapshot (`once`) gives up after this long without progress; a continuous mirror
+    // keeps retrying, as a daemon should (its lag metrics show the outage).
+    let give_up = Duration::from_secs(10);
+    let mut failing_since: Option<(Instant, u64)> = None;
     loop {
         report.sessions += 1;
         match session(opts, observer, &mut stop, &mut report).await {
             Ok(()) => break,
             Err(e) if e.is_usage() => return Err(e),
             Err(e) => {
+                let since = match failing_since {
+                    Some((t, records)) if records == report.records => t,
+                    _ => {
+                        failing_since = Some((Instant::now(), report.records));
+                        Instant::now()
+                    }
+                };
+                if opts.once && since.elapsed() >= give_up {
+                    return Err(Error::Unreachable(format!(
+                        "mirror {} gave up after {} s without progress: {e}",
+                        opts.name,
+                        since.elapsed().as_secs()
+                    )));
+                }
                 observer.event(&Event::Retrying {
                     what: format!("mirror session (next in {} ms)", backoff.as_millis()),
                     error: e.to_string(),

@@ -147,11 +147,25 @@ impl Sink {
                 }
             }
             SinkSpec::Postgres { url, table } => {
-                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| {
-                        Error::Input(format!("sink {}: cannot connect: {e}", redact(url)))
-                    })?;
+                let config: tokio_postgres::Config = url.parse().map_err(|e| {
+                    Error::Input(format!("sink {}: not a Postgres URL: {e}", redact(url)))
+                })?;
+                let (client, conn) = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    config.connect(tokio_postgres::NoTls),
+                )
+                .await
+                .map_err(|_| {
+                    Error::Unreachable(format!("sink {}: no answer within 10 s", redact(url)))
+                })?
+                .map_err(|e| {
+                    if e.as_db_error().is_some() {
+                        // The server answered and refused (auth, unknown database).
+                        Error::Input(format!("sink {}: {e}", redact(url)))
+                    } else {
+                        Error::Unreachable(format!("sink {}: cannot connect: {e}", redact(url)))
+                    }
+                })?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::error!("postgres sink connection: {e}");
@@ -181,12 +195,19 @@ impl Sink {
         match self {
             Sink::Stdout => {
                 use std::io::Write;
+                let stdout_error = |e: std::io::Error| {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        Error::OutputClosed
+                    } else {
+                        Error::Task(format!("stdout: {e}"))
+                    }
+                };
                 let mut out = std::io::stdout().lock();
                 for e in batch {
                     writeln!(out, "{}", record_json(&e.topic, e.partition, &e.record))
-                        .map_err(|e| Error::Task(format!("stdout: {e}")))?;
+                        .map_err(stdout_error)?;
                 }
-                out.flush().map_err(|e| Error::Task(format!("stdout: {e}")))
+                out.flush().map_err(stdout_error)
             }
             Sink::Kafka { producer, topic } => {
                 let sources: Vec<String> = batch

@@ -9,7 +9,9 @@ use haven_storage::{CreateOnly, ObjectInfo, StorageError, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
-pub use state::{ChunkRef, PartitionKey, PartitionState, RepoState, TopicState};
+pub use state::{
+    ChunkRef, Damage, MissingRange, PartitionKey, PartitionState, RepoState, Salvage, TopicState,
+};
 
 pub const DESCRIPTOR_KEY: &str = "haven-repo.json";
 pub const LOG_PREFIX: &str = "log/";
@@ -19,12 +21,15 @@ pub fn segment_key(seq: u64) -> String {
     format!("{LOG_PREFIX}{seq:020}.seg")
 }
 
-/// Parses a segment key back to its position.
+/// Parses a segment key back to its position. Only the exact name Haven writes
+/// (20 digits) is a segment: `log/2.seg` or `log/0002.seg` is a stray object, never a
+/// second copy of segment 2.
 pub fn segment_seq(key: &str) -> Option<u64> {
-    key.strip_prefix(LOG_PREFIX)?
-        .strip_suffix(".seg")?
-        .parse()
-        .ok()
+    let digits = key.strip_prefix(LOG_PREFIX)?.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// `haven-repo.json`: written once when the repository is created.
@@ -96,8 +101,8 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let descriptor: Descriptor = serde_json::from_slice(&raw).map_err(|e| {
-            Error::Input(format!(
-                "{DESCRIPTOR_KEY} in {} is damaged: {e}",
+            Error::Damaged(format!(
+                "{DESCRIPTOR_KEY} in {} is not a valid descriptor ({e})",
                 store.url()
             ))
         })?;
@@ -119,6 +124,15 @@ impl Repository {
             (Some(id), Some(k)) if k.id().0 != *id => {
                 return Err(Error::Key(format!(
                     "wrong key for {}: the repository uses key {id}, the key given is {}",
+                    store.url(),
+                    k.id()
+                )))
+            }
+            (None, Some(k)) => {
+                return Err(Error::Key(format!(
+                    "the repository {} is not encrypted (key id: none), but key {} was given \
+                     (--key-file or HAVEN_KEY): a repository keeps the key it was created with; \
+                     drop the key to use this one, or back up into a new repository to encrypt",
                     store.url(),
                     k.id()
                 )))
@@ -219,6 +233,34 @@ impl Repository {
         for obj in self.segments().await? {
             let (ix, digest) = self.read_index(&obj).await?;
             st.apply(&obj.key, &ix, digest);
+        }
+        Ok(st)
+    }
+
+    /// Builds the catalog for a reader: a damaged log is refused (exit 1, naming the first
+    /// problem), unless `skip_damaged`, which leaves out unreadable segments and ranges held
+    /// twice and keeps the rest; [`RepoState::damage`] and [`RepoState::missing_ranges`] then
+    /// say exactly what was left out.
+    pub async fn load_state_for_reading(&self, skip_damaged: bool) -> Result<RepoState> {
+        if !skip_damaged {
+            let st = self.load_state().await?;
+            st.ensure_intact()?;
+            return Ok(st);
+        }
+        let mut st = RepoState {
+            salvage: Some(Default::default()),
+            ..Default::default()
+        };
+        for obj in self.segments().await? {
+            match self.read_index(&obj).await {
+                Ok((ix, digest)) => st.apply(&obj.key, &ix, digest),
+                Err(Error::Format { key, source }) => {
+                    if let Some(s) = st.salvage.as_mut() {
+                        s.skipped_objects.push((key, source.to_string()));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(st)
     }

@@ -70,6 +70,37 @@ pub struct RepoState {
     pub group_samples: Vec<i64>,
     /// Problems of the hash chain: (segment key, what is wrong).
     pub chain_breaks: Vec<(String, String)>,
+    /// Built by a reader that skips damage (`--skip-damaged`): what it left out.
+    pub salvage: Option<Salvage>,
+}
+
+/// What a reader that skips damage left out, so that it can say exactly what is missing.
+#[derive(Debug, Clone, Default)]
+pub struct Salvage {
+    /// Segments that could not be read at all: (key, why).
+    pub skipped_objects: Vec<(String, String)>,
+    /// Ranges a segment held again (offsets going backwards): (segment key, partition,
+    /// from, to). They were left out so that no record is read twice.
+    pub skipped_ranges: Vec<(String, PartitionKey, i64, i64)>,
+}
+
+/// One thing wrong with the log, as `verify` and every reader report it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Damage {
+    /// The damaged object (or the first object after the damage).
+    pub object: String,
+    pub what: String,
+}
+
+/// Offsets of a partition that no intact segment holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MissingRange {
+    pub topic: String,
+    pub generation: u32,
+    pub partition: i32,
+    /// `[from, to)`
+    pub from: i64,
+    pub to: i64,
 }
 
 impl RepoState {
@@ -113,6 +144,18 @@ impl RepoState {
             if st.next_offset != p.start_offset {
                 st.discontinuities
                     .push((key.into(), st.next_offset, p.start_offset));
+                if p.start_offset < st.next_offset {
+                    if let Some(s) = self.salvage.as_mut() {
+                        // Offsets going backwards: these records were read already.
+                        s.skipped_ranges.push((
+                            key.into(),
+                            (p.topic.clone(), p.generation, p.partition),
+                            p.start_offset,
+                            p.end_offset,
+                        ));
+                        continue;
+                    }
+                }
             }
             st.next_offset = p.end_offset;
             for c in &p.chunks {
@@ -148,6 +191,82 @@ impl RepoState {
             self.group_commits.push(g.clone());
         }
         self.group_samples.extend(ix.group_samples.iter().copied());
+    }
+
+    /// Everything wrong with the log: broken hash-chain links, partitions whose next range
+    /// does not start where the previous one ended, and (when salvaging) objects skipped.
+    /// The continuity checks `verify` and every reader apply.
+    pub fn damage(&self) -> Vec<Damage> {
+        let mut out: Vec<Damage> = Vec::new();
+        if let Some(s) = &self.salvage {
+            for (key, why) in &s.skipped_objects {
+                out.push(Damage {
+                    object: key.clone(),
+                    what: format!("skipped: {why}"),
+                });
+            }
+        }
+        for (key, what) in &self.chain_breaks {
+            out.push(Damage {
+                object: key.clone(),
+                what: format!("hash chain broken: {what}"),
+            });
+        }
+        for ((t, g, p), ps) in &self.partitions {
+            for (key, expected, found) in &ps.discontinuities {
+                let what = if found > expected {
+                    format!("{t}/{p} (generation {g}): range starts at offset {found}, the previous one ended at {expected}: offsets {expected}..{found} are missing")
+                } else {
+                    format!("{t}/{p} (generation {g}): range starts at offset {found}, the previous one ended at {expected}: offsets {found}..{expected} are held twice")
+                };
+                out.push(Damage {
+                    object: key.clone(),
+                    what,
+                });
+            }
+        }
+        out
+    }
+
+    /// Offset ranges that no intact segment holds (a deleted or unreadable segment).
+    pub fn missing_ranges(&self) -> Vec<MissingRange> {
+        let mut out = Vec::new();
+        for ((t, g, p), ps) in &self.partitions {
+            for (_, expected, found) in &ps.discontinuities {
+                if found > expected {
+                    out.push(MissingRange {
+                        topic: t.clone(),
+                        generation: *g,
+                        partition: *p,
+                        from: *expected,
+                        to: *found,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Refuses a damaged log, unless it was loaded to salvage what is intact (then the
+    /// reader has already been told what is missing).
+    pub fn ensure_intact(&self) -> crate::Result<()> {
+        if self.salvage.is_some() {
+            return Ok(());
+        }
+        let damage = self.damage();
+        match damage.first() {
+            None => Ok(()),
+            Some(d) => Err(crate::Error::Damaged(format!(
+                "{}: {}{}; read what is intact with --skip-damaged",
+                d.object,
+                d.what,
+                if damage.len() > 1 {
+                    format!(" (and {} more problems)", damage.len() - 1)
+                } else {
+                    String::new()
+                }
+            ))),
+        }
     }
 
     /// The state of the latest generation of `topic`'s `partition`.

@@ -47,7 +47,17 @@ pub struct PartitionOffsets {
     pub source_topic: String,
     pub partition: i32,
     pub target_topic: String,
+    /// Where the records went (absent in maps written before `--partition-map` kept its
+    /// offset maps: the same partition).
+    #[serde(default)]
+    pub target_partition: Option<i32>,
     pub map: OffsetMap,
+}
+
+impl PartitionOffsets {
+    pub fn target_partition(&self) -> i32 {
+        self.target_partition.unwrap_or(self.partition)
+    }
 }
 
 /// `restores/{id}/offsets.json`.
@@ -62,6 +72,8 @@ pub struct PartitionResult {
     pub source_topic: String,
     pub partition: i32,
     pub target_topic: String,
+    /// None: re-hashed by key over the target's partitions.
+    pub target_partition: Option<i32>,
     pub restored: u64,
     /// Already on the target from an interrupted run (resume).
     pub skipped: u64,
@@ -186,6 +198,7 @@ pub async fn run(
                 source_topic: pp.source_topic.clone(),
                 partition: pp.partition,
                 target_topic: pp.target_topic.clone(),
+                target_partition: topic.routing.fixed_target(pp.partition),
                 ..Default::default()
             };
             // One chunk at a time: memory does not grow with the restore's size.
@@ -212,7 +225,7 @@ pub async fn run(
                     let k = sent[slot];
                     sent[slot] += 1;
                     let expected = topic.target_starts.get(slot).copied().unwrap_or(0) + k;
-                    if topic.routing == plan::Routing::Same {
+                    if topic.routing != plan::Routing::Hash {
                         map.push(r.offset, expected);
                     }
                     if k < already[slot] {
@@ -295,11 +308,14 @@ pub async fn run(
             }
             report.records += result.restored;
             report.partitions.push(result);
-            if topic.routing == plan::Routing::Same {
+            // Each source partition lands in one target partition (also when several
+            // are merged by --partition-map), so its offsets translate exactly.
+            if let Some(tp) = topic.routing.fixed_target(pp.partition) {
                 offsets.partitions.push(PartitionOffsets {
                     source_topic: pp.source_topic.clone(),
                     partition: pp.partition,
                     target_topic: pp.target_topic.clone(),
+                    target_partition: Some(tp),
                     map,
                 });
             }

@@ -93,6 +93,10 @@ pub struct PlannedPartition {
     pub generation: u32,
     pub partition: i32,
     pub target_topic: String,
+    /// The target partition all its records go to; None when re-hashed by key
+    /// (`--repartition`) or in a plan written before this field existed.
+    #[serde(default)]
+    pub target_partition: Option<i32>,
     /// Offsets of the first and last selected records (the selection is pinned to them).
     pub first_offset: i64,
     pub last_offset: i64,
@@ -139,6 +143,19 @@ pub enum Routing {
 }
 
 impl Routing {
+    /// The one target partition of every record of `source_partition`, unless re-hashed.
+    pub fn fixed_target(&self, source_partition: i32) -> Option<i32> {
+        match self {
+            Routing::Same => Some(source_partition),
+            Routing::Map(m) => Some(
+                m.get(&source_partition)
+                    .copied()
+                    .unwrap_or(source_partition),
+            ),
+            Routing::Hash => None,
+        }
+    }
+
     pub fn target(&self, key: Option<&[u8]>, source_partition: i32, partitions: i32) -> i32 {
         match self {
             Routing::Same => source_partition,
@@ -238,20 +255,15 @@ pub async fn plan(
     state: &RepoState,
     opts: &RestoreOptions,
 ) -> Result<RestorePlan> {
-    if let (Bound::Time(a), Bound::Time(b)) | (Bound::Offset(a), Bound::Offset(b)) =
-        (opts.from, opts.to)
-    {
+    crate::read::check_window(opts.from, opts.to)?;
+    for (p, (a, b)) in &opts.offset_windows {
         if a >= b {
             return Err(Error::Input(format!(
-                "empty window: --from {} is not before --to {}",
-                bound_text(opts.from),
-                bound_text(opts.to)
+                "--offsets {p}={a}..{b}: empty window (TO is exclusive)"
             )));
         }
     }
-    if let Some((key, what)) = state.chain_breaks.first() {
-        return Err(Error::Damaged(format!("{key}: {what}")));
-    }
+    state.ensure_intact()?;
     let sources: Vec<(String, u32)> = state
         .topics
         .iter()
@@ -294,6 +306,12 @@ pub async fn plan(
             .filter(|(t, g, _)| *t == topic && *g == generation)
             .map(|k| k.2)
             .collect();
+        if let Some(wanted) = &opts.partitions {
+            crate::read::check_partitions(state, &topic, generation, wanted)?;
+        }
+        let windowed: Vec<i32> = opts.offset_windows.keys().copied().collect();
+        crate::read::check_partitions(state, &topic, generation, &windowed)
+            .map_err(|e| Error::Input(format!("--offsets: {e}")))?;
         let count = meta
             .as_ref()
             .map(|m| m.partition_count)
@@ -364,11 +382,6 @@ pub async fn plan(
             let Some(ps) = state.partitions.get(&(topic.clone(), generation, p)) else {
                 continue;
             };
-            if let Some((key, expected, found)) = ps.discontinuities.first() {
-                return Err(Error::Damaged(format!(
-                    "{key}: {topic}/{p} resumes at offset {found} where {expected} was expected"
-                )));
-            }
             let (from, to) = match opts.offset_windows.get(&p) {
                 Some((a, b)) => (Bound::Offset(*a), Bound::Offset(*b)),
                 None => (opts.from, opts.to),
@@ -386,6 +399,7 @@ pub async fn plan(
                 generation,
                 partition: p,
                 target_topic: target.clone(),
+                target_partition: routing.fixed_target(p),
                 first_offset: first,
                 last_offset: last,
                 records: n,

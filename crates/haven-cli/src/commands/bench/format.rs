@@ -12,8 +12,9 @@ use crate::Ctx;
 ///
 /// Encodes N MiB of realistic 1 KiB JSON events into a segment (chunking, zstd level 3,
 /// CRCs, index, SHA-256 digest) and decodes every chunk back (CRC, decompress, decode),
-/// (records borrowed in place, as restore and cat read them) against plain zstd level 3 compression and decompression of the same payload bytes cut
-/// into chunks of the same size. Best of 3 runs each. Targets: both ratios >= 0.8.
+/// (records borrowed in place, as restore and cat read them) against plain zstd level 3
+/// compression and decompression of the same payload bytes cut into chunks of the same
+/// size. Best of 3 runs each. Targets: both ratios >= 0.8.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// MiB of payload.

@@ -79,7 +79,7 @@ pub fn print(
             &serde_json::json!({"bench": title, "results": ratios, "details": extra}),
         );
     }
-    println!("{title}");
+    outln!("{title}");
     let rows: Vec<Vec<String>> = ratios
         .iter()
         .map(|r| {
@@ -98,7 +98,7 @@ pub fn print(
         &rows,
     );
     if !extra.is_null() {
-        println!("{}", serde_json::to_string_pretty(&extra)?);
+        outln!("{}", serde_json::to_string_pretty(&extra)?);
     }
     Ok(())
 }

@@ -1,0 +1,441 @@
+//! Haven's adapter to etcd (3.4 and later): which region is active, and the fencing epoch.
+//!
+//! Keys, under `/haven/{cluster}/`:
+//! - `leader`: `{"region","agent","epoch"}`, attached to the holder's lease. Its create
+//!   revision (`rev`) identifies one tenure.
+//! - `epoch`: the fencing token, a decimal number without a lease. It only goes up: it is
+//!   written only in the transaction that takes the leader key, compared on its
+//!   modification revision, as `max(current, floor) + 1`.
+//! - `active`: the last region that held the lease (no lease; for restarts and audit).
+//!
+//! A keepalive alone does not prove ownership on etcd 3.4 (it may answer for a revoked
+//! lease, or from an old leader): [`Coordinator::renew`] sends one and then re-checks the
+//! leader key in a linearizable transaction (`create_revision == rev && lease == L`).
+//! Every etcd call is bounded by the connection's request timeout.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd ({endpoints}): {source}")]
+    Client {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd ({endpoints}): no answer within {timeout:?}")]
+    Timeout {
+        endpoints: String,
+        timeout: Duration,
+    },
+    #[error("etcd key {key} holds {value:?}, not what Haven writes there: {why}")]
+    Corrupt {
+        key: String,
+        value: String,
+        why: String,
+    },
+}
+
+pub type Result<T, E = EtcdError> = std::result::Result<T, E>;
+
+/// Who holds the leader key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub region: String,
+    pub agent: String,
+    pub epoch: u64,
+    /// Create revision of the leader key: this tenure.
+    #[serde(skip)]
+    pub rev: i64,
+    /// The lease the key is attached to.
+    #[serde(skip)]
+    pub lease: i64,
+}
+
+/// A tenure this process won: keep it with [`Coordinator::renew`].
+#[derive(Debug)]
+pub struct Tenure {
+    pub region: String,
+    pub epoch: u64,
+    pub rev: i64,
+    pub lease: i64,
+    pub ttl: Duration,
+    keeper: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+}
+
+/// The answer to [`Coordinator::acquire`].
+#[derive(Debug)]
+pub enum Acquired {
+    Won(Tenure),
+    /// Someone holds it (or took it first).
+    Held(Holder),
+}
+
+pub struct Coordinator {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+    timeout: Duration,
+}
+
+impl Coordinator {
+    /// Connects to the members at `endpoints` (`http://host:port`), for the Haven cluster
+    /// `cluster`. Every call is bounded by `timeout`; calls need a member with a leader.
+    pub async fn connect(endpoints: &[String], cluster: &str, timeout: Duration) -> Result<Self> {
+        let joined = endpoints.join(",");
+        let options = ConnectOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout)
+            .with_require_leader(true);
+        let client = bounded(&joined, timeout, Client::connect(endpoints, Some(options))).await?;
+        Ok(Coordinator {
+            client,
+            prefix: format!("/haven/{cluster}/"),
+            endpoints: joined,
+            timeout,
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Runs one etcd request, retrying what a dead or restarting member answers (the
+    /// client balances requests over every endpoint, and a dead one refuses connections)
+    /// until the request timeout.
+    async fn call<T, F, Fut>(&self, mut request: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, request()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if transient(&e) && left > RETRY_PAUSE * 2 => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(Err(source)) => {
+                    return Err(EtcdError::Client {
+                        endpoints: self.endpoints.clone(),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(EtcdError::Timeout {
+                        endpoints: self.endpoints.clone(),
+                        timeout: self.timeout,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The current holder (a linearizable read), if any.
+    pub async fn holder(&mut self) -> Result<Option<Holder>> {
+        let key = self.key("leader");
+        let kv = self.client.kv_client();
+        let resp = self
+            .call(|| {
+                let mut kv = kv.clone();
+                let key = key.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
+        resp.kvs()
+            .first()
+            .map(|kv| parse_holder(&key, kv))
+            .transpose()
+    }
+
+    /// The current epoch (0 before the first tenure).
+    pub async fn epoch(&mut self) -> Result<u64> {
+        Ok(self.epoch_with_revision().await?.0)
+    }
+
+    async fn epoch_with_revision(&mut self) -> Result<(u64, i64)> {
+        let key = self.key("epoch");
+        let kv = self.client.kv_client();
+        let resp = self
+            .call(|| {
+                let mut kv = kv.clone();
+                let key = key.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
+        match resp.kvs().first() {
+            None => Ok((0, 0)),
+            Some(kv) => Ok((parse_epoch(&key, kv.value())?, kv.mod_revision())),
+        }
+    }
+
+    /// Takes the leader key for `region` with a lease of `ttl` (whole seconds, at least
+    /// 2), if nobody holds it: the epoch becomes `max(epoch, floor) + 1` in the same
+    /// transaction. `floor` is the highest epoch seen elsewhere (repository, DNS), so a
+    /// rebuilt etcd never hands out an epoch again.
+    pub async fn acquire(
+        &mut self,
+        region: &str,
+        agent: &str,
+        ttl: Duration,
+        floor: u64,
+    ) -> Result<Acquired> {
+        let (leader, epoch_key, active) =
+            (self.key("leader"), self.key("epoch"), self.key("active"));
+        for _ in 0..3 {
+            if let Some(h) = self.holder().await? {
+                return Ok(Acquired::Held(h));
+            }
+            let (current, epoch_rev) = self.epoch_with_revision().await?;
+            let next = current.max(floor) + 1;
+            let ttl_s = ttl.as_secs().max(2) as i64;
+            let lease_client = self.client.lease_client();
+            let lease = self
+                .call(|| {
+                    let mut l = lease_client.clone();
+                    async move { l.grant(ttl_s, None).await }
+                })
+                .await?
+                .id();
+            let value = serde_json::to_string(&Holder {
+                region: region.into(),
+                agent: agent.into(),
+                epoch: next,
+                rev: 0,
+                lease,
+            })
+            .unwrap_or_default();
+            let epoch_unchanged = if epoch_rev == 0 {
+                Compare::version(epoch_key.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(epoch_key.clone(), CompareOp::Equal, epoch_rev)
+            };
+            let txn = Txn::new()
+                .when(vec![
+                    Compare::create_revision(leader.clone(), CompareOp::Equal, 0),
+                    epoch_unchanged,
+                ])
+                .and_then(vec![
+                    TxnOp::put(
+                        leader.clone(),
+                        value,
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    TxnOp::put(epoch_key.clone(), next.to_string(), None),
+                    TxnOp::put(active.clone(), region, None),
+                ]);
+            let resp = self.txn(txn).await?;
+            if resp.succeeded() {
+                let rev = resp.header().map_or(0, |h| h.revision());
+                let keeper = self.open_keeper(lease).await.ok();
+                return Ok(Acquired::Won(Tenure {
+                    region: region.into(),
+                    epoch: next,
+                    rev,
+                    lease,
+                    ttl: Duration::from_secs(ttl_s as u64),
+                    keeper,
+                }));
+            }
+            // Someone took it, or the epoch moved, between the reads and the txn.
+            let _ = self.revoke(lease).await;
+        }
+        match self.holder().await? {
+            Some(h) => Ok(Acquired::Held(h)),
+            None => Err(EtcdError::Timeout {
+                endpoints: self.endpoints.clone(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Renews a tenure: one keepalive, then a linearizable check that the leader key is
+    /// still this tenure's (same create revision, same lease). `Ok(false)`: the tenure is
+    /// over (the lease expired or was revoked, or another tenure began): stop writing.
+    /// An error means etcd did not answer in time: the caller counts the time since its
+    /// last successful renewal against the lease TTL.
+    pub async fn renew(&mut self, t: &mut Tenure) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let alive = loop {
+            match self.keep_alive_once(t, deadline).await {
+                Ok(alive) => break alive,
+                Err(e) => {
+                    t.keeper = None;
+                    let transient_error =
+                        matches!(&e, EtcdError::Client { source, .. } if transient(source));
+                    if !transient_error || tokio::time::Instant::now() + RETRY_PAUSE * 2 >= deadline
+                    {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        };
+        if !alive {
+            return Ok(false);
+        }
+        let leader = self.key("leader");
+        let txn = Txn::new().when(vec![
+            Compare::create_revision(leader.clone(), CompareOp::Equal, t.rev),
+            Compare::lease(leader, CompareOp::Equal, t.lease),
+        ]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// One keepalive on the tenure's stream (opened if needed): whether the lease lives.
+    async fn keep_alive_once(
+        &mut self,
+        t: &mut Tenure,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool> {
+        if t.keeper.is_none() {
+            t.keeper = Some(self.open_keeper(t.lease).await?);
+        }
+        let Some((keeper, stream)) = t.keeper.as_mut() else {
+            return Ok(false);
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        bounded(&self.endpoints, left, keeper.keep_alive()).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bounded(&self.endpoints, left, stream.message()).await? {
+            Some(r) => Ok(r.ttl() > 0),
+            None => Err(EtcdError::Client {
+                endpoints: self.endpoints.clone(),
+                source: etcd_client::Error::LeaseKeepAliveError("stream closed".into()),
+            }),
+        }
+    }
+
+    async fn open_keeper(
+        &self,
+        lease: i64,
+    ) -> Result<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> {
+        let lease_client = self.client.lease_client();
+        self.call(|| {
+            let mut l = lease_client.clone();
+            async move { l.keep_alive(lease).await }
+        })
+        .await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        let kv = self.client.kv_client();
+        self.call(|| {
+            let mut kv = kv.clone();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn revoke(&self, lease: i64) -> Result<()> {
+        let lease_client = self.client.lease_client();
+        self.call(|| {
+            let mut l = lease_client.clone();
+            async move { l.revoke(lease).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Gives a tenure up: deletes the leader key if it is still this tenure's, then
+    /// revokes the lease. The epoch stays.
+    pub async fn resign(&mut self, t: Tenure) -> Result<()> {
+        let leader = self.key("leader");
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                leader.clone(),
+                CompareOp::Equal,
+                t.rev,
+            )])
+            .and_then(vec![TxnOp::delete(leader, None)]);
+        self.txn(txn).await?;
+        self.revoke(t.lease).await
+    }
+
+    /// The epoch and the holder as of one revision (one linearizable range read), so the
+    /// two are consistent with each other.
+    pub async fn snapshot(&mut self) -> Result<(u64, Option<Holder>)> {
+        let kv = self.client.kv_client();
+        let prefix = self.prefix.clone();
+        let resp = self
+            .call(|| {
+                let mut kv = kv.clone();
+                let prefix = prefix.clone();
+                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let (leader, epoch_key) = (self.key("leader"), self.key("epoch"));
+        let mut epoch = 0;
+        let mut holder = None;
+        for kv in resp.kvs() {
+            if kv.key() == leader.as_bytes() {
+                holder = Some(parse_holder(&leader, kv)?);
+            } else if kv.key() == epoch_key.as_bytes() {
+                epoch = parse_epoch(&epoch_key, kv.value())?;
+            }
+        }
+        Ok((epoch, holder))
+    }
+}
+
+fn parse_epoch(key: &str, value: &[u8]) -> Result<u64> {
+    let text = String::from_utf8_lossy(value).to_string();
+    text.trim().parse::<u64>().map_err(|e| EtcdError::Corrupt {
+        key: key.into(),
+        value: text.clone(),
+        why: e.to_string(),
+    })
+}
+
+fn parse_holder(key: &str, kv: &etcd_client::KeyValue) -> Result<Holder> {
+    let text = String::from_utf8_lossy(kv.value()).to_string();
+    let mut h: Holder = serde_json::from_str(&text).map_err(|e| EtcdError::Corrupt {
+        key: key.into(),
+        value: text.clone(),
+        why: e.to_string(),
+    })?;
+    h.rev = kv.create_revision();
+    h.lease = kv.lease();
+    Ok(h)
+}
+
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Errors a request to another member may not have: a refused connection, a member
+/// without a leader for a moment, a closed stream.
+fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::LeaseKeepAliveError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ) || s.message().contains("leader changed")
+                || s.message().contains("no leader")
+        }
+        _ => false,
+    }
+}
+
+async fn bounded<T>(
+    endpoints: &str,
+    timeout: Duration,
+    f: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(EtcdError::Client {
+            endpoints: endpoints.into(),
+            source,
+        }),
+        Err(_) => Err(EtcdError::Timeout {
+            endpoints: endpoints.into(),
+            timeout,
+        }),
+    }
+}
