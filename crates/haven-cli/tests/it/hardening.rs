@@ -785,3 +785,57 @@ fn exit_codes_messages_and_bounded_waits() {
     );
     drop(accepted);
 }
+
+#[test]
+fn sigterm_while_the_broker_is_down_stops_a_backup_promptly() {
+    let mut b = Broker::start().unwrap();
+    b.create_topic("t", 2).unwrap();
+    b.produce("t", &edge_records(20, 2)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args([
+            "backup",
+            "--brokers",
+            &b.bootstrap(),
+            "--repo",
+            &path(&repo),
+            "--topics",
+            "t",
+            "--flush-ms",
+            "100",
+            "--group-interval",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while log_objects(&repo) < 2 {
+        assert!(Instant::now() < deadline, "the backup wrote nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.kill();
+    // Let it reach its lag measures and group samples against the dead broker.
+    std::thread::sleep(Duration::from_secs(4));
+    let t0 = Instant::now();
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "still running {:?} after SIGTERM",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(code(&haven(&["verify", "--repo", &path(&repo)])), 0);
+}

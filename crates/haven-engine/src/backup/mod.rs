@@ -343,6 +343,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = Instant::now();
     let idle_flush = Duration::from_secs(60);
+    let mut interrupted = false;
 
     loop {
         if opts.once && batch.all_done() {
@@ -383,15 +384,29 @@ pub async fn run(
             }
         }
         let now = Instant::now();
+        // Sampling and lag measures wait on the cluster (up to its timeouts when it is
+        // down): a stop request interrupts them, so shutdown stays prompt.
         if let Some(iv) = opts.group_interval {
             if now >= next_sample {
                 next_sample = now + iv;
-                sample_groups(&mut sampler, opts, &partitions, &mut batch, observer).await;
+                tokio::select! {
+                    _ = sample_groups(&mut sampler, opts, &partitions, &mut batch, observer) => {}
+                    _ = until_stopped(&mut stop) => {
+                        interrupted = true;
+                        break;
+                    }
+                }
             }
         }
         if now >= next_lag {
             next_lag = now + LAG_INTERVAL;
-            report_lag(&inspector, &batch, &mut caught_up, observer).await;
+            tokio::select! {
+                _ = report_lag(&inspector, &batch, &mut caught_up, observer) => {}
+                _ = until_stopped(&mut stop) => {
+                    interrupted = true;
+                    break;
+                }
+            }
         }
         let since_flush = now.duration_since(last_flush);
         let due = since_flush >= opts.flush_interval
@@ -410,8 +425,15 @@ pub async fn run(
             }
         }
     }
-    if opts.group_interval.is_some() {
-        sample_groups(&mut sampler, opts, &partitions, &mut batch, observer).await;
+    // A last sample of the group timeline, unless a stop interrupted one (its sampler is
+    // gone) or the cluster does not answer promptly.
+    if opts.group_interval.is_some() && !interrupted {
+        let last = sample_groups(&mut sampler, opts, &partitions, &mut batch, observer);
+        if tokio::time::timeout(FINAL_SAMPLE_WAIT, last).await.is_err() {
+            tracing::warn!(
+                "the last consumer-group sample got no answer within {FINAL_SAMPLE_WAIT:?}: skipped"
+            );
+        }
     }
     flush(repo, &mut state, &mut batch, opts, observer, &mut report).await?;
     report.seconds = started.elapsed().as_secs_f64();
@@ -463,6 +485,18 @@ async fn sample_groups(
             what: "sample consumer groups".into(),
             error: e.to_string(),
         }),
+    }
+}
+
+/// How long a stopping backup waits for its last group sample.
+const FINAL_SAMPLE_WAIT: Duration = Duration::from_secs(2);
+
+/// Resolves once `stop` is true (never, if its sender is gone without saying so).
+async fn until_stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
