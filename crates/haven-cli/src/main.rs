@@ -105,6 +105,9 @@ enum Command {
     /// Measure Haven against baselines run on the same data (ratios, not absolute times).
     #[command(subcommand)]
     Bench(commands::bench::Command),
+    /// Region failover: `failover status` (active region, fencing epoch, RPO ledger).
+    #[command(subcommand)]
+    Failover(commands::failover::Command),
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(commands::config::Command),
@@ -197,6 +200,7 @@ fn main() -> ExitCode {
             Command::Offsets(c) => commands::offsets::run(&ctx, c).await,
             Command::Cat(a) => commands::cat::run(&ctx, a).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,
+            Command::Failover(c) => commands::failover::run(&ctx, c).await,
             Command::Bench(c) => commands::bench::run(&ctx, c).await,
         }
     });

@@ -147,6 +147,15 @@ pub struct Config {
     /// Services of the event-driven architecture (`haven impact --service NAME`).
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSection>,
+    /// The etcd members holding the region lease and the fencing epoch.
+    #[serde(default)]
+    pub coordination: Option<crate::failover::config::CoordinationSection>,
+    /// What each region runs.
+    #[serde(default)]
+    pub regions: crate::failover::config::Regions,
+    /// The primary and standby regions, and the gates of an automatic failover.
+    #[serde(default)]
+    pub failover: Option<crate::failover::config::FailoverSection>,
 }
 
 pub const EXAMPLE: &str = r#"[clusters.us]
@@ -187,6 +196,24 @@ regions = ["us"]
 produces = ["machine-events"]
 consumes = ["documents"]
 groups = ["machine-management"]
+
+[coordination]
+endpoints = ["http://etcd-us:2379", "http://etcd-eu:2379", "http://etcd-witness:2379"]
+lease_ttl_s = 10
+
+[regions.us]
+cluster = "us"
+
+[regions.eu]
+cluster = "eu"
+mirror_in = "us-to-eu"
+
+[failover]
+primary = "us"
+standby = "eu"
+mode = "manual"
+max_records_at_risk = 10000
+max_seconds_at_risk = 60
 "#;
 
 impl Config {
@@ -356,6 +383,9 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if let Err((key, message)) = crate::failover::config::validate(self) {
+            return Err(invalid(key, message));
         }
         for (name, j) in &self.jobs {
             let region = self.repositories[&j.repository].region.as_deref();

@@ -10,6 +10,7 @@
 //! - [`restore`] - restoring a repository's records to a cluster.
 //! - [`mirror`] - continuous replication between clusters, exact offset translation.
 //! - [`residency`] - data-residency rules every job that moves data checks.
+//! - [`failover`] - regions, the lease and fencing epoch (etcd), the RPO ledger.
 //!
 //! Offset translation for restore, mirroring and recovery lives in one module: [`offsets`].
 
@@ -17,6 +18,7 @@ pub mod backup;
 pub mod config;
 mod error;
 pub mod events;
+pub mod failover;
 pub mod metrics;
 pub mod mirror;
 pub mod offsets;

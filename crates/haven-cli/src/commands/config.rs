@@ -125,6 +125,37 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
                     s.groups.join(",")
                 );
             }
+            if let Some(c) = &cfg.coordination {
+                outln!(
+                    "coordination: etcd {} (keys /haven/{}/), lease TTL {} s",
+                    c.endpoints.join(","),
+                    c.cluster,
+                    c.lease_ttl_s
+                );
+            }
+            outln!("regions: {}", cfg.regions.len());
+            for (n, r) in &cfg.regions {
+                outln!(
+                    "  {n}: cluster {}{}",
+                    r.cluster,
+                    r.mirror_in
+                        .as_deref()
+                        .map(|m| format!(", mirrored into by {m}"))
+                        .unwrap_or_default()
+                );
+            }
+            if let Some(f) = &cfg.failover {
+                outln!(
+                    "failover: primary {}, standby {}, mode {:?}; gates: at most {} records and {} s at risk, {} failed checks, one automatic failover per {} s",
+                    f.primary,
+                    f.standby,
+                    f.mode,
+                    f.max_records_at_risk,
+                    f.max_seconds_at_risk,
+                    f.failed_checks,
+                    f.min_interval_s
+                );
+            }
             Ok(0)
         }
     }

@@ -7,6 +7,7 @@ pub mod cat;
 pub mod compensate;
 pub mod config;
 pub mod demo;
+pub mod failover;
 pub mod impact;
 pub mod ls;
 pub mod mirror;

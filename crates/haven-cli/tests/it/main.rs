@@ -2,6 +2,7 @@
 
 mod backup;
 mod config;
+mod failover;
 mod foundation;
 mod hardening;
 mod mirror;

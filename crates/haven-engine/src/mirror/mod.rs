@@ -109,6 +109,32 @@ impl MirrorOptions {
         }
     }
 
+    /// The options of a mirror configured as `[mirrors.NAME]` (clusters by their names).
+    pub fn from_config(cfg: &crate::config::Config, name: &str) -> Result<Self> {
+        let m = cfg.mirrors.get(name).ok_or_else(|| {
+            Error::Input(format!(
+                "no mirror named {name:?} in the config: define [mirrors.{name}]"
+            ))
+        })?;
+        let cluster = |n: &str| {
+            let c = cfg.cluster(n);
+            let mut cc = ClusterConfig::new(c.bootstrap);
+            cc.properties = c.properties.into_iter().collect();
+            cc
+        };
+        let mut opts = MirrorOptions::new(
+            (cluster(&m.from), m.from.clone()),
+            (cluster(&m.to), m.to.clone()),
+            crate::backup::topic_regex(&m.topics)?,
+        );
+        opts.name = name.to_string();
+        opts.prefix = m.prefix.clone().unwrap_or_default();
+        opts.groups = m.groups.clone();
+        opts.residency = cfg.residency_rules();
+        opts.target_region = cfg.cluster(&m.to).region;
+        Ok(opts)
+    }
+
     pub fn target_topic(&self, topic: &str) -> String {
         format!("{}{topic}", self.prefix)
     }

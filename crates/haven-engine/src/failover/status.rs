@@ -1,0 +1,128 @@
+//! `haven failover status`: which region is active and with which epoch (from etcd), and
+//! the RPO ledger: per partition mirrored into the standby, the lag in records and
+//! seconds and exactly what an unplanned failover now would lose. What cannot be read (a
+//! cluster or etcd down) is reported as such, never left out silently.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::mirror::status::PartitionStatus;
+use crate::mirror::MirrorOptions;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionStatus {
+    pub name: String,
+    pub cluster: String,
+    /// `primary` or `standby` as configured.
+    pub configured_as: String,
+    /// Whether it holds the lease now.
+    pub active: bool,
+}
+
+/// One mirrored partition's entry in the RPO ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerRow {
+    /// The region the mirror copies into (the failover target).
+    pub into: String,
+    pub mirror: String,
+    #[serde(flatten)]
+    pub partition: PartitionStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverStatus {
+    pub primary: String,
+    pub standby: String,
+    pub mode: String,
+    /// The region holding the lease, its epoch and agent; None when nobody holds it.
+    pub active: Option<String>,
+    pub agent: Option<String>,
+    pub epoch: u64,
+    pub regions: Vec<RegionStatus>,
+    pub ledger: Vec<LedgerRow>,
+    /// The worst lag in seconds and the records an unplanned failover would lose now.
+    pub rpo_seconds: f64,
+    pub records_at_risk: i64,
+    /// Parts that could not be read, with the reason (the rest is still shown).
+    pub unknown: Vec<String>,
+}
+
+/// Reads etcd and every mirror into a failover target.
+pub async fn status(cfg: &Config) -> Result<FailoverStatus> {
+    let f = cfg.failover.as_ref().ok_or_else(|| {
+        Error::Input(
+            "no [failover] in the config: name the primary and standby regions (see `haven config example`)"
+                .into(),
+        )
+    })?;
+    let mut unknown = Vec::new();
+    let (epoch, holder) = match super::coordinator(cfg).await {
+        Ok(mut c) => match c.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                unknown.push(format!("lease and epoch: {e}"));
+                (0, None)
+            }
+        },
+        Err(e) => {
+            unknown.push(format!("lease and epoch: {e}"));
+            (0, None)
+        }
+    };
+    let mut regions = Vec::new();
+    let mut ledger = Vec::new();
+    for (name, r) in &cfg.regions {
+        let configured_as = if *name == f.primary {
+            "primary"
+        } else if *name == f.standby {
+            "standby"
+        } else {
+            "other"
+        };
+        regions.push(RegionStatus {
+            name: name.clone(),
+            cluster: r.cluster.clone(),
+            configured_as: configured_as.into(),
+            active: holder.as_ref().is_some_and(|h| h.region == *name),
+        });
+        let Some(mirror) = &r.mirror_in else {
+            continue;
+        };
+        // What failing over INTO this region would lose: only for regions not active.
+        if holder.as_ref().is_some_and(|h| h.region == *name) {
+            continue;
+        }
+        let opts = MirrorOptions::from_config(cfg, mirror)?;
+        match crate::mirror::status::status(&opts).await {
+            Ok(parts) => ledger.extend(parts.into_iter().map(|p| LedgerRow {
+                into: name.clone(),
+                mirror: mirror.clone(),
+                partition: p,
+            })),
+            Err(e) => unknown.push(format!("mirror {mirror} into {name}: {e}")),
+        }
+    }
+    let rpo_seconds = ledger
+        .iter()
+        .map(|r| r.partition.lag_seconds)
+        .fold(0.0, f64::max);
+    let records_at_risk = ledger
+        .iter()
+        .filter_map(|r| r.partition.at_risk.as_ref())
+        .map(|a| a.records)
+        .sum();
+    Ok(FailoverStatus {
+        primary: f.primary.clone(),
+        standby: f.standby.clone(),
+        mode: format!("{:?}", f.mode).to_lowercase(),
+        active: holder.as_ref().map(|h| h.region.clone()),
+        agent: holder.as_ref().map(|h| h.agent.clone()),
+        epoch,
+        regions,
+        ledger,
+        rpo_seconds,
+        records_at_risk,
+        unknown,
+    })
+}
