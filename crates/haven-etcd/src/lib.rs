@@ -69,7 +69,7 @@ pub struct Tenure {
 /// The answer to [`Coordinator::acquire`].
 #[derive(Debug)]
 pub enum Acquired {
-    Won(Tenure),
+    Won(Box<Tenure>),
     /// Someone holds it (or took it first).
     Held(Holder),
 }
@@ -232,14 +232,14 @@ impl Coordinator {
             if resp.succeeded() {
                 let rev = resp.header().map_or(0, |h| h.revision());
                 let keeper = self.open_keeper(lease).await.ok();
-                return Ok(Acquired::Won(Tenure {
+                return Ok(Acquired::Won(Box::new(Tenure {
                     region: region.into(),
                     epoch: next,
                     rev,
                     lease,
                     ttl: Duration::from_secs(ttl_s as u64),
                     keeper,
-                }));
+                })));
             }
             // Someone took it, or the epoch moved, between the reads and the txn.
             let _ = self.revoke(lease).await;

@@ -19,20 +19,20 @@ async fn coordinator(c: &EtcdCluster) -> Coordinator {
 
 fn won(a: Acquired) -> Tenure {
     match a {
-        Acquired::Won(t) => t,
+        Acquired::Won(t) => *t,
         Acquired::Held(h) => panic!("expected to win, held by {h:?}"),
     }
 }
+
+/// (epoch, holder region and its epoch) per sample.
+type Samples = Arc<Mutex<Vec<(u64, Option<(String, u64)>)>>>;
 
 /// Samples the leader key and the epoch every 100 ms from its own client until stopped:
 /// (epoch, holder region) per sample.
 fn sampler(
     endpoints: Vec<String>,
     stop: Arc<AtomicBool>,
-) -> (
-    tokio::task::JoinHandle<()>,
-    Arc<Mutex<Vec<(u64, Option<(String, u64)>)>>>,
-) {
+) -> (tokio::task::JoinHandle<()>, Samples) {
     let samples = Arc::new(Mutex::new(Vec::new()));
     let out = samples.clone();
     let task = tokio::spawn(async move {
@@ -103,7 +103,7 @@ async fn one_holder_epochs_only_go_up_and_a_stale_holder_is_refused() {
     let t0 = Instant::now();
     let eu_tenure = loop {
         match eu.acquire("eu", "agent-eu", TTL, 0).await.unwrap() {
-            Acquired::Won(t) => break t,
+            Acquired::Won(t) => break *t,
             Acquired::Held(_) => {
                 assert!(
                     t0.elapsed() < TTL * 4,

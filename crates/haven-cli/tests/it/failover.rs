@@ -103,7 +103,7 @@ fn status_shows_the_lease_holder_its_epoch_and_what_a_failover_would_lose() {
             .await
             .unwrap()
         {
-            haven_etcd::Acquired::Won(t) => t,
+            haven_etcd::Acquired::Won(t) => *t,
             haven_etcd::Acquired::Held(h) => panic!("held by {h:?}"),
         }
     });
