@@ -105,6 +105,10 @@ enum Command {
     /// Measure Haven against baselines run on the same data (ratios, not absolute times).
     #[command(subcommand)]
     Bench(commands::bench::Command),
+    #[command(
+        about = "Run a region's agent: keep the region lease and answer /lease for load-balancer health checks."
+    )]
+    Agent(commands::agent::Args),
     /// Region failover: `failover status` (active region, fencing epoch, RPO ledger).
     #[command(subcommand)]
     Failover(commands::failover::Command),
@@ -201,6 +205,7 @@ fn main() -> ExitCode {
             Command::Cat(a) => commands::cat::run(&ctx, a).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,
             Command::Failover(c) => commands::failover::run(&ctx, c).await,
+            Command::Agent(a) => commands::agent::run(&ctx, a).await,
             Command::Bench(c) => commands::bench::run(&ctx, c).await,
         }
     });

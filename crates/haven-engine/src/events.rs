@@ -73,6 +73,13 @@ pub enum Event {
     GroupNeverSynced { group: String },
     /// A recoverable error (broker unreachable, ...); the engine retries.
     Retrying { what: String, error: String },
+    /// This region took the lease: it is the active region with this epoch.
+    LeaseAcquired { region: String, epoch: u64 },
+    /// This region's tenure is over (expired, or another region took the lease): it no
+    /// longer claims to be writable.
+    LeaseLost { region: String, epoch: u64 },
+    /// This region gave the lease up (a clean stop).
+    LeaseReleased { region: String, epoch: u64 },
 }
 
 impl std::fmt::Display for Event {
@@ -162,6 +169,16 @@ impl std::fmt::Display for Event {
                  partitions of the source: nothing to sync; check the name"
             ),
             Event::Retrying { what, error } => write!(f, "{what} failed, retrying: {error}"),
+            Event::LeaseAcquired { region, epoch } => {
+                write!(f, "region {region} took the lease: active with epoch {epoch}")
+            }
+            Event::LeaseLost { region, epoch } => write!(
+                f,
+                "region {region} lost the lease of epoch {epoch}: it no longer accepts writes"
+            ),
+            Event::LeaseReleased { region, epoch } => {
+                write!(f, "region {region} released the lease of epoch {epoch}")
+            }
         }
     }
 }
@@ -182,7 +199,8 @@ impl Observer for LogObserver {
             Event::Retrying { .. }
             | Event::ConcurrentAppend { .. }
             | Event::GroupNotSynced { .. }
-            | Event::GroupNeverSynced { .. } => tracing::warn!("{event}"),
+            | Event::GroupNeverSynced { .. }
+            | Event::LeaseLost { .. } => tracing::warn!("{event}"),
             Event::PartitionLag { .. }
             | Event::GroupsSampled { .. }
             | Event::GroupSynced { .. }

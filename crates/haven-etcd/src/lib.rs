@@ -357,6 +357,23 @@ impl Coordinator {
         self.revoke(t.lease).await
     }
 
+    /// The last region that held the lease (the `active` key; it outlives the lease).
+    pub async fn active(&mut self) -> Result<Option<String>> {
+        let key = self.key("active");
+        let kv = self.client.kv_client();
+        let resp = self
+            .call(|| {
+                let mut kv = kv.clone();
+                let key = key.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
+    }
+
     /// The epoch and the holder as of one revision (one linearizable range read), so the
     /// two are consistent with each other.
     pub async fn snapshot(&mut self) -> Result<(u64, Option<Holder>)> {

@@ -1,5 +1,6 @@
 //! One file per command. Shared arguments and helpers live here.
 
+pub mod agent;
 pub mod audit;
 pub mod backup;
 pub mod bench;

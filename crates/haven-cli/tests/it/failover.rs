@@ -193,3 +193,212 @@ standby = "eu"
         );
     }
 }
+
+/// The status code of `GET /lease` on `port`, or None when nothing answers within 300 ms
+/// (a frozen or dead agent).
+fn lease_status(port: u16) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    s.write_all(b"GET /lease HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn spawn_agent(cfg: &str, region: &str, port: u16) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args([
+            "--config",
+            cfg,
+            "agent",
+            "--region",
+            region,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// One sample: when, /lease of us and eu, the epoch in etcd.
+type Sample = (Instant, Option<u16>, Option<u16>, Option<u64>);
+
+#[test]
+fn at_most_one_region_claims_the_lease_through_a_restart_and_a_frozen_holder() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut etcd = EtcdCluster::start(3).unwrap();
+    let endpoints = etcd.endpoints();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haven.toml");
+    let quoted: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[clusters.us]\nbootstrap = \"127.0.0.1:1\"\n[clusters.eu]\nbootstrap = \"127.0.0.1:2\"\n\
+             [coordination]\nendpoints = [{}]\ncluster = \"agents\"\nlease_ttl_s = 3\n\
+             [regions.us]\ncluster = \"us\"\n[regions.eu]\ncluster = \"eu\"\n\
+             [failover]\nprimary = \"us\"\nstandby = \"eu\"\n",
+            quoted.join(", ")
+        ),
+    )
+    .unwrap();
+    let cfg = path(&cfg);
+    let (pu, pe) = (testbed::free_port().unwrap(), testbed::free_port().unwrap());
+    let mut us = spawn_agent(&cfg, "us", pu);
+    let mut eu = spawn_agent(&cfg, "eu", pe);
+
+    // A sampler asks both agents and etcd every 100 ms while the faults happen.
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let sampler = {
+        let (stop, samples, endpoints) = (stop.clone(), samples.clone(), endpoints.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let mut c = rt
+                .block_on(haven_etcd::Coordinator::connect(
+                    &endpoints,
+                    "agents",
+                    Duration::from_millis(500),
+                ))
+                .unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let (u, e) = (lease_status(pu), lease_status(pe));
+                let epoch = rt.block_on(c.epoch()).ok();
+                samples.lock().unwrap().push((t, u, e, epoch));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let wait_for = |what: &str, secs: u64, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("us to claim the lease", 15, &|| {
+        lease_status(pu) == Some(200)
+    });
+    assert_eq!(lease_status(pe), Some(503), "the standby claims nothing");
+
+    // kill -9 of the holder's agent and an immediate restart: the new agent waits for the
+    // old lease to expire, then takes it back with a new epoch.
+    signal(&us, "-KILL");
+    us.wait().unwrap();
+    us = spawn_agent(&cfg, "us", pu);
+    let restarted = Instant::now();
+    wait_for("the restarted us agent to claim the lease", 15, &|| {
+        lease_status(pu) == Some(200)
+    });
+    assert!(
+        restarted.elapsed() >= Duration::from_secs(2),
+        "claimed before the old lease could expire: {:?}",
+        restarted.elapsed()
+    );
+
+    // etcd loses its quorum: the holder cannot renew, and stops claiming the lease well
+    // before it could expire (by then another region could hold it); with the quorum
+    // back it claims it again.
+    etcd.kill(1);
+    etcd.kill(2);
+    let cut = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    etcd.restart(1).unwrap();
+    etcd.restart(2).unwrap();
+    let healed = Instant::now();
+    wait_for("us to claim the lease again with a quorum", 30, &|| {
+        lease_status(pu) == Some(200)
+    });
+
+    // The holder freezes past its TTL; an operator's failover takes the lease for eu (the
+    // failover command is not built yet: the test takes it as the command will). When the
+    // old holder wakes it claims nothing, not even for an instant.
+    signal(&us, "-STOP");
+    let frozen = Instant::now();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut op = rt
+        .block_on(haven_etcd::Coordinator::connect(
+            &endpoints,
+            "agents",
+            Duration::from_secs(2),
+        ))
+        .unwrap();
+    let before = rt.block_on(op.epoch()).unwrap();
+    let taken = loop {
+        match rt
+            .block_on(op.acquire("eu", "operator", Duration::from_secs(30), 0))
+            .unwrap()
+        {
+            haven_etcd::Acquired::Won(t) => break *t,
+            haven_etcd::Acquired::Held(_) => {
+                assert!(
+                    frozen.elapsed() < Duration::from_secs(15),
+                    "lease never expired"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!(taken.epoch, before + 1);
+    signal(&us, "-CONT");
+    let woke = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    let samples = samples.lock().unwrap().clone();
+    signal(&us, "-TERM");
+    signal(&eu, "-TERM");
+    us.wait().unwrap();
+    eu.wait().unwrap();
+
+    assert!(samples.len() > 60, "{} samples", samples.len());
+    let mut last_epoch = 0;
+    for (t, u, e, epoch) in &samples {
+        assert!(
+            !(*u == Some(200) && *e == Some(200)),
+            "two regions claimed the lease at once"
+        );
+        assert_ne!(*e, Some(200), "the standby claimed the lease");
+        if *t >= woke {
+            assert_ne!(*u, Some(200), "the woken holder claimed a lease it lost");
+        }
+        if *t >= cut + Duration::from_secs(3) && *t < healed {
+            assert_ne!(
+                *u,
+                Some(200),
+                "claimed the lease without renewing it for a TTL"
+            );
+        }
+        if let Some(epoch) = epoch {
+            assert!(
+                *epoch >= last_epoch,
+                "epoch went down: {last_epoch} -> {epoch}"
+            );
+            last_epoch = *epoch;
+        }
+    }
+    assert_eq!(last_epoch, taken.epoch);
+    let claims_after_wake = samples
+        .iter()
+        .filter(|s| s.0 >= woke && s.1.is_some())
+        .count();
+    assert!(
+        claims_after_wake > 10,
+        "the woken agent answered {claims_after_wake} times"
+    );
+}

@@ -5,6 +5,7 @@
 //! Still to come (issue #11): the agent's holder and standby loops, fencing, promotion,
 //! routing, switchover and failover as plans run by the engine's executor.
 
+pub mod agent;
 pub mod config;
 pub mod status;
 

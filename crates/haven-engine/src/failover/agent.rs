@@ -1,0 +1,259 @@
+//! The agent's lease loop (`haven agent --region NAME`), the first part of Patroni's small,
+//! explicit HA loop: the region that holds the lease renews it every `ttl / 5`; the
+//! configured primary takes it when nobody holds it and it was the last active region (a
+//! fresh deployment, or its own restart). The region's claim to be writable, answered on
+//! `/lease` for load-balancer health checks, lasts `ttl / 2` after the start of its last
+//! successful renewal: a holder that cannot renew (cut off, frozen, etcd without quorum)
+//! stops claiming it well before the lease can expire and another region can take it, so
+//! at most one region claims it at any instant. A clean stop resigns the lease.
+//!
+//! Still to come (issue #11): the standby's gates and automatic takeover, fencing steps,
+//! promotion and routing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use haven_etcd::{Acquired, Coordinator, Tenure};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::events::{Event, Observer};
+use crate::{Error, Result};
+
+/// What the agent knows about the lease, shared with its HTTP face.
+#[derive(Debug, Clone, Default)]
+struct Known {
+    epoch: u64,
+    holder: Option<String>,
+    /// Until when this region may claim to be writable.
+    valid_until: Option<Instant>,
+}
+
+/// The lease as `/lease` and the metrics show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LeaseView {
+    pub region: String,
+    /// This region holds the lease and renewed it recently enough to claim it.
+    pub holder: bool,
+    pub epoch: u64,
+    /// The region holding the lease, as last seen.
+    pub active: Option<String>,
+    /// Milliseconds the claim stays valid without another renewal.
+    pub valid_for_ms: u64,
+}
+
+/// A running agent's shared state.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    region: String,
+    known: Arc<Mutex<Known>>,
+}
+
+impl Agent {
+    pub fn new(region: &str) -> Self {
+        Agent {
+            region: region.to_string(),
+            known: Default::default(),
+        }
+    }
+
+    pub fn view(&self) -> LeaseView {
+        let k = self.known.lock().map(|k| k.clone()).unwrap_or_default();
+        let left = k
+            .valid_until
+            .map(|v| v.saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+        LeaseView {
+            region: self.region.clone(),
+            holder: !left.is_zero(),
+            epoch: k.epoch,
+            active: k.holder,
+            valid_for_ms: left.as_millis() as u64,
+        }
+    }
+
+    /// Prometheus text for the lease.
+    pub fn render_metrics(&self) -> String {
+        let v = self.view();
+        format!(
+            "# HELP haven_failover_epoch The fencing epoch as last seen.\n# TYPE haven_failover_epoch gauge\nhaven_failover_epoch {}\n\
+             # HELP haven_failover_lease_holder 1 when this region holds the lease and may accept writes.\n# TYPE haven_failover_lease_holder gauge\nhaven_failover_lease_holder{{region=\"{}\"}} {}\n\
+             # HELP haven_failover_lease_valid_seconds How long this region's claim stays valid without another renewal.\n# TYPE haven_failover_lease_valid_seconds gauge\nhaven_failover_lease_valid_seconds {:.3}\n",
+            v.epoch,
+            v.region,
+            u8::from(v.holder),
+            v.valid_for_ms as f64 / 1000.0
+        )
+    }
+
+    fn set(&self, f: impl FnOnce(&mut Known)) {
+        if let Ok(mut k) = self.known.lock() {
+            f(&mut k);
+        }
+    }
+}
+
+/// Runs the lease loop for `agent`'s region until `stop`.
+pub async fn run(
+    cfg: &Config,
+    agent: &Agent,
+    agent_id: &str,
+    observer: &dyn Observer,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let coordination = cfg.coordination.as_ref().ok_or_else(|| {
+        Error::Input("no [coordination] in the config: the agent needs the etcd members".into())
+    })?;
+    let failover = cfg
+        .failover
+        .as_ref()
+        .ok_or_else(|| Error::Input("no [failover] in the config".into()))?;
+    let region = agent.region.clone();
+    if !cfg.regions.contains_key(&region) {
+        return Err(Error::Input(format!(
+            "no region named {region:?}: define [regions.{region}] or fix --region"
+        )));
+    }
+    let ttl = coordination.lease_ttl();
+    let interval = (ttl / 5).max(Duration::from_millis(200));
+    let claim = ttl / 2;
+    let may_acquire = region == failover.primary;
+    let mut coord: Option<Coordinator> = None;
+    let mut tenure: Option<Tenure> = None;
+    loop {
+        if coord.is_none() {
+            match super::coordinator(cfg).await {
+                Ok(c) => coord = Some(c),
+                Err(e) => observer.event(&Event::Retrying {
+                    what: "connect to the etcd members".into(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        if let Some(c) = coord.as_mut() {
+            tick(
+                c,
+                agent,
+                &mut tenure,
+                may_acquire,
+                agent_id,
+                ttl,
+                claim,
+                observer,
+            )
+            .await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    agent.set(|k| k.valid_until = None);
+    if let (Some(c), Some(t)) = (coord.as_mut(), tenure.take()) {
+        let epoch = t.epoch;
+        match c.resign(t).await {
+            Ok(()) => observer.event(&Event::LeaseReleased { region, epoch }),
+            Err(e) => observer.event(&Event::Retrying {
+                what: "resign the lease (it expires by itself)".into(),
+                error: e.to_string(),
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// One round: renew the tenure, or look at (and maybe take) the lease.
+#[allow(clippy::too_many_arguments)]
+async fn tick(
+    c: &mut Coordinator,
+    agent: &Agent,
+    tenure: &mut Option<Tenure>,
+    may_acquire: bool,
+    agent_id: &str,
+    ttl: Duration,
+    claim: Duration,
+    observer: &dyn Observer,
+) {
+    let region = agent.region.clone();
+    if let Some(t) = tenure.as_mut() {
+        let sent = Instant::now();
+        match c.renew(t).await {
+            Ok(true) => agent.set(|k| {
+                k.valid_until = Some(sent + claim);
+                k.epoch = k.epoch.max(t.epoch);
+                k.holder = Some(region.clone());
+            }),
+            Ok(false) => {
+                let epoch = t.epoch;
+                *tenure = None;
+                agent.set(|k| k.valid_until = None);
+                observer.event(&Event::LeaseLost { region, epoch });
+            }
+            // Not renewed: the claim runs out by itself at `valid_until`.
+            Err(e) => observer.event(&Event::Retrying {
+                what: "renew the lease".into(),
+                error: e.to_string(),
+            }),
+        }
+        return;
+    }
+    let seen = c.snapshot().await;
+    let (epoch, holder) = match seen {
+        Ok(s) => s,
+        Err(e) => {
+            observer.event(&Event::Retrying {
+                what: "read the lease".into(),
+                error: e.to_string(),
+            });
+            return;
+        }
+    };
+    agent.set(|k| {
+        k.epoch = k.epoch.max(epoch);
+        k.holder = holder.as_ref().map(|h| h.region.clone());
+    });
+    if holder.is_some() || !may_acquire {
+        return;
+    }
+    // Only the last active region (or anyone on a fresh deployment) takes a free lease by
+    // itself: after a failover the old primary stays fenced until an operator acts.
+    match c.active().await {
+        Ok(Some(last)) if last != region => return,
+        Ok(_) => {}
+        Err(e) => {
+            observer.event(&Event::Retrying {
+                what: "read the last active region".into(),
+                error: e.to_string(),
+            });
+            return;
+        }
+    }
+    let sent = Instant::now();
+    match c.acquire(&region, agent_id, ttl, epoch).await {
+        Ok(Acquired::Won(t)) => {
+            let t = *t;
+            agent.set(|k| {
+                k.valid_until = Some(sent + claim);
+                k.epoch = t.epoch;
+                k.holder = Some(region.clone());
+            });
+            observer.event(&Event::LeaseAcquired {
+                region: region.clone(),
+                epoch: t.epoch,
+            });
+            *tenure = Some(t);
+        }
+        Ok(Acquired::Held(h)) => agent.set(|k| {
+            k.epoch = k.epoch.max(h.epoch);
+            k.holder = Some(h.region);
+        }),
+        Err(e) => observer.event(&Event::Retrying {
+            what: "take the lease".into(),
+            error: e.to_string(),
+        }),
+    }
+}
