@@ -590,6 +590,7 @@ fn every_command_prints_json_that_parses_and_survives_a_closed_stdout() {
             "--dry-run",
         ],
         // Errors are JSON too.
+        vec!["failover", "status"],
         vec!["ls", "--repo", "/nonexistent/haven/repo"],
         vec!["cat", "--repo", &repo, "--topic", "absent"],
     ];
