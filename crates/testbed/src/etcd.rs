@@ -33,8 +33,24 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     /// Starts `n` members (named m0, m1, ...) and waits until each answers on its client
-    /// port and the cluster has a leader.
+    /// port and the cluster has a leader. A start that fails (a port taken between choosing
+    /// and binding it by a test running in parallel, a slow machine) is tried again with
+    /// fresh ports, up to three times.
     pub fn start(n: usize) -> Result<EtcdCluster> {
+        let mut last = None;
+        for attempt in 1..=3 {
+            match Self::try_start(n) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    eprintln!("etcd cluster start, attempt {attempt} of 3, failed: {e:#}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd cluster did not start")))
+    }
+
+    fn try_start(n: usize) -> Result<EtcdCluster> {
         let bin = find_tool("etcd", ETCD_INSTALL, &["/usr/bin"])?;
         let root = tempfile::Builder::new().prefix("haven-etcd-").tempdir()?;
         let mut members = Vec::new();
@@ -67,7 +83,7 @@ impl EtcdCluster {
         for i in 0..n {
             c.wait_member(i)?;
         }
-        c.wait_healthy(Duration::from_secs(20))?;
+        c.wait_healthy(Duration::from_secs(30))?;
         Ok(c)
     }
 
