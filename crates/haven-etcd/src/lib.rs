@@ -138,14 +138,7 @@ impl Coordinator {
     /// The current holder (a linearizable read), if any.
     pub async fn holder(&mut self) -> Result<Option<Holder>> {
         let key = self.key("leader");
-        let kv = self.client.kv_client();
-        let resp = self
-            .call(|| {
-                let mut kv = kv.clone();
-                let key = key.clone();
-                async move { kv.get(key, None).await }
-            })
-            .await?;
+        let resp = self.get(&key, None).await?;
         resp.kvs()
             .first()
             .map(|kv| parse_holder(&key, kv))
@@ -159,14 +152,7 @@ impl Coordinator {
 
     async fn epoch_with_revision(&mut self) -> Result<(u64, i64)> {
         let key = self.key("epoch");
-        let kv = self.client.kv_client();
-        let resp = self
-            .call(|| {
-                let mut kv = kv.clone();
-                let key = key.clone();
-                async move { kv.get(key, None).await }
-            })
-            .await?;
+        let resp = self.get(&key, None).await?;
         match resp.kvs().first() {
             None => Ok((0, 0)),
             Some(kv) => Ok((parse_epoch(&key, kv.value())?, kv.mod_revision())),
@@ -322,6 +308,22 @@ impl Coordinator {
         .await
     }
 
+    /// A linearizable read of `key` (or of every key under it, with a prefix option).
+    async fn get(
+        &self,
+        key: &str,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse> {
+        let kv = self.client.kv_client();
+        self.call(|| {
+            let mut kv = kv.clone();
+            let key = key.to_string();
+            let options = options.clone();
+            async move { kv.get(key, options).await }
+        })
+        .await
+    }
+
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
         let kv = self.client.kv_client();
         self.call(|| {
@@ -360,14 +362,7 @@ impl Coordinator {
     /// The last region that held the lease (the `active` key; it outlives the lease).
     pub async fn active(&mut self) -> Result<Option<String>> {
         let key = self.key("active");
-        let kv = self.client.kv_client();
-        let resp = self
-            .call(|| {
-                let mut kv = kv.clone();
-                let key = key.clone();
-                async move { kv.get(key, None).await }
-            })
-            .await?;
+        let resp = self.get(&key, None).await?;
         Ok(resp
             .kvs()
             .first()
@@ -377,14 +372,9 @@ impl Coordinator {
     /// The epoch and the holder as of one revision (one linearizable range read), so the
     /// two are consistent with each other.
     pub async fn snapshot(&mut self) -> Result<(u64, Option<Holder>)> {
-        let kv = self.client.kv_client();
         let prefix = self.prefix.clone();
         let resp = self
-            .call(|| {
-                let mut kv = kv.clone();
-                let prefix = prefix.clone();
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
+            .get(&prefix, Some(GetOptions::new().with_prefix()))
             .await?;
         let (leader, epoch_key) = (self.key("leader"), self.key("epoch"));
         let mut epoch = 0;
