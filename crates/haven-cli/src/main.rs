@@ -124,11 +124,17 @@ pub struct Ctx {
 }
 
 fn init_logging(cli: &Cli) {
+    // A long-running agent says what it does (lease taken, lost, released) by default.
+    let quiet_default = if matches!(cli.command, Command::Agent(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     let level = if cli.quiet {
         "error"
     } else {
         match cli.verbose {
-            0 => "warn",
+            0 => quiet_default,
             1 => "info",
             2 => "debug",
             _ => "trace",
