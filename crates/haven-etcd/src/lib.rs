@@ -390,6 +390,64 @@ impl Coordinator {
     }
 }
 
+/// One etcd member as it answers for itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub endpoint: String,
+    /// It answered within the timeout.
+    pub up: bool,
+    /// It is the Raft leader.
+    pub leader: bool,
+    /// It knows a leader (false: it cannot serve linearizable requests).
+    pub has_leader: bool,
+    pub version: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Asks every member about itself, each on its own connection, bounded by `timeout`.
+pub async fn members(endpoints: &[String], timeout: Duration) -> Vec<Member> {
+    let mut out = Vec::new();
+    for e in endpoints {
+        let asked = async {
+            let options = ConnectOptions::new()
+                .with_timeout(timeout)
+                .with_connect_timeout(timeout);
+            let mut c = Client::connect([e.as_str()], Some(options)).await?;
+            c.status().await
+        };
+        out.push(match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(st)) => {
+                let me = st.header().map_or(0, |h| h.member_id());
+                Member {
+                    endpoint: e.clone(),
+                    up: true,
+                    leader: me != 0 && st.leader() == me,
+                    has_leader: st.leader() != 0,
+                    version: Some(st.version().to_string()),
+                    error: None,
+                }
+            }
+            Ok(Err(err)) => Member {
+                endpoint: e.clone(),
+                up: false,
+                leader: false,
+                has_leader: false,
+                version: None,
+                error: Some(err.to_string()),
+            },
+            Err(_) => Member {
+                endpoint: e.clone(),
+                up: false,
+                leader: false,
+                has_leader: false,
+                version: None,
+                error: Some(format!("no answer within {timeout:?}")),
+            },
+        });
+    }
+    out
+}
+
 fn parse_epoch(key: &str, value: &[u8]) -> Result<u64> {
     let text = String::from_utf8_lossy(value).to_string();
     text.trim().parse::<u64>().map_err(|e| EtcdError::Corrupt {

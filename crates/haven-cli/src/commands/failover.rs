@@ -9,7 +9,8 @@ use crate::{output, Ctx};
 pub enum Command {
     /// Which region is active and with which fencing epoch, and the RPO ledger.
     ///
-    /// Reads the lease and the epoch from the etcd members of [coordination], and for the
+    /// Reads the lease and the epoch from the etcd members of [coordination] (and asks each
+    /// member about itself: up, leader, version), and for the
     /// region that does not hold the lease, the mirror that copies into it ([regions.NAME]
     /// mirror_in): per partition the lag in records and seconds and exactly which records an
     /// unplanned failover now would lose. Whatever cannot be read (etcd without quorum, a
@@ -61,6 +62,28 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
         })
         .collect();
     output::table(&["REGION", "CLUSTER", "CONFIGURED", "LEASE"], &rows);
+    outln!();
+    let rows: Vec<Vec<String>> = st
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.endpoint.clone(),
+                if !m.up {
+                    "DOWN".into()
+                } else if m.leader {
+                    "leader".into()
+                } else if m.has_leader {
+                    "follower".into()
+                } else {
+                    "up, no leader (no quorum?)".into()
+                },
+                m.version.clone().unwrap_or_default(),
+                m.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    output::table(&["ETCD MEMBER", "STATE", "VERSION", "ERROR"], &rows);
     if !st.ledger.is_empty() {
         outln!();
         let rows: Vec<Vec<String>> = st

@@ -80,6 +80,14 @@ fn status_shows_the_lease_holder_its_epoch_and_what_a_failover_would_lose() {
     assert_eq!(c, 0, "{err}");
     assert_eq!(v["active"], serde_json::Value::Null, "{v}");
     assert_eq!(v["epoch"], 0);
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{v}");
+    assert!(members.iter().all(|m| m["up"] == true), "{v}");
+    assert_eq!(
+        members.iter().filter(|m| m["leader"] == true).count(),
+        1,
+        "{v}"
+    );
     assert_eq!(v["records_at_risk"], 25, "{v}");
     let ledger = v["ledger"].as_array().unwrap();
     assert_eq!(ledger.len(), 2);
@@ -134,6 +142,16 @@ fn status_shows_the_lease_holder_its_epoch_and_what_a_failover_would_lose() {
         "{v}"
     );
     assert_eq!(v["records_at_risk"], 25, "{v}");
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(
+        members.iter().filter(|m| m["up"] == false).count(),
+        2,
+        "{v}"
+    );
+    assert!(
+        members.iter().all(|m| m["leader"] == false),
+        "no leader without quorum: {v}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
 }
 

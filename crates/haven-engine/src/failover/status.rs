@@ -40,6 +40,8 @@ pub struct FailoverStatus {
     pub agent: Option<String>,
     pub epoch: u64,
     pub regions: Vec<RegionStatus>,
+    /// The etcd members, each as it answers for itself.
+    pub members: Vec<haven_etcd::Member>,
     pub ledger: Vec<LedgerRow>,
     /// The worst lag in seconds and the records an unplanned failover would lose now.
     pub rpo_seconds: f64,
@@ -69,6 +71,10 @@ pub async fn status(cfg: &Config) -> Result<FailoverStatus> {
             unknown.push(format!("lease and epoch: {e}"));
             (0, None)
         }
+    };
+    let members = match &cfg.coordination {
+        Some(c) => haven_etcd::members(&c.endpoints, c.timeout()).await,
+        None => Vec::new(),
     };
     let mut regions = Vec::new();
     let mut ledger = Vec::new();
@@ -120,6 +126,7 @@ pub async fn status(cfg: &Config) -> Result<FailoverStatus> {
         agent: holder.as_ref().map(|h| h.agent.clone()),
         epoch,
         regions,
+        members,
         ledger,
         rpo_seconds,
         records_at_risk,
