@@ -47,6 +47,35 @@ pub struct ClusterSection {
     pub properties: BTreeMap<String, String>,
 }
 
+impl ClusterSection {
+    /// The client configuration of this cluster (bootstrap and extra properties).
+    pub fn client_config(&self) -> haven_kafka::ClusterConfig {
+        let mut cc = haven_kafka::ClusterConfig::new(self.bootstrap.clone());
+        cc.properties = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        cc
+    }
+}
+
+/// Checks a bootstrap list: `HOST:PORT[,HOST:PORT...]` with a numeric port. The one check
+/// for `haven.toml` and `--brokers`.
+pub fn check_bootstrap(bootstrap: &str) -> Result<(), String> {
+    if bootstrap.trim().is_empty() {
+        return Err("empty".into());
+    }
+    for addr in bootstrap.split(',') {
+        let addr = addr.trim();
+        match addr.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+            Some((host, Ok(p))) if !host.is_empty() && p > 0 => {}
+            _ => return Err(format!("{addr:?} is not HOST:PORT")),
+        }
+    }
+    Ok(())
+}
+
 /// A backup repository.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -271,12 +300,10 @@ impl Config {
             message,
         };
         for (name, c) in &self.clusters {
-            if c.bootstrap.trim().is_empty()
-                || c.bootstrap.split(',').any(|b| !b.trim().contains(':'))
-            {
+            if let Err(why) = check_bootstrap(&c.bootstrap) {
                 return Err(invalid(
                     format!("clusters.{name}.bootstrap"),
-                    format!("{:?} is not a list of host:port", c.bootstrap),
+                    format!("{:?} is not a list of host:port: {why}", c.bootstrap),
                 ));
             }
         }

@@ -16,6 +16,17 @@ pub enum Bound {
     Time(i64),
 }
 
+impl std::fmt::Display for Bound {
+    /// `unbounded`, `offset N` or an RFC 3339 time (restore plans store this text).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bound::Unbounded => f.write_str("unbounded"),
+            Bound::Offset(o) => write!(f, "offset {o}"),
+            Bound::Time(t) => f.write_str(&crate::time::format_ms(*t)),
+        }
+    }
+}
+
 /// Which records to read: `[from, to)` of the given partitions of one topic.
 #[derive(Debug, Clone)]
 pub struct Selection {
@@ -46,17 +57,10 @@ pub fn in_window(offset: i64, timestamp: i64, from: Bound, to: Bound) -> bool {
 
 /// Refuses a window that selects nothing by construction (`--from 10 --to 5`).
 pub fn check_window(from: Bound, to: Bound) -> Result<()> {
-    let text = |b: Bound| match b {
-        Bound::Unbounded => "unbounded".to_string(),
-        Bound::Offset(o) => format!("offset {o}"),
-        Bound::Time(t) => crate::time::format_ms(t),
-    };
     if let (Bound::Time(a), Bound::Time(b)) | (Bound::Offset(a), Bound::Offset(b)) = (from, to) {
         if a >= b {
             return Err(Error::Input(format!(
-                "empty window: --from {} is not before --to {}",
-                text(from),
-                text(to)
+                "empty window: --from {from} is not before --to {to}"
             )));
         }
     }

@@ -84,6 +84,16 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
         })
         .collect();
     output::table(&["ETCD MEMBER", "STATE", "VERSION", "ERROR"], &rows);
+    outln!(
+        "etcd quorum: {} ({} of {} members up)",
+        if st.quorum {
+            "yes"
+        } else {
+            "NO: no region can take or renew the lease"
+        },
+        st.members.iter().filter(|m| m.up).count(),
+        st.members.len()
+    );
     if !st.ledger.is_empty() {
         outln!();
         let rows: Vec<Vec<String>> = st

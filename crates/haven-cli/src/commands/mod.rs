@@ -104,36 +104,13 @@ pub fn load_config(ctx: &Ctx) -> anyhow::Result<Config> {
 /// anything else is refused at once (exit 2) instead of being retried as an address.
 pub fn cluster(cfg: &Config, args: &ClusterArgs) -> anyhow::Result<ClusterConfig> {
     let c = cfg.cluster(&args.brokers);
-    check_bootstrap(&args.brokers, &c.bootstrap)?;
-    let mut cc = ClusterConfig::new(c.bootstrap);
-    cc.properties = c.properties.into_iter().collect();
-    Ok(cc)
-}
-
-fn check_bootstrap(given: &str, bootstrap: &str) -> anyhow::Result<()> {
-    let bad = |why: &str| {
+    haven_engine::config::check_bootstrap(&c.bootstrap).map_err(|why| {
         usage(format!(
-            "--brokers {given:?}: {why}; give a cluster name from haven.toml or HOST:PORT[,HOST:PORT...]"
+            "--brokers {:?}: {why}; give a cluster name from haven.toml or HOST:PORT[,HOST:PORT...]",
+            args.brokers
         ))
-    };
-    if bootstrap.trim().is_empty() {
-        return Err(bad("empty"));
-    }
-    for addr in bootstrap.split(',') {
-        let addr = addr.trim();
-        let port = addr
-            .rsplit_once(':')
-            .map(|(host, port)| (host, port.parse::<u16>()));
-        match port {
-            Some((host, Ok(p))) if !host.is_empty() && p > 0 => {}
-            _ => {
-                return Err(bad(&format!(
-                    "{addr:?} is neither a cluster in the config nor HOST:PORT"
-                )))
-            }
-        }
-    }
-    Ok(())
+    })?;
+    Ok(c.client_config())
 }
 
 /// Opens (or, with `create`, creates) the repository named by the arguments.

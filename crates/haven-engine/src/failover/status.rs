@@ -42,6 +42,9 @@ pub struct FailoverStatus {
     pub regions: Vec<RegionStatus>,
     /// The etcd members, each as it answers for itself.
     pub members: Vec<haven_etcd::Member>,
+    /// A majority of the configured members is up and knows a leader. A lone member may
+    /// still call itself leader for a moment after losing its peers: this counts peers.
+    pub quorum: bool,
     pub ledger: Vec<LedgerRow>,
     /// The worst lag in seconds and the records an unplanned failover would lose now.
     pub rpo_seconds: f64,
@@ -76,6 +79,7 @@ pub async fn status(cfg: &Config) -> Result<FailoverStatus> {
         Some(c) => haven_etcd::members(&c.endpoints, c.timeout()).await,
         None => Vec::new(),
     };
+    let quorum = members.iter().filter(|m| m.up && m.has_leader).count() * 2 > members.len();
     let mut regions = Vec::new();
     let mut ledger = Vec::new();
     for (name, r) in &cfg.regions {
@@ -127,6 +131,7 @@ pub async fn status(cfg: &Config) -> Result<FailoverStatus> {
         epoch,
         regions,
         members,
+        quorum,
         ledger,
         rpo_seconds,
         records_at_risk,

@@ -116,15 +116,9 @@ impl MirrorOptions {
                 "no mirror named {name:?} in the config: define [mirrors.{name}]"
             ))
         })?;
-        let cluster = |n: &str| {
-            let c = cfg.cluster(n);
-            let mut cc = ClusterConfig::new(c.bootstrap);
-            cc.properties = c.properties.into_iter().collect();
-            cc
-        };
         let mut opts = MirrorOptions::new(
-            (cluster(&m.from), m.from.clone()),
-            (cluster(&m.to), m.to.clone()),
+            (cfg.cluster(&m.from).client_config(), m.from.clone()),
+            (cfg.cluster(&m.to).client_config(), m.to.clone()),
             crate::backup::topic_regex(&m.topics)?,
         );
         opts.name = name.to_string();

@@ -187,14 +187,6 @@ pub struct RestorePlan {
     pub groups_skipped: Vec<(String, String)>,
 }
 
-fn bound_text(b: Bound) -> String {
-    match b {
-        Bound::Unbounded => "unbounded".into(),
-        Bound::Offset(o) => format!("offset {o}"),
-        Bound::Time(t) => crate::time::format_ms(t),
-    }
-}
-
 fn parse_bound(text: &str) -> Bound {
     if text == "unbounded" {
         Bound::Unbounded
@@ -422,8 +414,8 @@ pub async fn plan(
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         repository_id: repo.descriptor.id.clone(),
         target: opts.cluster.brokers.clone(),
-        from: bound_text(opts.from),
-        to: bound_text(opts.to),
+        from: opts.from.to_string(),
+        to: opts.to.to_string(),
         provenance_headers: opts.provenance_headers,
         topics,
         partitions,
