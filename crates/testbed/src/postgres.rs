@@ -9,7 +9,7 @@ use crate::process::{free_port, is_root, tail};
 const PG_INSTALL: &str = "apt-get install -y postgresql";
 
 /// A throwaway Postgres cluster (initdb + pg_ctl) on a free loopback port, trust auth,
-/// superuser `postgres`, fsync off. Stopped and deleted on drop.
+/// superuser `postgres`, fsync off, `wal_level = logical` (it can publish). Stopped and deleted on drop.
 pub struct Postgres {
     dir: TempDir,
     port: u16,
@@ -87,7 +87,7 @@ impl Postgres {
             ],
         )?;
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10",
             pg.dir.path().display()
         );
         let log = pg.log_path();
@@ -152,6 +152,19 @@ impl Postgres {
     /// A libpq / tokio-postgres connection string for database `db`.
     pub fn url(&self, db: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A connection string for database `db` as `role` (trust auth: no password).
+    pub fn url_as(&self, role: &str, db: &str) -> String {
+        format!("postgresql://{role}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A libpq conninfo for database `db` (what a subscription connects with).
+    pub fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
     }
 
     /// Connects to database `postgres` and drives the connection on the current runtime.
