@@ -107,10 +107,9 @@ async fn switchover_fences_waits_for_the_barrier_and_reverses() {
         writer.batch_execute("COMMIT").await.is_err(),
         "the open transaction must not commit"
     );
-    let refused = app(&us_pg)
-        .await
-        .err()
-        .expect("a fenced role cannot log in");
+    let Err(refused) = app(&us_pg).await else {
+        panic!("a fenced role cannot log in");
+    };
     let why = refused.as_db_error().map(|d| d.message().to_string());
     assert!(
         why.as_deref()
