@@ -2,12 +2,14 @@
 //!
 //! One call starts a server on a free loopback port in a temporary directory and waits
 //! until it answers: [`Broker::start`] (tansu), [`Postgres::start`] (initdb + pg_ctl),
-//! [`S3Server::start`] (Garage), [`EtcdCluster::start`] (etcd 3.4 members). Dropping the handle stops the server and removes its
+//! [`S3Server::start`] (Garage), [`EtcdCluster::start`] (etcd 3.4 members),
+//! [`Haproxy::start`] (HAProxy 2.6 with its runtime API). Dropping the handle stops the server and removes its
 //! directory, also when a test panics; if the test is panicking, the server's log is printed.
 //! A missing server binary is an error that names the command installing it.
 
 mod broker;
 mod etcd;
+mod haproxy;
 mod independent;
 mod postgres;
 mod process;
@@ -16,6 +18,7 @@ mod s3;
 
 pub use broker::{Broker, Consumed, Producer, Rec};
 pub use etcd::EtcdCluster;
+pub use haproxy::{Haproxy, HaproxyBackend};
 pub use independent::independent_read;
 pub use postgres::Postgres;
 pub use process::{find_tool, free_port};
