@@ -9,6 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct CliObserver {
     bar: Mutex<Option<ProgressBar>>,
     show_progress: bool,
+    /// Print each plan step as it starts and ends (not with --json).
+    show_steps: bool,
     metrics: Option<std::sync::Arc<haven_engine::metrics::Metrics>>,
 }
 
@@ -17,6 +19,7 @@ impl CliObserver {
         CliObserver {
             bar: Mutex::new(None),
             show_progress: !json && std::io::stderr().is_terminal(),
+            show_steps: !json,
             metrics: None,
         }
     }
@@ -41,6 +44,17 @@ impl Observer for CliObserver {
         LogObserver.event(event);
         if let Some(m) = &self.metrics {
             m.event(event);
+        }
+        if self.show_steps {
+            match event {
+                Event::StepStarted {
+                    step, total, what, ..
+                } => eprintln!("[{step}/{total}] {what} ..."),
+                Event::StepDone {
+                    step, total, ms, ..
+                } => eprintln!("[{step}/{total}] done ({ms} ms)"),
+                _ => {}
+            }
         }
         if !self.show_progress {
             return;

@@ -185,6 +185,12 @@ pub struct Config {
     /// The primary and standby regions, and the gates of an automatic failover.
     #[serde(default)]
     pub failover: Option<crate::failover::config::FailoverSection>,
+    /// Postgres databases Haven fences, replicates and promotes.
+    #[serde(default)]
+    pub databases: BTreeMap<String, crate::failover::config::DatabaseSection>,
+    /// Where each region's writes come in (HAProxy servers, hooks).
+    #[serde(default)]
+    pub routes: BTreeMap<String, crate::failover::config::RouteSection>,
 }
 
 pub const EXAMPLE: &str = r#"[clusters.us]

@@ -31,6 +31,15 @@ pub enum Error {
     /// Something Haven must talk to did not answer (a sink, a server): exit 1.
     #[error("{0}")]
     Unreachable(String),
+    /// A plan's step failed: nothing after it ran; re-running continues with it.
+    #[error("{action}: step {step} of {total} ({what}) failed: {cause}; nothing after it ran. Fix the cause and run the same command again: it continues with this step")]
+    StepFailed {
+        action: String,
+        step: usize,
+        total: usize,
+        what: String,
+        cause: Box<Error>,
+    },
     /// The reader of stdout closed it (`| head`): not a failure.
     #[error("stdout was closed by its reader")]
     OutputClosed,

@@ -73,6 +73,21 @@ pub enum Event {
     GroupNeverSynced { group: String },
     /// A recoverable error (broker unreachable, ...); the engine retries.
     Retrying { what: String, error: String },
+    /// A plan's step starts (`step` counts from 1).
+    StepStarted {
+        action: String,
+        step: usize,
+        total: usize,
+        what: String,
+    },
+    /// A plan's step is done and recorded.
+    StepDone {
+        action: String,
+        step: usize,
+        total: usize,
+        what: String,
+        ms: u64,
+    },
     /// This region took the lease: it is the active region with this epoch.
     LeaseAcquired { region: String, epoch: u64 },
     /// This region's tenure is over (expired, or another region took the lease): it no
@@ -179,6 +194,19 @@ impl std::fmt::Display for Event {
             Event::LeaseReleased { region, epoch } => {
                 write!(f, "region {region} released the lease of epoch {epoch}")
             }
+            Event::StepStarted {
+                action,
+                step,
+                total,
+                what,
+            } => write!(f, "{action}: step {step} of {total}: {what}"),
+            Event::StepDone {
+                action,
+                step,
+                total,
+                what,
+                ms,
+            } => write!(f, "{action}: step {step} of {total} done in {ms} ms: {what}"),
         }
     }
 }

@@ -10,7 +10,9 @@
 //! - [`restore`] - restoring a repository's records to a cluster.
 //! - [`mirror`] - continuous replication between clusters, exact offset translation.
 //! - [`residency`] - data-residency rules every job that moves data checks.
-//! - [`failover`] - regions, the lease and fencing epoch (etcd), the RPO ledger.
+//! - [`failover`] - regions, the lease and fencing epoch (etcd), the RPO ledger,
+//!   switchover and failover plans.
+//! - [`executor`] - runs any plan's steps: progress, resume, guard, audit.
 //!
 //! Offset translation for restore, mirroring and recovery lives in one module: [`offsets`].
 
@@ -18,6 +20,7 @@ pub mod backup;
 pub mod config;
 mod error;
 pub mod events;
+pub mod executor;
 pub mod failover;
 pub mod metrics;
 pub mod mirror;

@@ -1,13 +1,13 @@
 //! `haven recover`: a reviewed, resumable recovery plan (rewind + replay + compensate).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use haven_engine::read::Bound;
+use haven_engine::executor::{self, Execution, Progress};
+use haven_engine::recovery::apply::RecoveryRunner;
+use haven_engine::recovery::audit;
 use haven_engine::recovery::plan::{self, RecoveryPlan, Step};
-use haven_engine::recovery::replay::{self, ReplayOptions, Source};
-use haven_engine::recovery::sink::{Sink, SinkSpec};
-use haven_engine::recovery::{audit, compensate, rewind};
+use haven_engine::recovery::replay::Source;
+use haven_engine::recovery::sink::SinkSpec;
 
 use super::compensate::generator;
 use super::{cluster, confirm, load_config, open_repo, usage, ClusterArgs, RepoArgs};
@@ -79,12 +79,6 @@ pub struct Args {
     dry_run: bool,
 }
 
-fn progress_path(plan: &Path) -> PathBuf {
-    let mut p = plan.as_os_str().to_owned();
-    p.push(".progress.json");
-    PathBuf::from(p)
-}
-
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     match a.apply.clone() {
         Some(path) => apply(ctx, &a, &path).await,
@@ -154,18 +148,7 @@ async fn write_plan(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
 }
 
 fn describe(s: &Step) -> String {
-    match s {
-        Step::Rewind { group, moves } => {
-            format!("rewind group {group} on {} partitions", moves.len())
-        }
-        Step::Replay { topics, sink, .. } => format!("replay {} to {sink}", topics.join(", ")),
-        Step::Compensate {
-            ranges, to_topic, ..
-        } => format!(
-            "compensate {} events to {to_topic}",
-            ranges.iter().map(|r| (r.3 - r.2).max(0)).sum::<i64>()
-        ),
-    }
+    haven_engine::executor::Step::describe(s)
 }
 
 async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
@@ -174,18 +157,13 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
     let p: RecoveryPlan = serde_json::from_slice(&raw)
         .map_err(|e| usage(format!("{} is not a recovery plan: {e}", path.display())))?;
     let hash = audit::sha256_of(&p);
-    let prog = progress_path(path);
-    let done: Vec<usize> = match std::fs::read(&prog) {
-        Ok(b) => {
-            serde_json::from_slice(&b).map_err(|e| usage(format!("{}: {e}", prog.display())))?
-        }
-        Err(_) => Vec::new(),
-    };
+    let mut progress =
+        Progress::load(&executor::progress_path(path)).map_err(|e| usage(e.to_string()))?;
     let left: Vec<(usize, &Step)> = p
         .steps
         .iter()
         .enumerate()
-        .filter(|(i, _)| !done.contains(i))
+        .filter(|(i, _)| !progress.is_done(*i))
         .collect();
     if a.dry_run || left.is_empty() {
         for (i, s) in &left {
@@ -209,71 +187,20 @@ async fn apply(ctx: &Ctx, a: &Args, path: &Path) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
     let cl = cluster(&cfg, &a.cluster)?;
-    let mut done = done;
-    for (i, step) in left {
-        let res: anyhow::Result<serde_json::Value> = async {
-            match step {
-                Step::Rewind { group, moves } => {
-                    let rp = rewind::RewindPlan {
-                        group: group.clone(),
-                        at: p.restored_to_ms,
-                        at_text: p.restored_to.clone(),
-                        moves: moves.clone(),
-                    };
-                    rewind::apply_async(&cl, &rp, Duration::from_secs(3)).await?;
-                    Ok(serde_json::to_value(&rp)?)
-                }
-                Step::Replay {
-                    topics,
-                    from_ms,
-                    to_ms,
-                    source,
-                    sink,
-                } => {
-                    let spec = SinkSpec::parse(sink)?;
-                    let mut s = Sink::open(&spec, Some(&cl)).await?;
-                    let opts = ReplayOptions {
-                        topics: topics.clone(),
-                        partitions: None,
-                        from: Bound::Time(*from_ms),
-                        to: Bound::Time(*to_ms),
-                        source: *source,
-                        batch: 500,
-                        id: format!("plan-{}-{i}", &hash[..12]),
-                    };
-                    let r = replay::replay(Some(&repo), Some(&cl), &opts, &mut s).await?;
-                    Ok(serde_json::to_value(&r)?)
-                }
-                Step::Compensate {
-                    ranges,
-                    to_topic,
-                    generator,
-                } => {
-                    let r = compensate::compensate(&cl, ranges, to_topic, generator).await?;
-                    Ok(serde_json::to_value(&r)?)
-                }
-            }
-        }
-        .await;
-        match res {
-            Ok(details) => {
-                audit::record(&repo, "recover-apply", &hash, serde_json::json!({"plan": path, "step": i + 1, "what": describe(step), "result": details})).await?;
-                done.push(i);
-                std::fs::write(&prog, serde_json::to_vec(&done)?)?;
-                if !ctx.json {
-                    outln!("step {} done: {}", i + 1, describe(step));
-                }
-            }
-            Err(e) => {
-                return Err(e.context(format!(
-                    "step {} ({}) failed; fix the cause and run `haven recover --apply {}` again: it continues with this step",
-                    i + 1,
-                    describe(step),
-                    path.display()
-                )));
-            }
-        }
-    }
+    let observer = crate::observer::CliObserver::new(ctx.json);
+    let mut runner = RecoveryRunner {
+        plan: &p,
+        sha256: &hash,
+        repo: &repo,
+        cluster: &cl,
+    };
+    let ex = Execution {
+        action: "recover-apply",
+        plan_sha256: &hash,
+        audit: &repo,
+        observer: &observer,
+    };
+    executor::execute(&p.steps, &mut progress, &mut runner, &ex).await?;
     if ctx.json {
         output::json(
             &serde_json::json!({"applied": path, "sha256": hash, "steps": p.steps.len()}),

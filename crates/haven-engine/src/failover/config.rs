@@ -61,6 +61,123 @@ pub struct RegionSection {
     pub mirror_in: Option<String>,
 }
 
+/// `[databases.NAME]`: one Postgres database in one region. Its `peer` is the same
+/// database in the other region; the active region's copy publishes, the other subscribes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    pub region: String,
+    /// `postgresql://USER@HOST:PORT/DB`, without a password: Haven's role must be a
+    /// superuser (it fences the application roles and manages subscriptions).
+    pub url: String,
+    /// The environment variable holding the password (never logged).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// ... or a file holding it (first line).
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// The same database in the other region (set on either side, or both).
+    #[serde(default)]
+    pub peer: Option<String>,
+    /// The publication this database has while its region is active.
+    #[serde(default = "default_replication_name")]
+    pub publication: String,
+    /// The subscription it has while its region is the standby.
+    #[serde(default = "default_replication_name")]
+    pub subscription: String,
+    /// The application roles fenced (no LOGIN, no CONNECT, sessions ended) when this
+    /// region must not take writes.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Tables pinned to this region (`schema.table`): never in its publication.
+    #[serde(default)]
+    pub local_tables: Vec<String>,
+    /// How far past anything the other region may have used sequences are set on an
+    /// unplanned failover.
+    #[serde(default = "default_sequence_gap")]
+    pub sequence_gap: i64,
+}
+
+fn default_replication_name() -> String {
+    "haven".into()
+}
+
+fn default_sequence_gap() -> i64 {
+    100_000
+}
+
+impl DatabaseSection {
+    /// The password, from the environment or a file (None: the URL needs none).
+    pub fn password(&self, name: &str) -> Result<Option<String>, Problem> {
+        if let Some(var) = &self.password_env {
+            return std::env::var(var).map(Some).map_err(|_| {
+                (
+                    format!("databases.{name}.password_env"),
+                    format!("the environment variable {var} is not set"),
+                )
+            });
+        }
+        if let Some(file) = &self.password_file {
+            return std::fs::read_to_string(file)
+                .map(|t| Some(t.lines().next().unwrap_or("").to_string()))
+                .map_err(|e| {
+                    (
+                        format!("databases.{name}.password_file"),
+                        format!("cannot read {file}: {e}"),
+                    )
+                });
+        }
+        Ok(None)
+    }
+}
+
+/// What a route is.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// A server of an HAProxy backend, through the runtime API.
+    Haproxy,
+    /// A command run with `sh -c` (`HAVEN_ACTION`, `HAVEN_EPOCH`, ...).
+    Command,
+    /// An HTTP endpoint POSTed the change as JSON.
+    Http,
+}
+
+/// `[routes.NAME]`: a way writes reach one region. Opened only for the active region,
+/// after it is promoted; closed before anything else when its region stops being active.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// The region whose writes it carries.
+    pub region: String,
+    pub kind: RouteKind,
+    /// haproxy: the admin socket (`stats socket PATH level admin`).
+    #[serde(default)]
+    pub socket: Option<String>,
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub server: Option<String>,
+    /// command: what to run.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// http: where to POST.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default = "default_route_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_route_timeout() -> u64 {
+    5000
+}
+
+impl RouteSection {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
 /// Whether a failover happens by itself.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -211,7 +328,144 @@ pub fn validate(cfg: &Config) -> Result<(), Problem> {
             return Err(("failover.failed_checks".into(), "at least 1".into()));
         }
     }
+    validate_databases(cfg)?;
+    validate_routes(cfg)
+}
+
+fn validate_databases(cfg: &Config) -> Result<(), Problem> {
+    for (name, d) in &cfg.databases {
+        let key = |k: &str| format!("databases.{name}.{k}");
+        if !cfg.regions.contains_key(&d.region) {
+            return Err((
+                key("region"),
+                format!(
+                    "no region named {:?}: define [regions.{}] or fix the name",
+                    d.region, d.region
+                ),
+            ));
+        }
+        if !(d.url.starts_with("postgresql://") || d.url.starts_with("postgres://")) {
+            return Err((
+                key("url"),
+                format!(
+                    "{:?} is not postgresql://USER@HOST:PORT/DB",
+                    haven_pg::redact(&d.url)
+                ),
+            ));
+        }
+        if d.url.split_once("://").is_some_and(|(_, rest)| {
+            rest.split_once('@')
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        }) {
+            return Err((
+                key("url"),
+                "holds a password: put it in password_env or password_file".into(),
+            ));
+        }
+        if d.password_env.is_some() && d.password_file.is_some() {
+            return Err((
+                key("password_file"),
+                "set password_env or password_file, not both".into(),
+            ));
+        }
+        if let Some(p) = &d.peer {
+            let Some(peer) = cfg.databases.get(p) else {
+                return Err((
+                    key("peer"),
+                    format!("no database named {p:?}: define [databases.{p}] or fix the name"),
+                ));
+            };
+            if peer.region == d.region {
+                return Err((
+                    key("peer"),
+                    format!(
+                        "{p:?} is in the same region ({}): a peer is the copy in the other region",
+                        d.region
+                    ),
+                ));
+            }
+            if peer.peer.as_ref().is_some_and(|back| back != name) {
+                return Err((
+                    key("peer"),
+                    format!("{p:?} names another peer ({:?})", peer.peer),
+                ));
+            }
+        }
+        if d.sequence_gap < 0 {
+            return Err((key("sequence_gap"), "must not be negative".into()));
+        }
+        for t in &d.local_tables {
+            if t.split('.').count() != 2 {
+                return Err((key("local_tables"), format!("{t:?} is not schema.table")));
+            }
+        }
+    }
     Ok(())
+}
+
+fn validate_routes(cfg: &Config) -> Result<(), Problem> {
+    for (name, r) in &cfg.routes {
+        let key = |k: &str| format!("routes.{name}.{k}");
+        if !cfg.regions.contains_key(&r.region) {
+            return Err((
+                key("region"),
+                format!(
+                    "no region named {:?}: define [regions.{}] or fix the name",
+                    r.region, r.region
+                ),
+            ));
+        }
+        let needs: &[(&str, &Option<String>)] = match r.kind {
+            RouteKind::Haproxy => &[
+                ("socket", &r.socket),
+                ("backend", &r.backend),
+                ("server", &r.server),
+            ],
+            RouteKind::Command => &[("command", &r.command)],
+            RouteKind::Http => &[("url", &r.url)],
+        };
+        for (k, v) in needs {
+            if v.as_deref().is_none_or(str::is_empty) {
+                return Err((
+                    key(k),
+                    format!("a {:?} route needs {k}", r.kind).to_lowercase(),
+                ));
+            }
+        }
+        if let (RouteKind::Http, Some(u)) = (r.kind, &r.url) {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err((key("url"), format!("{u:?} is not an http(s) URL")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The databases of a region, by name.
+pub fn databases_of<'a>(cfg: &'a Config, region: &str) -> Vec<(&'a String, &'a DatabaseSection)> {
+    cfg.databases
+        .iter()
+        .filter(|(_, d)| d.region == region)
+        .collect()
+}
+
+/// The peer of a database (named on either side).
+pub fn peer_of<'a>(cfg: &'a Config, name: &str) -> Option<(&'a String, &'a DatabaseSection)> {
+    let d = cfg.databases.get(name)?;
+    if let Some(p) = &d.peer {
+        return cfg.databases.get_key_value(p);
+    }
+    cfg.databases
+        .iter()
+        .find(|(_, other)| other.peer.as_deref() == Some(name))
+}
+
+/// The routes of a region, by name.
+pub fn routes_of<'a>(cfg: &'a Config, region: &str) -> Vec<(&'a String, &'a RouteSection)> {
+    cfg.routes
+        .iter()
+        .filter(|(_, r)| r.region == region)
+        .collect()
 }
 
 /// Regions by name (for callers that only need the map type).

@@ -24,6 +24,9 @@ pub struct Entry {
     pub plan_sha256: String,
     /// What was done, as the command reports it.
     pub details: serde_json::Value,
+    /// The fencing epoch the action ran under (failover operations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 fn whoami() -> (String, String) {
@@ -42,6 +45,25 @@ pub fn sha256_of<T: Serialize>(value: &T) -> String {
     hex::encode(Sha256::digest(&bytes))
 }
 
+/// An entry for an action done now, by this user on this host.
+pub fn entry(
+    action: &str,
+    plan_sha256: &str,
+    epoch: Option<u64>,
+    details: serde_json::Value,
+) -> Entry {
+    let (user, host) = whoami();
+    Entry {
+        at: chrono::Utc::now().timestamp_millis(),
+        user,
+        host,
+        action: action.to_string(),
+        plan_sha256: plan_sha256.to_string(),
+        details,
+        epoch,
+    }
+}
+
 /// Appends an entry; returns its key.
 pub async fn record(
     repo: &Repository,
@@ -49,16 +71,19 @@ pub async fn record(
     plan_sha256: &str,
     details: serde_json::Value,
 ) -> Result<String> {
-    let (user, host) = whoami();
-    let at = chrono::Utc::now().timestamp_millis();
-    let entry = Entry {
-        at,
-        user,
-        host,
-        action: action.to_string(),
-        plan_sha256: plan_sha256.to_string(),
-        details,
-    };
+    record_with_epoch(repo, action, plan_sha256, None, details).await
+}
+
+/// Appends an entry made under a fencing epoch; returns its key.
+pub async fn record_with_epoch(
+    repo: &Repository,
+    action: &str,
+    plan_sha256: &str,
+    epoch: Option<u64>,
+    details: serde_json::Value,
+) -> Result<String> {
+    let entry = entry(action, plan_sha256, epoch, details);
+    let at = entry.at;
     let body = serde_json::to_vec_pretty(&entry).map_err(|e| Error::Task(e.to_string()))?;
     for attempt in 0..5u32 {
         let key = format!(

@@ -4,6 +4,7 @@
 //! longer holds (`compensate`). `plan` ties them into a reviewed, resumable recovery, and
 //! `audit` records every action that changed a cluster.
 
+pub mod apply;
 pub mod audit;
 pub mod compensate;
 pub mod impact;
