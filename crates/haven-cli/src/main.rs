@@ -109,9 +109,14 @@ enum Command {
         about = "Run a region's agent: keep the region lease and answer /lease for load-balancer health checks."
     )]
     Agent(commands::agent::Args),
-    /// Region failover: `failover status` (active region, fencing epoch, RPO ledger).
-    #[command(subcommand)]
-    Failover(commands::failover::Command),
+    #[command(
+        about = "Make the standby region active when the active one is lost; `failover status`: active region, epoch, RPO ledger."
+    )]
+    Failover(commands::failover::Args),
+    #[command(
+        about = "Move the active region on purpose, losing no acknowledged write (fence, barrier, promote, reverse replication)."
+    )]
+    Switchover(commands::switchover::Args),
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(commands::config::Command),
@@ -211,6 +216,7 @@ fn main() -> ExitCode {
             Command::Cat(a) => commands::cat::run(&ctx, a).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,
             Command::Failover(c) => commands::failover::run(&ctx, c).await,
+            Command::Switchover(a) => commands::switchover::run(&ctx, a).await,
             Command::Agent(a) => commands::agent::run(&ctx, a).await,
             Command::Bench(c) => commands::bench::run(&ctx, c).await,
         }

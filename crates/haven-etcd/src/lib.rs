@@ -170,66 +170,43 @@ impl Coordinator {
         ttl: Duration,
         floor: u64,
     ) -> Result<Acquired> {
-        let (leader, epoch_key, active) =
-            (self.key("leader"), self.key("epoch"), self.key("active"));
         for _ in 0..3 {
             if let Some(h) = self.holder().await? {
                 return Ok(Acquired::Held(h));
             }
-            let (current, epoch_rev) = self.epoch_with_revision().await?;
-            let next = current.max(floor) + 1;
-            let ttl_s = ttl.as_secs().max(2) as i64;
-            let lease_client = self.client.lease_client();
-            let lease = self
-                .call(|| {
-                    let mut l = lease_client.clone();
-                    async move { l.grant(ttl_s, None).await }
-                })
-                .await?
-                .id();
-            let value = serde_json::to_string(&Holder {
-                region: region.into(),
-                agent: agent.into(),
-                epoch: next,
-                rev: 0,
-                lease,
-            })
-            .unwrap_or_default();
-            let epoch_unchanged = if epoch_rev == 0 {
-                Compare::version(epoch_key.clone(), CompareOp::Equal, 0)
-            } else {
-                Compare::mod_revision(epoch_key.clone(), CompareOp::Equal, epoch_rev)
-            };
-            let txn = Txn::new()
-                .when(vec![
-                    Compare::create_revision(leader.clone(), CompareOp::Equal, 0),
-                    epoch_unchanged,
-                ])
-                .and_then(vec![
-                    TxnOp::put(
-                        leader.clone(),
-                        value,
-                        Some(PutOptions::new().with_lease(lease)),
-                    ),
-                    TxnOp::put(epoch_key.clone(), next.to_string(), None),
-                    TxnOp::put(active.clone(), region, None),
-                ]);
-            let resp = self.txn(txn).await?;
-            if resp.succeeded() {
-                let rev = resp.header().map_or(0, |h| h.revision());
-                let keeper = self.open_keeper(lease).await.ok();
-                return Ok(Acquired::Won(Box::new(Tenure {
-                    region: region.into(),
-                    epoch: next,
-                    rev,
-                    lease,
-                    ttl: Duration::from_secs(ttl_s as u64),
-                    keeper,
-                })));
+            if let Some(won) = self.take(region, agent, ttl, floor, 0).await? {
+                return Ok(Acquired::Won(Box::new(won)));
             }
-            // Someone took it, or the epoch moved, between the reads and the txn.
-            let _ = self.revoke(lease).await;
         }
+        self.lost_race().await
+    }
+
+    /// Takes the leader key for `region` from the tenure `from_rev` (its create revision:
+    /// a switchover, or a forced failover), or if nobody holds it: the epoch becomes
+    /// `max(epoch, floor) + 1` in the same transaction. If another tenure holds it (it
+    /// changed since the caller looked), nothing changes: `Held`.
+    pub async fn take_over(
+        &mut self,
+        region: &str,
+        agent: &str,
+        ttl: Duration,
+        floor: u64,
+        from_rev: i64,
+    ) -> Result<Acquired> {
+        for _ in 0..3 {
+            let expect = match self.holder().await? {
+                Some(h) if h.rev != from_rev => return Ok(Acquired::Held(h)),
+                Some(h) => h.rev,
+                None => 0,
+            };
+            if let Some(won) = self.take(region, agent, ttl, floor, expect).await? {
+                return Ok(Acquired::Won(Box::new(won)));
+            }
+        }
+        self.lost_race().await
+    }
+
+    async fn lost_race(&mut self) -> Result<Acquired> {
         match self.holder().await? {
             Some(h) => Ok(Acquired::Held(h)),
             None => Err(EtcdError::Timeout {
@@ -237,6 +214,92 @@ impl Coordinator {
                 timeout: self.timeout,
             }),
         }
+    }
+
+    /// One attempt: grants a lease and puts the leader key, the next epoch and `active`
+    /// if the leader key's create revision is still `expect_rev` (0: absent) and the
+    /// epoch did not move. None: something changed in between (the lease is revoked).
+    async fn take(
+        &mut self,
+        region: &str,
+        agent: &str,
+        ttl: Duration,
+        floor: u64,
+        expect_rev: i64,
+    ) -> Result<Option<Tenure>> {
+        let (leader, epoch_key, active) =
+            (self.key("leader"), self.key("epoch"), self.key("active"));
+        let (current, epoch_rev) = self.epoch_with_revision().await?;
+        let next = current.max(floor) + 1;
+        let ttl_s = ttl.as_secs().max(2) as i64;
+        let lease_client = self.client.lease_client();
+        let lease = self
+            .call(|| {
+                let mut l = lease_client.clone();
+                async move { l.grant(ttl_s, None).await }
+            })
+            .await?
+            .id();
+        let value = serde_json::to_string(&Holder {
+            region: region.into(),
+            agent: agent.into(),
+            epoch: next,
+            rev: 0,
+            lease,
+        })
+        .unwrap_or_default();
+        let epoch_unchanged = if epoch_rev == 0 {
+            Compare::version(epoch_key.clone(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(epoch_key.clone(), CompareOp::Equal, epoch_rev)
+        };
+        let txn = Txn::new()
+            .when(vec![
+                Compare::create_revision(leader.clone(), CompareOp::Equal, expect_rev),
+                epoch_unchanged,
+            ])
+            .and_then(vec![
+                TxnOp::put(
+                    leader.clone(),
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                TxnOp::put(epoch_key.clone(), next.to_string(), None),
+                TxnOp::put(active.clone(), region, None),
+            ]);
+        let resp = self.txn(txn).await?;
+        if !resp.succeeded() {
+            let _ = self.revoke(lease).await;
+            return Ok(None);
+        }
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let keeper = self.open_keeper(lease).await.ok();
+        Ok(Some(Tenure {
+            region: region.into(),
+            epoch: next,
+            rev,
+            lease,
+            ttl: Duration::from_secs(ttl_s as u64),
+            keeper,
+        }))
+    }
+
+    /// Carries on a tenure another process took for this region (a switchover or failover
+    /// run from the CLI): renews the same lease. None if `holder` no longer holds it.
+    pub async fn adopt(&mut self, holder: &Holder, ttl: Duration) -> Result<Option<Tenure>> {
+        let mut t = Tenure {
+            region: holder.region.clone(),
+            epoch: holder.epoch,
+            rev: holder.rev,
+            lease: holder.lease,
+            ttl,
+            keeper: None,
+        };
+        Ok(if self.renew(&mut t).await? {
+            Some(t)
+        } else {
+            None
+        })
     }
 
     /// Renews a tenure: one keepalive, then a linearizable check that the leader key is

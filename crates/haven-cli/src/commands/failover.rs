@@ -1,9 +1,53 @@
-//! `haven failover status`: the active region, its epoch, and what a failover would lose.
+//! `haven failover --to REGION`: the unplanned move of the active region; `haven failover
+//! status`: the active region, its epoch, and what a failover would lose.
 
+use haven_engine::failover::plan::Kind;
 use haven_engine::failover::status;
 
 use super::load_config;
+use super::switchover::RunArgs;
 use crate::{output, Ctx};
+
+/// Make another region active when the active one is lost (or see the state with `status`).
+///
+/// Only once the active region's lease has expired (the etcd quorum no longer hears it):
+/// take the lease for the target (the fencing epoch goes up by one), close what can still
+/// be reached of the old region (its routes, its databases' application roles), drop the
+/// target's subscriptions without contacting the old region (keeping remote_lsn: how far
+/// it had replicated), set sequences past anything the old region may have used
+/// ([databases.NAME] sequence_gap), publish, let the application roles in, open the
+/// target's write routes. Reports what was replicated and how stale it was.
+///
+/// --force takes the lease from a holder that still renews it: only after you have
+/// confirmed the old region is down and cannot write (hosts off, or cut off from clients).
+/// When etcd itself has no quorum, no region can take the lease and writes stop by design;
+/// --force cannot change that (rebuild etcd from a surviving member first).
+///
+/// A failed step leaves the system fenced; re-run the same command to continue.
+///
+/// Examples:
+///   haven failover status
+///   haven failover --to eu --dry-run
+///   haven failover --to eu --yes
+///   haven failover --to eu --force --yes
+#[derive(Debug, clap::Args)]
+#[command(
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The region to make active.
+    #[arg(long, value_name = "REGION", required = true)]
+    pub to: Option<String>,
+    /// Take the lease even though its holder still renews it (break glass).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -23,8 +67,17 @@ pub enum Command {
     Status,
 }
 
-pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
-    let Command::Status = cmd;
+pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    match (a.command, a.to) {
+        (Some(Command::Status), _) => status_cmd(ctx).await,
+        (None, Some(to)) => {
+            super::switchover::run_plan(ctx, Kind::Failover, &to, a.force, &a.run).await
+        }
+        (None, None) => Err(super::usage("say --to REGION, or `haven failover status`")),
+    }
+}
+
+async fn status_cmd(ctx: &Ctx) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let st = status::status(&cfg).await?;
     let code = if st.unknown.is_empty() { 0 } else { 1 };

@@ -17,6 +17,7 @@ pub mod recover;
 pub mod replay;
 pub mod restore;
 pub mod rewind;
+pub mod switchover;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -7,6 +7,8 @@
 
 pub mod agent;
 pub mod config;
+pub mod plan;
+pub mod run;
 pub mod status;
 
 use crate::{Error, Result};

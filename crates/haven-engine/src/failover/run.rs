@@ -1,0 +1,728 @@
+//! Running a switchover or failover plan: preflight checks, the plan kept in the state
+//! directory (a re-run continues an unfinished one), and the runner that executes each
+//! step under the fencing epoch: every step before the lease step checks the epoch and
+//! holder it was planned with; every step after it renews (or re-reads) the new tenure.
+//! A stale plan stops before it changes anything.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use haven_etcd::{Acquired, Coordinator, Tenure};
+use haven_pg::Pg;
+use haven_routes::{Action, Haproxy, Hook, HookCall};
+use serde::Serialize;
+
+use super::config::{RouteKind, RouteSection};
+use super::plan::{self, FailoverPlan, FailoverStep, Kind};
+use crate::config::Config;
+use crate::events::Observer;
+use crate::executor::{self, Execution, FileAudit, Progress, Runner};
+use crate::{Error, Result};
+
+const PG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a plan and its progress live: `STATE/KIND-to-REGION.json`.
+pub fn plan_path(state_dir: &Path, kind: Kind, to: &str) -> PathBuf {
+    state_dir.join(format!("{}-to-{to}.json", kind.as_str()))
+}
+
+/// A plan ready to run: new, or an unfinished one continued.
+#[derive(Debug)]
+pub struct Prepared {
+    pub plan: FailoverPlan,
+    pub path: PathBuf,
+    /// Steps already done by an earlier run.
+    pub done: usize,
+}
+
+/// Loads the unfinished plan for `to`, or checks the system and builds a new one.
+pub async fn prepare(
+    cfg: &Config,
+    kind: Kind,
+    to: &str,
+    force: bool,
+    state_dir: &Path,
+) -> Result<Prepared> {
+    let path = plan_path(state_dir, kind, to);
+    if let Ok(raw) = std::fs::read(&path) {
+        let plan: FailoverPlan = serde_json::from_slice(&raw).map_err(|e| {
+            Error::Input(format!(
+                "{} is not a {} plan: {e}; move it away to plan again",
+                path.display(),
+                kind.as_str()
+            ))
+        })?;
+        let progress = Progress::load(&executor::progress_path(&path))?;
+        if progress.done.len() < plan.steps.len() {
+            return Ok(Prepared {
+                done: progress.done.len(),
+                plan,
+                path,
+            });
+        }
+        // Finished: keep it as a record, next to the new one.
+        let done_path = path.with_extension(format!("e{}.done.json", plan.base_epoch + 1));
+        let _ = std::fs::rename(&path, &done_path);
+        let _ = std::fs::rename(
+            executor::progress_path(&path),
+            executor::progress_path(&done_path),
+        );
+    }
+    if !cfg.regions.contains_key(to) {
+        return Err(Error::Input(format!(
+            "unknown region {to:?}: the config defines {}",
+            cfg.regions.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut coord = super::coordinator(cfg).await?;
+    let (epoch, holder) = coord.snapshot().await.map_err(|e| no_quorum(e, kind))?;
+    let active = coord.active().await.map_err(|e| no_quorum(e, kind))?;
+    let from = match (&holder, active) {
+        (Some(h), _) => h.region.clone(),
+        (None, Some(a)) => a,
+        (None, None) => cfg
+            .failover
+            .as_ref()
+            .map(|f| f.primary.clone())
+            .unwrap_or_default(),
+    };
+    if from == to {
+        return Err(Error::Input(format!(
+            "{to} is already the active region (epoch {epoch}): nothing to do"
+        )));
+    }
+    let from_rev = match (kind, &holder) {
+        (Kind::Switchover, Some(h)) => Some(h.rev),
+        (Kind::Switchover, None) => {
+            return Err(Error::Input(format!(
+                "no region holds the lease (last active: {from}): a switchover needs a live \
+                 active region; if {from} is lost, run `haven failover --to {to}`"
+            )))
+        }
+        (Kind::Failover, Some(h)) if !force => {
+            return Err(Error::Input(format!(
+                "region {} still holds the lease (epoch {}): it is alive as far as the etcd \
+                 quorum knows. Use `haven switchover --to {to}` for a planned move; if you have \
+                 confirmed that {} is down and cannot write (its hosts off or cut off), run \
+                 again with --force",
+                h.region, h.epoch, h.region
+            )))
+        }
+        (Kind::Failover, Some(h)) => Some(h.rev),
+        (Kind::Failover, None) => None,
+    };
+    let plan = plan::build(cfg, kind, &from, to, epoch, from_rev)?;
+    preflight(cfg, &plan).await?;
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| Error::Input(format!("state directory {}: {e}", state_dir.display())))?;
+    let body = serde_json::to_vec_pretty(&plan).map_err(|e| Error::Task(e.to_string()))?;
+    std::fs::write(&path, body)
+        .map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
+    let _ = std::fs::remove_file(executor::progress_path(&path));
+    Ok(Prepared {
+        plan,
+        path,
+        done: 0,
+    })
+}
+
+fn no_quorum(e: haven_etcd::EtcdError, kind: Kind) -> Error {
+    let extra = match kind {
+        Kind::Failover => {
+            " --force cannot help: without a quorum no region can take the lease (by design, \
+             writes stop). Break glass: confirm every old member's region is down, rebuild etcd \
+             from one surviving member (`etcd --force-new-cluster`), then fail over"
+        }
+        Kind::Switchover => "",
+    };
+    Error::Unreachable(format!(
+        "cannot read the lease: {e}; check `haven failover status`.{extra}"
+    ))
+}
+
+/// Checks what the plan will touch before anything changes: databases answer, roles
+/// exist, publications and subscriptions are there and keep pinned tables home, route
+/// sockets exist.
+async fn preflight(cfg: &Config, plan: &FailoverPlan) -> Result<()> {
+    for s in &plan.steps {
+        match s {
+            FailoverStep::CloseRoute { route, best_effort } if !*best_effort => {
+                check_route(cfg, route)?
+            }
+            FailoverStep::OpenRoute { route } => check_route(cfg, route)?,
+            FailoverStep::Fence {
+                database,
+                best_effort: false,
+            } => {
+                let d = section(cfg, database)?;
+                let pg = connect(cfg, database).await?;
+                let missing = pg.missing_roles(&d.roles).await.map_err(pg_error)?;
+                if !missing.is_empty() {
+                    return Err(Error::Input(format!(
+                        "databases.{database}.roles: no role named {} on {database}",
+                        missing.join(", ")
+                    )));
+                }
+                let published = pg
+                    .published_tables(&d.publication)
+                    .await
+                    .map_err(pg_error)?
+                    .ok_or_else(|| {
+                        Error::Input(format!(
+                            "database {database} has no publication {:?}: create it \
+                             (CREATE PUBLICATION {} FOR ALL TABLES) or fix databases.{database}.publication",
+                            d.publication, d.publication
+                        ))
+                    })?;
+                check_residency(database, &d.local_tables, &published)?;
+            }
+            FailoverStep::Detach {
+                database,
+                subscription,
+                ..
+            } => {
+                let pg = connect(cfg, database).await?;
+                if pg
+                    .subscription(subscription)
+                    .await
+                    .map_err(pg_error)?
+                    .is_none()
+                {
+                    return Err(Error::Input(format!(
+                        "database {database} has no subscription {subscription:?}: fix \
+                         databases.{database}.subscription"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_residency(database: &str, local: &[String], published: &[String]) -> Result<()> {
+    let leaking: Vec<&String> = local.iter().filter(|t| published.contains(t)).collect();
+    if leaking.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Input(format!(
+            "residency: {} pinned to {database}'s region but published out of it; publish a \
+             table list without them (CREATE PUBLICATION ... FOR TABLE ...)",
+            leaking
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+fn check_route(cfg: &Config, route: &str) -> Result<()> {
+    let r = route_section(cfg, route)?;
+    if r.kind == RouteKind::Haproxy {
+        let socket = r.socket.clone().unwrap_or_default();
+        if !Path::new(&socket).exists() {
+            return Err(Error::Input(format!(
+                "routes.{route}.socket: {socket} does not exist: is HAProxy running with \
+                 `stats socket {socket} level admin`?"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn route_section<'a>(cfg: &'a Config, route: &str) -> Result<&'a RouteSection> {
+    cfg.routes
+        .get(route)
+        .ok_or_else(|| Error::Input(format!("no route named {route:?} in the config")))
+}
+
+fn section<'a>(cfg: &'a Config, database: &str) -> Result<&'a super::config::DatabaseSection> {
+    cfg.databases
+        .get(database)
+        .ok_or_else(|| Error::Input(format!("no database named {database:?} in the config")))
+}
+
+async fn connect(cfg: &Config, database: &str) -> Result<Pg> {
+    let d = section(cfg, database)?;
+    let password = d
+        .password(database)
+        .map_err(|(k, m)| Error::Input(format!("{k}: {m}")))?;
+    Pg::connect(database, &d.url, password.as_deref(), PG_TIMEOUT)
+        .await
+        .map_err(pg_error)
+}
+
+fn pg_error(e: haven_pg::PgError) -> Error {
+    match e {
+        haven_pg::PgError::Invalid { .. } => Error::Input(e.to_string()),
+        e => Error::Unreachable(e.to_string()),
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub kind: Kind,
+    pub from: String,
+    pub to: String,
+    pub epoch: u64,
+    pub steps: usize,
+    /// Steps this run did (the others were done by an earlier run).
+    pub ran: usize,
+    pub elapsed_ms: u64,
+    /// Per database: what a failover could not bring over (remote_lsn, heartbeat age).
+    pub evidence: Vec<serde_json::Value>,
+    pub plan: PathBuf,
+}
+
+/// Runs the plan's remaining steps.
+pub async fn execute(
+    cfg: &Config,
+    prepared: &Prepared,
+    agent_id: &str,
+    observer: &dyn Observer,
+) -> Result<Report> {
+    let started = Instant::now();
+    let plan = &prepared.plan;
+    let coord = super::coordinator(cfg).await?;
+    let mut progress = Progress::load(&executor::progress_path(&prepared.path))?;
+    let sha = crate::recovery::audit::sha256_of(plan);
+    let state_dir = prepared
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let audit = FileAudit {
+        dir: state_dir.join("audit"),
+    };
+    let mut runner = FailoverRunner {
+        cfg,
+        plan,
+        coord,
+        agent_id: agent_id.to_string(),
+        tenure: None,
+        epoch: plan.base_epoch,
+        dbs: HashMap::new(),
+        sha: sha.clone(),
+    };
+    let ex = Execution {
+        action: plan.kind.as_str(),
+        plan_sha256: &sha,
+        audit: &audit,
+        observer,
+    };
+    let ran = executor::execute(&plan.steps, &mut progress, &mut runner, &ex).await?;
+    let evidence = progress
+        .done
+        .iter()
+        .filter(|(i, _)| matches!(plan.steps.get(**i), Some(FailoverStep::Detach { .. })))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let epoch = plan
+        .lease_step()
+        .and_then(|i| progress.result(i))
+        .and_then(|v| v.get("epoch"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(runner.epoch);
+    Ok(Report {
+        kind: plan.kind,
+        from: plan.from.clone(),
+        to: plan.to.clone(),
+        epoch,
+        steps: plan.steps.len(),
+        ran: ran.len(),
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        evidence,
+        plan: prepared.path.clone(),
+    })
+}
+
+struct FailoverRunner<'a> {
+    cfg: &'a Config,
+    plan: &'a FailoverPlan,
+    coord: Coordinator,
+    agent_id: String,
+    tenure: Option<Tenure>,
+    epoch: u64,
+    dbs: HashMap<String, Pg>,
+    sha: String,
+}
+
+impl FailoverRunner<'_> {
+    async fn pg(&mut self, database: &str) -> Result<&Pg> {
+        if !self.dbs.contains_key(database) {
+            let pg = connect(self.cfg, database).await?;
+            self.dbs.insert(database.to_string(), pg);
+        }
+        self.dbs
+            .get(database)
+            .ok_or_else(|| Error::Task("database connection vanished".into()))
+    }
+
+    fn stale(&self, why: String) -> Error {
+        Error::Input(format!(
+            "this {} plan is stale: {why}; nothing more is done. Check `haven failover status`",
+            self.plan.kind.as_str()
+        ))
+    }
+
+    async fn route(&self, index: usize, route: &str, action: Action) -> Result<serde_json::Value> {
+        let r = route_section(self.cfg, route)?;
+        match r.kind {
+            RouteKind::Haproxy => {
+                let h = Haproxy {
+                    route: route.into(),
+                    socket: r.socket.clone().unwrap_or_default().into(),
+                    backend: r.backend.clone().unwrap_or_default(),
+                    server: r.server.clone().unwrap_or_default(),
+                    timeout: r.timeout(),
+                };
+                let st = h
+                    .apply(action)
+                    .await
+                    .map_err(|e| Error::Unreachable(e.to_string()))?;
+                Ok(serde_json::json!({"admin_state": st.admin_state, "op_state": st.op_state}))
+            }
+            RouteKind::Command | RouteKind::Http => {
+                let hook = if r.kind == RouteKind::Command {
+                    Hook::Command(r.command.clone().unwrap_or_default())
+                } else {
+                    Hook::Http(r.url.clone().unwrap_or_default())
+                };
+                let call = HookCall {
+                    route: route.into(),
+                    action,
+                    region: r.region.clone(),
+                    active: self.plan.to.clone(),
+                    epoch: self.epoch,
+                    idempotency_key: format!("{}-{index}", &self.sha[..16]),
+                };
+                haven_routes::run_hook(&hook, &call, r.timeout())
+                    .await
+                    .map_err(|e| Error::Unreachable(e.to_string()))?;
+                Ok(serde_json::json!({"epoch": self.epoch}))
+            }
+        }
+    }
+
+    async fn take_lease(
+        &mut self,
+        region: &str,
+        from_rev: Option<i64>,
+    ) -> Result<serde_json::Value> {
+        let (epoch, holder) = self.coord.snapshot().await.map_err(etcd_error)?;
+        if let Some(h) = &holder {
+            if h.region == region && h.epoch > self.plan.base_epoch {
+                // An earlier run took it (and stopped before recording it).
+                self.epoch = h.epoch;
+                return Ok(serde_json::json!({"epoch": h.epoch, "already": true}));
+            }
+        }
+        let ttl = self
+            .cfg
+            .coordination
+            .as_ref()
+            .map(|c| c.lease_ttl())
+            .unwrap_or(Duration::from_secs(10));
+        let floor = epoch.max(self.plan.base_epoch);
+        let agent = format!("{}:{}", self.plan.kind.as_str(), self.agent_id);
+        let got = match from_rev {
+            Some(rev) => self.coord.take_over(region, &agent, ttl, floor, rev).await,
+            None => self.coord.acquire(region, &agent, ttl, floor).await,
+        }
+        .map_err(etcd_error)?;
+        match got {
+            Acquired::Won(t) => {
+                self.epoch = t.epoch;
+                let e = t.epoch;
+                self.tenure = Some(*t);
+                Ok(serde_json::json!({"epoch": e}))
+            }
+            Acquired::Held(h) => Err(self.stale(format!(
+                "region {} took the lease (epoch {}) since this plan was made",
+                h.region, h.epoch
+            ))),
+        }
+    }
+}
+
+fn etcd_error(e: haven_etcd::EtcdError) -> Error {
+    Error::Unreachable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl Runner<FailoverStep> for FailoverRunner<'_> {
+    async fn guard(&mut self, index: usize, _step: &FailoverStep, done: &Progress) -> Result<()> {
+        let lease = self.plan.lease_step().unwrap_or(0);
+        if index > lease {
+            if let Some(t) = self.tenure.as_mut() {
+                let epoch = t.epoch;
+                return match self.coord.renew(t).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(self.stale(format!("the lease of epoch {epoch} was lost"))),
+                    Err(e) => Err(etcd_error(e)),
+                };
+            }
+            let want = done
+                .result(lease)
+                .and_then(|v| v.get("epoch"))
+                .and_then(|v| v.as_u64());
+            let (epoch, holder) = self.coord.snapshot().await.map_err(etcd_error)?;
+            let ok =
+                holder.as_ref().is_some_and(|h| h.region == self.plan.to) && Some(epoch) == want;
+            if !ok {
+                return Err(self.stale(format!(
+                    "the epoch is {epoch} (holder: {}), not the {:?} this plan took",
+                    holder.map_or("none".into(), |h| h.region),
+                    want
+                )));
+            }
+            self.epoch = epoch;
+            return Ok(());
+        }
+        let (epoch, holder) = self.coord.snapshot().await.map_err(etcd_error)?;
+        if index == lease {
+            if let Some(h) = &holder {
+                if h.region == self.plan.to && h.epoch > self.plan.base_epoch {
+                    return Ok(());
+                }
+            }
+        }
+        if epoch != self.plan.base_epoch {
+            return Err(self.stale(format!(
+                "the epoch moved from {} to {epoch} since it was made (another switchover or failover ran)",
+                self.plan.base_epoch
+            )));
+        }
+        if self.plan.kind == Kind::Switchover
+            && holder.as_ref().is_none_or(|h| h.region != self.plan.from)
+        {
+            return Err(self.stale(format!(
+                "{} no longer holds the lease (holder: {})",
+                self.plan.from,
+                holder.map_or("none".into(), |h| h.region)
+            )));
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &mut self,
+        index: usize,
+        step: &FailoverStep,
+        _: &Progress,
+    ) -> Result<serde_json::Value> {
+        match step {
+            FailoverStep::TakeLease { region, from_rev } => {
+                self.take_lease(region, *from_rev).await
+            }
+            FailoverStep::CloseRoute { route, best_effort } => {
+                match self.route(index, route, Action::Close).await {
+                    Err(e) if *best_effort => Ok(serde_json::json!({"skipped": e.to_string()})),
+                    r => r,
+                }
+            }
+            FailoverStep::OpenRoute { route } => self.route(index, route, Action::Open).await,
+            FailoverStep::Fence {
+                database,
+                best_effort,
+            } => {
+                let roles = section(self.cfg, database)?.roles.clone();
+                let fenced = async {
+                    let pg = self.pg(database).await?;
+                    pg.fence(&roles).await.map_err(pg_error)
+                }
+                .await;
+                match fenced {
+                    Ok(n) => Ok(serde_json::json!({"sessions_ended": n})),
+                    Err(e) if *best_effort => {
+                        self.dbs.remove(database.as_str());
+                        Ok(serde_json::json!({"skipped": e.to_string()}))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            FailoverStep::Unfence { database } => {
+                let roles = section(self.cfg, database)?.roles.clone();
+                self.pg(database)
+                    .await?
+                    .unfence(&roles)
+                    .await
+                    .map_err(pg_error)?;
+                Ok(serde_json::json!({"roles": roles}))
+            }
+            FailoverStep::Barrier { database, token } => {
+                self.pg(database)
+                    .await?
+                    .write_barrier(token)
+                    .await
+                    .map_err(pg_error)?;
+                Ok(serde_json::json!({"token": token}))
+            }
+            FailoverStep::AwaitBarrier {
+                database,
+                token,
+                timeout_s,
+            } => {
+                let deadline = Instant::now() + Duration::from_secs(*timeout_s);
+                let waited = Instant::now();
+                loop {
+                    if self
+                        .pg(database)
+                        .await?
+                        .has_barrier(token)
+                        .await
+                        .map_err(pg_error)?
+                    {
+                        return Ok(
+                            serde_json::json!({"waited_ms": waited.elapsed().as_millis() as u64}),
+                        );
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::Unreachable(format!(
+                            "{database} did not receive barrier {token} within {timeout_s} s: \
+                             is its subscription running (see `haven failover status`)?"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            FailoverStep::SyncSequences {
+                database,
+                source,
+                gap,
+            } => {
+                let known = match connect(self.cfg, source).await {
+                    Ok(src) => src.sequences().await.ok(),
+                    Err(_) => None,
+                };
+                let from_source = known.is_some();
+                let set = self
+                    .pg(database)
+                    .await?
+                    .advance_sequences(&known.unwrap_or_default(), *gap)
+                    .await
+                    .map_err(pg_error)?;
+                Ok(serde_json::json!({"from_source": from_source, "set": set}))
+            }
+            FailoverStep::Detach {
+                database,
+                subscription,
+                source_alive,
+            } => {
+                let pg = self.pg(database).await?;
+                let lag = pg.replica_lag(subscription).await.map_err(pg_error)?;
+                let d = pg
+                    .detach(subscription, *source_alive)
+                    .await
+                    .map_err(pg_error)?;
+                Ok(serde_json::json!({
+                    "database": database,
+                    "remote_lsn": d.remote_lsn,
+                    "dropped": d.dropped,
+                    "heartbeat_age_s": lag.seconds,
+                }))
+            }
+            FailoverStep::Publish {
+                database,
+                publication,
+            } => {
+                let local = section(self.cfg, database)?.local_tables.clone();
+                let pg = self.pg(database).await?;
+                pg.ensure_publication(publication).await.map_err(pg_error)?;
+                let published = pg
+                    .published_tables(publication)
+                    .await
+                    .map_err(pg_error)?
+                    .unwrap_or_default();
+                check_residency(database, &local, &published)?;
+                Ok(serde_json::json!({"tables": published.len()}))
+            }
+            FailoverStep::Subscribe {
+                database,
+                subscription,
+                publisher,
+                publication,
+            } => {
+                let p = section(self.cfg, publisher)?;
+                let password = p
+                    .password(publisher)
+                    .map_err(|(k, m)| Error::Input(format!("{k}: {m}")))?;
+                let conninfo = with_password(&p.url, password.as_deref());
+                self.pg(database)
+                    .await?
+                    .ensure_subscription(subscription, &conninfo, publication, false)
+                    .await
+                    .map_err(pg_error)?;
+                Ok(serde_json::json!({"subscription": subscription, "publisher": publisher}))
+            }
+        }
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        Some(self.epoch)
+    }
+}
+
+/// A Postgres URL with the password put in (for a subscription's CONNECTION, which the
+/// server keeps; never printed).
+fn with_password(url: &str, password: Option<&str>) -> String {
+    let Some(pw) = password else {
+        return url.to_string();
+    };
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user, host)) => {
+                let enc: String = pw
+                    .bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
+                format!("{scheme}://{user}:{enc}@{host}")
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn puts_the_password_in_the_url() {
+        assert_eq!(
+            with_password("postgresql://haven@db:5432/x", Some("p@ss word")),
+            "postgresql://haven:p%40ss%20word@db:5432/x"
+        );
+        assert_eq!(
+            with_password("postgresql://db/x", Some("p")),
+            "postgresql://db/x"
+        );
+        assert_eq!(
+            with_password("postgresql://a@db/x", None),
+            "postgresql://a@db/x"
+        );
+    }
+
+    #[test]
+    fn residency_names_the_leaking_tables() {
+        let e = check_residency(
+            "ledger-eu",
+            &["public.kyc".into()],
+            &["public.kyc".into(), "public.a".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("public.kyc") && e.contains("ledger-eu"), "{e}");
+        assert!(check_residency("x", &["public.kyc".into()], &["public.a".into()]).is_ok());
+    }
+}
