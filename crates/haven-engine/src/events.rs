@@ -73,6 +73,8 @@ pub enum Event {
     GroupNeverSynced { group: String },
     /// A recoverable error (broker unreachable, ...); the engine retries.
     Retrying { what: String, error: String },
+    /// A region's write route was closed by its agent (its claim to the lease ran out).
+    RouteClosed { route: String, region: String },
     /// A plan's step starts (`step` counts from 1).
     StepStarted {
         action: String,
@@ -194,6 +196,10 @@ impl std::fmt::Display for Event {
             Event::LeaseReleased { region, epoch } => {
                 write!(f, "region {region} released the lease of epoch {epoch}")
             }
+            Event::RouteClosed { route, region } => write!(
+                f,
+                "route {route} closed: region {region} no longer holds the lease"
+            ),
             Event::StepStarted {
                 action,
                 step,
@@ -228,7 +234,8 @@ impl Observer for LogObserver {
             | Event::ConcurrentAppend { .. }
             | Event::GroupNotSynced { .. }
             | Event::GroupNeverSynced { .. }
-            | Event::LeaseLost { .. } => tracing::warn!("{event}"),
+            | Event::LeaseLost { .. }
+            | Event::RouteClosed { .. } => tracing::warn!("{event}"),
             Event::PartitionLag { .. }
             | Event::GroupsSampled { .. }
             | Event::GroupSynced { .. }

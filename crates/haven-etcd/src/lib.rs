@@ -181,25 +181,31 @@ impl Coordinator {
         self.lost_race().await
     }
 
-    /// Takes the leader key for `region` from the tenure `from_rev` (its create revision:
-    /// a switchover, or a forced failover), or if nobody holds it: the epoch becomes
-    /// `max(epoch, floor) + 1` in the same transaction. If another tenure holds it (it
-    /// changed since the caller looked), nothing changes: `Held`.
+    /// Takes the leader key for `region` from the tenure `from` (a switchover, or a
+    /// forced failover), or if nobody holds it, provided the epoch is still `epoch`: the
+    /// epoch becomes `epoch + 1` in the same transaction. If another tenure holds it or
+    /// the epoch moved (since the caller looked), nothing changes: `Held` (or an error if
+    /// nobody holds it). The key keeps its create revision; the new tenure is told apart
+    /// from the old one by its lease.
     pub async fn take_over(
         &mut self,
         region: &str,
         agent: &str,
         ttl: Duration,
-        floor: u64,
-        from_rev: i64,
+        epoch: u64,
+        from: Option<(i64, i64)>,
     ) -> Result<Acquired> {
         for _ in 0..3 {
-            let expect = match self.holder().await? {
-                Some(h) if h.rev != from_rev => return Ok(Acquired::Held(h)),
-                Some(h) => h.rev,
-                None => 0,
+            let expect = match (self.holder().await?, from) {
+                (Some(h), Some((rev, lease))) if h.rev == rev && h.lease == lease => h.rev,
+                (Some(h), _) => return Ok(Acquired::Held(h)),
+                (None, _) => 0,
             };
-            if let Some(won) = self.take(region, agent, ttl, floor, expect).await? {
+            let (current, _) = self.epoch_with_revision().await?;
+            if current != epoch {
+                return self.lost_race().await;
+            }
+            if let Some(won) = self.take(region, agent, ttl, epoch, expect).await? {
                 return Ok(Acquired::Won(Box::new(won)));
             }
         }
@@ -272,7 +278,12 @@ impl Coordinator {
             let _ = self.revoke(lease).await;
             return Ok(None);
         }
-        let rev = resp.header().map_or(0, |h| h.revision());
+        // A key put over an existing one keeps its create revision.
+        let rev = if expect_rev != 0 {
+            expect_rev
+        } else {
+            resp.header().map_or(0, |h| h.revision())
+        };
         let keeper = self.open_keeper(lease).await.ok();
         Ok(Some(Tenure {
             region: region.into(),

@@ -214,7 +214,7 @@ standby = "eu"
 
 /// The status code of `GET /lease` on `port`, or None when nothing answers within 300 ms
 /// (a frozen or dead agent).
-fn lease_status(port: u16) -> Option<u16> {
+pub(crate) fn lease_status(port: u16) -> Option<u16> {
     use std::io::{Read, Write};
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
@@ -225,7 +225,7 @@ fn lease_status(port: u16) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn spawn_agent(cfg: &str, region: &str, port: u16) -> std::process::Child {
+pub(crate) fn spawn_agent(cfg: &str, region: &str, port: u16) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_haven"))
         .args([
             "--config",

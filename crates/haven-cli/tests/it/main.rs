@@ -9,6 +9,7 @@ mod mirror;
 mod recovery;
 mod restore;
 mod storage;
+mod switchover;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -118,9 +118,11 @@ pub async fn run(
     let ttl = coordination.lease_ttl();
     let interval = (ttl / 5).max(Duration::from_millis(200));
     let claim = ttl / 2;
-    let may_acquire = region == failover.primary;
+    let is_primary = region == failover.primary;
     let mut coord: Option<Coordinator> = None;
     let mut tenure: Option<Tenure> = None;
+    // Whether this region's routes are known closed (None: not known, or open).
+    let mut routes_open: Option<bool> = None;
     loop {
         if coord.is_none() {
             match super::coordinator(cfg).await {
@@ -132,17 +134,32 @@ pub async fn run(
             }
         }
         if let Some(c) = coord.as_mut() {
-            tick(
+            let won = tick(
                 c,
                 agent,
                 &mut tenure,
-                may_acquire,
+                is_primary,
                 agent_id,
                 ttl,
                 claim,
                 observer,
             )
             .await;
+            if won {
+                // The last active region took the lease back by itself (a fresh start, or
+                // its own restart after the lease ran out): it takes writes again.
+                set_routes(cfg, &region, haven_routes::Action::Open, observer).await;
+            }
+        }
+        // Fence: when this region's claim has run out, its write routes close (whether or
+        // not etcd answers: this is what a cut-off or frozen-then-woken region does first).
+        let claiming = agent.view().holder;
+        if !claiming && routes_open != Some(false) {
+            routes_open = set_routes(cfg, &region, haven_routes::Action::Close, observer)
+                .await
+                .then_some(false);
+        } else if claiming {
+            routes_open = None;
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -166,18 +183,60 @@ pub async fn run(
     Ok(())
 }
 
-/// One round: renew the tenure, or look at (and maybe take) the lease.
+/// Opens or closes this region's HAProxy write routes; whether all are so now.
+async fn set_routes(
+    cfg: &Config,
+    region: &str,
+    action: haven_routes::Action,
+    observer: &dyn Observer,
+) -> bool {
+    let mut all = true;
+    for (name, r) in super::config::routes_of(cfg, region) {
+        if r.kind != super::config::RouteKind::Haproxy {
+            // Hooks are driven by plans (they need the epoch and the target).
+            continue;
+        }
+        let h = haven_routes::Haproxy {
+            route: name.clone(),
+            socket: r.socket.clone().unwrap_or_default().into(),
+            backend: r.backend.clone().unwrap_or_default(),
+            server: r.server.clone().unwrap_or_default(),
+            timeout: r.timeout(),
+        };
+        let closing = action == haven_routes::Action::Close;
+        match h.state().await {
+            Ok(st) if st.in_maintenance() == closing => {}
+            _ => match h.apply(action).await {
+                Ok(_) if closing => observer.event(&Event::RouteClosed {
+                    route: name.clone(),
+                    region: region.to_string(),
+                }),
+                Ok(_) => {}
+                Err(e) => {
+                    all = false;
+                    observer.event(&Event::Retrying {
+                        what: format!("{} route {name}", action.as_str()),
+                        error: e.to_string(),
+                    });
+                }
+            },
+        }
+    }
+    all
+}
+
+/// One round: renew the tenure, or look at (and maybe take or adopt) the lease.
 #[allow(clippy::too_many_arguments)]
 async fn tick(
     c: &mut Coordinator,
     agent: &Agent,
     tenure: &mut Option<Tenure>,
-    may_acquire: bool,
+    is_primary: bool,
     agent_id: &str,
     ttl: Duration,
     claim: Duration,
     observer: &dyn Observer,
-) {
+) -> bool {
     let region = agent.region.clone();
     if let Some(t) = tenure.as_mut() {
         let sent = Instant::now();
@@ -199,7 +258,7 @@ async fn tick(
                 error: e.to_string(),
             }),
         }
-        return;
+        return false;
     }
     let seen = c.snapshot().await;
     let (epoch, holder) = match seen {
@@ -209,27 +268,51 @@ async fn tick(
                 what: "read the lease".into(),
                 error: e.to_string(),
             });
-            return;
+            return false;
         }
     };
     agent.set(|k| {
         k.epoch = k.epoch.max(epoch);
         k.holder = holder.as_ref().map(|h| h.region.clone());
     });
-    if holder.is_some() || !may_acquire {
-        return;
+    if let Some(h) = &holder {
+        if h.region == region {
+            // A switchover or failover took the lease for this region: carry it on.
+            let sent = Instant::now();
+            match c.adopt(h, ttl).await {
+                Ok(Some(t)) => {
+                    agent.set(|k| {
+                        k.valid_until = Some(sent + claim);
+                        k.epoch = k.epoch.max(t.epoch);
+                    });
+                    observer.event(&Event::LeaseAcquired {
+                        region: region.clone(),
+                        epoch: t.epoch,
+                    });
+                    *tenure = Some(t);
+                }
+                Ok(None) => {}
+                Err(e) => observer.event(&Event::Retrying {
+                    what: "adopt the lease".into(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        return false;
     }
-    // Only the last active region (or anyone on a fresh deployment) takes a free lease by
-    // itself: after a failover the old primary stays fenced until an operator acts.
+    // Only the last active region (or the primary on a fresh deployment) takes a free
+    // lease by itself: after a failover the old primary stays fenced until an operator
+    // acts, and the new one resumes after its own restart.
     match c.active().await {
-        Ok(Some(last)) if last != region => return,
+        Ok(Some(last)) if last != region => return false,
+        Ok(None) if !is_primary => return false,
         Ok(_) => {}
         Err(e) => {
             observer.event(&Event::Retrying {
                 what: "read the last active region".into(),
                 error: e.to_string(),
             });
-            return;
+            return false;
         }
     }
     let sent = Instant::now();
@@ -246,14 +329,21 @@ async fn tick(
                 epoch: t.epoch,
             });
             *tenure = Some(t);
+            true
         }
-        Ok(Acquired::Held(h)) => agent.set(|k| {
-            k.epoch = k.epoch.max(h.epoch);
-            k.holder = Some(h.region);
-        }),
-        Err(e) => observer.event(&Event::Retrying {
-            what: "take the lease".into(),
-            error: e.to_string(),
-        }),
+        Ok(Acquired::Held(h)) => {
+            agent.set(|k| {
+                k.epoch = k.epoch.max(h.epoch);
+                k.holder = Some(h.region);
+            });
+            false
+        }
+        Err(e) => {
+            observer.event(&Event::Retrying {
+                what: "take the lease".into(),
+                error: e.to_string(),
+            });
+            false
+        }
     }
 }

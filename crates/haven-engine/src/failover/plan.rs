@@ -40,10 +40,11 @@ impl Kind {
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum FailoverStep {
     /// Take the region lease for `region`: the epoch goes up by one. From the tenure seen
-    /// when planning (`from_rev`, a switchover or `--force`), or once it expired.
+    /// when planning (`from`: its create revision and lease; a switchover or `--force`),
+    /// or once it expired.
     TakeLease {
         region: String,
-        from_rev: Option<i64>,
+        from: Option<(i64, i64)>,
     },
     /// Stop a route from carrying writes (HAProxy maint + cut sessions, or a hook).
     /// `best_effort`: an unreachable route is recorded, not fatal (its region is gone).
@@ -104,7 +105,7 @@ pub enum FailoverStep {
 impl executor::Step for FailoverStep {
     fn describe(&self) -> String {
         match self {
-            FailoverStep::TakeLease { region, from_rev } => match from_rev {
+            FailoverStep::TakeLease { region, from } => match from {
                 Some(_) => format!("hand the region lease to {region} (epoch + 1)"),
                 None => format!("take the expired region lease for {region} (epoch + 1)"),
             },
@@ -187,7 +188,7 @@ pub fn build(
     from: &str,
     to: &str,
     base_epoch: u64,
-    from_rev: Option<i64>,
+    from_tenure: Option<(i64, i64)>,
 ) -> Result<FailoverPlan> {
     for r in [from, to] {
         if !cfg.regions.contains_key(r) {
@@ -271,13 +272,13 @@ pub fn build(
             }
             steps.push(FailoverStep::TakeLease {
                 region: to.into(),
-                from_rev,
+                from: from_tenure,
             });
         }
         Kind::Failover => {
             steps.push(FailoverStep::TakeLease {
                 region: to.into(),
-                from_rev,
+                from: from_tenure,
             });
             for r in &old_routes {
                 steps.push(FailoverStep::CloseRoute {

@@ -93,7 +93,7 @@ pub async fn prepare(
         )));
     }
     let from_rev = match (kind, &holder) {
-        (Kind::Switchover, Some(h)) => Some(h.rev),
+        (Kind::Switchover, Some(h)) => Some((h.rev, h.lease)),
         (Kind::Switchover, None) => {
             return Err(Error::Input(format!(
                 "no region holds the lease (last active: {from}): a switchover needs a live \
@@ -109,7 +109,7 @@ pub async fn prepare(
                 h.region, h.epoch, h.region
             )))
         }
-        (Kind::Failover, Some(h)) => Some(h.rev),
+        (Kind::Failover, Some(h)) => Some((h.rev, h.lease)),
         (Kind::Failover, None) => None,
     };
     let plan = plan::build(cfg, kind, &from, to, epoch, from_rev)?;
@@ -410,7 +410,7 @@ impl FailoverRunner<'_> {
     async fn take_lease(
         &mut self,
         region: &str,
-        from_rev: Option<i64>,
+        from: Option<(i64, i64)>,
     ) -> Result<serde_json::Value> {
         let (epoch, holder) = self.coord.snapshot().await.map_err(etcd_error)?;
         if let Some(h) = &holder {
@@ -426,13 +426,18 @@ impl FailoverRunner<'_> {
             .as_ref()
             .map(|c| c.lease_ttl())
             .unwrap_or(Duration::from_secs(10));
-        let floor = epoch.max(self.plan.base_epoch);
-        let agent = format!("{}:{}", self.plan.kind.as_str(), self.agent_id);
-        let got = match from_rev {
-            Some(rev) => self.coord.take_over(region, &agent, ttl, floor, rev).await,
-            None => self.coord.acquire(region, &agent, ttl, floor).await,
+        if epoch != self.plan.base_epoch {
+            return Err(self.stale(format!(
+                "the epoch moved from {} to {epoch}",
+                self.plan.base_epoch
+            )));
         }
-        .map_err(etcd_error)?;
+        let agent = format!("{}:{}", self.plan.kind.as_str(), self.agent_id);
+        let got = self
+            .coord
+            .take_over(region, &agent, ttl, epoch, from)
+            .await
+            .map_err(etcd_error)?;
         match got {
             Acquired::Won(t) => {
                 self.epoch = t.epoch;
@@ -515,9 +520,7 @@ impl Runner<FailoverStep> for FailoverRunner<'_> {
         _: &Progress,
     ) -> Result<serde_json::Value> {
         match step {
-            FailoverStep::TakeLease { region, from_rev } => {
-                self.take_lease(region, *from_rev).await
-            }
+            FailoverStep::TakeLease { region, from } => self.take_lease(region, *from).await,
             FailoverStep::CloseRoute { route, best_effort } => {
                 match self.route(index, route, Action::Close).await {
                     Err(e) if *best_effort => Ok(serde_json::json!({"skipped": e.to_string()})),

@@ -1,0 +1,467 @@
+//! Switchover and failover on real servers: 3 etcd members, two Postgres 15 clusters with
+//! logical replication (US publishes, EU subscribes), one HAProxy whose write backend
+//! has a US and an EU server (the Postgres servers), and an agent per region.
+//!
+//! While it runs, an application writes through HAProxy as role `app`, and a sampler
+//! checks every 100 ms that at most one region accepts an `app` write (through the route
+//! or directly) and that the epoch the agents report never goes down.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use haven_pg::Pg;
+use testbed::{EtcdCluster, Haproxy, HaproxyBackend, Postgres};
+
+use crate::{code, haven, path, stderr};
+
+struct Lab {
+    _etcd: EtcdCluster,
+    us: Postgres,
+    eu: Postgres,
+    proxy: Haproxy,
+    dir: tempfile::TempDir,
+    cfg: String,
+    agents: Vec<(String, u16, std::process::Child)>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, _, c) in &mut self.agents {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const SCHEMA: &str = "CREATE TABLE accounts (id bigserial PRIMARY KEY, owner text NOT NULL);
+     CREATE ROLE app LOGIN;
+     GRANT ALL ON accounts TO app; GRANT ALL ON SEQUENCE accounts_id_seq TO app;";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn admin(pg: &Postgres, name: &str) -> Pg {
+    Pg::connect(name, &pg.url("postgres"), None, Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+fn lab() -> Lab {
+    let etcd = EtcdCluster::start(3).unwrap();
+    let (us, eu) = (Postgres::start().unwrap(), Postgres::start().unwrap());
+    rt().block_on(async {
+        let (u, e) = (admin(&us, "ledger-us").await, admin(&eu, "ledger-eu").await);
+        for db in [&u, &e] {
+            db.exec("schema", SCHEMA).await.unwrap();
+            db.ensure_tables().await.unwrap();
+        }
+        u.ensure_publication("haven").await.unwrap();
+        e.ensure_subscription("haven", &us.conninfo("postgres"), "haven", true)
+            .await
+            .unwrap();
+        e.wait_synced("haven", Duration::from_secs(30))
+            .await
+            .unwrap();
+        // The standby's application roles are fenced while it is the standby.
+        e.fence(&["app".into()]).await.unwrap();
+    });
+    let proxy = Haproxy::start(&[HaproxyBackend {
+        name: "be_write".into(),
+        servers: vec![
+            ("us".into(), format!("127.0.0.1:{}", us.port())),
+            ("eu".into(), format!("127.0.0.1:{}", eu.port())),
+        ],
+        disabled: true,
+    }])
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    let socket = path(&proxy.socket());
+    let text = format!(
+        r#"
+[clusters.us]
+bootstrap = "127.0.0.1:1"
+[clusters.eu]
+bootstrap = "127.0.0.1:2"
+
+[coordination]
+endpoints = [{endpoints}]
+cluster = "lab"
+lease_ttl_s = 3
+
+[regions.us]
+cluster = "us"
+[regions.eu]
+cluster = "eu"
+
+[failover]
+primary = "us"
+standby = "eu"
+
+[databases.ledger-us]
+region = "us"
+url = "{us_url}"
+roles = ["app"]
+peer = "ledger-eu"
+sequence_gap = 1000
+
+[databases.ledger-eu]
+region = "eu"
+url = "{eu_url}"
+roles = ["app"]
+sequence_gap = 1000
+
+[routes.write-us]
+region = "us"
+kind = "haproxy"
+socket = "{socket}"
+backend = "be_write"
+server = "us"
+
+[routes.write-eu]
+region = "eu"
+kind = "haproxy"
+socket = "{socket}"
+backend = "be_write"
+server = "eu"
+"#,
+        endpoints = endpoints.join(", "),
+        us_url = us.url("postgres"),
+        eu_url = eu.url("postgres"),
+    );
+    let cfg = dir.path().join("haven.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = path(&cfg);
+    let mut lab = Lab {
+        _etcd: etcd,
+        us,
+        eu,
+        proxy,
+        dir,
+        cfg,
+        agents: vec![],
+    };
+    for region in ["us", "eu"] {
+        let port = testbed::free_port().unwrap();
+        let child = super::failover::spawn_agent(&lab.cfg, region, port);
+        lab.agents.push((region.into(), port, child));
+    }
+    lab
+}
+
+/// Which region an `app` write reaches through the proxy (it rolls back), if any.
+async fn write_via_route(port: u16) -> Option<u16> {
+    let url = format!("postgresql://app@127.0.0.1:{port}/postgres?connect_timeout=1");
+    let (c, conn) = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio_postgres::connect(&url, tokio_postgres::NoTls),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    tokio::spawn(conn);
+    let row = c
+        .query_one(
+            "INSERT INTO accounts (owner) VALUES ('probe') RETURNING inet_server_port()",
+            &[],
+        )
+        .await
+        .ok()?;
+    // Autocommit would keep it: delete it again (the probe is about acceptance).
+    let _ = c
+        .execute("DELETE FROM accounts WHERE owner = 'probe'", &[])
+        .await;
+    row.get::<_, Option<i32>>(0).map(|p| p as u16)
+}
+
+/// Whether an `app` session connecting straight to the database could write.
+async fn writes_directly(pg_port: u16) -> bool {
+    let url = format!("postgresql://app@127.0.0.1:{pg_port}/postgres?connect_timeout=1");
+    let Ok(Ok((c, conn))) = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio_postgres::connect(&url, tokio_postgres::NoTls),
+    )
+    .await
+    else {
+        return false;
+    };
+    tokio::spawn(conn);
+    let Ok(tx) = c.simple_query("BEGIN").await else {
+        return false;
+    };
+    drop(tx);
+    let ok = c
+        .execute("INSERT INTO accounts (owner) VALUES ('probe')", &[])
+        .await
+        .is_ok();
+    let _ = c.simple_query("ROLLBACK").await;
+    ok
+}
+
+fn lease_epoch(port: u16) -> Option<u64> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    s.write_all(b"GET /lease HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()?
+        .get("epoch")?
+        .as_u64()
+}
+
+/// Samples every 100 ms until stopped: violations (more than one region accepting
+/// writes, an epoch going down) as text.
+fn sampler(
+    lab: &Lab,
+    stop: Arc<AtomicBool>,
+    violations: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<usize> {
+    let proxy_port = lab.proxy.port("be_write");
+    let (us_port, eu_port) = (lab.us.port(), lab.eu.port());
+    let agent_ports: Vec<u16> = lab.agents.iter().map(|a| a.1).collect();
+    std::thread::spawn(move || {
+        let rt = rt();
+        let mut samples = 0;
+        // Per agent: the epoch each one reports never goes down.
+        let mut max_epoch = vec![0u64; agent_ports.len()];
+        while !stop.load(Ordering::SeqCst) {
+            let at = Instant::now();
+            let (route, us_direct, eu_direct) = rt.block_on(async {
+                (
+                    write_via_route(proxy_port).await,
+                    writes_directly(us_port).await,
+                    writes_directly(eu_port).await,
+                )
+            });
+            let mut writable = std::collections::BTreeSet::new();
+            if us_direct || route == Some(us_port) {
+                writable.insert("us");
+            }
+            if eu_direct || route == Some(eu_port) {
+                writable.insert("eu");
+            }
+            if writable.len() > 1 {
+                violations.lock().unwrap().push(format!(
+                    "both regions accept writes: route {route:?}, us {us_direct}, eu {eu_direct}"
+                ));
+            }
+            for (i, p) in agent_ports.iter().enumerate() {
+                if let Some(e) = lease_epoch(*p) {
+                    if e < max_epoch[i] {
+                        violations.lock().unwrap().push(format!(
+                            "agent {i}: epoch went down from {} to {e}",
+                            max_epoch[i]
+                        ));
+                    }
+                    max_epoch[i] = max_epoch[i].max(e);
+                }
+            }
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(100).saturating_sub(at.elapsed()));
+        }
+        samples
+    })
+}
+
+/// The application: writes through the proxy until stopped; returns (owner, when) of
+/// every acknowledged write.
+fn writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(String, Instant)>> {
+    std::thread::spawn(move || {
+        let rt = rt();
+        let mut acked = Vec::new();
+        let mut n = 0;
+        rt.block_on(async {
+            let url = format!("postgresql://app@127.0.0.1:{port}/postgres?connect_timeout=1");
+            let mut client: Option<tokio_postgres::Client> = None;
+            while !stop.load(Ordering::SeqCst) {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            Some(c)
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                }
+                let Some(c) = client.as_ref() else { continue };
+                n += 1;
+                let owner = format!("w{n}");
+                match c
+                    .execute("INSERT INTO accounts (owner) VALUES ($1)", &[&owner])
+                    .await
+                {
+                    Ok(_) => acked.push((owner, Instant::now())),
+                    Err(_) => {
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        acked
+    })
+}
+
+fn owners(pg: &Postgres) -> Vec<String> {
+    rt().block_on(async {
+        let c = pg.connect().await.unwrap();
+        c.query(
+            "SELECT owner FROM accounts WHERE owner LIKE 'w%' ORDER BY owner",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    })
+}
+
+fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
+    let lab = lab();
+    let (us_agent, eu_agent) = (lab.agents[0].1, lab.agents[1].1);
+    // The primary's agent takes the lease on a fresh deployment and opens its route.
+    until(
+        "US takes the lease and opens its route",
+        Duration::from_secs(30),
+        || {
+            super::failover::lease_status(us_agent) == Some(200)
+                && rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.us.port())
+        },
+    );
+    let epoch_before = lease_epoch(us_agent).unwrap();
+    let state = lab.dir.path().join("state");
+    let state = path(&state);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let sampling = sampler(&lab, stop.clone(), violations.clone());
+    let stop_writer = Arc::new(AtomicBool::new(false));
+    let writing = writer(lab.proxy.port("be_write"), stop_writer.clone());
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The plan, then the switchover itself.
+    let out = haven(&[
+        "--config",
+        &lab.cfg,
+        "switchover",
+        "--to",
+        "eu",
+        "--dry-run",
+        "--state-dir",
+        &state,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let plan = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        plan.contains("fence database ledger-us") && plan.contains("hand the region lease to eu"),
+        "{plan}"
+    );
+    let started = Instant::now();
+    let out = haven(&[
+        "--json",
+        "--config",
+        &lab.cfg,
+        "switchover",
+        "--to",
+        "eu",
+        "--yes",
+        "--state-dir",
+        &state,
+    ]);
+    let took = started.elapsed();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["to"], "eu");
+    assert_eq!(report["epoch"].as_u64(), Some(epoch_before + 1), "{report}");
+
+    // Writes go on, now into EU.
+    until(
+        "a write lands in EU through the route",
+        Duration::from_secs(20),
+        || rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.eu.port()),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop_writer.store(true, Ordering::SeqCst);
+    let acked = writing.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let samples = sampling.join().unwrap();
+
+    // Zero loss: every acknowledged write is in EU, row for row; reverse replication
+    // brings EU's writes to US.
+    let mut want: Vec<String> = acked.iter().map(|(o, _)| o.clone()).collect();
+    want.sort();
+    let eu_rows = owners(&lab.eu);
+    assert_eq!(
+        eu_rows, want,
+        "EU must hold exactly the acknowledged writes"
+    );
+    until(
+        "US catches up through reverse replication",
+        Duration::from_secs(20),
+        || owners(&lab.us) == want,
+    );
+    let gap = acked
+        .windows(2)
+        .map(|w| w[1].1 - w[0].1)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "switchover took {took:?}; longest pause between acknowledged writes {gap:?}; {} writes; {samples} samples",
+        acked.len()
+    );
+    assert!(gap <= Duration::from_secs(10), "writes refused for {gap:?}");
+    let v = violations.lock().unwrap();
+    assert!(v.is_empty(), "{v:?}");
+    assert!(samples > 10);
+    assert_eq!(lease_epoch(eu_agent), Some(epoch_before + 1));
+    until(
+        "EU's agent adopts the lease",
+        Duration::from_secs(10),
+        || super::failover::lease_status(eu_agent) == Some(200),
+    );
+
+    // Every step is in the audit log with the epoch; a second run has nothing to do.
+    let audit = std::fs::read_dir(lab.dir.path().join("state/audit"))
+        .unwrap()
+        .count();
+    assert!(audit >= 10, "{audit} audit entries");
+    let out = haven(&[
+        "--config",
+        &lab.cfg,
+        "switchover",
+        "--to",
+        "eu",
+        "--yes",
+        "--state-dir",
+        &state,
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already the active region"),
+        "{}",
+        stderr(&out)
+    );
+}
