@@ -465,3 +465,117 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
         stderr(&out)
     );
 }
+
+#[test]
+fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
+    let mut lab = lab();
+    let (us_agent, eu_agent) = (lab.agents[0].1, lab.agents[1].1);
+    until(
+        "US takes the lease and opens its route",
+        Duration::from_secs(30),
+        || {
+            super::failover::lease_status(us_agent) == Some(200)
+                && rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.us.port())
+        },
+    );
+    let epoch_before = lease_epoch(us_agent).unwrap();
+    let state = path(&lab.dir.path().join("state"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let sampling = sampler(&lab, stop.clone(), violations.clone());
+    let stop_writer = Arc::new(AtomicBool::new(false));
+    let writing = writer(lab.proxy.port("be_write"), stop_writer.clone());
+    // Heartbeats, as the active region's agent would write them.
+    rt().block_on(async { admin(&lab.us, "ledger-us").await.beat().await.unwrap() });
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The US region dies: its agent (kill -9) and its database.
+    let killed = Instant::now();
+    let _ = lab.agents[0].2.kill();
+    let _ = lab.agents[0].2.wait();
+    lab.us.stop().unwrap();
+    let down = Instant::now();
+
+    // While the quorum still sees US's lease, a failover is refused (exit 2).
+    let out = haven(&[
+        "--config",
+        &lab.cfg,
+        "failover",
+        "--to",
+        "eu",
+        "--yes",
+        "--state-dir",
+        &state,
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("still holds the lease"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Once it expired (TTL 3 s), the failover goes through.
+    let mut report = serde_json::Value::Null;
+    until("the failover goes through", Duration::from_secs(30), || {
+        let out = haven(&[
+            "--json",
+            "--config",
+            &lab.cfg,
+            "failover",
+            "--to",
+            "eu",
+            "--yes",
+            "--state-dir",
+            &state,
+        ]);
+        if code(&out) == 0 {
+            report = serde_json::from_slice(&out.stdout).unwrap();
+            true
+        } else {
+            assert!(
+                stderr(&out).contains("still holds the lease"),
+                "{}",
+                stderr(&out)
+            );
+            false
+        }
+    });
+    until(
+        "a write lands in EU through the route",
+        Duration::from_secs(20),
+        || rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.eu.port()),
+    );
+    stop_writer.store(true, Ordering::SeqCst);
+    let acked = writing.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let samples = sampling.join().unwrap();
+    let first_eu = acked
+        .iter()
+        .find(|(_, at)| *at > killed)
+        .map(|(_, at)| *at - killed);
+    eprintln!("failover: RTO {first_eu:?} (kill -9 to the first write acknowledged in EU); {samples} samples");
+    assert!(
+        first_eu.is_some(),
+        "no write was acknowledged after the failover"
+    );
+    assert_eq!(report["epoch"].as_u64(), Some(epoch_before + 1), "{report}");
+    let evidence = &report["evidence"][0];
+    assert_eq!(evidence["database"], "ledger-eu", "{report}");
+    assert!(evidence["remote_lsn"].is_string(), "{report}");
+    assert!(evidence["heartbeat_age_s"].is_number(), "{report}");
+    // Every write acknowledged after the failover is in EU; ids did not collide (the
+    // sequence was set past US's snapshot by the gap).
+    let eu_rows = owners(&lab.eu);
+    for (o, at) in &acked {
+        if *at > down {
+            assert!(eu_rows.contains(o), "{o} acknowledged by EU is missing");
+        }
+    }
+    let v = violations.lock().unwrap();
+    assert!(v.is_empty(), "{v:?}");
+    until(
+        "EU's agent adopts the lease",
+        Duration::from_secs(10),
+        || super::failover::lease_status(eu_agent) == Some(200),
+    );
+}
