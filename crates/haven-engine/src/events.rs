@@ -73,6 +73,14 @@ pub enum Event {
     GroupNeverSynced { group: String },
     /// A recoverable error (broker unreachable, ...); the engine retries.
     Retrying { what: String, error: String },
+    /// The standby's agent starts an automatic failover (every gate passed).
+    AutomaticFailover {
+        from: String,
+        to: String,
+        free_rounds: u32,
+    },
+    /// The lease is free but a gate keeps the standby from failing over automatically.
+    AutomaticFailoverBlocked { region: String, reason: String },
     /// A region's write route was closed by its agent (its claim to the lease ran out).
     RouteClosed { route: String, region: String },
     /// A plan's step starts (`step` counts from 1).
@@ -196,6 +204,18 @@ impl std::fmt::Display for Event {
             Event::LeaseReleased { region, epoch } => {
                 write!(f, "region {region} released the lease of epoch {epoch}")
             }
+            Event::AutomaticFailover {
+                from,
+                to,
+                free_rounds,
+            } => write!(
+                f,
+                "automatic failover from {from} to {to}: the lease was free for {free_rounds} rounds and every gate passed"
+            ),
+            Event::AutomaticFailoverBlocked { region, reason } => write!(
+                f,
+                "region {region} does not fail over automatically: {reason}"
+            ),
             Event::RouteClosed { route, region } => write!(
                 f,
                 "route {route} closed: region {region} no longer holds the lease"
@@ -235,7 +255,9 @@ impl Observer for LogObserver {
             | Event::GroupNotSynced { .. }
             | Event::GroupNeverSynced { .. }
             | Event::LeaseLost { .. }
-            | Event::RouteClosed { .. } => tracing::warn!("{event}"),
+            | Event::RouteClosed { .. }
+            | Event::AutomaticFailover { .. }
+            | Event::AutomaticFailoverBlocked { .. } => tracing::warn!("{event}"),
             Event::PartitionLag { .. }
             | Event::GroupsSampled { .. }
             | Event::GroupSynced { .. }

@@ -1,4 +1,5 @@
-//! `haven agent --region NAME`: the region's long-running agent (its lease loop, today).
+//! `haven agent --region NAME`: the region's long-running agent: lease loop, fencing of its
+//! own region, heartbeat, and the standby's automatic failover.
 
 use std::sync::Arc;
 
@@ -8,15 +9,26 @@ use super::load_config;
 use crate::metrics_server::{serve_routes, Reply};
 use crate::Ctx;
 
-/// Run the region's agent: keep the region lease, and answer whether this region may
-/// accept writes.
+/// Run the region's agent: keep the region lease, fence the region whenever it may not
+/// take writes, and (in automatic mode, on the standby) fail over.
 ///
 /// The agent of the region holding the lease renews it every TTL/5 ([coordination]
-/// lease_ttl_s). The configured primary takes the lease when nobody holds it and it was the
-/// last active region (a fresh deployment, or its own restart); after a failover the old
-/// primary stays out until an operator acts. This region claims to be writable for TTL/2
-/// after the start of its last successful renewal, so a holder that is cut off, frozen or
-/// without an etcd quorum stops claiming it before another region can take the lease.
+/// lease_ttl_s) and stamps the heartbeat on its databases. A region takes a free lease by
+/// itself only if it was the last active region (or is the primary of a fresh deployment):
+/// after a failover the old primary stays out until an operator acts. A lease a switchover
+/// or failover took for this region is carried on (adopted). This region claims to be
+/// writable for TTL/2 after the start of its last successful renewal, so a holder that is
+/// cut off, frozen or without an etcd quorum stops claiming it before another region can
+/// take the lease.
+///
+/// Whenever this region does not claim the lease (standby, lease lost, etcd unreachable)
+/// the agent fences it: its HAProxy write routes go to maintenance (sessions cut) and its
+/// databases' application roles lose LOGIN and CONNECT. When it takes its lease back by
+/// itself it lets them in again and opens its routes.
+///
+/// With [failover] mode = "automatic", the standby's agent runs `haven failover --to` itself
+/// once the lease has been free for failed_checks rounds and the gates pass (data at risk as
+/// last measured, one automatic failover per min_interval_s, never a failback).
 ///
 /// HTTP on --listen (loopback by default):
 ///   GET /lease    200 and {"region","holder":true,"epoch",...} while this region may accept
@@ -24,8 +36,7 @@ use crate::Ctx;
 ///   GET /metrics  haven_failover_epoch, haven_failover_lease_holder,
 ///                 haven_failover_lease_valid_seconds
 ///
-/// SIGTERM or Ctrl-C stops it cleanly and releases the lease. Not yet: the standby's
-/// automatic takeover, fencing, promotion and routing (see the README).
+/// SIGTERM or Ctrl-C stops it cleanly and releases the lease.
 ///
 /// Example:
 ///   haven agent --region us --config /etc/haven/haven.toml --listen 127.0.0.1:8008
@@ -43,6 +54,10 @@ pub struct Args {
     /// This agent's id in etcd (default: REGION@HOSTNAME).
     #[arg(long, value_name = "ID")]
     id: Option<String>,
+
+    /// Where failover plans, their progress and the audit log are kept.
+    #[arg(long, value_name = "DIR", env = "HAVEN_STATE_DIR")]
+    state_dir: Option<std::path::PathBuf>,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
@@ -81,6 +96,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     );
     let observer = crate::observer::CliObserver::new(ctx.json);
     let stop = super::stop_on_signal();
-    agent::run(&cfg, &agent, &id, &observer, stop).await?;
+    let state_dir = a
+        .state_dir
+        .unwrap_or_else(super::switchover::default_state_dir);
+    agent::run(&cfg, &agent, &id, &state_dir, &observer, stop).await?;
     Ok(0)
 }

@@ -54,7 +54,8 @@ pub struct RunArgs {
     pub state_dir: Option<PathBuf>,
 }
 
-fn default_state_dir() -> PathBuf {
+/// `$XDG_STATE_HOME/haven`, else `~/.local/state/haven`.
+pub fn default_state_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(x).join("haven");
     }

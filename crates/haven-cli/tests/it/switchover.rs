@@ -52,6 +52,22 @@ async fn admin(pg: &Postgres, name: &str) -> Pg {
 }
 
 fn lab() -> Lab {
+    lab_with("manual")
+}
+
+fn spawn_agent(cfg: &str, region: &str, port: u16, state: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args(["--config", cfg, "agent", "--region", region])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(state.with_extension("log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn lab_with(mode: &str) -> Lab {
     let etcd = EtcdCluster::start(3).unwrap();
     let (us, eu) = (Postgres::start().unwrap(), Postgres::start().unwrap());
     rt().block_on(async {
@@ -102,6 +118,8 @@ cluster = "eu"
 [failover]
 primary = "us"
 standby = "eu"
+mode = "{mode}"
+failed_checks = 2
 
 [databases.ledger-us]
 region = "us"
@@ -148,7 +166,8 @@ server = "eu"
     };
     for region in ["us", "eu"] {
         let port = testbed::free_port().unwrap();
-        let child = super::failover::spawn_agent(&lab.cfg, region, port);
+        let state = lab.dir.path().join(format!("agent-{region}"));
+        let child = spawn_agent(&lab.cfg, region, port, &state);
         lab.agents.push((region.into(), port, child));
     }
     lab
@@ -203,21 +222,6 @@ async fn writes_directly(pg_port: u16) -> bool {
     ok
 }
 
-fn lease_epoch(port: u16) -> Option<u64> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
-    s.write_all(b"GET /lease HTTP/1.0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let body = text.split("\r\n\r\n").nth(1)?;
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()?
-        .get("epoch")?
-        .as_u64()
-}
-
 /// Samples every 100 ms until stopped: violations (more than one region accepting
 /// writes, an epoch going down) as text.
 fn sampler(
@@ -255,7 +259,7 @@ fn sampler(
                 ));
             }
             for (i, p) in agent_ports.iter().enumerate() {
-                if let Some(e) = lease_epoch(*p) {
+                if let Some(e) = super::failover::lease_epoch_of(*p) {
                     if e < max_epoch[i] {
                         violations.lock().unwrap().push(format!(
                             "agent {i}: epoch went down from {} to {e}",
@@ -272,9 +276,16 @@ fn sampler(
     })
 }
 
-/// The application: writes through the proxy until stopped; returns (owner, when) of
-/// every acknowledged write.
-fn writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(String, Instant)>> {
+/// One acknowledged write: its owner, when, and the Postgres port that acknowledged it.
+type Ack = (String, Instant, u16);
+
+/// The application: writes through the proxy until stopped; returns every acknowledged
+/// write.
+fn writer(
+    port: u16,
+    stop: Arc<AtomicBool>,
+    unknown: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<Vec<Ack>> {
     std::thread::spawn(move || {
         let rt = rt();
         let mut acked = Vec::new();
@@ -284,12 +295,21 @@ fn writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(Stri
             let mut client: Option<tokio_postgres::Client> = None;
             while !stop.load(Ordering::SeqCst) {
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    client = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    // Like any application, with timeouts: a session the proxy holds for
+                    // a dead server must not block it forever.
+                    let connecting = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        tokio_postgres::connect(&url, tokio_postgres::NoTls),
+                    );
+                    client = match connecting
+                        .await
+                        .unwrap_or_else(|_| Err(tokio_postgres::Error::__private_api_timeout()))
+                    {
                         Ok((c, conn)) => {
                             tokio::spawn(conn);
                             Some(c)
                         }
-                        Err(_) => {
+                        _ => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
@@ -298,14 +318,27 @@ fn writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(Stri
                 let Some(c) = client.as_ref() else { continue };
                 n += 1;
                 let owner = format!("w{n}");
-                match c
-                    .execute("INSERT INTO accounts (owner) VALUES ($1)", &[&owner])
-                    .await
-                {
-                    Ok(_) => acked.push((owner, Instant::now())),
-                    Err(_) => {
+                let inserted = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    c.query_one(
+                        "INSERT INTO accounts (owner) VALUES ($1) RETURNING inet_server_port()",
+                        &[&owner],
+                    ),
+                )
+                .await;
+                match inserted {
+                    Ok(Ok(row)) => {
+                        let by = row.get::<_, Option<i32>>(0).unwrap_or(0) as u16;
+                        acked.push((owner, Instant::now(), by))
+                    }
+                    Ok(Err(_)) => {
                         client = None;
                         tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => {
+                        // No answer: it may or may not have committed.
+                        unknown.lock().unwrap().push(owner);
+                        client = None;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -351,7 +384,7 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
                 && rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.us.port())
         },
     );
-    let epoch_before = lease_epoch(us_agent).unwrap();
+    let epoch_before = super::failover::lease_epoch_of(us_agent).unwrap();
     let state = lab.dir.path().join("state");
     let state = path(&state);
 
@@ -359,7 +392,12 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
     let violations = Arc::new(Mutex::new(Vec::new()));
     let sampling = sampler(&lab, stop.clone(), violations.clone());
     let stop_writer = Arc::new(AtomicBool::new(false));
-    let writing = writer(lab.proxy.port("be_write"), stop_writer.clone());
+    let unknown = Arc::new(Mutex::new(Vec::new()));
+    let writing = writer(
+        lab.proxy.port("be_write"),
+        stop_writer.clone(),
+        unknown.clone(),
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     // The plan, then the switchover itself.
@@ -411,17 +449,25 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
 
     // Zero loss: every acknowledged write is in EU, row for row; reverse replication
     // brings EU's writes to US.
-    let mut want: Vec<String> = acked.iter().map(|(o, _)| o.clone()).collect();
+    let mut want: Vec<String> = acked.iter().map(|a| a.0.clone()).collect();
     want.sort();
     let eu_rows = owners(&lab.eu);
-    assert_eq!(
-        eu_rows, want,
-        "EU must hold exactly the acknowledged writes"
+    // A write without an answer (timed out) may or may not have committed.
+    let unknown = unknown.lock().unwrap().clone();
+    let missing: Vec<&String> = want.iter().filter(|o| !eu_rows.contains(o)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing in EU: {missing:?}"
     );
+    let extra: Vec<&String> = eu_rows
+        .iter()
+        .filter(|o| !want.contains(o) && !unknown.contains(o))
+        .collect();
+    assert!(extra.is_empty(), "rows nobody wrote: {extra:?}");
     until(
         "US catches up through reverse replication",
         Duration::from_secs(20),
-        || owners(&lab.us) == want,
+        || owners(&lab.us) == eu_rows,
     );
     let gap = acked
         .windows(2)
@@ -436,7 +482,10 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
     let v = violations.lock().unwrap();
     assert!(v.is_empty(), "{v:?}");
     assert!(samples > 10);
-    assert_eq!(lease_epoch(eu_agent), Some(epoch_before + 1));
+    assert_eq!(
+        super::failover::lease_epoch_of(eu_agent),
+        Some(epoch_before + 1)
+    );
     until(
         "EU's agent adopts the lease",
         Duration::from_secs(10),
@@ -478,13 +527,18 @@ fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
                 && rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.us.port())
         },
     );
-    let epoch_before = lease_epoch(us_agent).unwrap();
+    let epoch_before = super::failover::lease_epoch_of(us_agent).unwrap();
     let state = path(&lab.dir.path().join("state"));
     let stop = Arc::new(AtomicBool::new(false));
     let violations = Arc::new(Mutex::new(Vec::new()));
     let sampling = sampler(&lab, stop.clone(), violations.clone());
     let stop_writer = Arc::new(AtomicBool::new(false));
-    let writing = writer(lab.proxy.port("be_write"), stop_writer.clone());
+    let unknown = Arc::new(Mutex::new(Vec::new()));
+    let writing = writer(
+        lab.proxy.port("be_write"),
+        stop_writer.clone(),
+        unknown.clone(),
+    );
     // Heartbeats, as the active region's agent would write them.
     rt().block_on(async { admin(&lab.us, "ledger-us").await.beat().await.unwrap() });
     std::thread::sleep(Duration::from_secs(2));
@@ -545,14 +599,17 @@ fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
         Duration::from_secs(20),
         || rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.eu.port()),
     );
+    std::thread::sleep(Duration::from_secs(2));
     stop_writer.store(true, Ordering::SeqCst);
     let acked = writing.join().unwrap();
     stop.store(true, Ordering::SeqCst);
     let samples = sampling.join().unwrap();
-    let first_eu = acked
-        .iter()
-        .find(|(_, at)| *at > killed)
-        .map(|(_, at)| *at - killed);
+    let eu_port = lab.eu.port();
+    let first_eu = acked.iter().find(|a| a.2 == eu_port).map(|a| a.1 - killed);
+    assert!(
+        acked.iter().all(|a| a.2 != eu_port || a.1 > down),
+        "EU acknowledged a write while US was up"
+    );
     eprintln!("failover: RTO {first_eu:?} (kill -9 to the first write acknowledged in EU); {samples} samples");
     assert!(
         first_eu.is_some(),
@@ -566,8 +623,8 @@ fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
     // Every write acknowledged after the failover is in EU; ids did not collide (the
     // sequence was set past US's snapshot by the gap).
     let eu_rows = owners(&lab.eu);
-    for (o, at) in &acked {
-        if *at > down {
+    for (o, _, by) in &acked {
+        if *by == eu_port {
             assert!(eu_rows.contains(o), "{o} acknowledged by EU is missing");
         }
     }
@@ -577,5 +634,83 @@ fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
         "EU's agent adopts the lease",
         Duration::from_secs(10),
         || super::failover::lease_status(eu_agent) == Some(200),
+    );
+}
+
+#[test]
+fn the_standby_agent_fails_over_by_itself_in_automatic_mode() {
+    let mut lab = lab_with("automatic");
+    let (us_agent, eu_agent) = (lab.agents[0].1, lab.agents[1].1);
+    until(
+        "US takes the lease and opens its route",
+        Duration::from_secs(30),
+        || {
+            super::failover::lease_status(us_agent) == Some(200)
+                && rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.us.port())
+        },
+    );
+    let epoch_before = super::failover::lease_epoch_of(us_agent).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let sampling = sampler(&lab, stop.clone(), violations.clone());
+    let stop_writer = Arc::new(AtomicBool::new(false));
+    let unknown = Arc::new(Mutex::new(Vec::new()));
+    let writing = writer(
+        lab.proxy.port("be_write"),
+        stop_writer.clone(),
+        unknown.clone(),
+    );
+    // Long enough for US's agent to stamp heartbeats and EU's to measure its lag.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let killed = Instant::now();
+    let _ = lab.agents[0].2.kill();
+    let _ = lab.agents[0].2.wait();
+    lab.us.stop().unwrap();
+    let down = Instant::now();
+
+    until(
+        "EU's agent takes over by itself",
+        Duration::from_secs(40),
+        || {
+            super::failover::lease_status(eu_agent) == Some(200)
+                && rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.eu.port())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop_writer.store(true, Ordering::SeqCst);
+    let acked = writing.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let samples = sampling.join().unwrap();
+    let eu_port = lab.eu.port();
+    let rto = acked
+        .iter()
+        .find(|a| a.2 == eu_port)
+        .map(|a| a.1 - killed)
+        .expect("a write acknowledged by EU after the failover");
+    assert!(
+        acked.iter().all(|a| a.2 != eu_port || a.1 > down),
+        "EU acknowledged a write while US was up"
+    );
+    eprintln!("automatic failover: RTO {rto:?} (TTL 3 s, 2 checks); {samples} samples");
+    assert_eq!(
+        super::failover::lease_epoch_of(eu_agent),
+        Some(epoch_before + 1)
+    );
+    let v = violations.lock().unwrap();
+    assert!(v.is_empty(), "{v:?}");
+    // The agent ran the same plan: its audit log has every step with the new epoch.
+    let audit = lab.dir.path().join("agent-eu/audit");
+    let entries: Vec<serde_json::Value> = std::fs::read_dir(&audit)
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    assert!(
+        entries.iter().all(|e| e["action"] == "failover"),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().any(|e| e["epoch"] == epoch_before + 1),
+        "{entries:?}"
     );
 }

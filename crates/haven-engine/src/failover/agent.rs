@@ -17,6 +17,8 @@ use haven_etcd::{Acquired, Coordinator, Tenure};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::region::RegionOps;
+use super::standby::Standby;
 use crate::config::Config;
 use crate::events::{Event, Observer};
 use crate::{Error, Result};
@@ -28,6 +30,8 @@ struct Known {
     holder: Option<String>,
     /// Until when this region may claim to be writable.
     valid_until: Option<Instant>,
+    /// The last round read the lease (etcd answered).
+    read_ok: bool,
 }
 
 /// The lease as `/lease` and the metrics show it.
@@ -99,6 +103,7 @@ pub async fn run(
     cfg: &Config,
     agent: &Agent,
     agent_id: &str,
+    state_dir: &std::path::Path,
     observer: &dyn Observer,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
@@ -116,13 +121,15 @@ pub async fn run(
         )));
     }
     let ttl = coordination.lease_ttl();
-    let interval = (ttl / 5).max(Duration::from_millis(200));
+    let interval = super::standby::round_interval(ttl);
     let claim = ttl / 2;
     let is_primary = region == failover.primary;
     let mut coord: Option<Coordinator> = None;
     let mut tenure: Option<Tenure> = None;
-    // Whether this region's routes are known closed (None: not known, or open).
-    let mut routes_open: Option<bool> = None;
+    let mut ops = RegionOps::new(cfg, &region);
+    let mut standby = Standby::default();
+    // This region is known fenced (None: not known, or it takes writes).
+    let mut fenced: Option<bool> = None;
     loop {
         if coord.is_none() {
             match super::coordinator(cfg).await {
@@ -148,18 +155,38 @@ pub async fn run(
             if won {
                 // The last active region took the lease back by itself (a fresh start, or
                 // its own restart after the lease ran out): it takes writes again.
-                set_routes(cfg, &region, haven_routes::Action::Open, observer).await;
+                ops.resume(observer).await;
             }
         }
-        // Fence: when this region's claim has run out, its write routes close (whether or
-        // not etcd answers: this is what a cut-off or frozen-then-woken region does first).
-        let claiming = agent.view().holder;
-        if !claiming && routes_open != Some(false) {
-            routes_open = set_routes(cfg, &region, haven_routes::Action::Close, observer)
-                .await
-                .then_some(false);
-        } else if claiming {
-            routes_open = None;
+        let view = agent.view();
+        if view.holder {
+            fenced = None;
+            ops.beat(observer).await;
+        } else {
+            // Fence: when this region may not take writes (standby, lease lost, claim run
+            // out, etcd unreachable), its routes close and its databases keep the
+            // application roles out, whether or not etcd answers.
+            if fenced != Some(true) {
+                fenced = ops.fence(observer).await.then_some(true);
+            }
+            if let Some(c) = coord.as_mut() {
+                let read_ok = agent.known.lock().map(|k| k.read_ok).unwrap_or(false);
+                let seen = if read_ok {
+                    Ok(view.active.clone())
+                } else {
+                    Err(())
+                };
+                let ran = standby
+                    .round(
+                        cfg, &region, seen, c, &mut ops, state_dir, agent_id, observer,
+                    )
+                    .await;
+                if ran {
+                    // The plan opened this region; the next round adopts its lease, or
+                    // fences again if it cannot.
+                    fenced = None;
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -183,48 +210,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Opens or closes this region's HAProxy write routes; whether all are so now.
-async fn set_routes(
-    cfg: &Config,
-    region: &str,
-    action: haven_routes::Action,
-    observer: &dyn Observer,
-) -> bool {
-    let mut all = true;
-    for (name, r) in super::config::routes_of(cfg, region) {
-        if r.kind != super::config::RouteKind::Haproxy {
-            // Hooks are driven by plans (they need the epoch and the target).
-            continue;
-        }
-        let h = haven_routes::Haproxy {
-            route: name.clone(),
-            socket: r.socket.clone().unwrap_or_default().into(),
-            backend: r.backend.clone().unwrap_or_default(),
-            server: r.server.clone().unwrap_or_default(),
-            timeout: r.timeout(),
-        };
-        let closing = action == haven_routes::Action::Close;
-        match h.state().await {
-            Ok(st) if st.in_maintenance() == closing => {}
-            _ => match h.apply(action).await {
-                Ok(_) if closing => observer.event(&Event::RouteClosed {
-                    route: name.clone(),
-                    region: region.to_string(),
-                }),
-                Ok(_) => {}
-                Err(e) => {
-                    all = false;
-                    observer.event(&Event::Retrying {
-                        what: format!("{} route {name}", action.as_str()),
-                        error: e.to_string(),
-                    });
-                }
-            },
-        }
-    }
-    all
-}
-
 /// One round: renew the tenure, or look at (and maybe take or adopt) the lease.
 #[allow(clippy::too_many_arguments)]
 async fn tick(
@@ -238,6 +223,7 @@ async fn tick(
     observer: &dyn Observer,
 ) -> bool {
     let region = agent.region.clone();
+    agent.set(|k| k.read_ok = false);
     if let Some(t) = tenure.as_mut() {
         let sent = Instant::now();
         match c.renew(t).await {
@@ -274,10 +260,14 @@ async fn tick(
     agent.set(|k| {
         k.epoch = k.epoch.max(epoch);
         k.holder = holder.as_ref().map(|h| h.region.clone());
+        k.read_ok = true;
     });
     if let Some(h) = &holder {
-        if h.region == region {
-            // A switchover or failover took the lease for this region: carry it on.
+        // Carry on a tenure of this region that this agent held before a restart (same
+        // id), or that a switchover or failover took for it. Another agent's tenure in
+        // the same region is left alone: it expires if that agent is gone.
+        let plan_took_it = h.agent.starts_with("switchover:") || h.agent.starts_with("failover:");
+        if h.region == region && (h.agent == agent_id || plan_took_it) {
             let sent = Instant::now();
             match c.adopt(h, ttl).await {
                 Ok(Some(t)) => {

@@ -8,7 +8,9 @@
 pub mod agent;
 pub mod config;
 pub mod plan;
+pub mod region;
 pub mod run;
+pub mod standby;
 pub mod status;
 
 use crate::{Error, Result};
