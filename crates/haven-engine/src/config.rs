@@ -249,6 +249,34 @@ standby = "eu"
 mode = "manual"
 max_records_at_risk = 10000
 max_seconds_at_risk = 60
+
+[databases.ledger-us]
+region = "us"
+url = "postgresql://haven@pg-us:5432/ledger"
+password_env = "HAVEN_PG_PASSWORD"
+roles = ["ledger_app"]
+peer = "ledger-eu"
+local_tables = ["public.kyc_documents"]
+
+[databases.ledger-eu]
+region = "eu"
+url = "postgresql://haven@pg-eu:5432/ledger"
+password_env = "HAVEN_PG_PASSWORD"
+roles = ["ledger_app"]
+
+[routes.write-us]
+region = "us"
+kind = "haproxy"
+socket = "/run/haproxy/admin.sock"
+backend = "be_write"
+server = "us"
+
+[routes.write-eu]
+region = "eu"
+kind = "haproxy"
+socket = "/run/haproxy/admin.sock"
+backend = "be_write"
+server = "eu"
 "#;
 
 impl Config {
@@ -535,5 +563,44 @@ mod tests {
         assert!(e.contains("two different clusters"), "{e}");
         let ok = parse("[services.a]\nproduces = [\"t\"]\n").unwrap();
         assert_eq!(ok.services["a"].produces, vec!["t".to_string()]);
+    }
+
+    #[test]
+    fn databases_and_routes_are_checked() {
+        let example = parse(EXAMPLE).unwrap();
+        assert_eq!(
+            example.databases["ledger-us"].peer.as_deref(),
+            Some("ledger-eu")
+        );
+        assert_eq!(
+            example.routes["write-eu"].kind,
+            crate::failover::config::RouteKind::Haproxy
+        );
+        let with = |extra: &str| {
+            parse(&format!("{EXAMPLE}\n{extra}"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let cases = [
+            ("[databases.x]\nregion = \"mars\"\nurl = \"postgresql://h@db/x\"\n", "databases.x.region"),
+            ("[databases.x]\nregion = \"us\"\nurl = \"mysql://db/x\"\n", "databases.x.url"),
+            ("[databases.x]\nregion = \"us\"\nurl = \"postgresql://h:secret@db/x\"\n", "password_env"),
+            ("[databases.x]\nregion = \"us\"\nurl = \"postgresql://h@db/x\"\npeer = \"ledger-us\"\n", "same region"),
+            ("[databases.x]\nregion = \"eu\"\nurl = \"postgresql://h@db/x\"\npeer = \"nope\"\n", "databases.x.peer"),
+            ("[databases.x]\nregion = \"eu\"\nurl = \"postgresql://h@db/x\"\nlocal_tables = [\"kyc\"]\n", "schema.table"),
+            ("[databases.x]\nregion = \"eu\"\nurl = \"postgresql://h@db/x\"\nrolez = []\n", "rolez"),
+            ("[routes.r]\nregion = \"us\"\nkind = \"haproxy\"\nsocket = \"/s\"\nbackend = \"b\"\n", "routes.r.server"),
+            ("[routes.r]\nregion = \"us\"\nkind = \"http\"\nurl = \"ftp://x\"\n", "routes.r.url"),
+            ("[routes.r]\nregion = \"us\"\nkind = \"dns\"\n", "unknown variant `dns`, expected one of"),
+            ("[routes.r]\nregion = \"asia\"\nkind = \"command\"\ncommand = \"true\"\n", "routes.r.region"),
+        ];
+        for (extra, want) in cases {
+            let e = with(extra);
+            assert!(e.contains(want), "{extra:?}: {e:?}");
+        }
+        // The password is never shown, even in an error about the URL.
+        let e = with("[databases.x]\nregion = \"us\"\nurl = \"postgresql://h:secret@db/x\"\n");
+        assert!(!e.contains("secret"), "{e}");
     }
 }

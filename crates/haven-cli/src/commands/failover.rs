@@ -177,6 +177,36 @@ async fn status_cmd(ctx: &Ctx) -> anyhow::Result<u8> {
             &rows,
         );
     }
+    if !st.databases.is_empty() {
+        outln!();
+        let rows: Vec<Vec<String>> = st
+            .databases
+            .iter()
+            .map(|d| {
+                vec![
+                    d.database.clone(),
+                    d.source.clone(),
+                    d.lag_seconds
+                        .map(|s| format!("{s:.1}"))
+                        .unwrap_or_else(|| "?".into()),
+                    d.lag_bytes
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    d.remote_lsn.clone().unwrap_or_else(|| "?".into()),
+                ]
+            })
+            .collect();
+        output::table(
+            &[
+                "REPLICA",
+                "SOURCE",
+                "LAG-S",
+                "LAG-BYTES",
+                "APPLIED UP TO (remote_lsn)",
+            ],
+            &rows,
+        );
+    }
     outln!(
         "RPO now: {:.1} s, {} records at risk",
         st.rpo_seconds,

@@ -400,6 +400,18 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
     );
     std::thread::sleep(Duration::from_secs(2));
 
+    // The RPO ledger has the replica: its heartbeat age, the slot's bytes, remote_lsn.
+    let out = haven(&["--json", "--config", &lab.cfg, "failover", "status"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let db = &st["databases"][0];
+    assert_eq!(db["database"], "ledger-eu", "{st}");
+    assert_eq!(db["source"], "ledger-us", "{st}");
+    assert!(db["lag_seconds"].as_f64().is_some_and(|s| s < 30.0), "{st}");
+    assert!(
+        db["lag_bytes"].is_i64() && db["remote_lsn"].is_string(),
+        "{st}"
+    );
+
     // The plan, then the switchover itself.
     let out = haven(&[
         "--config",

@@ -30,6 +30,24 @@ pub struct LedgerRow {
     pub partition: PartitionStatus,
 }
 
+/// One replicated database in the RPO ledger: the replica a failover would promote.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseRow {
+    /// The replica (in the region a failover would go to).
+    pub database: String,
+    pub region: String,
+    /// Its source, in the active region.
+    pub source: String,
+    /// `now() - heartbeat` on the replica: how stale it is, in seconds (includes the clock
+    /// skew between the servers). What a failover now would lose is at most this.
+    pub lag_seconds: Option<f64>,
+    /// WAL bytes the source's slot holds that the replica has not confirmed.
+    pub lag_bytes: Option<i64>,
+    /// The source LSN up to which the replica applied (the divergence anchor).
+    pub remote_lsn: Option<String>,
+    pub subscription_enabled: Option<bool>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct FailoverStatus {
     pub primary: String,
@@ -46,6 +64,8 @@ pub struct FailoverStatus {
     /// still call itself leader for a moment after losing its peers: this counts peers.
     pub quorum: bool,
     pub ledger: Vec<LedgerRow>,
+    /// Per replicated database.
+    pub databases: Vec<DatabaseRow>,
     /// The worst lag in seconds and the records an unplanned failover would lose now.
     pub rpo_seconds: f64,
     pub records_at_risk: i64,
@@ -113,9 +133,12 @@ pub async fn status(cfg: &Config) -> Result<FailoverStatus> {
             Err(e) => unknown.push(format!("mirror {mirror} into {name}: {e}")),
         }
     }
+    let active = holder.as_ref().map(|h| h.region.clone());
+    let databases = databases(cfg, active.as_deref(), &mut unknown).await;
     let rpo_seconds = ledger
         .iter()
         .map(|r| r.partition.lag_seconds)
+        .chain(databases.iter().filter_map(|d| d.lag_seconds))
         .fold(0.0, f64::max);
     let records_at_risk = ledger
         .iter()
@@ -133,8 +156,77 @@ pub async fn status(cfg: &Config) -> Result<FailoverStatus> {
         members,
         quorum,
         ledger,
+        databases,
         rpo_seconds,
         records_at_risk,
         unknown,
     })
+}
+
+/// Every database not in the active region, with its peer as the source.
+async fn databases(
+    cfg: &Config,
+    active: Option<&str>,
+    unknown: &mut Vec<String>,
+) -> Vec<DatabaseRow> {
+    let mut rows = Vec::new();
+    for (name, d) in &cfg.databases {
+        if Some(d.region.as_str()) == active {
+            continue;
+        }
+        let Some((source, _)) = super::config::peer_of(cfg, name) else {
+            continue;
+        };
+        let mut row = DatabaseRow {
+            database: name.clone(),
+            region: d.region.clone(),
+            source: source.clone(),
+            lag_seconds: None,
+            lag_bytes: None,
+            remote_lsn: None,
+            subscription_enabled: None,
+        };
+        match connect(cfg, name).await {
+            Ok(pg) => match pg.replica_lag(&d.subscription).await {
+                Ok(l) => {
+                    row.lag_seconds = l.seconds;
+                    row.remote_lsn = l.subscription.as_ref().and_then(|s| s.remote_lsn.clone());
+                    row.subscription_enabled = l.subscription.as_ref().map(|s| s.enabled);
+                    if l.subscription.is_none() {
+                        unknown.push(format!(
+                            "database {name}: no subscription {:?} (not a replica now)",
+                            d.subscription
+                        ));
+                    }
+                }
+                Err(e) => unknown.push(e.to_string()),
+            },
+            Err(e) => unknown.push(e),
+        }
+        match connect(cfg, source).await {
+            Ok(pg) => match pg.slot_lag(&d.subscription).await {
+                Ok(l) => row.lag_bytes = l.map(|l| l.bytes),
+                Err(e) => unknown.push(e.to_string()),
+            },
+            Err(e) => unknown.push(format!("{e} (source of {name})")),
+        }
+        rows.push(row);
+    }
+    rows
+}
+
+async fn connect(cfg: &Config, name: &str) -> std::result::Result<haven_pg::Pg, String> {
+    let d = cfg
+        .databases
+        .get(name)
+        .ok_or_else(|| format!("no database {name}"))?;
+    let password = d.password(name).map_err(|(k, m)| format!("{k}: {m}"))?;
+    haven_pg::Pg::connect(
+        name,
+        &d.url,
+        password.as_deref(),
+        std::time::Duration::from_secs(3),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
