@@ -295,6 +295,32 @@ impl Coordinator {
         }))
     }
 
+    /// Rewrites the `agent` field of the leader key if it is still the tenure
+    /// (`rev`, `lease`): a plan hands its finished tenure to the region's agent. Whether
+    /// it was still that tenure.
+    pub async fn relabel(&mut self, rev: i64, lease: i64, agent: &str) -> Result<bool> {
+        let Some(mut h) = self.holder().await? else {
+            return Ok(false);
+        };
+        if h.rev != rev || h.lease != lease {
+            return Ok(false);
+        }
+        h.agent = agent.to_string();
+        let value = serde_json::to_string(&h).unwrap_or_default();
+        let leader = self.key("leader");
+        let txn = Txn::new()
+            .when(vec![
+                Compare::create_revision(leader.clone(), CompareOp::Equal, rev),
+                Compare::lease(leader.clone(), CompareOp::Equal, lease),
+            ])
+            .and_then(vec![TxnOp::put(
+                leader,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
     /// Carries on a tenure another process took for this region (a switchover or failover
     /// run from the CLI): renews the same lease. None if `holder` no longer holds it.
     pub async fn adopt(&mut self, holder: &Holder, ttl: Duration) -> Result<Option<Tenure>> {

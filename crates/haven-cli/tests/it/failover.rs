@@ -374,7 +374,7 @@ fn at_most_one_region_claims_the_lease_through_a_restart_and_a_frozen_holder() {
     let before = rt.block_on(op.epoch()).unwrap();
     let taken = loop {
         match rt
-            .block_on(op.acquire("eu", "failover:operator", Duration::from_secs(30), 0))
+            .block_on(op.acquire("eu", "plan:failover:operator", Duration::from_secs(30), 0))
             .unwrap()
         {
             haven_etcd::Acquired::Won(t) => break *t,

@@ -23,6 +23,8 @@ struct Lab {
     dir: tempfile::TempDir,
     cfg: String,
     agents: Vec<(String, u16, std::process::Child)>,
+    /// US's links to the etcd members (empty unless asked for).
+    us_links: Vec<testbed::DelayProxy>,
 }
 
 impl Drop for Lab {
@@ -68,6 +70,12 @@ fn spawn_agent(cfg: &str, region: &str, port: u16, state: &std::path::Path) -> s
 }
 
 fn lab_with(mode: &str) -> Lab {
+    lab_linked(mode, false)
+}
+
+/// With `cut_links`, US's agent reaches the etcd members through proxies the test can
+/// cut: a partition of US from EU and the witness (as far as coordination goes).
+fn lab_linked(mode: &str, cut_links: bool) -> Lab {
     let etcd = EtcdCluster::start(3).unwrap();
     let (us, eu) = (Postgres::start().unwrap(), Postgres::start().unwrap());
     rt().block_on(async {
@@ -163,11 +171,29 @@ server = "eu"
         dir,
         cfg,
         agents: vec![],
+        us_links: vec![],
     };
+    let mut us_cfg = lab.cfg.clone();
+    if cut_links {
+        let mut text = std::fs::read_to_string(&lab.cfg).unwrap();
+        for i in 0..3 {
+            let port = lab._etcd.client_port(i);
+            let link = testbed::DelayProxy::start(0, port, Duration::ZERO).unwrap();
+            text = text.replace(
+                &format!("127.0.0.1:{port}\""),
+                &format!("127.0.0.1:{}\"", link.port()),
+            );
+            lab.us_links.push(link);
+        }
+        let p = lab.dir.path().join("haven-us.toml");
+        std::fs::write(&p, text).unwrap();
+        us_cfg = path(&p);
+    }
     for region in ["us", "eu"] {
         let port = testbed::free_port().unwrap();
         let state = lab.dir.path().join(format!("agent-{region}"));
-        let child = spawn_agent(&lab.cfg, region, port, &state);
+        let cfg = if region == "us" { &us_cfg } else { &lab.cfg };
+        let child = spawn_agent(cfg, region, port, &state);
         lab.agents.push((region.into(), port, child));
     }
     lab
@@ -222,19 +248,23 @@ async fn writes_directly(pg_port: u16) -> bool {
     ok
 }
 
+/// When, whether US and EU took an application write directly, and which database a
+/// write through the route reached.
+type Sample = (Instant, bool, bool, Option<u16>);
+
 /// Samples every 100 ms until stopped: violations (more than one region accepting
 /// writes, an epoch going down) as text.
 fn sampler(
     lab: &Lab,
     stop: Arc<AtomicBool>,
     violations: Arc<Mutex<Vec<String>>>,
-) -> std::thread::JoinHandle<usize> {
+) -> std::thread::JoinHandle<Vec<Sample>> {
     let proxy_port = lab.proxy.port("be_write");
     let (us_port, eu_port) = (lab.us.port(), lab.eu.port());
     let agent_ports: Vec<u16> = lab.agents.iter().map(|a| a.1).collect();
     std::thread::spawn(move || {
         let rt = rt();
-        let mut samples = 0;
+        let mut samples = Vec::new();
         // Per agent: the epoch each one reports never goes down.
         let mut max_epoch = vec![0u64; agent_ports.len()];
         while !stop.load(Ordering::SeqCst) {
@@ -269,7 +299,7 @@ fn sampler(
                     max_epoch[i] = max_epoch[i].max(e);
                 }
             }
-            samples += 1;
+            samples.push((at, us_direct, eu_direct, route));
             std::thread::sleep(Duration::from_millis(100).saturating_sub(at.elapsed()));
         }
         samples
@@ -457,7 +487,8 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
     stop_writer.store(true, Ordering::SeqCst);
     let acked = writing.join().unwrap();
     stop.store(true, Ordering::SeqCst);
-    let samples = sampling.join().unwrap();
+    let all_samples = sampling.join().unwrap();
+    let samples = all_samples.len();
 
     // Zero loss: every acknowledged write is in EU, row for row; reverse replication
     // brings EU's writes to US.
@@ -615,7 +646,8 @@ fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
     stop_writer.store(true, Ordering::SeqCst);
     let acked = writing.join().unwrap();
     stop.store(true, Ordering::SeqCst);
-    let samples = sampling.join().unwrap();
+    let all_samples = sampling.join().unwrap();
+    let samples = all_samples.len();
     let eu_port = lab.eu.port();
     let first_eu = acked.iter().find(|a| a.2 == eu_port).map(|a| a.1 - killed);
     assert!(
@@ -693,7 +725,8 @@ fn the_standby_agent_fails_over_by_itself_in_automatic_mode() {
     stop_writer.store(true, Ordering::SeqCst);
     let acked = writing.join().unwrap();
     stop.store(true, Ordering::SeqCst);
-    let samples = sampling.join().unwrap();
+    let all_samples = sampling.join().unwrap();
+    let samples = all_samples.len();
     let eu_port = lab.eu.port();
     let rto = acked
         .iter()
@@ -724,5 +757,95 @@ fn the_standby_agent_fails_over_by_itself_in_automatic_mode() {
     assert!(
         entries.iter().any(|e| e["epoch"] == epoch_before + 1),
         "{entries:?}"
+    );
+}
+
+#[test]
+fn a_short_flap_changes_nothing_and_a_partition_of_us_fails_over_to_eu() {
+    let lab = lab_linked("automatic", true);
+    let (us_agent, eu_agent) = (lab.agents[0].1, lab.agents[1].1);
+    let proxy_port = lab.proxy.port("be_write");
+    until(
+        "US takes the lease and opens its route",
+        Duration::from_secs(30),
+        || {
+            super::failover::lease_status(us_agent) == Some(200)
+                && rt().block_on(write_via_route(proxy_port)) == Some(lab.us.port())
+        },
+    );
+    let epoch_before = super::failover::lease_epoch_of(us_agent).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let sampling = sampler(&lab, stop.clone(), violations.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    let set_links = |down: bool| lab.us_links.iter().for_each(|l| l.set_down(down));
+
+    // A flap shorter than the detection time (TTL 3 s, 2 checks): no failover.
+    set_links(true);
+    std::thread::sleep(Duration::from_millis(800));
+    set_links(false);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        super::failover::lease_epoch_of(eu_agent),
+        Some(epoch_before),
+        "a short flap caused a failover"
+    );
+    until(
+        "US takes writes again after the flap",
+        Duration::from_secs(10),
+        || rt().block_on(write_via_route(proxy_port)) == Some(lab.us.port()),
+    );
+
+    // US is cut off from the etcd quorum for good: it fences itself, EU takes over.
+    let cut = Instant::now();
+    set_links(true);
+    until("EU takes over by itself", Duration::from_secs(40), || {
+        super::failover::lease_status(eu_agent) == Some(200)
+            && rt().block_on(write_via_route(proxy_port)) == Some(lab.eu.port())
+    });
+    let rto = cut.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    let all_samples = sampling.join().unwrap();
+    let samples = all_samples.len();
+    eprintln!("partition: EU took writes {rto:?} after US was cut off; {samples} samples");
+    // US fenced itself (its agent could not renew) before EU opened: no sample after the
+    // cut where US took a write once EU did, and US stopped before EU started.
+    let us_port = lab.us.port();
+    let eu_port = lab.eu.port();
+    let us_stopped = all_samples
+        .iter()
+        .find(|s| s.0 > cut && !s.1 && s.3 != Some(us_port))
+        .map(|s| s.0)
+        .expect("US never stopped taking writes");
+    let eu_started = all_samples
+        .iter()
+        .find(|s| s.0 > cut && (s.2 || s.3 == Some(eu_port)))
+        .map(|s| s.0)
+        .expect("EU never took writes");
+    assert!(us_stopped < eu_started, "US was still open when EU opened");
+    eprintln!(
+        "US fenced itself {:?} after the cut; EU opened {:?} after it",
+        us_stopped - cut,
+        eu_started - cut
+    );
+    let v = violations.lock().unwrap();
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(
+        super::failover::lease_epoch_of(eu_agent),
+        Some(epoch_before + 1)
+    );
+    assert!(
+        !rt().block_on(writes_directly(lab.us.port())),
+        "the cut-off US still takes application writes"
+    );
+    // Healing the link does not give US its writes back: EU is active now.
+    set_links(false);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(super::failover::lease_status(us_agent), Some(503));
+    assert!(!rt().block_on(writes_directly(lab.us.port())));
+    assert_eq!(
+        rt().block_on(write_via_route(proxy_port)),
+        Some(lab.eu.port())
     );
 }

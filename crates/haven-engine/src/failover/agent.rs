@@ -32,6 +32,10 @@ struct Known {
     valid_until: Option<Instant>,
     /// The last round read the lease (etcd answered).
     read_ok: bool,
+    /// The tenure is this agent's own (taken by it, or by it before a restart), not one a
+    /// switchover or failover plan took: only then does the agent let its region take
+    /// writes again by itself after fencing it.
+    own: bool,
 }
 
 /// The lease as `/lease` and the metrics show it.
@@ -128,7 +132,8 @@ pub async fn run(
     let mut tenure: Option<Tenure> = None;
     let mut ops = RegionOps::new(cfg, &region);
     let mut standby = Standby::default();
-    // This region is known fenced (None: not known, or it takes writes).
+    // What this agent last made of its region: Some(true) fenced, Some(false) open (taking
+    // writes), None not known (start, a failed step, or a plan's tenure).
     let mut fenced: Option<bool> = None;
     loop {
         if coord.is_none() {
@@ -141,7 +146,7 @@ pub async fn run(
             }
         }
         if let Some(c) = coord.as_mut() {
-            let won = tick(
+            tick(
                 c,
                 agent,
                 &mut tenure,
@@ -152,15 +157,18 @@ pub async fn run(
                 observer,
             )
             .await;
-            if won {
-                // The last active region took the lease back by itself (a fresh start, or
-                // its own restart after the lease ran out): it takes writes again.
-                ops.resume(observer).await;
-            }
         }
         let view = agent.view();
         if view.holder {
-            fenced = None;
+            let own = agent.known.lock().map(|k| k.own).unwrap_or(false);
+            if own && fenced != Some(false) {
+                // This agent's own tenure (taken by itself as the last active region, or
+                // kept through a restart or a short cut): the region takes writes. A
+                // plan's tenure is left to the plan, which opens the region last.
+                fenced = ops.resume(observer).await.then_some(false);
+            } else if !own {
+                fenced = None;
+            }
             ops.beat(observer).await;
         } else {
             // Fence: when this region may not take writes (standby, lease lost, claim run
@@ -264,16 +272,20 @@ async fn tick(
     });
     if let Some(h) = &holder {
         // Carry on a tenure of this region that this agent held before a restart (same
-        // id), or that a switchover or failover took for it. Another agent's tenure in
-        // the same region is left alone: it expires if that agent is gone.
-        let plan_took_it = h.agent.starts_with("switchover:") || h.agent.starts_with("failover:");
-        if h.region == region && (h.agent == agent_id || plan_took_it) {
+        // id), that a switchover or failover plan holds for it, or that a finished plan
+        // handed to it. Another agent's tenure in the same region is left alone: it
+        // expires if that agent is gone.
+        let by_plan = h.agent.starts_with(super::run::PLAN_PREFIX);
+        let handed = h.agent == super::run::handed_to(&region);
+        if h.region == region && (h.agent == agent_id || by_plan || handed) {
             let sent = Instant::now();
             match c.adopt(h, ttl).await {
                 Ok(Some(t)) => {
+                    let own = !by_plan;
                     agent.set(|k| {
                         k.valid_until = Some(sent + claim);
                         k.epoch = k.epoch.max(t.epoch);
+                        k.own = own;
                     });
                     observer.event(&Event::LeaseAcquired {
                         region: region.clone(),
@@ -313,6 +325,7 @@ async fn tick(
                 k.valid_until = Some(sent + claim);
                 k.epoch = t.epoch;
                 k.holder = Some(region.clone());
+                k.own = true;
             });
             observer.event(&Event::LeaseAcquired {
                 region: region.clone(),

@@ -92,6 +92,11 @@ pub enum FailoverStep {
         database: String,
         publication: String,
     },
+    /// Hand the finished plan's tenure to `region`'s agent (which then keeps the region
+    /// open by itself, or fences it if it loses the lease).
+    Finish {
+        region: String,
+    },
     /// Subscribe the database to `publisher`'s publication (reverse replication; no
     /// initial copy: both hold the same rows).
     Subscribe {
@@ -156,6 +161,7 @@ impl executor::Step for FailoverStep {
                 publisher,
                 ..
             } => format!("subscribe {database} to {publisher} (reverse replication)"),
+            FailoverStep::Finish { region } => format!("hand the lease to {region}'s agent"),
         }
     }
 }
@@ -318,6 +324,7 @@ pub fn build(
     for r in &new_routes {
         steps.push(FailoverStep::OpenRoute { route: r.clone() });
     }
+    steps.push(FailoverStep::Finish { region: to.into() });
     Ok(FailoverPlan {
         kind,
         from: from.into(),

@@ -22,6 +22,15 @@ use crate::{Error, Result};
 
 const PG_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The `agent` of a tenure a plan holds (`plan:KIND:WHO`): the region's agent carries it
+/// on but leaves opening the region to the plan.
+pub const PLAN_PREFIX: &str = "plan:";
+
+/// The `agent` of a tenure a finished plan handed to the region's agent.
+pub fn handed_to(region: &str) -> String {
+    format!("handed:{region}")
+}
+
 /// Where a plan and its progress live: `STATE/KIND-to-REGION.json`.
 pub fn plan_path(state_dir: &Path, kind: Kind, to: &str) -> PathBuf {
     state_dir.join(format!("{}-to-{to}.json", kind.as_str()))
@@ -432,7 +441,7 @@ impl FailoverRunner<'_> {
                 self.plan.base_epoch
             )));
         }
-        let agent = format!("{}:{}", self.plan.kind.as_str(), self.agent_id);
+        let agent = format!("{PLAN_PREFIX}{}:{}", self.plan.kind.as_str(), self.agent_id);
         let got = self
             .coord
             .take_over(region, &agent, ttl, epoch, from)
@@ -528,6 +537,32 @@ impl Runner<FailoverStep> for FailoverRunner<'_> {
                 }
             }
             FailoverStep::OpenRoute { route } => self.route(index, route, Action::Open).await,
+            FailoverStep::Finish { region } => {
+                let (rev, lease) = match &self.tenure {
+                    Some(t) => (t.rev, t.lease),
+                    None => {
+                        let h = self.coord.holder().await.map_err(etcd_error)?;
+                        match h {
+                            Some(h) if h.region == *region => (h.rev, h.lease),
+                            _ => {
+                                return Err(
+                                    self.stale(format!("{region} no longer holds the lease"))
+                                )
+                            }
+                        }
+                    }
+                };
+                let label = handed_to(region);
+                if !self
+                    .coord
+                    .relabel(rev, lease, &label)
+                    .await
+                    .map_err(etcd_error)?
+                {
+                    return Err(self.stale(format!("{region}'s tenure ended before the hand-over")));
+                }
+                Ok(serde_json::json!({"agent": label}))
+            }
             FailoverStep::Fence {
                 database,
                 best_effort,
