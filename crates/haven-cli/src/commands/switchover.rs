@@ -125,6 +125,9 @@ pub async fn run_plan(
         return Ok(0);
     }
     confirm(a.yes, &format!("{title}:\n{}", lines.join("\n")))?;
+    if !ctx.json {
+        eprintln!("{title}");
+    }
     let observer = crate::observer::CliObserver::new(ctx.json);
     let agent_id = format!(
         "cli@{}",

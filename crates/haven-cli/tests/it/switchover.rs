@@ -849,3 +849,75 @@ fn a_short_flap_changes_nothing_and_a_partition_of_us_fails_over_to_eu() {
         Some(lab.eu.port())
     );
 }
+
+#[test]
+fn a_switchover_that_fails_half_way_stays_fenced_and_continues_when_run_again() {
+    let lab = lab();
+    let us_agent = lab.agents[0].1;
+    let proxy_port = lab.proxy.port("be_write");
+    until(
+        "US takes the lease and opens its route",
+        Duration::from_secs(30),
+        || {
+            super::failover::lease_status(us_agent) == Some(200)
+                && rt().block_on(write_via_route(proxy_port)) == Some(lab.us.port())
+        },
+    );
+    let epoch_before = super::failover::lease_epoch_of(us_agent).unwrap();
+    // A hook that tells EU's clients where to write, failing until its marker exists.
+    let marker = lab.dir.path().join("dns-ready");
+    let mut text = std::fs::read_to_string(&lab.cfg).unwrap();
+    text.push_str(&format!(
+        "\n[routes.clients-eu]\nregion = \"eu\"\nkind = \"command\"\ncommand = \"test -f {} || {{ echo 'DNS API down' >&2; exit 1; }}\"\n",
+        marker.display()
+    ));
+    std::fs::write(&lab.cfg, text).unwrap();
+    let state = path(&lab.dir.path().join("state"));
+    let run = || {
+        haven(&[
+            "--config",
+            &lab.cfg,
+            "switchover",
+            "--to",
+            "eu",
+            "--yes",
+            "--state-dir",
+            &state,
+        ])
+    };
+    let out = run();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("open route clients-eu")
+            && err.contains("DNS API down")
+            && err.contains("run the same command again"),
+        "{err}"
+    );
+    // Stopped after the lease moved and before EU's write route opened: US is fenced,
+    // nothing reaches EU through the proxy yet.
+    assert!(!rt().block_on(writes_directly(lab.us.port())));
+    assert_ne!(
+        rt().block_on(write_via_route(proxy_port)),
+        Some(lab.us.port())
+    );
+
+    std::fs::write(&marker, "").unwrap();
+    let out = run();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        stderr(&out).contains("continuing after step"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        text.contains(&format!("epoch {}", epoch_before + 1)),
+        "{text}"
+    );
+    until(
+        "a write lands in EU through the route",
+        Duration::from_secs(20),
+        || rt().block_on(write_via_route(proxy_port)) == Some(lab.eu.port()),
+    );
+}
