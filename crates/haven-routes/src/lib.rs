@@ -4,11 +4,15 @@
 //!   admin`). Closing a server is `set server B/S state maint` then `shutdown sessions
 //!   server B/S` (maintenance alone leaves open connections alone); opening is
 //!   `state ready`. Both are checked with `show servers state`.
+//! - [`dns::DnsRoute`]: an RFC 2136 update signed with TSIG, with the epoch as a
+//!   prerequisite so the DNS server itself refuses a stale writer.
 //! - [`run_hook`]: a command (`sh -c`) or an HTTP endpoint told the action, the region, the
 //!   active region and the epoch, so a receiver can refuse an older epoch than it has seen.
 //!
 //! Every call is bounded by a timeout. Nothing here decides anything: the engine says
 //! which route to open or close, with which epoch.
+
+pub mod dns;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +36,8 @@ pub enum RouteError {
     },
     #[error("route {route}: {message}")]
     Hook { route: String, message: String },
+    #[error("route {route}: DNS: {message}")]
+    Dns { route: String, message: String },
 }
 
 pub type Result<T, E = RouteError> = std::result::Result<T, E>;

@@ -3,7 +3,8 @@
 //! One call starts a server on a free loopback port in a temporary directory and waits
 //! until it answers: [`Broker::start`] (tansu), [`Postgres::start`] (initdb + pg_ctl),
 //! [`S3Server::start`] (Garage), [`EtcdCluster::start`] (etcd 3.4 members),
-//! [`Haproxy::start`] (HAProxy 2.6 with its runtime API). Dropping the handle stops the server and removes its
+//! [`Haproxy::start`] (HAProxy 2.6 with its runtime API), [`Knot::start`] (Knot DNS with TSIG
+//! updates). Dropping the handle stops the server and removes its
 //! directory, also when a test panics; if the test is panicking, the server's log is printed.
 //! A missing server binary is an error that names the command installing it.
 
@@ -11,6 +12,7 @@ mod broker;
 mod etcd;
 mod haproxy;
 mod independent;
+mod knot;
 mod postgres;
 mod process;
 mod proxy;
@@ -20,6 +22,7 @@ pub use broker::{Broker, Consumed, Producer, Rec};
 pub use etcd::EtcdCluster;
 pub use haproxy::{Haproxy, HaproxyBackend};
 pub use independent::independent_read;
+pub use knot::Knot;
 pub use postgres::Postgres;
 pub use process::{find_tool, free_port};
 pub use proxy::DelayProxy;
