@@ -7,7 +7,7 @@
 #     client's build (protobuf-compiler) and etcd 3.4 for failover coordination
 #     (etcd-server; its own service is not used: tests start throwaway members), and the
 #     failover tests' routes and replication: HAProxy 2.6 (haproxy), the Knot DNS server
-#     (knot) and Postgres' wal2json plugin (postgresql-15-wal2json); their services are
+#     (knot; kdig from knot-dnsutils checks it independently) and Postgres' wal2json plugin (postgresql-15-wal2json); their services are
 #     not used either: tests start their own on free ports;
 #   - the tansu 0.6.0 Kafka-compatible broker (cargo install, ~11 minutes the first time);
 #   - the Garage 2.5.0 S3-compatible object server (cargo install, ~10 minutes the first time);
@@ -28,7 +28,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # 1. Debian packages -------------------------------------------------------------------
-packages=(cmake libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev postgresql pkg-config python3 python3-venv protobuf-compiler etcd-server haproxy knot postgresql-15-wal2json)
+packages=(cmake libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev postgresql pkg-config python3 python3-venv protobuf-compiler etcd-server haproxy knot knot-dnsutils postgresql-15-wal2json)
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

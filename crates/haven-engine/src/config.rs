@@ -592,7 +592,11 @@ mod tests {
             ("[databases.x]\nregion = \"eu\"\nurl = \"postgresql://h@db/x\"\nrolez = []\n", "rolez"),
             ("[routes.r]\nregion = \"us\"\nkind = \"haproxy\"\nsocket = \"/s\"\nbackend = \"b\"\n", "routes.r.server"),
             ("[routes.r]\nregion = \"us\"\nkind = \"http\"\nurl = \"ftp://x\"\n", "routes.r.url"),
-            ("[routes.r]\nregion = \"us\"\nkind = \"dns\"\n", "unknown variant `dns`, expected one of"),
+            ("[routes.r]\nregion = \"us\"\nkind = \"bgp\"\n", "unknown variant `bgp`, expected one of"),
+            ("[routes.r]\nregion = \"us\"\nkind = \"dns\"\n", "routes.r.dns_server"),
+            ("[routes.r]\nregion = \"us\"\nkind = \"dns\"\ndns_server = \"ns:53\"\nzone = \"z.\"\nname = \"k.z.\"\naddress = \"10.0.0.1\"\nkey_name = \"k\"\nkey_file = \"/k\"\n", "is not IP:PORT"),
+            ("[routes.r]\nregion = \"us\"\nkind = \"dns\"\ndns_server = \"10.0.0.53:53\"\nzone = \"z.\"\nname = \"k.other.\"\naddress = \"10.0.0.1\"\nkey_name = \"k\"\nkey_file = \"/k\"\n", "not in zone"),
+            ("[routes.r]\nregion = \"us\"\nkind = \"dns\"\ndns_server = \"10.0.0.53:53\"\nzone = \"z.\"\nname = \"k.z.\"\naddress = \"10.0.0.1\"\nkey_name = \"k\"\n", "key_secret_env or key_file"),
             ("[routes.r]\nregion = \"asia\"\nkind = \"command\"\ncommand = \"true\"\n", "routes.r.region"),
         ];
         for (extra, want) in cases {

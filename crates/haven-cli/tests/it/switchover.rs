@@ -20,6 +20,7 @@ struct Lab {
     us: Postgres,
     eu: Postgres,
     proxy: Haproxy,
+    dns: testbed::Knot,
     dir: tempfile::TempDir,
     cfg: String,
     agents: Vec<(String, u16, std::process::Child)>,
@@ -34,6 +35,34 @@ impl Drop for Lab {
             let _ = c.wait();
         }
     }
+}
+
+const TSIG_B64: &str = "aGF2ZW4tdGVzdC1rZXktMzItYnl0ZXMtbG9uZy4uLi4=";
+
+/// Where `kafka.dr.example.` points, and the epoch beside it, at the lab's DNS server.
+fn dns_state(lab: &Lab) -> (Vec<String>, Option<String>) {
+    let dig = |name: &str, kind: &str| -> Vec<String> {
+        let out = std::process::Command::new("kdig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &lab.dns.port().to_string(),
+                name,
+                kind,
+                "+short",
+            ])
+            .output()
+            .expect("kdig (apt-get install knot-dnsutils)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().trim_matches('"').to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    (
+        dig("kafka.dr.example.", "A"),
+        dig("_epoch.kafka.dr.example.", "TXT").pop(),
+    )
 }
 
 const SCHEMA: &str = "CREATE TABLE accounts (id bigserial PRIMARY KEY, owner text NOT NULL);
@@ -104,6 +133,10 @@ fn lab_linked(mode: &str, cut_links: bool) -> Lab {
     }])
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let dns =
+        testbed::Knot::start("dr.example.", &["kafka A 10.0.0.1"], "haven", TSIG_B64).unwrap();
+    let key_file = dir.path().join("tsig.key");
+    std::fs::write(&key_file, TSIG_B64).unwrap();
     let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
     let socket = path(&proxy.socket());
     let text = format!(
@@ -155,10 +188,32 @@ kind = "haproxy"
 socket = "{socket}"
 backend = "be_write"
 server = "eu"
+
+[routes.dns-us]
+region = "us"
+kind = "dns"
+dns_server = "127.0.0.1:{dns_port}"
+zone = "dr.example."
+name = "kafka.dr.example."
+address = "10.0.0.1"
+key_name = "haven"
+key_file = "{key_file}"
+
+[routes.dns-eu]
+region = "eu"
+kind = "dns"
+dns_server = "127.0.0.1:{dns_port}"
+zone = "dr.example."
+name = "kafka.dr.example."
+address = "10.0.1.1"
+key_name = "haven"
+key_file = "{key_file}"
 "#,
         endpoints = endpoints.join(", "),
         us_url = us.url("postgres"),
         eu_url = eu.url("postgres"),
+        dns_port = dns.port(),
+        key_file = path(&key_file),
     );
     let cfg = dir.path().join("haven.toml");
     std::fs::write(&cfg, text).unwrap();
@@ -168,6 +223,7 @@ server = "eu"
         us,
         eu,
         proxy,
+        dns,
         dir,
         cfg,
         agents: vec![],
@@ -476,6 +532,14 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["to"], "eu");
     assert_eq!(report["epoch"].as_u64(), Some(epoch_before + 1), "{report}");
+    // DNS points at EU, with the new epoch beside it.
+    assert_eq!(
+        dns_state(&lab),
+        (
+            vec!["10.0.1.1".to_string()],
+            Some((epoch_before + 1).to_string())
+        )
+    );
 
     // Writes go on, now into EU.
     until(
@@ -660,6 +724,14 @@ fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
         "no write was acknowledged after the failover"
     );
     assert_eq!(report["epoch"].as_u64(), Some(epoch_before + 1), "{report}");
+    assert_eq!(
+        dns_state(&lab),
+        (
+            vec!["10.0.1.1".to_string()],
+            Some((epoch_before + 1).to_string())
+        ),
+        "DNS must point at EU with the new epoch"
+    );
     let evidence = &report["evidence"][0];
     assert_eq!(evidence["database"], "ledger-eu", "{report}");
     assert!(evidence["remote_lsn"].is_string(), "{report}");

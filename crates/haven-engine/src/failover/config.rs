@@ -141,6 +141,8 @@ pub enum RouteKind {
     Command,
     /// An HTTP endpoint POSTed the change as JSON.
     Http,
+    /// A DNS name updated with RFC 2136 + TSIG, the epoch as a prerequisite.
+    Dns,
 }
 
 /// `[routes.NAME]`: a way writes reach one region. Opened only for the active region,
@@ -164,6 +166,25 @@ pub struct RouteSection {
     /// http: where to POST.
     #[serde(default)]
     pub url: Option<String>,
+    /// dns: the primary server (`IP:PORT`), the zone, the name clients resolve, this
+    /// region's address, the records' TTL, and the TSIG key (hmac-sha256; its base64
+    /// secret in an environment variable or a file).
+    #[serde(default)]
+    pub dns_server: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default = "default_dns_ttl")]
+    pub ttl: u32,
+    #[serde(default)]
+    pub key_name: Option<String>,
+    #[serde(default)]
+    pub key_secret_env: Option<String>,
+    #[serde(default)]
+    pub key_file: Option<String>,
     #[serde(default = "default_route_timeout")]
     pub timeout_ms: u64,
 }
@@ -172,9 +193,76 @@ fn default_route_timeout() -> u64 {
     5000
 }
 
+fn default_dns_ttl() -> u32 {
+    5
+}
+
 impl RouteSection {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// A `dns` route as the adapter takes it (the secret read from its env or file).
+    pub fn dns(&self, name: &str) -> Result<haven_routes::dns::DnsRoute, Problem> {
+        use base64::Engine as _;
+        let key = |k: &str| format!("routes.{name}.{k}");
+        let server = self
+            .dns_server
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| {
+                (
+                    key("dns_server"),
+                    format!("{:?} is not IP:PORT", self.dns_server),
+                )
+            })?;
+        let address = self
+            .address
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| {
+                (
+                    key("address"),
+                    format!("{:?} is not an IP address", self.address),
+                )
+            })?;
+        let secret = match (&self.key_secret_env, &self.key_file) {
+            (Some(var), _) => std::env::var(var).map_err(|_| {
+                (
+                    key("key_secret_env"),
+                    format!("the environment variable {var} is not set"),
+                )
+            })?,
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| (key("key_file"), format!("cannot read {file}: {e}")))?,
+            (None, None) => {
+                return Err((
+                    key("key_secret_env"),
+                    "a dns route needs its TSIG secret: key_secret_env or key_file".into(),
+                ))
+            }
+        };
+        let secret = base64::engine::general_purpose::STANDARD
+            .decode(secret.trim())
+            .map_err(|e| {
+                (
+                    key("key_secret_env"),
+                    format!("the TSIG secret is not base64: {e}"),
+                )
+            })?;
+        Ok(haven_routes::dns::DnsRoute {
+            route: name.into(),
+            server,
+            zone: self.zone.clone().unwrap_or_default(),
+            name: self.name.clone().unwrap_or_default(),
+            address,
+            ttl: self.ttl,
+            key_name: self.key_name.clone().unwrap_or_default(),
+            key: secret,
+            timeout: self.timeout(),
+        })
     }
 }
 
@@ -423,6 +511,13 @@ fn validate_routes(cfg: &Config) -> Result<(), Problem> {
             ],
             RouteKind::Command => &[("command", &r.command)],
             RouteKind::Http => &[("url", &r.url)],
+            RouteKind::Dns => &[
+                ("dns_server", &r.dns_server),
+                ("zone", &r.zone),
+                ("name", &r.name),
+                ("address", &r.address),
+                ("key_name", &r.key_name),
+            ],
         };
         for (k, v) in needs {
             if v.as_deref().is_none_or(str::is_empty) {
@@ -430,6 +525,44 @@ fn validate_routes(cfg: &Config) -> Result<(), Problem> {
                     key(k),
                     format!("a {:?} route needs {k}", r.kind).to_lowercase(),
                 ));
+            }
+        }
+        if r.kind == RouteKind::Dns {
+            if r.dns_server
+                .as_deref()
+                .unwrap_or_default()
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+            {
+                return Err((
+                    key("dns_server"),
+                    format!("{:?} is not IP:PORT", r.dns_server),
+                ));
+            }
+            if r.address
+                .as_deref()
+                .unwrap_or_default()
+                .parse::<std::net::IpAddr>()
+                .is_err()
+            {
+                return Err((
+                    key("address"),
+                    format!("{:?} is not an IP address", r.address),
+                ));
+            }
+            if r.key_secret_env.is_none() && r.key_file.is_none() {
+                return Err((
+                    key("key_secret_env"),
+                    "a dns route needs its TSIG secret: key_secret_env or key_file".into(),
+                ));
+            }
+            let (zone, n) = (
+                r.zone.clone().unwrap_or_default(),
+                r.name.clone().unwrap_or_default(),
+            );
+            let fq = |s: &str| s.trim_end_matches('.').to_string();
+            if !(fq(&n) == fq(&zone) || fq(&n).ends_with(&format!(".{}", fq(&zone)))) {
+                return Err((key("name"), format!("{n:?} is not in zone {zone:?}")));
             }
         }
         if let (RouteKind::Http, Some(u)) = (r.kind, &r.url) {

@@ -394,6 +394,15 @@ impl FailoverRunner<'_> {
                     .map_err(|e| Error::Unreachable(e.to_string()))?;
                 Ok(serde_json::json!({"admin_state": st.admin_state, "op_state": st.op_state}))
             }
+            RouteKind::Dns => {
+                let d = r
+                    .dns(route)
+                    .map_err(|(k, m)| Error::Input(format!("{k}: {m}")))?;
+                d.apply(action, self.epoch)
+                    .await
+                    .map_err(|e| Error::Unreachable(e.to_string()))?;
+                Ok(serde_json::json!({"epoch": self.epoch, "address": d.address}))
+            }
             RouteKind::Command | RouteKind::Http => {
                 let hook = if r.kind == RouteKind::Command {
                     Hook::Command(r.command.clone().unwrap_or_default())
