@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use haven_engine::backup::topic_regex;
+use haven_engine::failover;
 use haven_engine::mirror::{self, status, MirrorOptions};
 
 use super::{cluster, load_config, usage, ClusterArgs};
@@ -182,11 +183,44 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let mut opts = options(ctx, &a.ends)?;
     opts.once = a.once;
     opts.sync_interval = Duration::from_millis(a.sync_ms.max(100));
-    let rx = super::stop_on_signal();
+    // Stop on a signal, or (with failover configured) when the target becomes the active
+    // region: a mirror never writes into the active region.
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut signal = super::stop_on_signal();
+    let on_signal = tx.clone();
+    tokio::spawn(async move {
+        if signal.changed().await.is_ok() {
+            let _ = on_signal.send(true);
+        }
+    });
+    let cfg = load_config(ctx)?;
+    let guard = match failover::guard::region_of_cluster(&cfg, &opts.target_id) {
+        Some(region) => {
+            failover::guard::check_mirror_target(&cfg, &opts.name, &region).await?;
+            Some(tokio::spawn(failover::guard::stop_mirror_when_active(
+                cfg.clone(),
+                opts.name.clone(),
+                region,
+                tx.clone(),
+            )))
+        }
+        None => None,
+    };
     let observer = super::job_observer(ctx, a.metrics_addr.as_deref(), "mirror").await?;
     let report = mirror::run(&opts, &observer, rx).await;
     observer.finish();
     let report = report?;
+    if let Some(g) = guard {
+        if g.is_finished() {
+            if let Ok(why) = g.await {
+                if !why.is_empty() {
+                    return Err(anyhow::anyhow!("stopped: {why}"));
+                }
+            }
+        } else {
+            g.abort();
+        }
+    }
     if ctx.json {
         output::json(&report)?;
     } else {

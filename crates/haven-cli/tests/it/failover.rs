@@ -444,3 +444,78 @@ fn at_most_one_region_claims_the_lease_through_a_restart_and_a_frozen_holder() {
         "the woken agent answered {claims_after_wake} times"
     );
 }
+
+#[test]
+fn a_mirror_never_writes_into_the_active_region() {
+    let etcd = EtcdCluster::start(3).unwrap();
+    let us = Broker::start().unwrap();
+    let eu = Broker::start().unwrap();
+    us.create_topic("payments", 1).unwrap();
+    us.produce("payments", &[Rec::kv("k", "v")]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haven.toml");
+    std::fs::write(&cfg, config(&etcd, &us, &eu)).unwrap();
+    let cfg = path(&cfg);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut op = rt
+        .block_on(haven_etcd::Coordinator::connect(
+            &etcd.endpoints(),
+            "test",
+            Duration::from_secs(2),
+        ))
+        .unwrap();
+    let won = |a: haven_etcd::Acquired| match a {
+        haven_etcd::Acquired::Won(t) => *t,
+        haven_etcd::Acquired::Held(h) => panic!("held by {h:?}"),
+    };
+    // US active: the mirror into EU runs.
+    let us_tenure = won(rt
+        .block_on(op.acquire("us", "plan:test", Duration::from_secs(30), 0))
+        .unwrap());
+    let log = dir.path().join("mirror.log");
+    let mut mirror = std::process::Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args(["--config", &cfg, "mirror", "--job", "us-to-eu"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        mirror.try_wait().unwrap().is_none(),
+        "the mirror stopped while US was active"
+    );
+    // A failover makes EU active: the mirror stops by itself, within seconds.
+    rt.block_on(op.resign(us_tenure)).unwrap();
+    let moved = Instant::now();
+    let _eu_tenure = won(rt
+        .block_on(op.acquire("eu", "plan:test", Duration::from_secs(30), 0))
+        .unwrap());
+    let status = loop {
+        if let Some(st) = mirror.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(15),
+            "the mirror kept running into the active region"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("writes into region eu, which is the active region"),
+        "{text}"
+    );
+    eprintln!(
+        "the mirror stopped {:?} after EU became active",
+        moved.elapsed()
+    );
+    // And it refuses to start again (exit 2).
+    let out = haven(&["--config", &cfg, "mirror", "--job", "us-to-eu", "--once"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Run the reverse mirror"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod guard;
 pub mod plan;
 pub mod region;
 pub mod run;
