@@ -5,6 +5,7 @@ mod config;
 mod failover;
 mod foundation;
 mod hardening;
+mod lab;
 mod mirror;
 mod recovery;
 mod restore;

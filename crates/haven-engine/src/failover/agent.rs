@@ -1,14 +1,15 @@
-//! The agent's lease loop (`haven agent --region NAME`), the first part of Patroni's small,
-//! explicit HA loop: the region that holds the lease renews it every `ttl / 5`; the
-//! configured primary takes it when nobody holds it and it was the last active region (a
-//! fresh deployment, or its own restart). The region's claim to be writable, answered on
+//! The agent's loop (`haven agent --region NAME`), after Patroni's small, explicit HA loop:
+//! the region that holds the lease renews it every `ttl / 5`; a region takes a free lease
+//! only if it was the last active region (or is the primary of a fresh deployment), and
+//! carries on its own tenure after a restart and a plan's tenure taken for it. The region's claim to be writable, answered on
 //! `/lease` for load-balancer health checks, lasts `ttl / 2` after the start of its last
 //! successful renewal: a holder that cannot renew (cut off, frozen, etcd without quorum)
 //! stops claiming it well before the lease can expire and another region can take it, so
 //! at most one region claims it at any instant. A clean stop resigns the lease.
 //!
-//! Still to come (issue #11): the standby's gates and automatic takeover, fencing steps,
-//! promotion and routing.
+//! Each round, a region that does not claim the lease is fenced (`region.rs`); under its
+//! own tenure it is opened and its heartbeat stamped; the standby considers an automatic
+//! failover (`standby.rs`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

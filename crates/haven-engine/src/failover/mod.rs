@@ -1,14 +1,20 @@
-//! Failover between regions: the configuration (`config`), and what a failover would do and
-//! lose now (`status`). The region lease and the fencing epoch live in etcd, behind the
-//! `haven-etcd` adapter; this module owns what they mean.
+//! Failover between regions. The region lease and the fencing epoch live in etcd, behind
+//! the `haven-etcd` adapter; Postgres is operated through `haven-pg` and routes through
+//! `haven-routes`; this module owns what they mean:
 //!
-//! Still to come (issue #11): the agent's holder and standby loops, fencing, promotion,
-//! routing, switchover and failover as plans run by the engine's executor.
+//! - `config`: `[coordination]`, `[regions]`, `[failover]`, `[databases]`, `[routes]`;
+//! - `status`: the active region, its epoch and the RPO ledger;
+//! - `plan`, `preflight`, `run`: switchover and failover as plans run by the engine's
+//!   executor, every step under the fencing epoch;
+//! - `agent`, `region`, `standby`: the agent's loop (lease, fencing of its own region,
+//!   heartbeat, automatic failover);
+//! - `guard`: Haven's own writers (the mirror) stop when their target becomes active.
 
 pub mod agent;
 pub mod config;
 pub mod guard;
 pub mod plan;
+pub mod preflight;
 pub mod region;
 pub mod run;
 pub mod standby;
