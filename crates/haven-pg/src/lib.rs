@@ -236,6 +236,18 @@ impl Pg {
         .await
     }
 
+    /// Whether Haven's bookkeeping tables exist here.
+    pub async fn has_tables(&self) -> Result<bool> {
+        let rows = self
+            .rows(
+                "look for Haven's tables",
+                "SELECT to_regclass('haven.heartbeat') IS NOT NULL AND to_regclass('haven.barrier') IS NOT NULL
+                    AND to_regclass('haven.seq_snapshot') IS NOT NULL",
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get::<_, bool>(0)).unwrap_or(false))
+    }
+
     /// On the active side: stamps the heartbeat (time and transaction counter) and
     /// snapshots every sequence, in one transaction.
     pub async fn beat(&self) -> Result<()> {

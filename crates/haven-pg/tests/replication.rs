@@ -216,6 +216,10 @@ async fn errors_name_the_database() {
     let pg = Postgres::start().unwrap();
     let db = admin(&pg, "ledger-us").await;
     assert_eq!(db.published_tables("nope").await.unwrap(), None);
+    assert!(!db.has_tables().await.unwrap());
+    db.ensure_tables().await.unwrap();
+    db.ensure_tables().await.unwrap();
+    assert!(db.has_tables().await.unwrap());
     assert_eq!(
         db.missing_roles(&["postgres".into(), "ghost".into()])
             .await

@@ -48,6 +48,7 @@ pub async fn preflight(cfg: &Config, plan: &FailoverPlan) -> Result<()> {
                         ))
                     })?;
                 check_residency(database, &d.local_tables, &published)?;
+                require_tables(&pg, database).await?;
             }
             FailoverStep::Detach {
                 database,
@@ -71,6 +72,18 @@ pub async fn preflight(cfg: &Config, plan: &FailoverPlan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn require_tables(pg: &Pg, database: &str) -> Result<()> {
+    if pg.has_tables().await.map_err(pg_error)? {
+        Ok(())
+    } else {
+        Err(Error::Input(format!(
+            "database {database} has no haven.heartbeat / haven.barrier / haven.seq_snapshot: \
+             start the region's agent once (it creates them), on both sides, then \
+             ALTER SUBSCRIPTION ... REFRESH PUBLICATION on the replica"
+        )))
+    }
 }
 
 pub fn check_residency(database: &str, local: &[String], published: &[String]) -> Result<()> {

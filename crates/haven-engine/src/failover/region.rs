@@ -39,6 +39,9 @@ impl<'a> RegionOps<'a> {
             let pg = Pg::connect(name, &d.url, password.as_deref(), PG_TIMEOUT)
                 .await
                 .ok()?;
+            // Haven's bookkeeping tables (idempotent; the replica gets the rows once its
+            // subscription includes them).
+            pg.ensure_tables().await.ok()?;
             self.dbs.insert(name.to_string(), pg);
         }
         self.dbs.get(name)
