@@ -459,3 +459,18 @@ pub(crate) fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Waits until US's agent holds the lease and US takes writes through the route (the
+/// primary of a fresh deployment); returns the epoch.
+pub(crate) fn us_active(lab: &Lab) -> u64 {
+    let us_agent = lab.agents[0].1;
+    until(
+        "US takes the lease and opens its route",
+        Duration::from_secs(30),
+        || {
+            super::failover::lease_status(us_agent) == Some(200)
+                && rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.us.port())
+        },
+    );
+    super::failover::lease_epoch_of(us_agent).expect("US's agent reports its epoch")
+}

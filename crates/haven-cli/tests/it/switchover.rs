@@ -16,17 +16,9 @@ use crate::{code, haven, path, stderr};
 #[test]
 fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
     let lab = lab();
-    let (us_agent, eu_agent) = (lab.agents[0].1, lab.agents[1].1);
+    let eu_agent = lab.agents[1].1;
     // The primary's agent takes the lease on a fresh deployment and opens its route.
-    until(
-        "US takes the lease and opens its route",
-        Duration::from_secs(30),
-        || {
-            super::failover::lease_status(us_agent) == Some(200)
-                && rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.us.port())
-        },
-    );
-    let epoch_before = super::failover::lease_epoch_of(us_agent).unwrap();
+    let epoch_before = us_active(&lab);
     let state = lab.dir.path().join("state");
     let state = path(&state);
 
@@ -181,16 +173,8 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
 #[test]
 fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
     let mut lab = lab();
-    let (us_agent, eu_agent) = (lab.agents[0].1, lab.agents[1].1);
-    until(
-        "US takes the lease and opens its route",
-        Duration::from_secs(30),
-        || {
-            super::failover::lease_status(us_agent) == Some(200)
-                && rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.us.port())
-        },
-    );
-    let epoch_before = super::failover::lease_epoch_of(us_agent).unwrap();
+    let eu_agent = lab.agents[1].1;
+    let epoch_before = us_active(&lab);
     let state = path(&lab.dir.path().join("state"));
     let stop = Arc::new(AtomicBool::new(false));
     let violations = Arc::new(Mutex::new(Vec::new()));
@@ -312,16 +296,8 @@ fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
 #[test]
 fn the_standby_agent_fails_over_by_itself_in_automatic_mode() {
     let mut lab = lab_with("automatic");
-    let (us_agent, eu_agent) = (lab.agents[0].1, lab.agents[1].1);
-    until(
-        "US takes the lease and opens its route",
-        Duration::from_secs(30),
-        || {
-            super::failover::lease_status(us_agent) == Some(200)
-                && rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.us.port())
-        },
-    );
-    let epoch_before = super::failover::lease_epoch_of(us_agent).unwrap();
+    let eu_agent = lab.agents[1].1;
+    let epoch_before = us_active(&lab);
     let stop = Arc::new(AtomicBool::new(false));
     let violations = Arc::new(Mutex::new(Vec::new()));
     let sampling = sampler(&lab, stop.clone(), violations.clone());
@@ -393,15 +369,7 @@ fn a_short_flap_changes_nothing_and_a_partition_of_us_fails_over_to_eu() {
     let lab = lab_linked("automatic", true);
     let (us_agent, eu_agent) = (lab.agents[0].1, lab.agents[1].1);
     let proxy_port = lab.proxy.port("be_write");
-    until(
-        "US takes the lease and opens its route",
-        Duration::from_secs(30),
-        || {
-            super::failover::lease_status(us_agent) == Some(200)
-                && rt().block_on(write_via_route(proxy_port)) == Some(lab.us.port())
-        },
-    );
-    let epoch_before = super::failover::lease_epoch_of(us_agent).unwrap();
+    let epoch_before = us_active(&lab);
     let stop = Arc::new(AtomicBool::new(false));
     let violations = Arc::new(Mutex::new(Vec::new()));
     let sampling = sampler(&lab, stop.clone(), violations.clone());
@@ -481,17 +449,8 @@ fn a_short_flap_changes_nothing_and_a_partition_of_us_fails_over_to_eu() {
 #[test]
 fn a_switchover_that_fails_half_way_stays_fenced_and_continues_when_run_again() {
     let lab = lab();
-    let us_agent = lab.agents[0].1;
     let proxy_port = lab.proxy.port("be_write");
-    until(
-        "US takes the lease and opens its route",
-        Duration::from_secs(30),
-        || {
-            super::failover::lease_status(us_agent) == Some(200)
-                && rt().block_on(write_via_route(proxy_port)) == Some(lab.us.port())
-        },
-    );
-    let epoch_before = super::failover::lease_epoch_of(us_agent).unwrap();
+    let epoch_before = us_active(&lab);
     // A hook that tells EU's clients where to write, failing until its marker exists.
     let marker = lab.dir.path().join("dns-ready");
     let mut text = std::fs::read_to_string(&lab.cfg).unwrap();
