@@ -230,7 +230,7 @@ async fn tick(
     ttl: Duration,
     claim: Duration,
     observer: &dyn Observer,
-) -> bool {
+) {
     let region = agent.region.clone();
     agent.set(|k| k.read_ok = false);
     if let Some(t) = tenure.as_mut() {
@@ -253,7 +253,7 @@ async fn tick(
                 error: e.to_string(),
             }),
         }
-        return false;
+        return;
     }
     let seen = c.snapshot().await;
     let (epoch, holder) = match seen {
@@ -263,7 +263,7 @@ async fn tick(
                 what: "read the lease".into(),
                 error: e.to_string(),
             });
-            return false;
+            return;
         }
     };
     agent.set(|k| {
@@ -301,21 +301,21 @@ async fn tick(
                 }),
             }
         }
-        return false;
+        return;
     }
     // Only the last active region (or the primary on a fresh deployment) takes a free
     // lease by itself: after a failover the old primary stays fenced until an operator
     // acts, and the new one resumes after its own restart.
     match c.active().await {
-        Ok(Some(last)) if last != region => return false,
-        Ok(None) if !is_primary => return false,
+        Ok(Some(last)) if last != region => return,
+        Ok(None) if !is_primary => return,
         Ok(_) => {}
         Err(e) => {
             observer.event(&Event::Retrying {
                 what: "read the last active region".into(),
                 error: e.to_string(),
             });
-            return false;
+            return;
         }
     }
     let sent = Instant::now();
@@ -333,21 +333,14 @@ async fn tick(
                 epoch: t.epoch,
             });
             *tenure = Some(t);
-            true
         }
-        Ok(Acquired::Held(h)) => {
-            agent.set(|k| {
-                k.epoch = k.epoch.max(h.epoch);
-                k.holder = Some(h.region);
-            });
-            false
-        }
-        Err(e) => {
-            observer.event(&Event::Retrying {
-                what: "take the lease".into(),
-                error: e.to_string(),
-            });
-            false
-        }
+        Ok(Acquired::Held(h)) => agent.set(|k| {
+            k.epoch = k.epoch.max(h.epoch);
+            k.holder = Some(h.region);
+        }),
+        Err(e) => observer.event(&Event::Retrying {
+            what: "take the lease".into(),
+            error: e.to_string(),
+        }),
     }
 }
