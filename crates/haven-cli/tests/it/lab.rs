@@ -1,6 +1,7 @@
 //! The two-region failover lab the switchover and failover tests run in: 3 etcd members,
 //! two Postgres 15 clusters with logical replication (US publishes, EU subscribes), one
-//! HAProxy whose write backend has a US and an EU server, a Knot DNS server for the DNS
+//! HAProxy whose write backend has a US and an EU server, a cuttable replication link (EU's
+//! subscription reaches US through a proxy), a Knot DNS server for the DNS
 //! routes, and an agent per region; plus the application writer and the sampler.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,8 @@ pub(crate) struct Lab {
     pub(crate) agents: Vec<(String, u16, std::process::Child)>,
     /// US's links to the etcd members (empty unless asked for).
     pub(crate) us_links: Vec<testbed::DelayProxy>,
+    /// The replication link: EU's subscription reaches US's database through it.
+    pub(crate) replication: testbed::DelayProxy,
 }
 
 impl Drop for Lab {
@@ -110,6 +113,11 @@ pub(crate) fn lab_with(mode: &str) -> Lab {
 pub(crate) fn lab_linked(mode: &str, cut_links: bool) -> Lab {
     let etcd = EtcdCluster::start(3).unwrap();
     let (us, eu) = (Postgres::start().unwrap(), Postgres::start().unwrap());
+    let replication = testbed::DelayProxy::start(0, us.port(), Duration::ZERO).unwrap();
+    let via_link = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        replication.port()
+    );
     rt().block_on(async {
         let (u, e) = (admin(&us, "ledger-us").await, admin(&eu, "ledger-eu").await);
         for db in [&u, &e] {
@@ -117,7 +125,7 @@ pub(crate) fn lab_linked(mode: &str, cut_links: bool) -> Lab {
             db.ensure_tables().await.unwrap();
         }
         u.ensure_publication("haven").await.unwrap();
-        e.ensure_subscription("haven", &us.conninfo("postgres"), "haven", true)
+        e.ensure_subscription("haven", &via_link, "haven", true)
             .await
             .unwrap();
         e.wait_synced("haven", Duration::from_secs(30))
@@ -231,6 +239,7 @@ key_file = "{key_file}"
         cfg,
         agents: vec![],
         us_links: vec![],
+        replication,
     };
     let mut us_cfg = lab.cfg.clone();
     if cut_links {

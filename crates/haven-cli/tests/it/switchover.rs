@@ -508,3 +508,109 @@ fn a_switchover_that_fails_half_way_stays_fenced_and_continues_when_run_again() 
         || rt().block_on(write_via_route(proxy_port)) == Some(lab.eu.port()),
     );
 }
+
+#[test]
+fn with_the_replication_link_cut_the_ledger_and_the_failover_report_say_what_is_lost() {
+    let mut lab = lab();
+    let epoch_before = us_active(&lab);
+    let state = path(&lab.dir.path().join("state"));
+    let status = |lab: &Lab| -> serde_json::Value {
+        let out = haven(&["--json", "--config", &lab.cfg, "failover", "status"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let sampling = sampler(&lab, stop.clone(), violations.clone());
+    let stop_writer = Arc::new(AtomicBool::new(false));
+    let unknown = Arc::new(Mutex::new(Vec::new()));
+    let writing = writer(
+        lab.proxy.port("be_write"),
+        stop_writer.clone(),
+        unknown.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let before = status(&lab);
+    assert!(
+        before["databases"][0]["lag_seconds"].as_f64().unwrap() < 3.0,
+        "{before}"
+    );
+
+    // The link between the regions' databases is cut; US keeps taking writes.
+    lab.replication.set_down(true);
+    let cut = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let during = status(&lab);
+    let lag = during["databases"][0]["lag_seconds"].as_f64().unwrap();
+    assert!(
+        lag >= 3.0,
+        "the ledger must show the replica falling behind: {during}"
+    );
+    assert!(
+        during["databases"][0]["lag_bytes"].as_i64().unwrap() > 0,
+        "{during}"
+    );
+    assert!(during["rpo_seconds"].as_f64().unwrap() >= lag, "{during}");
+
+    // US dies; EU fails over once the lease expired.
+    let _ = lab.agents[0].2.kill();
+    let _ = lab.agents[0].2.wait();
+    lab.us.stop().unwrap();
+    let mut report = serde_json::Value::Null;
+    until("the failover goes through", Duration::from_secs(30), || {
+        let out = haven(&[
+            "--json",
+            "--config",
+            &lab.cfg,
+            "failover",
+            "--to",
+            "eu",
+            "--yes",
+            "--state-dir",
+            &state,
+        ]);
+        if code(&out) == 0 {
+            report = serde_json::from_slice(&out.stdout).unwrap();
+        }
+        code(&out) == 0
+    });
+    until(
+        "a write lands in EU through the route",
+        Duration::from_secs(20),
+        || rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.eu.port()),
+    );
+    stop_writer.store(true, Ordering::SeqCst);
+    let acked = writing.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    sampling.join().unwrap();
+    let v = violations.lock().unwrap();
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(report["epoch"].as_u64(), Some(epoch_before + 1), "{report}");
+    let age = report["evidence"][0]["heartbeat_age_s"].as_f64().unwrap();
+    assert!(
+        age >= cut.elapsed().as_secs_f64() - 1.0,
+        "the report must show how stale EU was: {report}"
+    );
+
+    // What US acknowledged before the cut is in EU; what it acknowledged after is lost,
+    // and the report's staleness covers it.
+    let eu_rows = owners(&lab.eu);
+    let us_port = lab.us.port();
+    let by_us: Vec<&Ack> = acked.iter().filter(|a| a.2 == us_port).collect();
+    let before_cut: Vec<&&Ack> = by_us
+        .iter()
+        .filter(|a| a.1 + Duration::from_millis(500) < cut)
+        .collect();
+    assert!(!before_cut.is_empty());
+    for a in &before_cut {
+        assert!(
+            eu_rows.contains(&a.0),
+            "{} was acknowledged before the cut",
+            a.0
+        );
+    }
+    let lost = by_us.iter().filter(|a| !eu_rows.contains(&a.0)).count();
+    assert!(lost > 0, "writes during the cut cannot have reached EU");
+    eprintln!(
+        "replication cut: ledger showed {lag:.1} s behind; the failover reported {age:.1} s; {lost} acknowledged writes lost"
+    );
+}
