@@ -148,9 +148,15 @@ fn status_shows_the_lease_holder_its_epoch_and_what_a_failover_would_lose() {
         2,
         "{v}"
     );
+    // The lone survivor may still call itself leader for up to an election timeout (etcd's
+    // CheckQuorum steps it down only then): what Haven must say is that there is no quorum.
+    assert_eq!(
+        v["quorum"], false,
+        "no quorum with 2 of 3 members down: {v}"
+    );
     assert!(
-        members.iter().all(|m| m["leader"] == false),
-        "no leader without quorum: {v}"
+        members.iter().filter(|m| m["leader"] == true).count() <= 1,
+        "{v}"
     );
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
 }
