@@ -98,6 +98,14 @@ pub struct DatabaseSection {
     pub sequence_gap: i64,
 }
 
+/// A Postgres error as the engine reports it: bad input (exit 2) or unreachable (exit 1).
+pub fn pg_error(e: haven_pg::PgError) -> crate::Error {
+    match e {
+        haven_pg::PgError::Invalid { .. } => crate::Error::Input(e.to_string()),
+        e => crate::Error::Unreachable(e.to_string()),
+    }
+}
+
 fn default_replication_name() -> String {
     "haven".into()
 }
@@ -107,6 +115,17 @@ fn default_sequence_gap() -> i64 {
 }
 
 impl DatabaseSection {
+    /// Connects Haven to this database (`name` as errors call it), the password read from
+    /// its environment variable or file.
+    pub async fn connect(&self, name: &str, timeout: Duration) -> crate::Result<haven_pg::Pg> {
+        let password = self
+            .password(name)
+            .map_err(|(k, m)| crate::Error::Input(format!("{k}: {m}")))?;
+        haven_pg::Pg::connect(name, &self.url, password.as_deref(), timeout)
+            .await
+            .map_err(pg_error)
+    }
+
     /// The password, from the environment or a file (None: the URL needs none).
     pub fn password(&self, name: &str) -> Result<Option<String>, Problem> {
         if let Some(var) = &self.password_env {
@@ -200,6 +219,17 @@ fn default_dns_ttl() -> u32 {
 impl RouteSection {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// A `haproxy` route as the adapter takes it.
+    pub fn haproxy(&self, name: &str) -> haven_routes::Haproxy {
+        haven_routes::Haproxy {
+            route: name.into(),
+            socket: self.socket.clone().unwrap_or_default().into(),
+            backend: self.backend.clone().unwrap_or_default(),
+            server: self.server.clone().unwrap_or_default(),
+            timeout: self.timeout(),
+        }
     }
 
     /// A `dns` route as the adapter takes it (the secret read from its env or file).

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use haven_pg::Pg;
 
+pub use super::config::pg_error;
 use super::config::{DatabaseSection, RouteKind, RouteSection};
 use super::plan::{FailoverPlan, FailoverStep};
 use crate::config::Config;
@@ -130,18 +131,5 @@ pub fn section<'a>(cfg: &'a Config, database: &str) -> Result<&'a DatabaseSectio
 }
 
 pub async fn connect(cfg: &Config, database: &str) -> Result<Pg> {
-    let d = section(cfg, database)?;
-    let password = d
-        .password(database)
-        .map_err(|(k, m)| Error::Input(format!("{k}: {m}")))?;
-    Pg::connect(database, &d.url, password.as_deref(), PG_TIMEOUT)
-        .await
-        .map_err(pg_error)
-}
-
-pub fn pg_error(e: haven_pg::PgError) -> Error {
-    match e {
-        haven_pg::PgError::Invalid { .. } => Error::Input(e.to_string()),
-        e => Error::Unreachable(e.to_string()),
-    }
+    section(cfg, database)?.connect(database, PG_TIMEOUT).await
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use haven_pg::Pg;
-use haven_routes::{Action, Haproxy};
+use haven_routes::Action;
 
 use super::config::{databases_of, routes_of, RouteKind};
 use crate::config::Config;
@@ -35,10 +35,7 @@ impl<'a> RegionOps<'a> {
     async fn pg(&mut self, name: &str) -> Option<&Pg> {
         if !self.dbs.contains_key(name) {
             let d = self.cfg.databases.get(name)?;
-            let password = d.password(name).ok()?;
-            let pg = Pg::connect(name, &d.url, password.as_deref(), PG_TIMEOUT)
-                .await
-                .ok()?;
+            let pg = d.connect(name, PG_TIMEOUT).await.ok()?;
             // Haven's bookkeeping tables (idempotent; the replica gets the rows once its
             // subscription includes them).
             pg.ensure_tables().await.ok()?;
@@ -63,13 +60,7 @@ impl<'a> RegionOps<'a> {
             if r.kind != RouteKind::Haproxy {
                 continue;
             }
-            let h = Haproxy {
-                route: name.clone(),
-                socket: r.socket.clone().unwrap_or_default().into(),
-                backend: r.backend.clone().unwrap_or_default(),
-                server: r.server.clone().unwrap_or_default(),
-                timeout: r.timeout(),
-            };
+            let h = r.haproxy(name);
             let closing = action == Action::Close;
             match h.state().await {
                 Ok(st) if st.in_maintenance() == closing => {}

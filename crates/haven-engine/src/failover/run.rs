@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use haven_etcd::{Acquired, Coordinator, Tenure};
 use haven_pg::Pg;
-use haven_routes::{Action, Haproxy, Hook, HookCall};
+use haven_routes::{Action, Hook, HookCall};
 use serde::Serialize;
 
 use super::config::RouteKind;
@@ -260,14 +260,8 @@ impl FailoverRunner<'_> {
         let r = route_section(self.cfg, route)?;
         match r.kind {
             RouteKind::Haproxy => {
-                let h = Haproxy {
-                    route: route.into(),
-                    socket: r.socket.clone().unwrap_or_default().into(),
-                    backend: r.backend.clone().unwrap_or_default(),
-                    server: r.server.clone().unwrap_or_default(),
-                    timeout: r.timeout(),
-                };
-                let st = h
+                let st = r
+                    .haproxy(route)
                     .apply(action)
                     .await
                     .map_err(|e| Error::Unreachable(e.to_string()))?;

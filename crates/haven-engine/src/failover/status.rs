@@ -220,13 +220,7 @@ async fn connect(cfg: &Config, name: &str) -> std::result::Result<haven_pg::Pg, 
         .databases
         .get(name)
         .ok_or_else(|| format!("no database {name}"))?;
-    let password = d.password(name).map_err(|(k, m)| format!("{k}: {m}"))?;
-    haven_pg::Pg::connect(
-        name,
-        &d.url,
-        password.as_deref(),
-        std::time::Duration::from_secs(3),
-    )
-    .await
-    .map_err(|e| e.to_string())
+    d.connect(name, std::time::Duration::from_secs(3))
+        .await
+        .map_err(|e| e.to_string())
 }
