@@ -483,3 +483,73 @@ pub(crate) fn us_active(lab: &Lab) -> u64 {
     );
     super::failover::lease_epoch_of(us_agent).expect("US's agent reports its epoch")
 }
+
+/// The application writing through the proxy (optional) and the sampler checking every
+/// 100 ms that at most one region takes writes, while a test injects faults.
+pub(crate) struct Traffic {
+    stop_sampler: Arc<AtomicBool>,
+    stop_writer: Arc<AtomicBool>,
+    violations: Arc<Mutex<Vec<String>>>,
+    unknown: Arc<Mutex<Vec<String>>>,
+    sampling: std::thread::JoinHandle<Vec<Sample>>,
+    writing: Option<std::thread::JoinHandle<Vec<Ack>>>,
+}
+
+/// What the traffic saw once stopped.
+pub(crate) struct Seen {
+    /// Every write acknowledged, in order.
+    pub(crate) acked: Vec<Ack>,
+    /// Writes without an answer (they may or may not have committed).
+    pub(crate) unknown: Vec<String>,
+    pub(crate) samples: Vec<Sample>,
+    /// More than one region taking writes, an epoch going down.
+    pub(crate) violations: Vec<String>,
+}
+
+impl Traffic {
+    pub(crate) fn start(lab: &Lab, with_writer: bool) -> Traffic {
+        let stop_sampler = Arc::new(AtomicBool::new(false));
+        let stop_writer = Arc::new(AtomicBool::new(false));
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let unknown = Arc::new(Mutex::new(Vec::new()));
+        let sampling = sampler(lab, stop_sampler.clone(), violations.clone());
+        let writing = with_writer.then(|| {
+            writer(
+                lab.proxy.port("be_write"),
+                stop_writer.clone(),
+                unknown.clone(),
+            )
+        });
+        Traffic {
+            stop_sampler,
+            stop_writer,
+            violations,
+            unknown,
+            sampling,
+            writing,
+        }
+    }
+
+    /// Stops the writer, then the sampler.
+    pub(crate) fn stop(self) -> Seen {
+        self.stop_writer.store(true, Ordering::SeqCst);
+        let acked = self
+            .writing
+            .map(|w| w.join().expect("the writer panicked"))
+            .unwrap_or_default();
+        self.stop_sampler.store(true, Ordering::SeqCst);
+        let samples = self.sampling.join().expect("the sampler panicked");
+        let unknown = self.unknown.lock().map(|u| u.clone()).unwrap_or_default();
+        let violations = self
+            .violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        Seen {
+            acked,
+            unknown,
+            samples,
+            violations,
+        }
+    }
+}

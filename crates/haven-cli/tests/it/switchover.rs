@@ -6,8 +6,6 @@
 //! checks every 100 ms that at most one region accepts an `app` write (through the route
 //! or directly) and that the epoch the agents report never goes down.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::lab::*;
@@ -22,16 +20,7 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
     let state = lab.dir.path().join("state");
     let state = path(&state);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let violations = Arc::new(Mutex::new(Vec::new()));
-    let sampling = sampler(&lab, stop.clone(), violations.clone());
-    let stop_writer = Arc::new(AtomicBool::new(false));
-    let unknown = Arc::new(Mutex::new(Vec::new()));
-    let writing = writer(
-        lab.proxy.port("be_write"),
-        stop_writer.clone(),
-        unknown.clone(),
-    );
+    let traffic = Traffic::start(&lab, true);
     std::thread::sleep(Duration::from_secs(2));
 
     // The RPO ledger has the replica: its heartbeat age, the slot's bytes, remote_lsn.
@@ -96,11 +85,8 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
         || rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.eu.port()),
     );
     std::thread::sleep(Duration::from_secs(1));
-    stop_writer.store(true, Ordering::SeqCst);
-    let acked = writing.join().unwrap();
-    stop.store(true, Ordering::SeqCst);
-    let all_samples = sampling.join().unwrap();
-    let samples = all_samples.len();
+    let done = traffic.stop();
+    let (acked, samples) = (&done.acked, done.samples.len());
 
     // Zero loss: every acknowledged write is in EU, row for row; reverse replication
     // brings EU's writes to US.
@@ -108,7 +94,7 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
     want.sort();
     let eu_rows = owners(&lab.eu);
     // A write without an answer (timed out) may or may not have committed.
-    let unknown = unknown.lock().unwrap().clone();
+    let unknown = &done.unknown;
     let missing: Vec<&String> = want.iter().filter(|o| !eu_rows.contains(o)).collect();
     assert!(
         missing.is_empty(),
@@ -134,7 +120,7 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
         acked.len()
     );
     assert!(gap <= Duration::from_secs(10), "writes refused for {gap:?}");
-    let v = violations.lock().unwrap();
+    let v = &done.violations;
     assert!(v.is_empty(), "{v:?}");
     assert!(samples > 10);
     assert_eq!(
@@ -176,16 +162,7 @@ fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
     let eu_agent = lab.agents[1].1;
     let epoch_before = us_active(&lab);
     let state = path(&lab.dir.path().join("state"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let violations = Arc::new(Mutex::new(Vec::new()));
-    let sampling = sampler(&lab, stop.clone(), violations.clone());
-    let stop_writer = Arc::new(AtomicBool::new(false));
-    let unknown = Arc::new(Mutex::new(Vec::new()));
-    let writing = writer(
-        lab.proxy.port("be_write"),
-        stop_writer.clone(),
-        unknown.clone(),
-    );
+    let traffic = Traffic::start(&lab, true);
     // Heartbeats, as the active region's agent would write them.
     rt().block_on(async { admin(&lab.us, "ledger-us").await.beat().await.unwrap() });
     std::thread::sleep(Duration::from_secs(2));
@@ -216,42 +193,15 @@ fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
     );
 
     // Once it expired (TTL 3 s), the failover goes through.
-    let mut report = serde_json::Value::Null;
-    until("the failover goes through", Duration::from_secs(30), || {
-        let out = haven(&[
-            "--json",
-            "--config",
-            &lab.cfg,
-            "failover",
-            "--to",
-            "eu",
-            "--yes",
-            "--state-dir",
-            &state,
-        ]);
-        if code(&out) == 0 {
-            report = serde_json::from_slice(&out.stdout).unwrap();
-            true
-        } else {
-            assert!(
-                stderr(&out).contains("still holds the lease"),
-                "{}",
-                stderr(&out)
-            );
-            false
-        }
-    });
+    let report = fail_over_to_eu_once_the_lease_expired(&lab, &state);
     until(
         "a write lands in EU through the route",
         Duration::from_secs(20),
         || rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.eu.port()),
     );
     std::thread::sleep(Duration::from_secs(2));
-    stop_writer.store(true, Ordering::SeqCst);
-    let acked = writing.join().unwrap();
-    stop.store(true, Ordering::SeqCst);
-    let all_samples = sampling.join().unwrap();
-    let samples = all_samples.len();
+    let done = traffic.stop();
+    let (acked, samples) = (&done.acked, done.samples.len());
     let eu_port = lab.eu.port();
     let first_eu = acked.iter().find(|a| a.2 == eu_port).map(|a| a.1 - killed);
     assert!(
@@ -279,12 +229,12 @@ fn failover_after_the_us_region_dies_takes_over_once_its_lease_expired() {
     // Every write acknowledged after the failover is in EU; ids did not collide (the
     // sequence was set past US's snapshot by the gap).
     let eu_rows = owners(&lab.eu);
-    for (o, _, by) in &acked {
+    for (o, _, by) in acked {
         if *by == eu_port {
             assert!(eu_rows.contains(o), "{o} acknowledged by EU is missing");
         }
     }
-    let v = violations.lock().unwrap();
+    let v = &done.violations;
     assert!(v.is_empty(), "{v:?}");
     until(
         "EU's agent adopts the lease",
@@ -298,16 +248,7 @@ fn the_standby_agent_fails_over_by_itself_in_automatic_mode() {
     let mut lab = lab_with("automatic");
     let eu_agent = lab.agents[1].1;
     let epoch_before = us_active(&lab);
-    let stop = Arc::new(AtomicBool::new(false));
-    let violations = Arc::new(Mutex::new(Vec::new()));
-    let sampling = sampler(&lab, stop.clone(), violations.clone());
-    let stop_writer = Arc::new(AtomicBool::new(false));
-    let unknown = Arc::new(Mutex::new(Vec::new()));
-    let writing = writer(
-        lab.proxy.port("be_write"),
-        stop_writer.clone(),
-        unknown.clone(),
-    );
+    let traffic = Traffic::start(&lab, true);
     // Long enough for US's agent to stamp heartbeats and EU's to measure its lag.
     std::thread::sleep(Duration::from_secs(3));
 
@@ -326,11 +267,8 @@ fn the_standby_agent_fails_over_by_itself_in_automatic_mode() {
         },
     );
     std::thread::sleep(Duration::from_secs(2));
-    stop_writer.store(true, Ordering::SeqCst);
-    let acked = writing.join().unwrap();
-    stop.store(true, Ordering::SeqCst);
-    let all_samples = sampling.join().unwrap();
-    let samples = all_samples.len();
+    let done = traffic.stop();
+    let (acked, samples) = (&done.acked, done.samples.len());
     let eu_port = lab.eu.port();
     let rto = acked
         .iter()
@@ -346,7 +284,7 @@ fn the_standby_agent_fails_over_by_itself_in_automatic_mode() {
         super::failover::lease_epoch_of(eu_agent),
         Some(epoch_before + 1)
     );
-    let v = violations.lock().unwrap();
+    let v = &done.violations;
     assert!(v.is_empty(), "{v:?}");
     // The agent ran the same plan: its audit log has every step with the new epoch.
     let audit = lab.dir.path().join("agent-eu/audit");
@@ -370,9 +308,7 @@ fn a_short_flap_changes_nothing_and_a_partition_of_us_fails_over_to_eu() {
     let (us_agent, eu_agent) = (lab.agents[0].1, lab.agents[1].1);
     let proxy_port = lab.proxy.port("be_write");
     let epoch_before = us_active(&lab);
-    let stop = Arc::new(AtomicBool::new(false));
-    let violations = Arc::new(Mutex::new(Vec::new()));
-    let sampling = sampler(&lab, stop.clone(), violations.clone());
+    let traffic = Traffic::start(&lab, false);
     std::thread::sleep(Duration::from_secs(3));
     let set_links = |down: bool| lab.us_links.iter().for_each(|l| l.set_down(down));
 
@@ -401,9 +337,8 @@ fn a_short_flap_changes_nothing_and_a_partition_of_us_fails_over_to_eu() {
     });
     let rto = cut.elapsed();
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::SeqCst);
-    let all_samples = sampling.join().unwrap();
-    let samples = all_samples.len();
+    let done = traffic.stop();
+    let (all_samples, samples) = (&done.samples, done.samples.len());
     eprintln!("partition: EU took writes {rto:?} after US was cut off; {samples} samples");
     // US fenced itself (its agent could not renew) before EU opened: no sample after the
     // cut where US took a write once EU did, and US stopped before EU started.
@@ -425,7 +360,7 @@ fn a_short_flap_changes_nothing_and_a_partition_of_us_fails_over_to_eu() {
         us_stopped - cut,
         eu_started - cut
     );
-    let v = violations.lock().unwrap();
+    let v = &done.violations;
     assert!(v.is_empty(), "{v:?}");
     assert_eq!(
         super::failover::lease_epoch_of(eu_agent),
@@ -518,16 +453,7 @@ fn with_the_replication_link_cut_the_ledger_and_the_failover_report_say_what_is_
         let out = haven(&["--json", "--config", &lab.cfg, "failover", "status"]);
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let violations = Arc::new(Mutex::new(Vec::new()));
-    let sampling = sampler(&lab, stop.clone(), violations.clone());
-    let stop_writer = Arc::new(AtomicBool::new(false));
-    let unknown = Arc::new(Mutex::new(Vec::new()));
-    let writing = writer(
-        lab.proxy.port("be_write"),
-        stop_writer.clone(),
-        unknown.clone(),
-    );
+    let traffic = Traffic::start(&lab, true);
     std::thread::sleep(Duration::from_secs(2));
     let before = status(&lab);
     assert!(
@@ -555,34 +481,15 @@ fn with_the_replication_link_cut_the_ledger_and_the_failover_report_say_what_is_
     let _ = lab.agents[0].2.kill();
     let _ = lab.agents[0].2.wait();
     lab.us.stop().unwrap();
-    let mut report = serde_json::Value::Null;
-    until("the failover goes through", Duration::from_secs(30), || {
-        let out = haven(&[
-            "--json",
-            "--config",
-            &lab.cfg,
-            "failover",
-            "--to",
-            "eu",
-            "--yes",
-            "--state-dir",
-            &state,
-        ]);
-        if code(&out) == 0 {
-            report = serde_json::from_slice(&out.stdout).unwrap();
-        }
-        code(&out) == 0
-    });
+    let report = fail_over_to_eu_once_the_lease_expired(&lab, &state);
     until(
         "a write lands in EU through the route",
         Duration::from_secs(20),
         || rt().block_on(write_via_route(lab.proxy.port("be_write"))) == Some(lab.eu.port()),
     );
-    stop_writer.store(true, Ordering::SeqCst);
-    let acked = writing.join().unwrap();
-    stop.store(true, Ordering::SeqCst);
-    sampling.join().unwrap();
-    let v = violations.lock().unwrap();
+    let done = traffic.stop();
+    let acked = &done.acked;
+    let v = &done.violations;
     assert!(v.is_empty(), "{v:?}");
     assert_eq!(report["epoch"].as_u64(), Some(epoch_before + 1), "{report}");
     let age = report["evidence"][0]["heartbeat_age_s"].as_f64().unwrap();
@@ -613,4 +520,34 @@ fn with_the_replication_link_cut_the_ledger_and_the_failover_report_say_what_is_
     eprintln!(
         "replication cut: ledger showed {lag:.1} s behind; the failover reported {age:.1} s; {lost} acknowledged writes lost"
     );
+}
+
+/// Runs `haven failover --to eu` until it goes through (the only refusal allowed on the
+/// way: US still holds the lease); returns its JSON report.
+fn fail_over_to_eu_once_the_lease_expired(lab: &Lab, state: &str) -> serde_json::Value {
+    let mut report = serde_json::Value::Null;
+    until("the failover goes through", Duration::from_secs(30), || {
+        let out = haven(&[
+            "--json",
+            "--config",
+            &lab.cfg,
+            "failover",
+            "--to",
+            "eu",
+            "--yes",
+            "--state-dir",
+            state,
+        ]);
+        if code(&out) == 0 {
+            report = serde_json::from_slice(&out.stdout).unwrap();
+            return true;
+        }
+        assert!(
+            stderr(&out).contains("still holds the lease"),
+            "{}",
+            stderr(&out)
+        );
+        false
+    });
+    report
 }
