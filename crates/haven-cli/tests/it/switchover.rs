@@ -461,6 +461,26 @@ fn with_the_replication_link_cut_the_ledger_and_the_failover_report_say_what_is_
         "{before}"
     );
 
+    // A marker committed on US after every write acknowledged so far; once EU holds it,
+    // EU holds all of them (logical replication applies in commit order).
+    let marked = Instant::now();
+    rt().block_on(async {
+        let c = lab.us.connect().await.unwrap();
+        c.execute("INSERT INTO accounts (owner) VALUES ('marker')", &[])
+            .await
+            .unwrap();
+    });
+    until("EU holds the marker", Duration::from_secs(20), || {
+        rt().block_on(async {
+            let c = lab.eu.connect().await.unwrap();
+            let row = c
+                .query_one("SELECT count(*) FROM accounts WHERE owner = 'marker'", &[])
+                .await
+                .unwrap();
+            row.get::<_, i64>(0) == 1
+        })
+    });
+
     // The link between the regions' databases is cut; US keeps taking writes.
     lab.replication.set_down(true);
     let cut = Instant::now();
@@ -481,7 +501,10 @@ fn with_the_replication_link_cut_the_ledger_and_the_failover_report_say_what_is_
     let _ = lab.agents[0].2.kill();
     let _ = lab.agents[0].2.wait();
     lab.us.stop().unwrap();
-    let report = fail_over_to_eu_once_the_lease_expired(&lab, &state);
+    let (report, attempt) = fail_over_to_eu_timed(&lab, &state);
+    // EU's heartbeat age is read during that attempt; the last beat that crossed was
+    // at most one beat interval (1 s) before the cut.
+    let cut_to_attempt = attempt.duration_since(cut).as_secs_f64();
     until(
         "a write lands in EU through the route",
         Duration::from_secs(20),
@@ -494,24 +517,21 @@ fn with_the_replication_link_cut_the_ledger_and_the_failover_report_say_what_is_
     assert_eq!(report["epoch"].as_u64(), Some(epoch_before + 1), "{report}");
     let age = report["evidence"][0]["heartbeat_age_s"].as_f64().unwrap();
     assert!(
-        age >= cut.elapsed().as_secs_f64() - 1.0,
+        age >= cut_to_attempt - 1.0,
         "the report must show how stale EU was: {report}"
     );
 
-    // What US acknowledged before the cut is in EU; what it acknowledged after is lost,
-    // and the report's staleness covers it.
+    // What US acknowledged before the marker is in EU; what it acknowledged during the
+    // cut is lost, and the report's staleness covers it.
     let eu_rows = owners(&lab.eu);
     let us_port = lab.us.port();
     let by_us: Vec<&Ack> = acked.iter().filter(|a| a.2 == us_port).collect();
-    let before_cut: Vec<&&Ack> = by_us
-        .iter()
-        .filter(|a| a.1 + Duration::from_millis(500) < cut)
-        .collect();
+    let before_cut: Vec<&&Ack> = by_us.iter().filter(|a| a.1 < marked).collect();
     assert!(!before_cut.is_empty());
     for a in &before_cut {
         assert!(
             eu_rows.contains(&a.0),
-            "{} was acknowledged before the cut",
+            "{} was acknowledged before the marker EU received",
             a.0
         );
     }
@@ -525,8 +545,16 @@ fn with_the_replication_link_cut_the_ledger_and_the_failover_report_say_what_is_
 /// Runs `haven failover --to eu` until it goes through (the only refusal allowed on the
 /// way: US still holds the lease); returns its JSON report.
 fn fail_over_to_eu_once_the_lease_expired(lab: &Lab, state: &str) -> serde_json::Value {
+    fail_over_to_eu_timed(lab, state).0
+}
+
+/// As [`fail_over_to_eu_once_the_lease_expired`], also returning when the attempt that
+/// went through started (its report's measurements were taken after that instant).
+fn fail_over_to_eu_timed(lab: &Lab, state: &str) -> (serde_json::Value, Instant) {
     let mut report = serde_json::Value::Null;
+    let mut started = Instant::now();
     until("the failover goes through", Duration::from_secs(30), || {
+        started = Instant::now();
         let out = haven(&[
             "--json",
             "--config",
@@ -549,5 +577,5 @@ fn fail_over_to_eu_once_the_lease_expired(lab: &Lab, state: &str) -> serde_json:
         );
         false
     });
-    report
+    (report, started)
 }
