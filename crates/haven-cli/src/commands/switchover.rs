@@ -161,6 +161,18 @@ pub async fn run_plan(
                     .unwrap_or_else(|| "unknown".into())
             );
         }
+        for k in &report.kafka {
+            let mirror = k.get("mirror").and_then(|v| v.as_str()).unwrap_or("?");
+            let commits = k.get("group_commits").and_then(|v| v.as_u64()).unwrap_or(0);
+            match k.get("records_at_risk").and_then(|v| v.as_i64()) {
+                Some(risk) => outln!(
+                    "  mirror {mirror}: {commits} group commits in the last sync; {risk} records of the old region not copied"
+                ),
+                None => outln!(
+                    "  mirror {mirror}: the old region did not answer; what the new one holds per partition is in --json (records after mirrored_to never crossed)"
+                ),
+            }
+        }
     }
     Ok(0)
 }

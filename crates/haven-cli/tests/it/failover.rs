@@ -8,7 +8,7 @@ use testbed::{Broker, EtcdCluster, Rec};
 
 use crate::{code, haven, ok, path, stderr};
 
-fn config(etcd: &EtcdCluster, us: &Broker, eu: &Broker) -> String {
+pub(crate) fn config(etcd: &EtcdCluster, us: &Broker, eu: &Broker) -> String {
     let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
     format!(
         r#"

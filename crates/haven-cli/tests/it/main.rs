@@ -4,6 +4,7 @@ mod backup;
 mod config;
 mod failover;
 mod foundation;
+mod handover;
 mod hardening;
 mod lab;
 mod mirror;

@@ -463,7 +463,7 @@ fn chrono_now() -> i64 {
 }
 
 /// Committed offset of `group` on `b` for `topic`/`p` (None: no commit).
-fn committed(b: &Broker, group: &str, topic: &str, p: i32) -> Option<i64> {
+pub(crate) fn committed(b: &Broker, group: &str, topic: &str, p: i32) -> Option<i64> {
     let c: BaseConsumer = b.config().set("group.id", group).create().unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition(topic, p);

@@ -8,11 +8,13 @@
 //!   executor, every step under the fencing epoch;
 //! - `agent`, `region`, `standby`: the agent's loop (lease, fencing of its own region,
 //!   heartbeat, automatic failover);
+//! - `kafka`: the mirror's part in a plan (barrier, last group sync, records at risk);
 //! - `guard`: Haven's own writers (the mirror) stop when their target becomes active.
 
 pub mod agent;
 pub mod config;
 pub mod guard;
+pub mod kafka;
 pub mod plan;
 pub mod preflight;
 pub mod region;

@@ -3,14 +3,16 @@
 //!
 //! Switchover (planned, the old region alive, zero loss of acknowledged writes): close
 //! the old region's routes, fence its databases, write a barrier, wait until the new
-//! region has it, copy sequences, drop the forward subscription, publish from the new
+//! region has it, wait until the mirror has every record the old region's topics held
+//! (the Kafka barrier), sync consumer-group offsets one last time, copy sequences, drop the forward subscription, publish from the new
 //! region and subscribe the old one to it (reverse replication, before any new write),
 //! take the lease (epoch + 1), let the application roles in, open the new routes.
 //!
 //! Failover (unplanned, the old region lost): take the lease first (only once the old
 //! tenure expired, or `--force`), then close what can still be reached of the old region
 //! (best effort: the old region's agent has fenced itself when it could not renew),
-//! detach the subscriptions without the source (keeping `remote_lsn`), set sequences past
+//! sync group offsets if the old cluster answers and record what the new one holds of
+//! each partition, detach the subscriptions without the source (keeping `remote_lsn`), set sequences past
 //! anything the old region may have used, publish, unfence, open the new routes.
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +99,19 @@ pub enum FailoverStep {
     Finish {
         region: String,
     },
+    /// Wait until the mirror into the new region holds every record its source held
+    /// when the step started (the old region closed): the Kafka barrier.
+    AwaitMirror {
+        mirror: String,
+        timeout_s: u64,
+    },
+    /// The mirror's last consumer-group offset sync, and the evidence of what the new
+    /// region holds of each partition. `source_alive`: the source must answer
+    /// (switchover); a failover records an unreachable one and goes on.
+    SyncGroups {
+        mirror: String,
+        source_alive: bool,
+    },
     /// Subscribe the database to `publisher`'s publication (reverse replication; no
     /// initial copy: both hold the same rows).
     Subscribe {
@@ -162,6 +177,20 @@ impl executor::Step for FailoverStep {
                 ..
             } => format!("subscribe {database} to {publisher} (reverse replication)"),
             FailoverStep::Finish { region } => format!("hand the lease to {region}'s agent"),
+            FailoverStep::AwaitMirror { mirror, .. } => {
+                format!("wait until mirror {mirror} has every record of the closed region")
+            }
+            FailoverStep::SyncGroups {
+                mirror,
+                source_alive,
+            } => {
+                let how = if *source_alive {
+                    ""
+                } else {
+                    " (if the old region answers) and record what the new one holds"
+                };
+                format!("sync consumer-group offsets through mirror {mirror}{how}")
+            }
         }
     }
 }
@@ -228,6 +257,7 @@ pub fn build(
         }
         pairs.push((name.clone(), d.clone(), peer.clone(), p.clone()));
     }
+    let mirror = super::kafka::mirror_between(cfg, from, to);
     let mut steps = Vec::new();
     match kind {
         Kind::Switchover => {
@@ -252,6 +282,16 @@ pub fn build(
                     database: name.clone(),
                     token: token.clone(),
                     timeout_s: 60,
+                });
+            }
+            if let Some(m) = &mirror {
+                steps.push(FailoverStep::AwaitMirror {
+                    mirror: m.clone(),
+                    timeout_s: 60,
+                });
+                steps.push(FailoverStep::SyncGroups {
+                    mirror: m.clone(),
+                    source_alive: true,
                 });
             }
             for (name, d, peer, p) in &pairs {
@@ -296,6 +336,12 @@ pub fn build(
                 steps.push(FailoverStep::Fence {
                     database: peer.clone(),
                     best_effort: true,
+                });
+            }
+            if let Some(m) = &mirror {
+                steps.push(FailoverStep::SyncGroups {
+                    mirror: m.clone(),
+                    source_alive: false,
                 });
             }
             for (name, d, peer, _) in &pairs {

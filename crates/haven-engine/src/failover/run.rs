@@ -162,6 +162,9 @@ pub struct Report {
     pub elapsed_ms: u64,
     /// Per database: what a failover could not bring over (remote_lsn, heartbeat age).
     pub evidence: Vec<serde_json::Value>,
+    /// Per mirror into the new region: group commits, what it holds of each partition,
+    /// records at risk (when the old region answered).
+    pub kafka: Vec<serde_json::Value>,
     pub plan: PathBuf,
 }
 
@@ -194,6 +197,7 @@ pub async fn execute(
         epoch: plan.base_epoch,
         dbs: HashMap::new(),
         sha: sha.clone(),
+        observer,
     };
     let ex = Execution {
         action: plan.kind.as_str(),
@@ -202,12 +206,16 @@ pub async fn execute(
         observer,
     };
     let ran = executor::execute(&plan.steps, &mut progress, &mut runner, &ex).await?;
-    let evidence = progress
-        .done
-        .iter()
-        .filter(|(i, _)| matches!(plan.steps.get(**i), Some(FailoverStep::Detach { .. })))
-        .map(|(_, v)| v.clone())
-        .collect();
+    let results_of = |f: fn(&FailoverStep) -> bool| -> Vec<serde_json::Value> {
+        progress
+            .done
+            .iter()
+            .filter(|(i, _)| plan.steps.get(**i).is_some_and(f))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let evidence = results_of(|s| matches!(s, FailoverStep::Detach { .. }));
+    let kafka = results_of(|s| matches!(s, FailoverStep::SyncGroups { .. }));
     let epoch = plan
         .lease_step()
         .and_then(|i| progress.result(i))
@@ -223,6 +231,7 @@ pub async fn execute(
         ran: ran.len(),
         elapsed_ms: started.elapsed().as_millis() as u64,
         evidence,
+        kafka,
         plan: prepared.path.clone(),
     })
 }
@@ -236,6 +245,7 @@ struct FailoverRunner<'a> {
     epoch: u64,
     dbs: HashMap<String, Pg>,
     sha: String,
+    observer: &'a dyn Observer,
 }
 
 impl FailoverRunner<'_> {
@@ -419,6 +429,13 @@ impl Runner<FailoverStep> for FailoverRunner<'_> {
                 }
             }
             FailoverStep::OpenRoute { route } => self.route(index, route, Action::Open).await,
+            FailoverStep::AwaitMirror { mirror, timeout_s } => {
+                super::kafka::await_mirror(self.cfg, mirror, Duration::from_secs(*timeout_s)).await
+            }
+            FailoverStep::SyncGroups {
+                mirror,
+                source_alive,
+            } => super::kafka::sync_groups(self.cfg, mirror, *source_alive, self.observer).await,
             FailoverStep::Finish { region } => {
                 let (rev, lease) = match &self.tenure {
                     Some(t) => (t.rev, t.lease),

@@ -12,6 +12,7 @@
 //! state after a back-off. Lag keeps being reported meanwhile.
 
 pub mod groups;
+pub mod handover;
 pub mod position;
 pub use haven_format::provenance;
 pub mod status;

@@ -39,16 +39,16 @@ pub struct PartitionStatus {
 }
 
 /// A selected partition: its mirror position and the source's watermarks.
-struct View {
-    topic: String,
-    partition: i32,
-    pos: Position,
-    low: i64,
-    high: i64,
+pub(super) struct View {
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    pub(super) pos: Position,
+    pub(super) low: i64,
+    pub(super) high: i64,
 }
 
 /// Positions of every selected partition, read from the target (blocking).
-fn positions(opts: &MirrorOptions) -> Result<Vec<View>> {
+pub(super) fn positions(opts: &MirrorOptions) -> Result<Vec<View>> {
     let s = opts.source.inspector("haven-inspector")?;
     let topics = haven_kafka::list_topics(&s, &opts.source.brokers, Duration::from_secs(10))?;
     let selected: Vec<_> = topics
