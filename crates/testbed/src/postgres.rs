@@ -86,19 +86,31 @@ impl Postgres {
                 "--locale=C",
             ],
         )?;
+        pg.serve()?;
+        Ok(pg)
+    }
+
+    /// Starts the server on its data directory and port.
+    fn serve(&self) -> Result<()> {
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10",
-            pg.dir.path().display()
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10",
+            self.port,
+            self.dir.path().display()
         );
-        let log = pg.log_path();
-        pg.run(
+        let (data, log) = (self.data_dir(), self.log_path());
+        self.run(
             "pg_ctl",
             &[
                 "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
             ],
         )
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(std::path::Path::new(&log))))?;
-        Ok(pg)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(std::path::Path::new(&log))))
+    }
+
+    /// Starts a stopped cluster again, on the same data and port (crash recovery after
+    /// [`Postgres::stop`]).
+    pub fn restart(&self) -> Result<()> {
+        self.serve()
     }
 
     fn data_dir(&self) -> String {

@@ -8,6 +8,7 @@ mod handover;
 mod hardening;
 mod lab;
 mod mirror;
+mod outages;
 mod recovery;
 mod restore;
 mod storage;
