@@ -8,7 +8,7 @@
 #     (etcd-server; its own service is not used: tests start throwaway members), and the
 #     failover tests' routes and replication: HAProxy 2.6 (haproxy), the Knot DNS server
 #     (knot; kdig from knot-dnsutils checks it independently) and Postgres' wal2json plugin (postgresql-15-wal2json); their services are
-#     not used either: tests start their own on free ports;
+#     not used either: tests start their own on free ports; prometheus for promtool;
 #   - the tansu 0.6.0 Kafka-compatible broker (cargo install, ~11 minutes the first time);
 #   - the Garage 2.5.0 S3-compatible object server (cargo install, ~10 minutes the first time);
 #   - kafka-python 3.0.12 (PyPI, pure Python): the independent Kafka client tests check
@@ -40,6 +40,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Prometheus for its promtool (tests check `haven alerts` with `promtool check rules` and
+# `promtool test rules`); without recommends (no node exporter), its service is not used.
+if ! command -v promtool >/dev/null; then
+  say "installing prometheus (for promtool)"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 phase "Debian packages ready"
 

@@ -117,6 +117,10 @@ enum Command {
         about = "Move the active region on purpose, losing no acknowledged write (fence, barrier, promote, reverse replication)."
     )]
     Switchover(commands::switchover::Args),
+    #[command(
+        about = "Print Prometheus alerting rules for Haven's metrics (RPO above target, stalls, losses, lease, agents)."
+    )]
+    Alerts(commands::alerts::Args),
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(commands::config::Command),
@@ -218,6 +222,7 @@ fn main() -> ExitCode {
             Command::Failover(c) => commands::failover::run(&ctx, c).await,
             Command::Switchover(a) => commands::switchover::run(&ctx, a).await,
             Command::Agent(a) => commands::agent::run(&ctx, a).await,
+            Command::Alerts(a) => commands::alerts::run(&ctx, a).await,
             Command::Bench(c) => commands::bench::run(&ctx, c).await,
         }
     });

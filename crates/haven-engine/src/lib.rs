@@ -16,6 +16,7 @@
 //!
 //! Offset translation for restore, mirroring and recovery lives in one module: [`offsets`].
 
+pub mod alerts;
 pub mod backup;
 pub mod config;
 mod error;

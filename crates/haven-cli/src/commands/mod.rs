@@ -1,6 +1,7 @@
 //! One file per command. Shared arguments and helpers live here.
 
 pub mod agent;
+pub mod alerts;
 pub mod audit;
 pub mod backup;
 pub mod bench;

@@ -20,6 +20,9 @@ fn help_lists_the_commands() {
         "compensate",
         "recover",
         "audit",
+        "switchover",
+        "failover",
+        "alerts",
         "--json",
         "--config",
     ] {

@@ -1,5 +1,6 @@
 //! Haven's integration tests: one binary, real servers from the test bed.
 
+mod alerts;
 mod backup;
 mod config;
 mod failover;
