@@ -261,7 +261,7 @@ pub(crate) fn spawn_agent(cfg: &str, region: &str, port: u16) -> std::process::C
         .unwrap()
 }
 
-fn signal(child: &std::process::Child, sig: &str) {
+pub(crate) fn signal(child: &std::process::Child, sig: &str) {
     let st = std::process::Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use testbed::{Broker, Consumed, EtcdCluster, Rec};
 
-use crate::failover::{config, lease_status};
+use crate::failover::{config, lease_status, signal};
 use crate::mirror::committed;
 use crate::{code, commit, haven, path, stderr};
 
@@ -50,16 +50,8 @@ fn setup() -> Setup {
     let mut agents = Vec::new();
     for region in ["us", "eu"] {
         let port = testbed::free_port().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_haven"))
-            .args(["--config", &cfg, "agent", "--region", region, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--state-dir")
-            .arg(dir.path().join(format!("agent-{region}")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        agents.push((child, port));
+        let state = dir.path().join(format!("agent-{region}"));
+        agents.push((crate::lab::spawn_agent(&cfg, region, port, &state), port));
     }
     let s = Setup {
         _etcd: etcd,
@@ -107,14 +99,6 @@ fn records(n: usize, tag: &str) -> Vec<Rec> {
 
 fn values(rs: &[Consumed]) -> Vec<Option<Vec<u8>>> {
     rs.iter().map(|r| r.value.clone()).collect()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let st = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
 }
 
 #[test]
