@@ -13,12 +13,19 @@ fn promtool() -> std::path::PathBuf {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn promtool_run(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(promtool())
+/// Runs promtool in `dir`; fails the test with its output unless it succeeds.
+fn promtool_ok(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new(promtool())
         .args(args)
         .current_dir(dir)
         .output()
-        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn rules_in(dir: &std::path::Path, args: &[&str]) {
@@ -47,13 +54,7 @@ fn write_test(path: std::path::PathBuf, text: &str) {
 fn promtool_accepts_the_rules_and_they_fire_on_the_series_haven_exports() {
     let dir = tempfile::tempdir().unwrap();
     rules_in(dir.path(), &["--rpo-s", "60", "--for-s", "60"]);
-    let out = promtool_run(dir.path(), &["check", "rules", "rules.yml"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_ok(dir.path(), &["check", "rules", "rules.yml"]);
     // Every 30 s: partition 0's backup falls 90 s behind at 1 min (partition 1 stays at
     // 5 s), the broker deletes 3 unread records at 1.5 min, the lease moves from US to EU
     // at 2 min (epoch 1 -> 2). In a second case only US's agent reports.
@@ -128,13 +129,7 @@ tests:
             exp_annotations: {summary: "No region holds the region lease: writes are stopped everywhere", runbook: RUNBOOK(HavenNoActiveRegion)}
 "#,
     );
-    let out = promtool_run(dir.path(), &["test", "rules", "test.yml"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_ok(dir.path(), &["test", "rules", "test.yml"]);
 
     // A stricter target changes what fires: at 30 s no partition is 60 s behind, but
     // with --rpo-s 8 partition 0 is (10 s) once --for-s 0.
@@ -156,13 +151,7 @@ tests:
             exp_annotations: {summary: "Backup of payments/0 is 10s behind (RPO target 8 s)", runbook: RUNBOOK(HavenBackupRpoAboveTarget)}
 "#,
     );
-    let out = promtool_run(dir.path(), &["test", "rules", "strict.yml"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_ok(dir.path(), &["test", "rules", "strict.yml"]);
 }
 
 #[test]
