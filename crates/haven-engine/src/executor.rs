@@ -132,6 +132,9 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 pub struct Progress {
     /// Step index -> what it did.
     pub done: BTreeMap<usize, serde_json::Value>,
+    /// Step index -> when it ran (wall clock), for timelines and benchmarks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub timings: BTreeMap<usize, StepTiming>,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -155,7 +158,7 @@ impl Progress {
                             .into_iter()
                             .map(|i| (i, serde_json::Value::Null))
                             .collect(),
-                        path: PathBuf::new(),
+                        ..Progress::default()
                     }
                 }
             },
@@ -175,8 +178,9 @@ impl Progress {
     }
 
     /// Records a step as done: written to a temporary file, synced, then renamed.
-    fn mark(&mut self, index: usize, result: serde_json::Value) -> Result<()> {
+    fn mark(&mut self, index: usize, result: serde_json::Value, timing: StepTiming) -> Result<()> {
         self.done.insert(index, result);
+        self.timings.insert(index, timing);
         let body = serde_json::to_vec_pretty(self).map_err(|e| Error::Task(e.to_string()))?;
         let tmp = self.path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
@@ -188,6 +192,13 @@ impl Progress {
         };
         write().map_err(|e| io_error(&self.path, e))
     }
+}
+
+/// When a step ran: wall-clock milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepTiming {
+    pub started_ms: i64,
+    pub done_ms: i64,
 }
 
 /// The progress file of a plan file: `PLAN.progress.json`.
@@ -235,19 +246,26 @@ pub async fn execute<S: Step, R: Runner<S>>(
             what: what.clone(),
         });
         let started = Instant::now();
+        let started_ms = chrono::Utc::now().timestamp_millis();
         let result = runner.run(index, step, progress).await.map_err(failed)?;
-        let details = serde_json::json!({"step": index + 1, "what": what, "result": result});
+        let ms = started.elapsed().as_millis() as u64;
+        let details =
+            serde_json::json!({"step": index + 1, "what": what, "result": result, "ms": ms});
         ex.audit
             .record(ex.action, ex.plan_sha256, runner.epoch(), details)
             .await
             .map_err(failed)?;
-        progress.mark(index, result).map_err(failed)?;
+        let timing = StepTiming {
+            started_ms,
+            done_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        progress.mark(index, result, timing).map_err(failed)?;
         ex.observer.event(&Event::StepDone {
             action: ex.action.to_string(),
             step: index + 1,
             total,
             what,
-            ms: started.elapsed().as_millis() as u64,
+            ms,
         });
         ran.push(index);
     }
@@ -342,10 +360,11 @@ mod tests {
             vec![1, 2]
         );
         assert_eq!(r.ran, vec![1, 2]);
-        assert_eq!(
-            Progress::load(&path).unwrap().result(2),
-            Some(&serde_json::json!(30))
-        );
+        let p = Progress::load(&path).unwrap();
+        assert_eq!(p.result(2), Some(&serde_json::json!(30)));
+        assert_eq!(p.timings.len(), 3);
+        assert!(p.timings.values().all(|t| t.started_ms <= t.done_ms));
+        assert!(p.timings[&1].done_ms <= p.timings[&2].started_ms);
         assert_eq!(log.0.lock().unwrap().len(), 3);
         assert!(log
             .0

@@ -148,6 +148,15 @@ pub async fn run_plan(
             report.ran,
             report.elapsed_ms
         );
+        if !report.timeline.phases.is_empty() {
+            let phases: Vec<String> = report
+                .timeline
+                .phases
+                .iter()
+                .map(|(p, ms)| format!("{} {ms} ms", p.as_str()))
+                .collect();
+            outln!("  steps by phase: {}", phases.join(", "));
+        }
         for e in &report.evidence {
             outln!(
                 "  {}: replicated up to {} (remote_lsn); last heartbeat {} before the detach",

@@ -122,6 +122,53 @@ pub enum FailoverStep {
     },
 }
 
+/// What a step is for, in the terms of an RTO breakdown (`haven bench failover`, the
+/// report's `phases`). Detection and decision happen before a plan runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Taking the lease (the new epoch), closing the old region's routes and databases.
+    Fencing,
+    /// Waiting until the new region holds what the old one acknowledged (barriers).
+    CatchUp,
+    /// Making the new region the primary: sequences, subscriptions, publications, group
+    /// offsets, its application roles let in.
+    Promotion,
+    /// Opening the new region's routes and handing the lease to its agent.
+    Routing,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Fencing => "fencing",
+            Phase::CatchUp => "catch_up",
+            Phase::Promotion => "promotion",
+            Phase::Routing => "routing",
+        }
+    }
+}
+
+impl FailoverStep {
+    pub fn phase(&self) -> Phase {
+        match self {
+            FailoverStep::TakeLease { .. }
+            | FailoverStep::CloseRoute { .. }
+            | FailoverStep::Fence { .. } => Phase::Fencing,
+            FailoverStep::Barrier { .. }
+            | FailoverStep::AwaitBarrier { .. }
+            | FailoverStep::AwaitMirror { .. } => Phase::CatchUp,
+            FailoverStep::SyncSequences { .. }
+            | FailoverStep::Detach { .. }
+            | FailoverStep::Publish { .. }
+            | FailoverStep::Subscribe { .. }
+            | FailoverStep::SyncGroups { .. }
+            | FailoverStep::Unfence { .. } => Phase::Promotion,
+            FailoverStep::OpenRoute { .. } | FailoverStep::Finish { .. } => Phase::Routing,
+        }
+    }
+}
+
 impl executor::Step for FailoverStep {
     fn describe(&self) -> String {
         match self {

@@ -4,7 +4,7 @@
 //! holder it was planned with; every step after it renews (or re-reads) the new tenure.
 //! A stale plan stops before it changes anything.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use haven_routes::{Action, Hook, HookCall};
 use serde::Serialize;
 
 use super::config::RouteKind;
-use super::plan::{self, FailoverPlan, FailoverStep, Kind};
+use super::plan::{self, FailoverPlan, FailoverStep, Kind, Phase};
 use super::preflight::{check_residency, connect, pg_error, preflight, route_section, section};
 use crate::config::Config;
 use crate::events::Observer;
@@ -165,7 +165,46 @@ pub struct Report {
     /// Per mirror into the new region: group commits, what it holds of each partition,
     /// records at risk (when the old region answered).
     pub kafka: Vec<serde_json::Value>,
+    /// When the plan's steps ran, and the time per phase (over every run of the plan).
+    pub timeline: Timeline,
     pub plan: PathBuf,
+}
+
+/// When a plan's steps ran (wall-clock ms since the Unix epoch), and the time its steps
+/// of each phase took.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timeline {
+    /// The first step's start and the last step's end; None before any step ran.
+    pub started_ms: Option<i64>,
+    pub done_ms: Option<i64>,
+    /// Phase -> milliseconds its steps took.
+    pub phases: BTreeMap<Phase, u64>,
+}
+
+/// The timeline of the steps done so far.
+pub fn timeline(plan: &FailoverPlan, progress: &Progress) -> Timeline {
+    let mut t = Timeline::default();
+    for (i, step) in plan.steps.iter().enumerate() {
+        let Some(at) = progress.timings.get(&i) else {
+            continue;
+        };
+        t.started_ms = Some(t.started_ms.map_or(at.started_ms, |s| s.min(at.started_ms)));
+        t.done_ms = Some(t.done_ms.map_or(at.done_ms, |d| d.max(at.done_ms)));
+        *t.phases.entry(step.phase()).or_default() += (at.done_ms - at.started_ms).max(0) as u64;
+    }
+    t
+}
+
+/// The plan kept at `path` (see [`plan_path`], or a finished one renamed beside it) and
+/// its timeline.
+pub fn load_timeline(path: &Path) -> Result<(FailoverPlan, Timeline)> {
+    let raw = std::fs::read(path)
+        .map_err(|e| Error::Input(format!("cannot read plan {}: {e}", path.display())))?;
+    let plan: FailoverPlan = serde_json::from_slice(&raw)
+        .map_err(|e| Error::Input(format!("{} is not a failover plan: {e}", path.display())))?;
+    let progress = Progress::load(&executor::progress_path(path))?;
+    let t = timeline(&plan, &progress);
+    Ok((plan, t))
 }
 
 /// Runs the plan's remaining steps.
@@ -232,6 +271,7 @@ pub async fn execute(
         elapsed_ms: started.elapsed().as_millis() as u64,
         evidence,
         kafka,
+        timeline: timeline(plan, &progress),
         plan: prepared.path.clone(),
     })
 }
