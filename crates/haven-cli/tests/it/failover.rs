@@ -218,31 +218,7 @@ standby = "eu"
     }
 }
 
-/// The status code of `GET /lease` on `port`, or None when nothing answers within 300 ms
-/// (a frozen or dead agent).
-pub(crate) fn lease_status(port: u16) -> Option<u16> {
-    get_lease(port).map(|(status, _)| status)
-}
-
-/// The epoch `GET /lease` reports.
-pub(crate) fn lease_epoch_of(port: u16) -> Option<u64> {
-    let (_, body) = get_lease(port)?;
-    serde_json::from_str::<serde_json::Value>(&body).ok()?["epoch"].as_u64()
-}
-
-/// `GET /lease` on `port`: its status code and body, or None within 300 ms.
-fn get_lease(port: u16) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
-    s.write_all(b"GET /lease HTTP/1.0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((status, body))
-}
+pub(crate) use haven_lab::{lease_epoch_of, lease_status};
 
 pub(crate) fn spawn_agent(cfg: &str, region: &str, port: u16) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_haven"))

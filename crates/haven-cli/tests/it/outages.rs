@@ -21,14 +21,14 @@ fn with_the_witness_down_a_partition_stops_writes_in_both_regions_until_it_heals
     let traffic = Traffic::start(&lab, false);
 
     // The witness dies: US and EU still make a quorum, nothing changes.
-    lab._etcd.kill(2);
+    lab.etcd.kill(2);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(rt().block_on(write_via_route(proxy_port)), Some(us_port));
 
     // The partition.
     let cut = Instant::now();
     lab.us_links.iter().for_each(|l| l.set_down(true));
-    lab._etcd.freeze(0, true).unwrap();
+    lab.etcd.freeze(0, true).unwrap();
     until("US fences itself", Duration::from_secs(15), || {
         rt().block_on(async {
             write_via_route(proxy_port).await != Some(us_port) && !writes_directly(us_port).await
@@ -60,9 +60,9 @@ fn with_the_witness_down_a_partition_stops_writes_in_both_regions_until_it_heals
 
     // Healed: one region takes writes again (US, the last active one, or EU's automatic
     // failover once the lease is free), with a higher epoch.
-    lab._etcd.freeze(0, false).unwrap();
+    lab.etcd.freeze(0, false).unwrap();
     lab.us_links.iter().for_each(|l| l.set_down(false));
-    lab._etcd.restart(2).unwrap();
+    lab.etcd.restart(2).unwrap();
     until(
         "a region takes writes again",
         Duration::from_secs(40),

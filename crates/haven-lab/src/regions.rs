@@ -1,0 +1,306 @@
+//! The lab's servers, its `haven.toml` and its agents.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use haven_pg::Pg;
+use testbed::{DelayProxy, EtcdCluster, Haproxy, HaproxyBackend, Knot, Postgres};
+
+use crate::agent::{lease_epoch_of, lease_status, spawn_agent};
+use crate::traffic::write_via_route;
+
+/// The TSIG key (base64) of the lab's DNS server.
+pub const TSIG_B64: &str = "aGF2ZW4tdGVzdC1rZXktMzItYnl0ZXMtbG9uZy4uLi4=";
+
+/// The lab's application schema (on both databases) and its application role.
+pub const SCHEMA: &str =
+    "CREATE TABLE accounts (id bigserial PRIMARY KEY, owner text NOT NULL, payload text);
+     CREATE ROLE app LOGIN;
+     GRANT ALL ON accounts TO app; GRANT ALL ON SEQUENCE accounts_id_seq TO app;";
+
+/// How to build the lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// The `haven` binary the agents run.
+    pub haven: PathBuf,
+    /// `[failover] mode`: "manual" or "automatic".
+    pub mode: String,
+    /// US's agent reaches the etcd members through proxies that can be cut
+    /// ([`Lab::us_links`]): a partition of US from EU and the witness.
+    pub cut_links: bool,
+    /// `[coordination] lease_ttl_s`.
+    pub lease_ttl_s: u64,
+    /// `[failover] failed_checks`.
+    pub failed_checks: u32,
+}
+
+impl LabOptions {
+    pub fn new(haven: impl Into<PathBuf>) -> Self {
+        LabOptions {
+            haven: haven.into(),
+            mode: "manual".into(),
+            cut_links: false,
+            lease_ttl_s: 3,
+            failed_checks: 2,
+        }
+    }
+}
+
+/// A running lab; dropping it stops every server and agent and removes its files.
+pub struct Lab {
+    pub etcd: EtcdCluster,
+    pub us: Postgres,
+    pub eu: Postgres,
+    pub proxy: Haproxy,
+    pub dns: Knot,
+    pub dir: tempfile::TempDir,
+    /// The `haven.toml` describing the lab.
+    pub cfg: String,
+    /// Per agent: its region, its HTTP port (`/lease`, `/metrics`), its process.
+    pub agents: Vec<(String, u16, Child)>,
+    /// US's links to the etcd members (empty unless `cut_links`).
+    pub us_links: Vec<DelayProxy>,
+    /// The replication link: EU's subscription reaches US's database through it.
+    pub replication: DelayProxy,
+    pub options: LabOptions,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, _, c) in &mut self.agents {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A current-thread runtime for the lab's blocking helpers.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// A superuser session on a lab database.
+pub async fn admin(pg: &Postgres, name: &str) -> anyhow::Result<Pg> {
+    Pg::connect(name, &pg.url("postgres"), None, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("connect to {name}"))
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+impl Lab {
+    /// Starts every server, replicates US to EU (EU's application role fenced), writes
+    /// the config and starts both agents.
+    pub fn start(options: &LabOptions) -> anyhow::Result<Lab> {
+        let etcd = EtcdCluster::start(3)?;
+        let (us, eu) = (Postgres::start()?, Postgres::start()?);
+        let replication = DelayProxy::start(0, us.port(), Duration::ZERO)?;
+        let via_link = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            replication.port()
+        );
+        rt().block_on(async {
+            let (u, e) = (admin(&us, "ledger-us").await?, admin(&eu, "ledger-eu").await?);
+            for db in [&u, &e] {
+                db.exec("schema", SCHEMA).await?;
+                db.ensure_tables().await?;
+            }
+            u.ensure_publication("haven").await?;
+            e.ensure_subscription("haven", &via_link, "haven", true)
+                .await?;
+            e.wait_synced("haven", Duration::from_secs(30)).await?;
+            // The standby's application roles are fenced while it is the standby.
+            e.fence(&["app".into()]).await?;
+            anyhow::Ok(())
+        })?;
+        let proxy = Haproxy::start(&[HaproxyBackend {
+            name: "be_write".into(),
+            servers: vec![
+                ("us".into(), format!("127.0.0.1:{}", us.port())),
+                ("eu".into(), format!("127.0.0.1:{}", eu.port())),
+            ],
+            disabled: true,
+        }])?;
+        let dir = tempfile::tempdir()?;
+        let dns = Knot::start("dr.example.", &["kafka A 10.0.0.1"], "haven", TSIG_B64)?;
+        let key_file = dir.path().join("tsig.key");
+        std::fs::write(&key_file, TSIG_B64)?;
+        let text = config_text(options, &etcd, &us, &eu, &proxy, &dns, &key_file);
+        let cfg = dir.path().join("haven.toml");
+        std::fs::write(&cfg, text)?;
+        let cfg = path(&cfg);
+        let mut lab = Lab {
+            etcd,
+            us,
+            eu,
+            proxy,
+            dns,
+            dir,
+            cfg,
+            agents: vec![],
+            us_links: vec![],
+            replication,
+            options: options.clone(),
+        };
+        let mut us_cfg = lab.cfg.clone();
+        if options.cut_links {
+            let mut text = std::fs::read_to_string(&lab.cfg)?;
+            for i in 0..3 {
+                let port = lab.etcd.client_port(i);
+                let link = DelayProxy::start(0, port, Duration::ZERO)?;
+                text = text.replace(
+                    &format!("127.0.0.1:{port}\""),
+                    &format!("127.0.0.1:{}\"", link.port()),
+                );
+                lab.us_links.push(link);
+            }
+            let p = lab.dir.path().join("haven-us.toml");
+            std::fs::write(&p, text)?;
+            us_cfg = path(&p);
+        }
+        for region in ["us", "eu"] {
+            let port = testbed::free_port()?;
+            let state = lab.state_dir(region);
+            let cfg = if region == "us" { &us_cfg } else { &lab.cfg };
+            let child = spawn_agent(&options.haven, cfg, region, port, &state)?;
+            lab.agents.push((region.into(), port, child));
+        }
+        Ok(lab)
+    }
+
+    /// A region's agent state directory (its plans, progress, audit).
+    pub fn state_dir(&self, region: &str) -> PathBuf {
+        self.dir.path().join(format!("agent-{region}"))
+    }
+
+    /// The HTTP port of a region's agent.
+    pub fn agent_port(&self, region: &str) -> Option<u16> {
+        self.agents.iter().find(|a| a.0 == region).map(|a| a.1)
+    }
+
+    /// The port applications write through (HAProxy's write backend).
+    pub fn write_port(&self) -> u16 {
+        self.proxy.port("be_write")
+    }
+
+    /// Waits until US's agent holds the lease and US takes writes through the route (the
+    /// primary of a fresh deployment); returns the epoch.
+    pub fn wait_us_active(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let Some(port) = self.agent_port("us") else {
+            bail!("the lab has no US agent");
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if lease_status(port) == Some(200)
+                && rt().block_on(write_via_route(self.write_port())) == Some(self.us.port())
+            {
+                if let Some(epoch) = lease_epoch_of(port) {
+                    return Ok(epoch);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("US did not take the lease and open its route within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn config_text(
+    o: &LabOptions,
+    etcd: &EtcdCluster,
+    us: &Postgres,
+    eu: &Postgres,
+    proxy: &Haproxy,
+    dns: &Knot,
+    key_file: &Path,
+) -> String {
+    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    format!(
+        r#"
+[clusters.us]
+bootstrap = "127.0.0.1:1"
+[clusters.eu]
+bootstrap = "127.0.0.1:2"
+
+[coordination]
+endpoints = [{endpoints}]
+cluster = "lab"
+lease_ttl_s = {ttl}
+
+[regions.us]
+cluster = "us"
+[regions.eu]
+cluster = "eu"
+
+[failover]
+primary = "us"
+standby = "eu"
+mode = "{mode}"
+failed_checks = {checks}
+
+[databases.ledger-us]
+region = "us"
+url = "{us_url}"
+roles = ["app"]
+peer = "ledger-eu"
+sequence_gap = 1000
+
+[databases.ledger-eu]
+region = "eu"
+url = "{eu_url}"
+roles = ["app"]
+sequence_gap = 1000
+
+[routes.write-us]
+region = "us"
+kind = "haproxy"
+socket = "{socket}"
+backend = "be_write"
+server = "us"
+
+[routes.write-eu]
+region = "eu"
+kind = "haproxy"
+socket = "{socket}"
+backend = "be_write"
+server = "eu"
+
+[routes.dns-us]
+region = "us"
+kind = "dns"
+dns_server = "127.0.0.1:{dns_port}"
+zone = "dr.example."
+name = "kafka.dr.example."
+address = "10.0.0.1"
+key_name = "haven"
+key_file = "{key_file}"
+
+[routes.dns-eu]
+region = "eu"
+kind = "dns"
+dns_server = "127.0.0.1:{dns_port}"
+zone = "dr.example."
+name = "kafka.dr.example."
+address = "10.0.1.1"
+key_name = "haven"
+key_file = "{key_file}"
+"#,
+        endpoints = endpoints.join(", "),
+        ttl = o.lease_ttl_s,
+        mode = o.mode,
+        checks = o.failed_checks,
+        us_url = us.url("postgres"),
+        eu_url = eu.url("postgres"),
+        socket = path(&proxy.socket()),
+        dns_port = dns.port(),
+        key_file = path(key_file),
+    )
+}
