@@ -3,6 +3,7 @@
 
 mod backup;
 mod data;
+mod failover;
 mod format;
 mod mirror;
 mod restore;
@@ -26,6 +27,9 @@ pub enum Command {
     Mirror(mirror::Args),
     /// Produce-to-target delay of a continuous mirror across an 80 ms link.
     MirrorLag(mirror::LagArgs),
+    /// An automatic failover's RTO phase by phase, and a switchover's unavailability, in
+    /// the two-region lab under the seed's load.
+    Failover(failover::Args),
 }
 
 /// One measured quantity and its baseline.
@@ -111,6 +115,7 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
         Command::Restore(a) => restore::run(ctx, a).await,
         Command::Mirror(a) => mirror::throughput(ctx, a).await,
         Command::MirrorLag(a) => mirror::lag(ctx, a).await,
+        Command::Failover(a) => failover::run(ctx, a).await,
     }
 }
 
