@@ -107,7 +107,10 @@ impl Lab {
             replication.port()
         );
         rt().block_on(async {
-            let (u, e) = (admin(&us, "ledger-us").await?, admin(&eu, "ledger-eu").await?);
+            let (u, e) = (
+                admin(&us, "ledger-us").await?,
+                admin(&eu, "ledger-eu").await?,
+            );
             for db in [&u, &e] {
                 db.exec("schema", SCHEMA).await?;
                 db.ensure_tables().await?;

@@ -50,8 +50,14 @@ pub(crate) fn spawn_agent(
     port: u16,
     state: &std::path::Path,
 ) -> std::process::Child {
-    haven_lab::spawn_agent(env!("CARGO_BIN_EXE_haven").as_ref(), cfg, region, port, state)
-        .unwrap()
+    haven_lab::spawn_agent(
+        env!("CARGO_BIN_EXE_haven").as_ref(),
+        cfg,
+        region,
+        port,
+        state,
+    )
+    .unwrap()
 }
 
 pub(crate) fn lab_with(mode: &str) -> Lab {
