@@ -113,6 +113,10 @@ pub struct JobSection {
     /// Milliseconds between flushes to the repository (the backup's RPO).
     #[serde(default)]
     pub flush_ms: Option<u64>,
+    /// Readers (Kafka consumers) per backup process (default: from the partition count
+    /// and the cores).
+    #[serde(default)]
+    pub readers: Option<usize>,
 }
 
 /// A continuous mirror between two clusters (`haven mirror --job NAME`).
@@ -216,6 +220,7 @@ cluster = "us"
 repository = "main"
 topics = "orders\\..*"
 flush_ms = 1000
+readers = 4
 
 [mirrors.us-to-eu]
 from = "us"

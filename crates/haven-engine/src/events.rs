@@ -43,6 +43,8 @@ pub enum Event {
         seconds: f64,
         durable_offset: i64,
     },
+    /// A backup process reads with this many readers (librdkafka consumers).
+    ReadersStarted { readers: usize },
     /// This process gave partitions to another member of its job (rebalance): it stops
     /// reporting their lag.
     PartitionsReleased { partitions: Vec<(String, i32)> },
@@ -157,6 +159,7 @@ impl std::fmt::Display for Event {
                 f,
                 "{topic}/{partition}: {records} records ({seconds:.1} s) behind, durable to offset {durable_offset}"
             ),
+            Event::ReadersStarted { readers } => write!(f, "reading with {readers} readers"),
             Event::PartitionsReleased { partitions } => {
                 let names: Vec<String> =
                     partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect();

@@ -55,6 +55,10 @@ pub struct ClusterConfig {
     pub properties: Vec<(String, String)>,
 }
 
+/// KiB of prefetched records one reader may queue (librdkafka's
+/// `queued.max.messages.kbytes`); split between the readers of one process.
+pub const READER_QUEUE_KB: usize = 32768;
+
 impl ClusterConfig {
     pub fn new(brokers: impl Into<String>) -> Self {
         ClusterConfig {
@@ -89,6 +93,19 @@ impl ClusterConfig {
         group_id: &str,
         context: C,
     ) -> Result<StreamConsumer<C>> {
+        self.reader_sized(group_id, context, READER_QUEUE_KB)
+    }
+
+    /// [`ClusterConfig::reader_with_context`] whose prefetch queue holds at most
+    /// `queue_kb` KiB: several readers in one process share [`READER_QUEUE_KB`].
+    pub fn reader_sized<C: rdkafka::consumer::ConsumerContext + 'static>(
+        &self,
+        group_id: &str,
+        context: C,
+        queue_kb: usize,
+    ) -> Result<StreamConsumer<C>> {
+        let queue_kb = queue_kb.max(1024);
+        let fetch_max = (queue_kb * 1024 / 4).min(8 << 20);
         self.base()
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
@@ -97,9 +114,14 @@ impl ClusterConfig {
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
-            .set("queued.max.messages.kbytes", "32768")
-            .set("fetch.max.bytes", "8388608")
-            .set("fetch.message.max.bytes", "1048576")
+            .set("queued.max.messages.kbytes", queue_kb.to_string())
+            // A fetch is at most a quarter of the queue, so several stay in flight: a
+            // fetch as large as the queue would stall the reader until it drained.
+            .set("fetch.max.bytes", fetch_max.to_string())
+            .set(
+                "fetch.message.max.bytes",
+                fetch_max.min(1 << 20).to_string(),
+            )
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "2000")
             .create_with_context(context)

@@ -76,6 +76,13 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
 
+    /// Readers in this process: each its own Kafka consumer (own connections, fetches in
+    /// parallel), the partitions split among them; still one segment per flush, and the
+    /// readers of all the job's processes share partitions through the group. Default 1
+    /// ([jobs.NAME] readers): measure with `haven bench backup --readers N` first.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    readers: Option<u16>,
+
     /// How long the broker may hold a fetch waiting for data (fetch.wait.max.ms).
     #[arg(long, default_value_t = 10, value_name = "MS")]
     fetch_wait_ms: u32,
@@ -123,6 +130,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     cl.fetch_wait_ms = a.fetch_wait_ms;
     let mut opts = BackupOptions::new(cl, backup::topic_regex(&topics)?);
     opts.once = a.once;
+    opts.readers = a
+        .readers
+        .map(usize::from)
+        .or(job.as_ref().and_then(|j| j.readers));
     opts.max_buffer_bytes = a.max_buffer_mb.max(1) * 1024 * 1024;
     opts.flush_interval = Duration::from_millis(flush_ms);
     opts.group_interval = (a.group_interval > 0).then(|| Duration::from_secs(a.group_interval));

@@ -600,3 +600,55 @@ fn broker_killed_mid_backup_then_restarted_loses_and_duplicates_nothing() {
     assert_eq!(assert_same(&b, &repo, "flaky", 2, &[]), 200);
     assert_eq!(code(&haven(&["verify", "--repo", &repo])), 0);
 }
+
+#[test]
+fn readers_share_partitions_without_gap_or_duplicate() {
+    let b = Broker::start().unwrap();
+    b.create_topic("spread", 5).unwrap();
+    b.produce("spread", &edge_records(500, 5)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = path(&dir.path().join("repo"));
+    // A snapshot with 3 readers for 5 partitions: one flush, so one segment holds what
+    // all three read.
+    let out = backup_once(
+        &b,
+        &repo,
+        "spread",
+        &[
+            "--readers",
+            "3",
+            "--flush-ms",
+            "60000",
+            "--group-interval",
+            "0",
+        ],
+        &[],
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["readers"], 3, "{report}");
+    assert_eq!(report["records"], 500, "{report}");
+    assert_eq!(report["segments"], 1, "{report}");
+    assert_eq!(assert_same(&b, &repo, "spread", 5, &[]), 500);
+
+    // Continuous with 2 readers, killed -9 while records arrive, then resumed with 4:
+    // every record once, in order.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args(["backup", "--brokers", &b.bootstrap(), "--repo", &repo])
+        .args(["--topics", "spread", "--readers", "2", "--flush-ms", "50"])
+        .args(["--group-interval", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    b.produce("spread", &edge_records(300, 5)).unwrap();
+    wait_for_records(&repo, 800, Duration::from_secs(60));
+    b.produce("spread", &edge_records(300, 5)).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    b.produce("spread", &edge_records(200, 5)).unwrap();
+    let out = backup_once(&b, &repo, "spread", &["--readers", "4"], &[]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["readers"], 4, "{report}");
+    assert_eq!(assert_same(&b, &repo, "spread", 5, &[]), 1300);
+    assert_eq!(code(&haven(&["verify", "--repo", &repo])), 0);
+}
