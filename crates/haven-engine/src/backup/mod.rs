@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod groups;
+pub mod readers;
 pub mod rebalance;
 
 use std::collections::BTreeMap;
@@ -34,7 +35,9 @@ use crate::{blocking, Error, Result};
 use batch::{Batch, Pending};
 use futures::StreamExt;
 use groups::GroupSampler;
-use rebalance::{BackupContext, Change};
+pub use readers::default_readers;
+use readers::readers_for;
+use rebalance::Change;
 
 /// How a backup runs.
 #[derive(Debug, Clone)]
@@ -60,23 +63,6 @@ pub struct BackupOptions {
     pub repository_region: Option<String>,
     /// Readers (librdkafka consumers) in this process; None: [`default_readers`].
     pub readers: Option<usize>,
-}
-
-/// Readers per process when not told: one. Measured on the reference machine (tansu,
-/// 2 cores, 4 partitions on one broker): two plain librdkafka consumers draining in
-/// parallel are no faster than one, and Haven with 4 readers was 1.3-1.6x slower than
-/// with one and used 83-93 MiB instead of 50-58 (README, "Benchmarks"). librdkafka
-/// already fetches from every broker at once; extra readers pay where many partitions
-/// share a broker that serves connections in parallel: try `--readers` there.
-pub fn default_readers(_partitions: usize) -> usize {
-    1
-}
-
-fn readers_for(asked: Option<usize>, partitions: usize) -> usize {
-    match asked {
-        Some(n) => n.clamp(1, partitions.max(1)),
-        None => default_readers(partitions),
-    }
 }
 
 impl BackupOptions {
@@ -335,47 +321,20 @@ pub async fn run(
             batch.parts.len()
         },
     );
-    let mut readers = Vec::with_capacity(n);
-    for _ in 0..n {
-        let context = BackupContext {
-            repo: repo.clone(),
-            handle: tokio::runtime::Handle::current(),
-            inspector: inspector.clone(),
-            changes: changes_tx.clone(),
-        };
-        readers.push(opts.cluster.reader_sized(
-            &group_id,
-            context,
-            haven_kafka::READER_QUEUE_KB / n,
-        )?);
-    }
+    let readers = readers::start(repo, opts, &inspector, &changes_tx, &group_id, n)?;
     observer.event(&Event::ReadersStarted { readers: n });
     report.readers = n;
     if opts.once {
         // A snapshot: this process reads every partition up to the watermarks seen at
         // start, the partitions dealt out to the readers in turn.
-        for (i, reader) in readers.iter().enumerate() {
-            let mut tpl = TopicPartitionList::new();
-            for (t, p, o) in assign.iter().skip(i).step_by(n) {
-                tpl.add_partition_offset(t, *p, Offset::Offset(*o))
-                    .map_err(|e| Error::Task(e.to_string()))?;
-            }
-            reader
-                .assign(&tpl)
-                .map_err(|e| Error::Task(format!("assign partitions: {e}")))?;
-        }
+        readers::deal(&readers, &assign)?;
     } else {
         // Continuous: the readers of all the job's processes share partitions through the
         // consumer group. Topic changes (a new generation) become durable first, so the
         // rebalance callback reads the right generation from the repository.
         flush(repo, &mut state, &mut batch, opts, observer, &mut report).await?;
         batch.parts.clear();
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        for reader in &readers {
-            reader
-                .subscribe(&names)
-                .map_err(|e| Error::Task(format!("subscribe to {names:?}: {e}")))?;
-        }
+        readers::subscribe(&readers, &topics)?;
     }
     let mut merged = futures::stream::select_all(
         readers
