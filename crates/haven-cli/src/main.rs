@@ -124,6 +124,29 @@ enum Command {
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(commands::config::Command),
+    /// The two-region lab on this machine (etcd, Postgres, Kafka, routes, agents): `lab
+    /// up`, `lab status`, `lab down`.
+    ///
+    /// The seed's architecture on this machine, from the servers `scripts/setup.sh` installs:
+    /// three etcd members (US, EU, a witness), a Postgres 15 per region (US publishes, EU
+    /// subscribes by logical replication through a link that can be cut), a tansu broker per
+    /// region with `ledger.transfers` mirrored US -> EU, HAProxy's write route, a Knot DNS
+    /// server taking signed updates, and an agent per region. It writes `DIR/haven.toml`
+    /// describing itself: every other command works on it with `--config DIR/haven.toml`.
+    ///
+    /// Examples:
+    ///   haven lab up --dir /tmp/lab                 (US active, EU standby; about 5 s)
+    ///   haven --config /tmp/lab/haven.toml failover status
+    ///   haven --config /tmp/lab/haven.toml switchover --to eu --yes
+    ///   haven lab status --dir /tmp/lab             (exit 0 only when every part answers)
+    ///   haven lab down --dir /tmp/lab
+    ///
+    /// The lab runs under a supervisor process in its own session (its log: DIR/lab.log),
+    /// described in DIR/lab.json. `lab down` stops every server; the servers' data lives in
+    /// temporary directories and does not survive it (the config and the agents' plans,
+    /// audit and logs in DIR do).
+    #[command(subcommand, verbatim_doc_comment)]
+    Lab(commands::lab::Command),
 }
 
 /// Global settings every command sees.
@@ -224,6 +247,7 @@ fn main() -> ExitCode {
             Command::Agent(a) => commands::agent::run(&ctx, a).await,
             Command::Alerts(a) => commands::alerts::run(&ctx, a).await,
             Command::Bench(c) => commands::bench::run(&ctx, c).await,
+            Command::Lab(c) => commands::lab::run(&ctx, c).await,
         }
     });
     let result = result.or_else(|e| {

@@ -10,14 +10,21 @@
 //! [`sampler`] checking every 100 ms that at most one region accepts writes (through its
 //! route and directly) and that no agent's epoch goes down.
 //!
-//! Used by the integration tests and by `haven bench failover`.
+//! With [`LabOptions::kafka`], a tansu broker per region and a continuous mirror US -> EU.
+//! [`control`] keeps a lab running in the background for `haven lab up|down|status`.
+//!
+//! Used by the integration tests, `haven bench failover` and `haven lab`.
 
 mod agent;
+pub mod control;
 mod regions;
 mod traffic;
 
 pub use agent::{lease_epoch_of, lease_status, spawn_agent};
-pub use regions::{admin, rt, Lab, LabOptions, SCHEMA, TSIG_B64};
+pub use regions::{
+    admin, rt, Lab, LabDir, LabOptions, RegionKafka, SCHEMA, TRANSFERS_PARTITIONS, TRANSFERS_TOPIC,
+    TSIG_B64,
+};
 pub use traffic::{
     owners, sampler, write_via_route, writer, writes_directly, Ack, Load, Sample, Seen, Traffic,
 };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use haven_pg::Pg;
-use testbed::{DelayProxy, EtcdCluster, Haproxy, HaproxyBackend, Knot, Postgres};
+use testbed::{Broker, DelayProxy, EtcdCluster, Haproxy, HaproxyBackend, Knot, Postgres};
 
 use crate::agent::{lease_epoch_of, lease_status, spawn_agent};
 use crate::traffic::write_via_route;
@@ -34,6 +34,39 @@ pub struct LabOptions {
     pub lease_ttl_s: u64,
     /// `[failover] failed_checks`.
     pub failed_checks: u32,
+    /// Where the lab keeps its `haven.toml`, agent states and logs (kept when the lab
+    /// stops); by default a temporary directory removed with the lab.
+    pub dir: Option<PathBuf>,
+    /// A Kafka broker (tansu) per region, the topic `ledger.transfers` on US and a
+    /// continuous mirror US -> EU (`[mirrors.us-to-eu]`, `regions.eu.mirror_in`).
+    pub kafka: bool,
+}
+
+/// The topic of the lab's transfer events, and its partitions.
+pub const TRANSFERS_TOPIC: &str = "ledger.transfers";
+pub const TRANSFERS_PARTITIONS: i32 = 4;
+
+/// Where a lab keeps its files.
+pub enum LabDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl LabDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            LabDir::Temp(t) => t.path(),
+            LabDir::Kept(p) => p,
+        }
+    }
+}
+
+/// A region's Kafka broker.
+pub struct RegionKafka {
+    pub us: Broker,
+    pub eu: Broker,
+    /// The continuous mirror US -> EU (`haven mirror --job us-to-eu`).
+    pub mirror: Option<Child>,
 }
 
 impl LabOptions {
@@ -44,6 +77,8 @@ impl LabOptions {
             cut_links: false,
             lease_ttl_s: 3,
             failed_checks: 2,
+            dir: None,
+            kafka: false,
         }
     }
 }
@@ -55,7 +90,9 @@ pub struct Lab {
     pub eu: Postgres,
     pub proxy: Haproxy,
     pub dns: Knot,
-    pub dir: tempfile::TempDir,
+    pub dir: LabDir,
+    /// Kafka per region and the mirror, with [`LabOptions::kafka`].
+    pub kafka: Option<RegionKafka>,
     /// The `haven.toml` describing the lab.
     pub cfg: String,
     /// Per agent: its region, its HTTP port (`/lease`, `/metrics`), its process.
@@ -72,6 +109,10 @@ impl Drop for Lab {
         for (_, _, c) in &mut self.agents {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(m) = self.kafka.as_mut().and_then(|k| k.mirror.as_mut()) {
+            let _ = m.kill();
+            let _ = m.wait();
         }
     }
 }
@@ -131,11 +172,31 @@ impl Lab {
             ],
             disabled: true,
         }])?;
-        let dir = tempfile::tempdir()?;
+        let dir = match &options.dir {
+            Some(p) => {
+                std::fs::create_dir_all(p).with_context(|| format!("create {}", p.display()))?;
+                LabDir::Kept(p.clone())
+            }
+            None => LabDir::Temp(tempfile::tempdir()?),
+        };
+        let kafka = if options.kafka {
+            let (us, eu) = (Broker::start()?, Broker::start()?);
+            us.create_topic(TRANSFERS_TOPIC, TRANSFERS_PARTITIONS)?;
+            Some(RegionKafka {
+                us,
+                eu,
+                mirror: None,
+            })
+        } else {
+            None
+        };
         let dns = Knot::start("dr.example.", &["kafka A 10.0.0.1"], "haven", TSIG_B64)?;
         let key_file = dir.path().join("tsig.key");
         std::fs::write(&key_file, TSIG_B64)?;
-        let text = config_text(options, &etcd, &us, &eu, &proxy, &dns, &key_file);
+        let mut text = config_text(options, &etcd, &us, &eu, &proxy, &dns, &key_file);
+        if let Some(k) = &kafka {
+            text = with_kafka(&text, &k.us.bootstrap(), &k.eu.bootstrap());
+        }
         let cfg = dir.path().join("haven.toml");
         std::fs::write(&cfg, text)?;
         let cfg = path(&cfg);
@@ -146,6 +207,7 @@ impl Lab {
             proxy,
             dns,
             dir,
+            kafka,
             cfg,
             agents: vec![],
             us_links: vec![],
@@ -174,6 +236,13 @@ impl Lab {
             let cfg = if region == "us" { &us_cfg } else { &lab.cfg };
             let child = spawn_agent(&options.haven, cfg, region, port, &state)?;
             lab.agents.push((region.into(), port, child));
+        }
+        if lab.kafka.is_some() {
+            let log = lab.dir.path().join("mirror-us-to-eu.log");
+            let child = spawn_mirror(&options.haven, &lab.cfg, "us-to-eu", &log)?;
+            if let Some(k) = lab.kafka.as_mut() {
+                k.mirror = Some(child);
+            }
         }
         Ok(lab)
     }
@@ -214,6 +283,35 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Starts `haven --config CFG mirror --job NAME`, its log in `log`.
+fn spawn_mirror(haven: &Path, cfg: &str, job: &str, log: &Path) -> anyhow::Result<Child> {
+    let file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
+    std::process::Command::new(haven)
+        .args(["--config", cfg, "mirror", "--job", job])
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("cannot start {}", haven.display()))
+}
+
+/// The config with real brokers for both regions and the mirror US -> EU.
+fn with_kafka(text: &str, us: &str, eu: &str) -> String {
+    let text = text
+        .replace(
+            "bootstrap = \"127.0.0.1:1\"",
+            &format!("bootstrap = \"{us}\""),
+        )
+        .replace(
+            "bootstrap = \"127.0.0.1:2\"",
+            &format!("bootstrap = \"{eu}\""),
+        )
+        .replace(
+            "[regions.eu]\ncluster = \"eu\"\n",
+            "[regions.eu]\ncluster = \"eu\"\nmirror_in = \"us-to-eu\"\n",
+        );
+    format!("{text}\n[mirrors.us-to-eu]\nfrom = \"us\"\nto = \"eu\"\ntopics = \"ledger\\\\..*\"\n")
 }
 
 fn config_text(

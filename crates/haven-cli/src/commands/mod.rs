@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod failover;
 pub mod impact;
+pub mod lab;
 pub mod ls;
 pub mod mirror;
 pub mod offsets;

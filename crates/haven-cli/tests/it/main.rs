@@ -8,6 +8,7 @@ mod foundation;
 mod handover;
 mod hardening;
 mod lab;
+mod labctl;
 mod mirror;
 mod outages;
 mod recovery;

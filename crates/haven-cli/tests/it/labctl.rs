@@ -1,0 +1,160 @@
+//! `haven lab up|status|down`: the two-region lab as a user runs it, in the background.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::{code, haven, ok, path};
+
+/// Stops the lab whatever happens to the test.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = haven(&["lab", "down", "--dir", &self.0]);
+    }
+}
+
+fn json(out: &std::process::Output) -> Value {
+    let text = ok(out);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn answers(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+fn port(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
+}
+
+/// Produces one record to partition 2 of `topic` on `bootstrap`; its key.
+fn produce(bootstrap: &str, topic: &str) -> String {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("a producer");
+    let key = format!("transfer-{}", std::process::id());
+    p.send(
+        BaseRecord::to(topic)
+            .partition(2)
+            .key(&key)
+            .payload("{\"amount\":100}"),
+    )
+    .map_err(|(e, _)| e)
+    .expect("send");
+    p.flush(Duration::from_secs(10)).expect("flush");
+    key
+}
+
+/// Whether partition 2 of `topic` on `bootstrap` holds a record keyed `key` within 60 s.
+fn arrives(bootstrap: &str, topic: &str, key: &str) -> bool {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "lab-test")
+        .set("fetch.wait.max.ms", "10")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(topic, 2, Offset::Beginning)
+            .is_err()
+            || c.assign(&tpl).is_err()
+        {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            match c.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) if m.key() == Some(key.as_bytes()) => return true,
+                _ => {}
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn lab_comes_up_in_the_background_mirrors_and_goes_down_leaving_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = path(dir.path());
+    let _down = Down(d.clone());
+
+    let state = json(&haven(&[
+        "--json",
+        "lab",
+        "up",
+        "--dir",
+        &d,
+        "--lease-ttl-s",
+        "3",
+    ]));
+    let pid = state["pid"].as_u64().expect("the supervisor's pid");
+    assert!(dir.path().join("lab.json").exists());
+    let config = state["config"].as_str().expect("the config").to_string();
+    assert!(std::path::Path::new(&config).starts_with(dir.path().canonicalize().unwrap()));
+
+    // Up again: the same lab, nothing started twice.
+    let again = json(&haven(&["--json", "lab", "up", "--dir", &d]));
+    assert_eq!(again["pid"].as_u64(), Some(pid));
+    assert_eq!(again["already_up"], Value::Bool(true));
+
+    // Every part answers and US holds the lease.
+    let out = haven(&["--json", "lab", "status", "--dir", &d]);
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(code(&out), 0, "status: {status}");
+    assert_eq!(status["active"], "us");
+    let parts = status["parts"].as_array().expect("parts");
+    assert!(parts.len() >= 11, "{parts:?}");
+    assert!(
+        parts.iter().all(|p| p["up"] == Value::Bool(true)),
+        "{parts:?}"
+    );
+
+    // The config it wrote drives the other commands: US is the active region.
+    let out = haven(&["--config", &config, "--json", "failover", "status"]);
+    let fs: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("failover status ({e}): {}", crate::stderr(&out)));
+    assert_eq!(fs["active"], "us", "{fs}");
+
+    // A transfer event produced in US reaches EU through the lab's mirror.
+    let e = &state["endpoints"];
+    let (us, eu) = (
+        e["kafka_us"].as_str().expect("kafka us"),
+        e["kafka_eu"].as_str().expect("kafka eu"),
+    );
+    let topic = e["topic"].as_str().expect("topic");
+    let key = produce(us, topic);
+    assert!(arrives(eu, topic, &key), "{key} did not reach EU");
+
+    // Down: the supervisor and every server are gone.
+    let pg_us = port(e["postgres_us"].as_str().unwrap());
+    let etcd = port(e["etcd"][0].as_str().unwrap());
+    let down = json(&haven(&["--json", "lab", "down", "--dir", &d]));
+    assert_eq!(down["stopped"], Value::Bool(true));
+    assert!(
+        !haven_lab::control::alive(pid as u32),
+        "the supervisor still runs"
+    );
+    assert!(!answers(pg_us), "US's Postgres still answers");
+    assert!(!answers(etcd), "etcd still answers");
+    let out = haven(&["lab", "status", "--dir", &d]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no lab"));
+    // Down again: nothing to do, not an error.
+    let again = json(&haven(&["--json", "lab", "down", "--dir", &d]));
+    assert_eq!(again["stopped"], Value::Bool(false));
+}

@@ -1,0 +1,352 @@
+//! A lab that outlives the command that started it (`haven lab up|down|status`): a
+//! supervisor process holds the lab (its servers are its children, its links live in
+//! it) and describes it in `DIR/lab.json`; `down` asks it to stop with SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::{lease_epoch_of, lease_status};
+use crate::regions::{Lab, LabOptions, TRANSFERS_TOPIC};
+
+/// The file a running lab is described in.
+pub const STATE_FILE: &str = "lab.json";
+/// The supervisor's log.
+pub const LOG_FILE: &str = "lab.log";
+
+/// What `DIR/lab.json` says about a running lab.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LabState {
+    /// The supervisor's process id (the leader of the lab's process group).
+    pub pid: u32,
+    /// When the lab became ready (RFC 3339).
+    pub started_at: String,
+    /// Seconds from the supervisor's start to a lab with US active.
+    pub startup_s: f64,
+    /// The `haven.toml` describing the lab: pass it as `haven --config`.
+    pub config: PathBuf,
+    pub mode: String,
+    pub lease_ttl_s: u64,
+    pub endpoints: Endpoints,
+}
+
+/// Where each part of the lab listens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Endpoints {
+    /// The etcd members: US, EU, witness.
+    pub etcd: Vec<String>,
+    /// Superuser URLs of the two databases (no password: loopback trust).
+    pub postgres_us: String,
+    pub postgres_eu: String,
+    /// Where applications write (HAProxy's write backend: the active region's database).
+    pub write_route: String,
+    pub haproxy_socket: PathBuf,
+    /// The DNS server taking the routes' signed updates.
+    pub dns: String,
+    /// The agents' HTTP endpoints (`/lease`, `/metrics`).
+    pub agent_us: String,
+    pub agent_eu: String,
+    /// Kafka bootstrap of each region, and the transfers topic (mirrored US -> EU).
+    pub kafka_us: Option<String>,
+    pub kafka_eu: Option<String>,
+    pub topic: Option<String>,
+}
+
+impl LabState {
+    /// Reads `DIR/lab.json`; None when there is none.
+    pub fn read(dir: &Path) -> anyhow::Result<Option<LabState>> {
+        let p = dir.join(STATE_FILE);
+        match std::fs::read(&p) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is not a lab description; remove it if no lab runs there",
+                    p.display()
+                )
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
+        }
+    }
+
+    /// Writes `DIR/lab.json` whole or not at all (a temporary file renamed).
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join(STATE_FILE))
+            .with_context(|| format!("write {}", dir.join(STATE_FILE).display()))
+    }
+
+    fn of(lab: &Lab, startup: Duration) -> LabState {
+        let agent = |r: &str| {
+            lab.agent_port(r)
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .unwrap_or_default()
+        };
+        LabState {
+            pid: std::process::id(),
+            started_at: chrono_now(),
+            startup_s: startup.as_secs_f64(),
+            config: PathBuf::from(&lab.cfg),
+            mode: lab.options.mode.clone(),
+            lease_ttl_s: lab.options.lease_ttl_s,
+            endpoints: Endpoints {
+                etcd: lab.etcd.endpoints(),
+                postgres_us: lab.us.url("postgres"),
+                postgres_eu: lab.eu.url("postgres"),
+                write_route: format!("127.0.0.1:{}", lab.write_port()),
+                haproxy_socket: lab.proxy.socket(),
+                dns: format!("127.0.0.1:{}", lab.dns.port()),
+                agent_us: agent("us"),
+                agent_eu: agent("eu"),
+                kafka_us: lab.kafka.as_ref().map(|k| k.us.bootstrap()),
+                kafka_eu: lab.kafka.as_ref().map(|k| k.eu.bootstrap()),
+                topic: lab.kafka.as_ref().map(|_| TRANSFERS_TOPIC.to_string()),
+            },
+        }
+    }
+}
+
+fn chrono_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Whether process `pid` is alive (and not a zombie waiting for its parent).
+pub fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name in parentheses: "123 (haven) S ...".
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    !matches!(
+        state.and_then(|s| s.chars().next()),
+        Some('Z') | Some('X') | None
+    )
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// The supervisor (`haven lab up --foreground`): starts the lab in `options.dir`,
+/// waits for US to be active, writes `lab.json`, then holds the lab until `stop` returns;
+/// dropping the lab stops every server. `lab.json` is removed on the way out.
+pub fn supervise(options: &LabOptions, stop: impl FnOnce()) -> anyhow::Result<LabState> {
+    let Some(dir) = options.dir.clone() else {
+        bail!("the supervisor needs a lab directory");
+    };
+    let started = Instant::now();
+    let lab = Lab::start(options)?;
+    lab.wait_us_active(Duration::from_secs(60))?;
+    let state = LabState::of(&lab, started.elapsed());
+    state.write(&dir)?;
+    eprintln!("lab ready in {:.1} s", state.startup_s);
+    stop();
+    eprintln!("stopping the lab");
+    let _ = std::fs::remove_file(dir.join(STATE_FILE));
+    drop(lab);
+    Ok(state)
+}
+
+/// What `lab up` found or did.
+pub enum Up {
+    Started(LabState),
+    AlreadyUp(LabState),
+}
+
+/// Starts a supervisor (`haven lab up --foreground ...`, in its own session so it outlives
+/// the terminal, its log in `DIR/lab.log`) unless one runs, and waits for its `lab.json`.
+pub fn up(haven: &Path, dir: &Path, args: &[String], timeout: Duration) -> anyhow::Result<Up> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    if let Some(state) = LabState::read(dir)? {
+        if alive(state.pid) {
+            return Ok(Up::AlreadyUp(state));
+        }
+        // A supervisor killed -9 leaves its description behind, and maybe its servers.
+        signal(-(state.pid as i32), libc::SIGKILL);
+        let _ = std::fs::remove_file(dir.join(STATE_FILE));
+    }
+    let log_path = dir.join(LOG_FILE);
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("create {}", log_path.display()))?;
+    let mut cmd = Command::new(haven);
+    cmd.args(["lab", "up", "--foreground", "--dir"])
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid(2) between fork and exec touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", haven.display()))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(state) = LabState::read(dir)? {
+            if state.pid == child.id() {
+                return Ok(Up::Started(state));
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the lab did not start ({status}); its log, {}:\n{}",
+                log_path.display(),
+                tail(&log_path, 20)
+            );
+        }
+        if Instant::now() > deadline {
+            signal(-(child.id() as i32), libc::SIGTERM);
+            bail!(
+                "the lab was not ready within {timeout:?} (stopped); its log, {}:\n{}",
+                log_path.display(),
+                tail(&log_path, 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Stops the lab in `dir`: SIGTERM to its supervisor, which stops every server; after
+/// `timeout`, SIGKILL to the whole process group. Returns false when no lab ran there.
+pub fn down(dir: &Path, timeout: Duration) -> anyhow::Result<bool> {
+    let Some(state) = LabState::read(dir)? else {
+        return Ok(false);
+    };
+    let pid = state.pid;
+    if !alive(pid) {
+        signal(-(pid as i32), libc::SIGKILL);
+        let _ = std::fs::remove_file(dir.join(STATE_FILE));
+        return Ok(false);
+    }
+    signal(pid as i32, libc::SIGTERM);
+    let deadline = Instant::now() + timeout;
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Whatever is left of the group (the supervisor itself if it hung).
+    signal(-(pid as i32), libc::SIGKILL);
+    let _ = std::fs::remove_file(dir.join(STATE_FILE));
+    Ok(true)
+}
+
+/// One part of the lab and whether it answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Part {
+    pub name: String,
+    pub address: String,
+    pub up: bool,
+}
+
+/// `lab status`: the supervisor, every part, and which region holds the lease.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub running: bool,
+    pub state: Option<LabState>,
+    pub parts: Vec<Part>,
+    /// The region whose agent answers `/lease` with 200, and its epoch.
+    pub active: Option<String>,
+    pub epoch: Option<u64>,
+}
+
+impl Status {
+    pub fn healthy(&self) -> bool {
+        self.running && self.parts.iter().all(|p| p.up) && self.active.is_some()
+    }
+}
+
+fn answers(address: &str) -> bool {
+    let hostport = address
+        .trim_start_matches("http://")
+        .trim_start_matches("postgresql://")
+        .rsplit('@')
+        .next()
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    match hostport.parse::<std::net::SocketAddr>() {
+        Ok(a) => std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn port_of(url: &str) -> Option<u16> {
+    url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
+}
+
+pub fn status(dir: &Path) -> anyhow::Result<Status> {
+    let Some(state) = LabState::read(dir)? else {
+        return Ok(Status {
+            running: false,
+            state: None,
+            parts: vec![],
+            active: None,
+            epoch: None,
+        });
+    };
+    let e = &state.endpoints;
+    let mut named: Vec<(String, String)> = vec![];
+    for (i, who) in ["us", "eu", "witness"].iter().enumerate() {
+        if let Some(ep) = e.etcd.get(i) {
+            named.push((format!("etcd-{who}"), ep.clone()));
+        }
+    }
+    named.push(("postgres-us".into(), e.postgres_us.clone()));
+    named.push(("postgres-eu".into(), e.postgres_eu.clone()));
+    named.push(("write-route".into(), e.write_route.clone()));
+    named.push(("dns".into(), e.dns.clone()));
+    named.push(("agent-us".into(), e.agent_us.clone()));
+    named.push(("agent-eu".into(), e.agent_eu.clone()));
+    if let Some(k) = &e.kafka_us {
+        named.push(("kafka-us".into(), k.clone()));
+    }
+    if let Some(k) = &e.kafka_eu {
+        named.push(("kafka-eu".into(), k.clone()));
+    }
+    let parts = named
+        .into_iter()
+        .map(|(name, address)| Part {
+            up: answers(&address),
+            name,
+            address,
+        })
+        .collect();
+    let mut active = None;
+    let mut epoch = None;
+    for (region, url) in [("us", &e.agent_us), ("eu", &e.agent_eu)] {
+        if let Some(port) = port_of(url) {
+            if lease_status(port) == Some(200) {
+                active = Some(region.to_string());
+                epoch = lease_epoch_of(port);
+            }
+        }
+    }
+    Ok(Status {
+        running: alive(state.pid),
+        state: Some(state),
+        parts,
+        active,
+        epoch,
+    })
+}
