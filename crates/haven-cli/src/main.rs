@@ -147,6 +147,10 @@ enum Command {
     /// audit and logs in DIR do).
     #[command(subcommand, verbatim_doc_comment)]
     Lab(commands::lab::Command),
+    /// The reference ledger workload on the lab (`workload ledger`) and its invariants
+    /// (`workload check`, W1-W9).
+    #[command(subcommand)]
+    Workload(commands::workload::Command),
 }
 
 /// Global settings every command sees.
@@ -248,6 +252,7 @@ fn main() -> ExitCode {
             Command::Alerts(a) => commands::alerts::run(&ctx, a).await,
             Command::Bench(c) => commands::bench::run(&ctx, c).await,
             Command::Lab(c) => commands::lab::run(&ctx, c).await,
+            Command::Workload(c) => commands::workload::run(&ctx, c).await,
         }
     });
     let result = result.or_else(|e| {

@@ -17,6 +17,7 @@
 
 mod agent;
 pub mod control;
+pub mod ledger;
 mod regions;
 mod traffic;
 

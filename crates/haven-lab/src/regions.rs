@@ -154,6 +154,8 @@ impl Lab {
             );
             for db in [&u, &e] {
                 db.exec("schema", SCHEMA).await?;
+                db.exec("the ledger's schema", crate::ledger::SCHEMA)
+                    .await?;
                 db.ensure_tables().await?;
             }
             u.ensure_publication("haven").await?;

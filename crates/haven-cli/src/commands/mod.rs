@@ -21,6 +21,7 @@ pub mod restore;
 pub mod rewind;
 pub mod switchover;
 pub mod verify;
+pub mod workload;
 
 use std::path::PathBuf;
 

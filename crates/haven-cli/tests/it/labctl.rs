@@ -158,3 +158,151 @@ fn lab_comes_up_in_the_background_mirrors_and_goes_down_leaving_nothing_running(
     let again = json(&haven(&["--json", "lab", "down", "--dir", &d]));
     assert_eq!(again["stopped"], Value::Bool(false));
 }
+
+fn sql(url: &str, statement: &str) {
+    let (url, statement) = (url.to_string(), statement.to_string());
+    haven_lab::rt().block_on(async move {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        c.batch_execute(&statement).await.expect("damage");
+    });
+}
+
+/// The invariant `id` of a `workload check --json` report.
+fn invariant(report: &Value, id: &str) -> Value {
+    report["invariants"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {id} in {report}"))
+}
+
+fn check(d: &str) -> (i32, Value) {
+    let out = haven(&["--json", "workload", "check", "--lab", d]);
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check JSON ({e}): {}", crate::stderr(&out)));
+    (code(&out), report)
+}
+
+#[test]
+fn the_ledger_workload_passes_its_checks_and_the_checker_names_each_kind_of_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = path(dir.path());
+    let _down = Down(d.clone());
+    let state = json(&haven(&["--json", "lab", "up", "--dir", &d]));
+    let summary = json(&haven(&[
+        "--json",
+        "workload",
+        "ledger",
+        "--lab",
+        &d,
+        "--rate",
+        "1200",
+        "--duration-s",
+        "4",
+        "--reads-per-write",
+        "1",
+        "--connections",
+        "2",
+    ]));
+    let applied = summary["applied"].as_u64().unwrap();
+    assert!(applied >= 40, "{summary}");
+    assert_eq!(summary["by_region"]["us"], summary["acknowledged"]);
+    assert_eq!(summary["read_errors"], 0, "{summary}");
+
+    // Untouched: every invariant holds, record for record.
+    let (rc, report) = check(&d);
+    assert_eq!(rc, 0, "{report:#}");
+    assert_eq!(report["transfers"].as_u64(), Some(applied));
+    assert_eq!(report["topic_records"].as_u64(), Some(applied));
+    assert_eq!(report["lost"], 0);
+    assert_eq!(invariant(&report, "W8")["ok"], Value::Bool(true));
+
+    let e = &state["endpoints"];
+    let us_pg = e["postgres_us"].as_str().unwrap().to_string();
+    let acks = std::fs::read_to_string(dir.path().join("workload/acks.ndjson")).unwrap();
+    let applied_ids: Vec<String> = acks
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|a| a["outcome"] == "applied")
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+
+    // A changed balance: money is no longer conserved, and the topic disagrees.
+    sql(
+        &us_pg,
+        "UPDATE ledger_accounts SET balance = balance + 7 WHERE id = 500",
+    );
+    let (rc, report) = check(&d);
+    assert_eq!(rc, 1);
+    let w1 = invariant(&report, "W1");
+    assert_eq!(w1["ok"], Value::Bool(false));
+    assert!(
+        w1["first_example"]
+            .as_str()
+            .unwrap()
+            .starts_with("account 500:"),
+        "{w1}"
+    );
+    let w7 = invariant(&report, "W7");
+    assert!(
+        w7["first_example"]
+            .as_str()
+            .unwrap()
+            .starts_with("account 500:"),
+        "{w7}"
+    );
+    sql(
+        &us_pg,
+        "UPDATE ledger_accounts SET balance = balance - 7 WHERE id = 500",
+    );
+
+    // A deleted transfer: its entries are orphans, the topic has it, a client was told.
+    let victim = &applied_ids[applied_ids.len() / 2];
+    sql(
+        &us_pg,
+        &format!("DELETE FROM ledger_transfers WHERE id = '{victim}'"),
+    );
+    let (rc, report) = check(&d);
+    assert_eq!(rc, 1);
+    for w in ["W2", "W5", "W9"] {
+        let i = invariant(&report, w);
+        assert_eq!(i["ok"], Value::Bool(false), "{w}: {i}");
+        assert!(
+            i["first_example"]
+                .as_str()
+                .unwrap()
+                .contains(victim.as_str()),
+            "{w}: {i}"
+        );
+    }
+    assert_eq!(report["lost"], 1);
+
+    // A duplicated event.
+    let twice = &applied_ids[0];
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", e["kafka_us"].as_str().unwrap())
+        .create()
+        .unwrap();
+    let payload = format!("{{\"transfer_id\":\"{twice}\",\"src\":1,\"dst\":2,\"amount\":0}}");
+    p.send(
+        BaseRecord::to(e["topic"].as_str().unwrap())
+            .key(twice.as_str())
+            .payload(&payload),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+    let (_, report) = check(&d);
+    let w4 = invariant(&report, "W4");
+    assert_eq!(w4["ok"], Value::Bool(false), "{w4}");
+    assert!(
+        w4["first_example"]
+            .as_str()
+            .unwrap()
+            .starts_with(twice.as_str()),
+        "{w4}"
+    );
+}
