@@ -16,7 +16,12 @@ pub fn spawn_agent(
     state: &Path,
 ) -> anyhow::Result<Child> {
     let log = state.with_extension("log");
-    let log = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
+    // Appended: an agent started again after a fault keeps the first one's log.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("{}", log.display()))?;
     Command::new(haven)
         .args(["--config", cfg, "agent", "--region", region])
         .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -10,12 +10,16 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{lease_epoch_of, lease_status};
+use crate::faults::Fault;
 use crate::regions::{Lab, LabOptions, TRANSFERS_TOPIC};
+use std::os::unix::net::{UnixListener, UnixStream};
 
 /// The file a running lab is described in.
 pub const STATE_FILE: &str = "lab.json";
 /// The supervisor's log.
 pub const LOG_FILE: &str = "lab.log";
+/// The supervisor's control socket (faults).
+pub const SOCKET_FILE: &str = "lab.sock";
 
 /// What `DIR/lab.json` says about a running lab.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -135,23 +139,106 @@ fn signal(pid: i32, sig: i32) {
 }
 
 /// The supervisor (`haven lab up --foreground`): starts the lab in `options.dir`,
-/// waits for US to be active, writes `lab.json`, then holds the lab until `stop` returns;
-/// dropping the lab stops every server. `lab.json` is removed on the way out.
-pub fn supervise(options: &LabOptions, stop: impl FnOnce()) -> anyhow::Result<LabState> {
+/// waits for US to be active, writes `lab.json`, then serves fault requests on
+/// `DIR/lab.sock` until `stopped()` says so; dropping the lab stops every server.
+/// `lab.json` and the socket are removed on the way out.
+pub fn supervise(options: &LabOptions, stopped: impl Fn() -> bool) -> anyhow::Result<LabState> {
     let Some(dir) = options.dir.clone() else {
         bail!("the supervisor needs a lab directory");
     };
     let started = Instant::now();
-    let lab = Lab::start(options)?;
+    let mut lab = Lab::start(options)?;
     lab.wait_us_active(Duration::from_secs(60))?;
+    let sock = dir.join(SOCKET_FILE);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).with_context(|| {
+        format!(
+            "listen on {} (a socket path must be under 108 bytes: choose a shorter --dir)",
+            sock.display()
+        )
+    })?;
+    listener.set_nonblocking(true)?;
     let state = LabState::of(&lab, started.elapsed());
     state.write(&dir)?;
     eprintln!("lab ready in {:.1} s", state.startup_s);
-    stop();
+    while !stopped() {
+        match listener.accept() {
+            Ok((stream, _)) => serve(&mut lab, stream),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
     eprintln!("stopping the lab");
     let _ = std::fs::remove_file(dir.join(STATE_FILE));
+    let _ = std::fs::remove_file(&sock);
     drop(lab);
     Ok(state)
+}
+
+/// One request on the control socket: a line `{"fault": ["region-down", "us"]}`,
+/// answered with a line `{"ok": true, "detail": ...}` or `{"ok": false, "error": ...}`.
+fn serve(lab: &mut Lab, stream: UnixStream) {
+    use std::io::{BufRead, BufReader, Write};
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let mut reader = BufReader::new(&stream);
+    let answer = match reader.read_line(&mut line) {
+        Ok(_) => match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(v) => {
+                let words: Vec<String> = v["fault"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|w| w.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                match Fault::parse(&words).and_then(|f| lab.inject(&f)) {
+                    Ok(detail) => {
+                        eprintln!("fault {}: {detail}", words.join(" "));
+                        serde_json::json!({"ok": true, "detail": detail})
+                    }
+                    Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+                }
+            }
+            Err(e) => serde_json::json!({"ok": false, "error": format!("not a request: {e}")}),
+        },
+        Err(e) => serde_json::json!({"ok": false, "error": format!("read the request: {e}")}),
+    };
+    let mut w = &stream;
+    let _ = writeln!(w, "{answer}");
+}
+
+/// Asks the lab in `dir` to inject a fault (`region-down us`, `link-cut`, `heal`, ...);
+/// returns what it did.
+pub fn fault(dir: &Path, words: &[String]) -> anyhow::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    Fault::parse(words)?;
+    let sock = dir.join(SOCKET_FILE);
+    let stream = UnixStream::connect(&sock).with_context(|| {
+        format!(
+            "no lab answers on {}: start one with `haven lab up --dir {}`",
+            sock.display(),
+            dir.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut w = &stream;
+    writeln!(w, "{}", serde_json::json!({ "fault": words }))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .context("the lab did not answer")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("the lab answered {line:?}"))?;
+    if v["ok"] == serde_json::Value::Bool(true) {
+        Ok(v["detail"].as_str().unwrap_or("").to_string())
+    } else {
+        bail!(
+            "{}",
+            v["error"].as_str().unwrap_or("the lab refused the fault")
+        )
+    }
 }
 
 /// What `lab up` found or did.

@@ -17,11 +17,13 @@
 
 mod agent;
 pub mod control;
+mod faults;
 pub mod ledger;
 mod regions;
 mod traffic;
 
 pub use agent::{lease_epoch_of, lease_status, spawn_agent};
+pub use faults::Fault;
 pub use regions::{
     admin, rt, Lab, LabDir, LabOptions, RegionKafka, SCHEMA, TRANSFERS_PARTITIONS, TRANSFERS_TOPIC,
     TSIG_B64,

@@ -102,6 +102,8 @@ pub struct Lab {
     /// The replication link: EU's subscription reaches US's database through it.
     pub replication: DelayProxy,
     pub options: LabOptions,
+    /// Parts a fault stopped (`pg-us`, `broker-eu`, `agent-us`): what `heal` starts.
+    pub stopped: std::collections::BTreeSet<String>,
 }
 
 impl Drop for Lab {
@@ -215,8 +217,8 @@ impl Lab {
             us_links: vec![],
             replication,
             options: options.clone(),
+            stopped: Default::default(),
         };
-        let mut us_cfg = lab.cfg.clone();
         if options.cut_links {
             let mut text = std::fs::read_to_string(&lab.cfg)?;
             for i in 0..3 {
@@ -228,15 +230,13 @@ impl Lab {
                 );
                 lab.us_links.push(link);
             }
-            let p = lab.dir.path().join("haven-us.toml");
-            std::fs::write(&p, text)?;
-            us_cfg = path(&p);
+            std::fs::write(lab.dir.path().join("haven-us.toml"), text)?;
         }
         for region in ["us", "eu"] {
             let port = testbed::free_port()?;
             let state = lab.state_dir(region);
-            let cfg = if region == "us" { &us_cfg } else { &lab.cfg };
-            let child = spawn_agent(&options.haven, cfg, region, port, &state)?;
+            let cfg = lab.agent_config(region);
+            let child = spawn_agent(&options.haven, &cfg, region, port, &state)?;
             lab.agents.push((region.into(), port, child));
         }
         if lab.kafka.is_some() {
@@ -247,6 +247,16 @@ impl Lab {
             }
         }
         Ok(lab)
+    }
+
+    /// The config a region's agent runs with: US's reaches etcd through the cuttable
+    /// links when there are some.
+    pub fn agent_config(&self, region: &str) -> String {
+        if region == "us" && !self.us_links.is_empty() {
+            path(&self.dir.path().join("haven-us.toml"))
+        } else {
+            self.cfg.clone()
+        }
     }
 
     /// A region's agent state directory (its plans, progress, audit).

@@ -19,6 +19,20 @@ pub enum Command {
     /// Every part of the lab, whether it answers, and the active region (exit 1 unless all
     /// are up and a region holds the lease).
     Status(DirArg),
+    /// Inject a fault by hand: region-down REGION (agent and broker killed -9, Postgres
+    /// crashed), pg-crash REGION, broker-crash REGION, agent-crash REGION, link-cut (US
+    /// cut off from EU, the witness and its own etcd member), link-flap [MS], heal
+    /// (everything up again, on the same data).
+    Fault(FaultArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FaultArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// The fault and its argument, e.g. `region-down us`, `link-flap 800`, `heal`.
+    #[arg(required = true, num_args = 1..=2, value_name = "FAULT")]
+    fault: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +82,7 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
         Command::Up(a) => up(ctx, a).await,
         Command::Down(a) => down(ctx, a).await,
         Command::Status(a) => status(ctx, a).await,
+        Command::Fault(a) => fault(ctx, a).await,
     }
 }
 
@@ -84,14 +99,9 @@ async fn foreground(a: UpArgs) -> anyhow::Result<u8> {
     o.lease_ttl_s = a.lease_ttl_s;
     o.failed_checks = a.failed_checks;
     o.kafka = !a.no_kafka;
-    let mut stop = super::stop_on_signal();
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        control::supervise(&o, move || {
-            let _ = handle.block_on(stop.wait_for(|s| *s));
-        })
-    })
-    .await??;
+    o.cut_links = true;
+    let stop = super::stop_on_signal();
+    tokio::task::spawn_blocking(move || control::supervise(&o, move || *stop.borrow())).await??;
     Ok(0)
 }
 
@@ -227,4 +237,20 @@ async fn status(ctx: &Ctx, a: DirArg) -> anyhow::Result<u8> {
         );
     }
     Ok(code)
+}
+
+async fn fault(ctx: &Ctx, a: FaultArgs) -> anyhow::Result<u8> {
+    let dir = a.dir.dir.clone();
+    let words = a.fault.clone();
+    let at_ms = chrono::Utc::now().timestamp_millis();
+    let detail = tokio::task::spawn_blocking(move || control::fault(&dir, &words)).await??;
+    if ctx.json {
+        outln!(
+            "{}",
+            serde_json::json!({"fault": a.fault, "at_ms": at_ms, "detail": detail})
+        );
+    } else {
+        outln!("{detail} (at {at_ms} ms)");
+    }
+    Ok(0)
 }

@@ -1,0 +1,191 @@
+//! Faults injected into a running lab (`haven lab fault`, drills) and healed again.
+
+use std::time::Duration;
+
+use anyhow::bail;
+
+use crate::agent::spawn_agent;
+use crate::regions::Lab;
+
+/// A fault the lab can inject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The whole region at once: its agent killed -9, its Postgres stopped in immediate
+    /// mode (a crash), its broker killed -9.
+    RegionDown(String),
+    /// The region's Postgres crashes (immediate stop); `heal` starts it again.
+    PgCrash(String),
+    /// The region's broker is killed -9; `heal` starts it again on the same data.
+    BrokerCrash(String),
+    /// The agent alone is killed -9.
+    AgentCrash(String),
+    /// US cut off: the replication link and US's links to every etcd member go down.
+    LinkCut,
+    /// The same cut for `ms` milliseconds, then healed by itself.
+    LinkFlap(u64),
+    /// Every link up again, every stopped server and agent started again.
+    Heal,
+}
+
+fn region(arg: Option<&str>, what: &str) -> anyhow::Result<String> {
+    match arg {
+        Some(r @ ("us" | "eu")) => Ok(r.to_string()),
+        Some(other) => bail!("{what}: no region {other:?} in the lab (us or eu)"),
+        None => bail!("{what} needs a region: us or eu"),
+    }
+}
+
+impl Fault {
+    /// Parses `region-down us`, `pg-crash eu`, `broker-crash us`, `agent-crash us`,
+    /// `link-cut`, `link-flap [MS]`, `heal`.
+    pub fn parse(words: &[String]) -> anyhow::Result<Fault> {
+        let name = words.first().map(String::as_str).unwrap_or("");
+        let arg = words.get(1).map(String::as_str);
+        Ok(match name {
+            "region-down" => Fault::RegionDown(region(arg, name)?),
+            "pg-crash" => Fault::PgCrash(region(arg, name)?),
+            "broker-crash" => Fault::BrokerCrash(region(arg, name)?),
+            "agent-crash" => Fault::AgentCrash(region(arg, name)?),
+            "link-cut" => Fault::LinkCut,
+            "link-flap" => Fault::LinkFlap(match arg {
+                None => 1000,
+                Some(ms) => ms
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("link-flap: {ms:?} is not milliseconds"))?,
+            }),
+            "heal" => Fault::Heal,
+            "s3-down" => bail!("s3-down: the lab has no object store yet"),
+            other => bail!(
+                "unknown fault {other:?}: region-down REGION, pg-crash REGION, broker-crash REGION, \
+                 agent-crash REGION, link-cut, link-flap [MS], heal"
+            ),
+        })
+    }
+}
+
+impl Lab {
+    fn set_links_down(&self, down: bool) {
+        self.replication.set_down(down);
+        for l in &self.us_links {
+            l.set_down(down);
+        }
+    }
+
+    fn kill_agent(&mut self, region: &str) {
+        for (r, _, child) in &mut self.agents {
+            if r == region {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    fn pg(&self, region: &str) -> &testbed::Postgres {
+        if region == "us" {
+            &self.us
+        } else {
+            &self.eu
+        }
+    }
+
+    fn kill_broker(&mut self, region: &str) -> bool {
+        match self.kafka.as_mut() {
+            Some(k) => {
+                if region == "us" {
+                    k.us.kill()
+                } else {
+                    k.eu.kill()
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Injects `fault`; says what it did.
+    pub fn inject(&mut self, fault: &Fault) -> anyhow::Result<String> {
+        match fault {
+            Fault::RegionDown(r) => {
+                self.kill_agent(r);
+                let _ = self.pg(r).stop();
+                let broker = self.kill_broker(r);
+                self.stopped
+                    .extend([format!("agent-{r}"), format!("pg-{r}")]);
+                if broker {
+                    self.stopped.insert(format!("broker-{r}"));
+                }
+                Ok(format!(
+                    "{r} down: agent killed -9, Postgres crashed{}",
+                    if broker { ", broker killed -9" } else { "" }
+                ))
+            }
+            Fault::PgCrash(r) => {
+                self.pg(r).stop()?;
+                self.stopped.insert(format!("pg-{r}"));
+                Ok(format!("{r}'s Postgres crashed (immediate stop)"))
+            }
+            Fault::BrokerCrash(r) => {
+                if !self.kill_broker(r) {
+                    bail!("the lab has no Kafka (started with --no-kafka)");
+                }
+                self.stopped.insert(format!("broker-{r}"));
+                Ok(format!("{r}'s broker killed -9"))
+            }
+            Fault::AgentCrash(r) => {
+                self.kill_agent(r);
+                self.stopped.insert(format!("agent-{r}"));
+                Ok(format!("{r}'s agent killed -9"))
+            }
+            Fault::LinkCut => {
+                if self.us_links.is_empty() {
+                    bail!("this lab was started without cuttable links");
+                }
+                self.set_links_down(true);
+                Ok("US cut off: replication link and US's links to etcd down".into())
+            }
+            Fault::LinkFlap(ms) => {
+                if self.us_links.is_empty() {
+                    bail!("this lab was started without cuttable links");
+                }
+                self.set_links_down(true);
+                std::thread::sleep(Duration::from_millis(*ms));
+                self.set_links_down(false);
+                Ok(format!("US's links down for {ms} ms, then up"))
+            }
+            Fault::Heal => self.heal(),
+        }
+    }
+
+    /// Links up, then every stopped Postgres, broker and agent started again (on the same
+    /// data and ports).
+    pub fn heal(&mut self) -> anyhow::Result<String> {
+        self.set_links_down(false);
+        let stopped: Vec<String> = std::mem::take(&mut self.stopped).into_iter().collect();
+        let mut done = vec!["links up".to_string()];
+        for part in stopped.iter().filter(|p| p.starts_with("pg-")) {
+            self.pg(&part[3..]).restart()?;
+            done.push(format!("{part} started"));
+        }
+        for part in stopped.iter().filter(|p| p.starts_with("broker-")) {
+            if let Some(k) = self.kafka.as_mut() {
+                if &part[7..] == "us" {
+                    k.us.restart()?
+                } else {
+                    k.eu.restart()?
+                }
+            }
+            done.push(format!("{part} started"));
+        }
+        for part in stopped.iter().filter(|p| p.starts_with("agent-")) {
+            let r = &part[6..];
+            let cfg = self.agent_config(r);
+            let state = self.state_dir(r);
+            let haven = self.options.haven.clone();
+            if let Some(a) = self.agents.iter_mut().find(|a| a.0 == r) {
+                a.2 = spawn_agent(&haven, &cfg, r, a.1, &state)?;
+            }
+            done.push(format!("{part} started"));
+        }
+        Ok(done.join(", "))
+    }
+}
