@@ -9,12 +9,17 @@
 //!   shorter than that does nothing; etcd without quorum answers nothing: no round counts);
 //! - data at risk, as last measured while the primary held the lease: the replicas'
 //!   heartbeat age at most `max_seconds_at_risk`, and the mirror into this region at most
-//!   `max_records_at_risk` records behind (unknown counts as too much: fail closed);
+//!   `max_records_at_risk` records behind (unknown counts as too much: fail closed). A
+//!   measurement that fails does not erase the last good one: a primary that crashes
+//!   keeps its lease for up to a TTL, and the rounds in that window cannot measure (its
+//!   broker and database are gone), while the measurement just before the crash is the
+//!   evidence that counts. A last good measurement older than [`MAX_MEASURE_AGE_TTLS`]
+//!   lease TTLs counts as unknown;
 //! - at most one automatic failover per `min_interval_s` (kept in the state directory,
 //!   so a restart does not reset it).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use haven_etcd::Coordinator;
 use serde::{Deserialize, Serialize};
@@ -25,14 +30,34 @@ use super::region::RegionOps;
 use crate::config::Config;
 use crate::events::{Event, Observer};
 
+/// How old (in lease TTLs) the last good measurement of data at risk may be at the
+/// gate: the mirror is measured every 5 rounds (one TTL, each bounded to TTL/2) and
+/// detection takes about 1.4 TTL after a crash, so a measurement taken just before the
+/// crash is about 2.4 TTL old at the gate; 6 leaves room for slow rounds.
+pub const MAX_MEASURE_AGE_TTLS: u32 = 6;
+
 /// What the standby has measured and counted so far.
 #[derive(Debug, Default)]
 pub struct Standby {
     free_rounds: u32,
     rounds: u64,
-    lag_s: Option<f64>,
-    records: Option<i64>,
+    /// The last good measurements, and when they were taken.
+    lag_s: Option<(f64, Instant)>,
+    records: Option<(i64, Instant)>,
     blocked: Option<String>,
+}
+
+/// The lease TTL.
+fn ttl(cfg: &Config) -> Duration {
+    cfg.coordination
+        .as_ref()
+        .map(|c| Duration::from_secs(c.lease_ttl_s))
+        .unwrap_or(Duration::from_secs(10))
+}
+
+/// A measurement no older than `max_age`.
+fn fresh<T: Copy>(m: Option<(T, Instant)>, max_age: Duration) -> Option<T> {
+    m.filter(|(_, at)| at.elapsed() <= max_age).map(|(v, _)| v)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -100,15 +125,28 @@ impl Standby {
     /// Data at risk, while the primary holds the lease.
     async fn measure(&mut self, cfg: &Config, region: &str, ops: &mut RegionOps<'_>) {
         if !super::config::databases_of(cfg, region).is_empty() {
-            self.lag_s = ops.replica_lag_s().await;
+            if let Some(lag) = ops.replica_lag_s().await {
+                self.lag_s = Some((lag, Instant::now()));
+            }
         }
         let mirrored = cfg.regions.get(region).and_then(|r| r.mirror_in.clone());
-        if mirrored.is_some() && (self.records.is_none() || self.rounds % 10 == 1) {
-            self.records = super::status::status(cfg)
-                .await
-                .ok()
-                .filter(|s| s.unknown.is_empty())
-                .map(|s| s.records_at_risk);
+        if mirrored.is_some() && (self.records.is_none() || self.rounds % 5 == 1) {
+            // Bounded: a primary that just died keeps its lease for up to a TTL, and
+            // asking its dead broker must not stall the standby's rounds.
+            let limit = (ttl(cfg) / 2).max(Duration::from_secs(1));
+            match tokio::time::timeout(limit, super::status::status(cfg)).await {
+                Err(_) => tracing::info!(
+                    "data at risk not measured this round: no answer within {limit:?}"
+                ),
+                Ok(Ok(s)) if s.unknown.is_empty() => {
+                    self.records = Some((s.records_at_risk, Instant::now()));
+                }
+                Ok(Ok(s)) => tracing::info!(
+                    "data at risk not measured this round: unknown {:?}",
+                    s.unknown
+                ),
+                Ok(Err(e)) => tracing::info!("data at risk not measured this round: {e}"),
+            }
         }
     }
 
@@ -144,7 +182,8 @@ impl Standby {
                 }
             }
         }
-        match self.lag_s {
+        let max_age = ttl(cfg) * MAX_MEASURE_AGE_TTLS;
+        match fresh(self.lag_s, max_age) {
             Some(s) if s <= f.max_seconds_at_risk as f64 => {}
             Some(s) => {
                 return Err(format!(
@@ -153,25 +192,25 @@ impl Standby {
                 ))
             }
             None if !super::config::databases_of(cfg, region).is_empty() => {
-                return Err(
-                    "the replicas' lag was never measured while the primary held the lease \
-                     (no heartbeat seen): data at risk unknown"
-                        .into(),
-                )
+                return Err(format!(
+                    "the replicas' lag was not measured in the last {} s while the primary \
+                     held the lease (no heartbeat seen): data at risk unknown",
+                    max_age.as_secs()
+                ))
             }
             None => {}
         }
         let mirrored = cfg.regions.get(region).and_then(|r| r.mirror_in.as_ref());
-        match self.records {
+        match fresh(self.records, max_age) {
             Some(r) if r > f.max_records_at_risk as i64 => Err(format!(
                 "{r} mirrored records were at risk when last measured (max_records_at_risk {})",
                 f.max_records_at_risk
             )),
-            None if mirrored.is_some() => Err(
-                "the mirror's lag was never measured while the primary held the lease: data at \
-                 risk unknown"
-                    .into(),
-            ),
+            None if mirrored.is_some() => Err(format!(
+                "the mirror's lag was not measured in the last {} s while the primary held the \
+                 lease: data at risk unknown",
+                max_age.as_secs()
+            )),
             _ => Ok(()),
         }
     }
