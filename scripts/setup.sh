@@ -9,6 +9,7 @@
 #     failover tests' routes and replication: HAProxy 2.6 (haproxy), the Knot DNS server
 #     (knot; kdig from knot-dnsutils checks it independently) and Postgres' wal2json plugin (postgresql-15-wal2json); their services are
 #     not used either: tests start their own on free ports; prometheus for promtool;
+#     chromium (headless) to open the HTML pages Haven writes as a person would;
 #   - the tansu 0.6.0 Kafka-compatible broker (cargo install, ~11 minutes the first time);
 #   - the Garage 2.5.0 S3-compatible object server (cargo install, ~10 minutes the first time);
 #   - kafka-python 3.0.12 (PyPI, pure Python): the independent Kafka client tests check
@@ -48,6 +49,14 @@ if ! command -v promtool >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+# Chromium, headless, for the tests that open Haven's HTML pages as a person would (a
+# drill's evidence report shows its verdict).
+if ! command -v chromium >/dev/null; then
+  say "installing chromium (headless page tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 phase "Debian packages ready"
 

@@ -151,6 +151,10 @@ enum Command {
     /// (`workload check`, W1-W9).
     #[command(subcommand)]
     Workload(commands::workload::Command),
+    /// DR drills on the lab (`drill run SCENARIO`, `drill history`): RTO, RPO, split
+    /// brain and the ledger's invariants against objectives fixed before the start.
+    #[command(subcommand)]
+    Drill(commands::drill::Command),
 }
 
 /// Global settings every command sees.
@@ -253,6 +257,7 @@ fn main() -> ExitCode {
             Command::Bench(c) => commands::bench::run(&ctx, c).await,
             Command::Lab(c) => commands::lab::run(&ctx, c).await,
             Command::Workload(c) => commands::workload::run(&ctx, c).await,
+            Command::Drill(c) => commands::drill::run(&ctx, c).await,
         }
     });
     let result = result.or_else(|e| {

@@ -13,12 +13,14 @@
 //! - [`failover`] - regions, the lease and fencing epoch (etcd), the RPO ledger,
 //!   switchover and failover plans.
 //! - [`executor`] - runs any plan's steps: progress, resume, guard, audit.
+//! - [`drill`] - a DR drill's objectives, measurements and verdict, as JSON and HTML evidence.
 //!
 //! Offset translation for restore, mirroring and recovery lives in one module: [`offsets`].
 
 pub mod alerts;
 pub mod backup;
 pub mod config;
+pub mod drill;
 mod error;
 pub mod events;
 pub mod executor;

@@ -166,6 +166,7 @@ pub fn supervise(options: &LabOptions, stopped: impl Fn() -> bool) -> anyhow::Re
             Ok((stream, _)) => serve(&mut lab, stream),
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
+        lab.keep_mirrors();
     }
     eprintln!("stopping the lab");
     let _ = std::fs::remove_file(dir.join(STATE_FILE));

@@ -65,8 +65,17 @@ impl LabDir {
 pub struct RegionKafka {
     pub us: Broker,
     pub eu: Broker,
-    /// The continuous mirror US -> EU (`haven mirror --job us-to-eu`).
-    pub mirror: Option<Child>,
+    /// The continuous mirrors `us-to-eu` and `eu-to-us` (`haven mirror --job NAME`):
+    /// each runs only while its target is not the active region (the mirror's own guard
+    /// ends it otherwise) and [`Lab::keep_mirrors`] starts it again.
+    pub mirrors: Vec<MirrorProcess>,
+}
+
+/// One mirror job and its process.
+pub struct MirrorProcess {
+    pub job: String,
+    pub child: Option<Child>,
+    pub started: Instant,
 }
 
 impl LabOptions {
@@ -112,9 +121,13 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if let Some(m) = self.kafka.as_mut().and_then(|k| k.mirror.as_mut()) {
-            let _ = m.kill();
-            let _ = m.wait();
+        if let Some(k) = self.kafka.as_mut() {
+            for m in &mut k.mirrors {
+                if let Some(c) = m.child.as_mut() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
         }
     }
 }
@@ -189,7 +202,7 @@ impl Lab {
             Some(RegionKafka {
                 us,
                 eu,
-                mirror: None,
+                mirrors: vec![],
             })
         } else {
             None
@@ -240,13 +253,70 @@ impl Lab {
             lab.agents.push((region.into(), port, child));
         }
         if lab.kafka.is_some() {
-            let log = lab.dir.path().join("mirror-us-to-eu.log");
-            let child = spawn_mirror(&options.haven, &lab.cfg, "us-to-eu", &log)?;
-            if let Some(k) = lab.kafka.as_mut() {
-                k.mirror = Some(child);
+            let mut mirrors = vec![];
+            for job in ["us-to-eu", "eu-to-us"] {
+                let log = lab.dir.path().join(format!("mirror-{job}.log"));
+                mirrors.push(MirrorProcess {
+                    job: job.into(),
+                    child: Some(spawn_mirror(&options.haven, &lab.cfg, job, &log)?),
+                    started: Instant::now(),
+                });
             }
+            if let Some(k) = lab.kafka.as_mut() {
+                k.mirrors = mirrors;
+            }
+            lab.wait_mirrored(Duration::from_secs(30))?;
         }
         Ok(lab)
+    }
+
+    /// Starts again every mirror that ended (its target became active, or it failed),
+    /// at most every 3 s each. Called by the lab's supervisor.
+    pub fn keep_mirrors(&mut self) {
+        let (haven, cfg, dir) = (
+            self.options.haven.clone(),
+            self.cfg.clone(),
+            self.dir.path().to_path_buf(),
+        );
+        let Some(k) = self.kafka.as_mut() else {
+            return;
+        };
+        for m in &mut k.mirrors {
+            let ended = match m.child.as_mut() {
+                Some(c) => !matches!(c.try_wait(), Ok(None)),
+                None => true,
+            };
+            if ended && m.started.elapsed() > Duration::from_secs(3) {
+                let log = dir.join(format!("mirror-{}.log", m.job));
+                m.child = spawn_mirror(&haven, &cfg, &m.job, &log).ok();
+                m.started = Instant::now();
+            }
+        }
+    }
+
+    /// Waits until the mirror has created the transfers topic on EU (so that what a
+    /// failover would lose can be measured from the start).
+    fn wait_mirrored(&self, timeout: Duration) -> anyhow::Result<()> {
+        let Some(k) = &self.kafka else {
+            return Ok(());
+        };
+        let bootstrap = k.eu.bootstrap();
+        let inspector = haven_kafka::ClusterConfig::new(&bootstrap).inspector("haven-lab")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let topics = haven_kafka::list_topics(&inspector, &bootstrap, Duration::from_secs(5))
+                .unwrap_or_default();
+            if topics.iter().any(|t| t.name == TRANSFERS_TOPIC) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the mirror did not create {TRANSFERS_TOPIC} on EU within {timeout:?}: see {}",
+                    self.dir.path().join("mirror-us-to-eu.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The config a region's agent runs with: US's reaches etcd through the cuttable
@@ -297,9 +367,13 @@ impl Lab {
     }
 }
 
-/// Starts `haven --config CFG mirror --job NAME`, its log in `log`.
+/// Starts `haven --config CFG mirror --job NAME`, its log appended to `log`.
 fn spawn_mirror(haven: &Path, cfg: &str, job: &str, log: &Path) -> anyhow::Result<Child> {
-    let file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("{}", log.display()))?;
     std::process::Command::new(haven)
         .args(["--config", cfg, "mirror", "--job", job])
         .stdout(std::process::Stdio::null())
@@ -308,7 +382,7 @@ fn spawn_mirror(haven: &Path, cfg: &str, job: &str, log: &Path) -> anyhow::Resul
         .with_context(|| format!("cannot start {}", haven.display()))
 }
 
-/// The config with real brokers for both regions and the mirror US -> EU.
+/// The config with real brokers for both regions and the mirrors each way.
 fn with_kafka(text: &str, us: &str, eu: &str) -> String {
     let text = text
         .replace(
@@ -322,8 +396,18 @@ fn with_kafka(text: &str, us: &str, eu: &str) -> String {
         .replace(
             "[regions.eu]\ncluster = \"eu\"\n",
             "[regions.eu]\ncluster = \"eu\"\nmirror_in = \"us-to-eu\"\n",
+        )
+        .replace(
+            "[regions.us]\ncluster = \"us\"\n",
+            "[regions.us]\ncluster = \"us\"\nmirror_in = \"eu-to-us\"\n",
         );
-    format!("{text}\n[mirrors.us-to-eu]\nfrom = \"us\"\nto = \"eu\"\ntopics = \"ledger\\\\..*\"\n")
+    let mut out = text;
+    for (from, to) in [("us", "eu"), ("eu", "us")] {
+        out.push_str(&format!(
+            "\n[mirrors.{from}-to-{to}]\nfrom = \"{from}\"\nto = \"{to}\"\ntopics = \"ledger\\\\..*\"\n"
+        ));
+    }
+    out
 }
 
 fn config_text(

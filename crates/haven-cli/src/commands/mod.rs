@@ -9,6 +9,7 @@ pub mod cat;
 pub mod compensate;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod failover;
 pub mod impact;
 pub mod lab;

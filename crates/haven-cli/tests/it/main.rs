@@ -3,6 +3,7 @@
 mod alerts;
 mod backup;
 mod config;
+mod drills;
 mod failover;
 mod foundation;
 mod handover;

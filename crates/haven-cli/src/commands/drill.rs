@@ -1,0 +1,244 @@
+//! `haven drill run|history`: DR drills on the lab, and their evidence.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use haven_engine::drill::{DrillReport, Verdict};
+use haven_lab::drill::{self, DrillOptions, Scenario};
+
+use crate::Ctx;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run a drill on the lab under the ledger workload, with objectives fixed before the
+    /// start; write its evidence (JSON and a self-contained HTML page) to LAB/drills/.
+    ///
+    /// Scenarios:
+    ///   region-outage  US lost at once (agent and broker killed -9, Postgres crashed);
+    ///                  EU's agent fails over automatically
+    ///   switchover     a planned switchover to EU under load, then back to US (0 lost)
+    ///   partition      US cut off from EU and the etcd quorum: US fences itself, EU
+    ///                  takes over, never two writable regions; then the links heal
+    ///
+    /// Measured: RTO (the fault to the first transfer EU acknowledges), RPO (acknowledged
+    /// transfers missing afterwards, in count and seconds), samples every 100 ms of
+    /// whether both regions take writes, and the ledger's invariants W1-W9. The verdict
+    /// is PASS only when every objective is met and everything was measured. Exit 0 on
+    /// PASS, 1 on FAIL. Ctrl-C stops the load, heals the lab and reports FAIL.
+    ///
+    /// The lab must have US active and EU standby: after a region-outage or a partition
+    /// drill EU stays active; start a fresh lab for the next one.
+    ///
+    /// Examples:
+    ///   haven drill run region-outage --lab /tmp/lab
+    ///   haven drill run switchover --lab /tmp/lab --rate 3000 --report switchover.html
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+    /// Past drills in the lab with their verdicts.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// region-outage, switchover or partition.
+    #[arg(value_name = "SCENARIO")]
+    scenario: String,
+    /// The lab's directory (`haven lab up --dir DIR`).
+    #[arg(long, value_name = "DIR")]
+    lab: PathBuf,
+    /// Seconds of load before the fault.
+    #[arg(long, default_value_t = 10)]
+    warmup_s: u64,
+    /// Seconds of load after the new region took its first transfer.
+    #[arg(long, default_value_t = 10)]
+    after_s: u64,
+    /// How long a partition lasts (it must outlast the lease for EU to take over).
+    #[arg(long, default_value_t = 15)]
+    partition_s: u64,
+    /// Transfers a minute (the seed: 10,000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=600_000))]
+    rate: u32,
+    /// Bytes of each transfer event (the seed: 5 KB).
+    #[arg(long, default_value_t = 5120)]
+    event_bytes: usize,
+    /// Balance reads per transfer.
+    #[arg(long, default_value_t = 5)]
+    reads_per_write: u32,
+    /// RTO objective in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    rto_s: f64,
+    /// RPO objective in seconds of acknowledged transfers [default: 1; a partition:
+    /// the self-fencing window, 0.7 x the lease TTL + 0.5 s].
+    #[arg(long)]
+    rpo_s: Option<f64>,
+    /// Who runs the drill (in the evidence) [default: the login].
+    #[arg(long)]
+    operator: Option<String>,
+    /// Also copy the HTML report (or the JSON one, for a .json name) to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// The lab's directory.
+    #[arg(long, value_name = "DIR")]
+    lab: PathBuf,
+}
+
+pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
+    match cmd {
+        Command::Run(a) => run_drill(ctx, a).await,
+        Command::History(a) => history(ctx, a).await,
+    }
+}
+
+async fn run_drill(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
+    let scenario = Scenario::parse(&a.scenario).map_err(|e| super::usage(e.to_string()))?;
+    let lab = haven_lab::control::LabState::read(&a.lab)?.with_context(|| {
+        format!(
+            "no lab runs in {}: start one with `haven lab up --dir {}`",
+            a.lab.display(),
+            a.lab.display()
+        )
+    })?;
+    let mut objectives = scenario.objectives(lab.lease_ttl_s);
+    objectives.rto_s = a.rto_s;
+    if let Some(rpo) = a.rpo_s {
+        objectives.rpo_s = rpo;
+    }
+    let o = DrillOptions {
+        lab_dir: a.lab.clone(),
+        scenario,
+        objectives,
+        haven: std::env::current_exe().context("the haven binary")?,
+        warmup: Duration::from_secs(a.warmup_s),
+        after: Duration::from_secs(a.after_s),
+        partition: Duration::from_secs(a.partition_s),
+        rate_per_min: a.rate,
+        event_bytes: a.event_bytes,
+        reads_per_write: a.reads_per_write,
+        operator: a.operator.clone().unwrap_or_else(drill::default_operator),
+    };
+    let json = ctx.json;
+    let stop = super::stop_on_signal();
+    let r = drill::run(&o, stop, move |line: &str| {
+        if !json {
+            eprintln!("drill: {line}");
+        }
+    })
+    .await?;
+    let base = drill::drills_dir(&a.lab).join(&r.id);
+    if let Some(dest) = &a.report {
+        let ext = if dest.extension().and_then(|e| e.to_str()) == Some("json") {
+            "json"
+        } else {
+            "html"
+        };
+        std::fs::copy(base.with_extension(ext), dest)
+            .with_context(|| format!("copy the report to {}", dest.display()))?;
+    }
+    let code = if r.verdict == Verdict::Pass { 0 } else { 1 };
+    if json {
+        crate::output::json(&r)?;
+        return Ok(code);
+    }
+    print_report(&r);
+    outln!(
+        "evidence: {} and {}",
+        base.with_extension("json").display(),
+        base.with_extension("html").display()
+    );
+    Ok(code)
+}
+
+fn print_report(r: &DrillReport) {
+    let m = &r.measured;
+    let v = if r.verdict == Verdict::Pass {
+        "PASS"
+    } else {
+        "FAIL"
+    };
+    outln!("drill {} ({}): {v}", r.id, r.scenario);
+    outln!(
+        "  RTO {} (objective <= {:.0} s)",
+        m.rto_s
+            .map(|x| format!("{x:.2} s"))
+            .unwrap_or("not measured".into()),
+        r.objectives.rto_s
+    );
+    outln!(
+        "  RPO {} (objective <= {:.1} s{})",
+        match (m.lost_seconds, m.lost) {
+            (Some(s), Some(n)) => format!("{s:.2} s, {n} acknowledged transfers lost"),
+            _ => "not measured".into(),
+        },
+        r.objectives.rpo_s,
+        r.objectives
+            .max_lost
+            .map(|x| format!(", at most {x} lost"))
+            .unwrap_or_default()
+    );
+    outln!(
+        "  two writable regions: {} of {} samples; {} transfers acknowledged, p99 {:.1} ms; active {} -> {}",
+        m.two_writable.map(|n| n.to_string()).unwrap_or("not sampled".into()),
+        m.samples,
+        m.acknowledged,
+        m.latency_p99_ms,
+        m.active_before.as_deref().unwrap_or("?"),
+        m.active_after.as_deref().unwrap_or("?")
+    );
+    for i in &r.invariants {
+        let mark = match i.ok {
+            Some(true) => "ok",
+            Some(false) => "FAIL",
+            None => "NOT CHECKED",
+        };
+        outln!("  {} {mark}: {}", i.id, i.detail);
+    }
+    for f in &r.failures {
+        outln!("  missed: {f}");
+    }
+    for n in &r.not_measured {
+        outln!("  not measured: {n}");
+    }
+}
+
+async fn history(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<u8> {
+    let all = drill::history(&a.lab)?;
+    if ctx.json {
+        crate::output::json(&all)?;
+        return Ok(0);
+    }
+    if all.is_empty() {
+        outln!("no drill has run in {}", a.lab.display());
+        return Ok(0);
+    }
+    outln!(
+        "{:<40} {:<14} {:<7} {:>8} {:>12}",
+        "DRILL",
+        "SCENARIO",
+        "VERDICT",
+        "RTO-S",
+        "LOST"
+    );
+    for r in &all {
+        outln!(
+            "{:<40} {:<14} {:<7} {:>8} {:>12}",
+            r.id,
+            r.scenario,
+            if r.verdict == Verdict::Pass {
+                "PASS"
+            } else {
+                "FAIL"
+            },
+            r.measured
+                .rto_s
+                .map(|x| format!("{x:.1}"))
+                .unwrap_or("-".into()),
+            r.measured.lost.map(|n| n.to_string()).unwrap_or("-".into())
+        );
+    }
+    Ok(0)
+}

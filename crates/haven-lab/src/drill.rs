@@ -1,0 +1,578 @@
+//! `haven drill run SCENARIO --lab DIR`: a DR drill on a running lab under the ledger
+//! workload: the fault (or the switchover), RTO and RPO measured from the workload's
+//! acknowledgements, two writable regions sampled every 100 ms, the invariants checked,
+//! and the evidence written ([`haven_engine::drill::DrillReport`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use haven_engine::drill::{
+    config_hash, html, DrillReport, InvariantResult, Measured, Objectives, Second, Step, Verdict,
+};
+use tokio::sync::watch;
+
+use crate::agent::lease_status;
+use crate::control::{self, LabState};
+use crate::ledger::check::{self, CheckOptions};
+use crate::ledger::workload::{self, now_ms, Tick, WorkloadOptions};
+use crate::ledger::{read_acks, ACKS_FILE, LATENCY_FILE};
+use crate::traffic::writes_directly;
+
+/// The drills built so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// US lost at once (agent, broker killed -9, Postgres crashed): EU's agent fails over.
+    RegionOutage,
+    /// A planned switchover to EU under load, and back to US.
+    Switchover,
+    /// US cut off from EU and the etcd quorum: US must fence itself, EU takes over, then
+    /// the links heal.
+    Partition,
+}
+
+impl Scenario {
+    pub fn parse(name: &str) -> anyhow::Result<Scenario> {
+        Ok(match name {
+            "region-outage" => Scenario::RegionOutage,
+            "switchover" => Scenario::Switchover,
+            "partition" => Scenario::Partition,
+            other => bail!(
+                "unknown scenario {other:?}: region-outage, switchover or partition \
+                 (the others of issue #14 are not built yet)"
+            ),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::RegionOutage => "region-outage",
+            Scenario::Switchover => "switchover",
+            Scenario::Partition => "partition",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Scenario::RegionOutage => {
+                "US lost at once under the ledger load (its agent and broker killed -9, its Postgres crashed); EU's agent fails over automatically."
+            }
+            Scenario::Switchover => {
+                "A planned switchover from US to EU under the ledger load, then back to US: no acknowledged transfer may be lost."
+            }
+            Scenario::Partition => {
+                "US cut off from EU and from the etcd quorum under the ledger load: US must fence itself before EU takes writes (never two writable regions); then the links heal."
+            }
+        }
+    }
+
+    /// The default objectives: the seed's RPO < 1 min, RTO < 15 min, tightened to the
+    /// issue's targets (RTO <= 60 s, RPO <= 1 s; a switchover loses nothing). A partition
+    /// is different by design: US keeps acknowledging writes until it fences itself, at
+    /// most TTL/2 after its last renewal (renewals every TTL/5), and with the replication
+    /// link cut those writes never reach EU; its RPO objective is that window,
+    /// 0.7 x TTL + 0.5 s, and what it must never do is let two regions take writes.
+    pub fn objectives(self, lease_ttl_s: u64) -> Objectives {
+        Objectives {
+            rto_s: 60.0,
+            rpo_s: match self {
+                Scenario::Partition => 0.7 * lease_ttl_s as f64 + 0.5,
+                _ => 1.0,
+            },
+            max_lost: match self {
+                Scenario::Switchover => Some(0),
+                _ => None,
+            },
+            max_two_writable: 0,
+        }
+    }
+}
+
+/// How to run a drill.
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    pub lab_dir: PathBuf,
+    pub scenario: Scenario,
+    pub objectives: Objectives,
+    /// The `haven` binary (a switchover runs it).
+    pub haven: PathBuf,
+    /// Load before the fault, and after the new region's first acknowledgement.
+    pub warmup: Duration,
+    pub after: Duration,
+    /// How long a partition lasts.
+    pub partition: Duration,
+    pub rate_per_min: u32,
+    pub event_bytes: usize,
+    pub reads_per_write: u32,
+    pub operator: String,
+}
+
+/// Where a drill's files go: `DIR/drills/ID.json`, `ID.html` and `ID/` (its workload
+/// log, switchover state).
+pub fn drills_dir(lab_dir: &Path) -> PathBuf {
+    lab_dir.join("drills")
+}
+
+fn active_region(lab: &LabState) -> Option<String> {
+    let port = |url: &str| {
+        url.rsplit(':')
+            .next()?
+            .trim_end_matches('/')
+            .parse::<u16>()
+            .ok()
+    };
+    for (r, url) in [
+        ("us", &lab.endpoints.agent_us),
+        ("eu", &lab.endpoints.agent_eu),
+    ] {
+        if port(url).and_then(lease_status) == Some(200) {
+            return Some(r.to_string());
+        }
+    }
+    None
+}
+
+fn pg_port(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Samples every 100 ms whether each region's database takes an application write
+/// directly; counts the samples where both do.
+fn start_sampler(
+    lab: &LabState,
+    stop: Arc<AtomicBool>,
+) -> (Arc<AtomicU64>, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let both = Arc::new(AtomicU64::new(0));
+    let samples = Arc::new(AtomicU64::new(0));
+    let (us, eu) = (
+        pg_port(&lab.endpoints.postgres_us),
+        pg_port(&lab.endpoints.postgres_eu),
+    );
+    let (b, s) = (both.clone(), samples.clone());
+    let handle = tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            let t = Instant::now();
+            let (a, e) = tokio::join!(writes_directly(us), writes_directly(eu));
+            s.fetch_add(1, Ordering::SeqCst);
+            if a && e {
+                b.fetch_add(1, Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(100).saturating_sub(t.elapsed())).await;
+        }
+    });
+    (both, samples, handle)
+}
+
+async fn inject(dir: &Path, words: &[&str]) -> anyhow::Result<String> {
+    let (dir, words): (PathBuf, Vec<String>) = (
+        dir.to_path_buf(),
+        words.iter().map(|w| w.to_string()).collect(),
+    );
+    tokio::task::spawn_blocking(move || control::fault(&dir, &words)).await?
+}
+
+/// `haven --config CFG switchover --to REGION --yes`.
+async fn switchover(
+    o: &DrillOptions,
+    lab: &LabState,
+    to: &str,
+    state: &Path,
+) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(&o.haven)
+        .arg("--config")
+        .arg(&lab.config)
+        .args(["switchover", "--to", to, "--yes", "--state-dir"])
+        .arg(state)
+        .output()
+        .await
+        .with_context(|| format!("run {}", o.haven.display()))?;
+    if !out.status.success() {
+        bail!(
+            "switchover to {to} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The first acknowledgement by `region` at or after `since_ms`.
+fn first_ack_by(dir: &Path, region: &str, since_ms: i64) -> Option<i64> {
+    read_acks(&dir.join(ACKS_FILE))
+        .ok()?
+        .iter()
+        .filter(|a| a.region == region && a.at_ms >= since_ms)
+        .map(|a| a.at_ms)
+        .min()
+}
+
+/// Waits (polling the acknowledgement log) until `region` acknowledges a transfer after
+/// `since_ms`, or `limit` passes, or `stop`.
+async fn wait_first_ack(
+    dir: &Path,
+    region: &str,
+    since_ms: i64,
+    limit: Duration,
+    stop: &watch::Receiver<bool>,
+) -> Option<i64> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !*stop.borrow() {
+        if let Some(t) = first_ack_by(dir, region, since_ms) {
+            return Some(t);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    first_ack_by(dir, region, since_ms)
+}
+
+fn operator() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The default operator name (the login).
+pub fn default_operator() -> String {
+    operator()
+}
+
+/// Runs the drill; `say` narrates it. Ctrl-C (`stop`) ends it early: the lab is healed,
+/// the workload stopped, and the report says it was interrupted (FAIL).
+pub async fn run(
+    o: &DrillOptions,
+    stop: watch::Receiver<bool>,
+    say: impl Fn(&str) + Send + Sync + Clone + 'static,
+) -> anyhow::Result<DrillReport> {
+    let lab = LabState::read(&o.lab_dir)?.with_context(|| {
+        format!(
+            "no lab runs in {}: start one with `haven lab up --dir {}`",
+            o.lab_dir.display(),
+            o.lab_dir.display()
+        )
+    })?;
+    let before = active_region(&lab);
+    if before.as_deref() != Some("us") {
+        bail!(
+            "the drill needs US active and EU standby; the lab's active region is {}. \
+             Start a fresh lab (`haven lab down` then `haven lab up`)",
+            before.as_deref().unwrap_or("none")
+        );
+    }
+    let started = chrono::Utc::now();
+    let id = format!("{}-{}", o.scenario.name(), started.format("%Y%m%dT%H%M%SZ"));
+    let dir = drills_dir(&o.lab_dir).join(&id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut timeline = vec![Step {
+        at_ms: now_ms(),
+        what: format!(
+            "objectives fixed: RTO <= {:.0} s, RPO <= {:.1} s{}, no two writable regions",
+            o.objectives.rto_s,
+            o.objectives.rpo_s,
+            o.objectives
+                .max_lost
+                .map(|m| format!(", at most {m} acknowledged transfers lost"))
+                .unwrap_or_default()
+        ),
+    }];
+    let mut not_measured = Vec::new();
+
+    // The load, and the sampler.
+    let wl = WorkloadOptions {
+        dir: dir.clone(),
+        rate_per_min: o.rate_per_min,
+        duration: Duration::from_secs(24 * 3600),
+        event_bytes: o.event_bytes,
+        reads_per_write: o.reads_per_write,
+        connections: 4,
+        run_id: format!("d{}", started.format("%H%M%S")),
+    };
+    let (wl_stop_tx, wl_stop) = watch::channel(false);
+    let lab2 = lab.clone();
+    let workload =
+        tokio::spawn(async move { workload::run(&lab2, &wl, wl_stop, |_t: &Tick| {}).await });
+    let sampling = Arc::new(AtomicBool::new(false));
+    let (both, samples, sampler) = start_sampler(&lab, sampling.clone());
+    timeline.push(Step {
+        at_ms: now_ms(),
+        what: format!(
+            "ledger load started: {} transfers a minute, sampler every 100 ms",
+            o.rate_per_min
+        ),
+    });
+    say(&format!(
+        "{id}: load for {} s before the fault",
+        o.warmup.as_secs()
+    ));
+    tokio::time::sleep(o.warmup).await;
+
+    // The fault.
+    let limit = Duration::from_secs_f64(o.objectives.rto_s * 2.0);
+    let fault_at: i64;
+    let mut rto = None;
+    let mut fault_err = None;
+    let mut interrupted = false;
+    match o.scenario {
+        Scenario::RegionOutage | Scenario::Partition => {
+            let words: &[&str] = if o.scenario == Scenario::RegionOutage {
+                &["region-down", "us"]
+            } else {
+                &["link-cut"]
+            };
+            fault_at = now_ms();
+            match inject(&o.lab_dir, words).await {
+                Ok(d) => {
+                    timeline.push(Step {
+                        at_ms: fault_at,
+                        what: format!("fault: {d}"),
+                    });
+                    say(&format!("fault injected: {d}"));
+                }
+                Err(e) => fault_err = Some(format!("{e:#}")),
+            }
+            if fault_err.is_none() {
+                let first = wait_first_ack(&dir, "eu", fault_at, limit, &stop).await;
+                interrupted = *stop.borrow();
+                if let Some(t) = first {
+                    rto = Some((t - fault_at) as f64 / 1000.0);
+                    timeline.push(Step {
+                        at_ms: t,
+                        what: "first transfer acknowledged by EU".into(),
+                    });
+                    say(&format!(
+                        "EU took the first transfer after {:.1} s",
+                        (t - fault_at) as f64 / 1000.0
+                    ));
+                }
+            }
+            if o.scenario == Scenario::Partition && fault_err.is_none() {
+                let held = Instant::now();
+                while held.elapsed() < o.partition && !*stop.borrow() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                match inject(&o.lab_dir, &["heal"]).await {
+                    Ok(d) => timeline.push(Step {
+                        at_ms: now_ms(),
+                        what: format!("partition healed: {d}"),
+                    }),
+                    Err(e) => fault_err = Some(format!("heal: {e:#}")),
+                }
+            }
+        }
+        Scenario::Switchover => {
+            let state = dir.join("switchover-state");
+            fault_at = now_ms();
+            timeline.push(Step {
+                at_ms: fault_at,
+                what: "switchover to EU started".into(),
+            });
+            say("switchover to EU");
+            match switchover(o, &lab, "eu", &state).await {
+                Ok(()) => {
+                    timeline.push(Step {
+                        at_ms: now_ms(),
+                        what: "switchover to EU done".into(),
+                    });
+                    if let Some(t) = wait_first_ack(&dir, "eu", fault_at, limit, &stop).await {
+                        rto = Some((t - fault_at) as f64 / 1000.0);
+                        timeline.push(Step {
+                            at_ms: t,
+                            what: "first transfer acknowledged by EU".into(),
+                        });
+                    }
+                }
+                Err(e) => fault_err = Some(format!("{e:#}")),
+            }
+        }
+    }
+    if !interrupted && fault_err.is_none() {
+        tokio::time::sleep(o.after).await;
+    }
+    if o.scenario == Scenario::Switchover && fault_err.is_none() && !*stop.borrow() {
+        let back = now_ms();
+        timeline.push(Step {
+            at_ms: back,
+            what: "switchover back to US started".into(),
+        });
+        say("switchover back to US");
+        match switchover(o, &lab, "us", &dir.join("switchover-state")).await {
+            Ok(()) => {
+                timeline.push(Step {
+                    at_ms: now_ms(),
+                    what: "switchover back to US done".into(),
+                });
+                if let Some(t) = wait_first_ack(&dir, "us", back, limit, &stop).await {
+                    timeline.push(Step {
+                        at_ms: t,
+                        what: "first transfer acknowledged by US again".into(),
+                    });
+                }
+                tokio::time::sleep(o.after.min(Duration::from_secs(3))).await;
+            }
+            Err(e) => fault_err = Some(format!("back: {e:#}")),
+        }
+    }
+    interrupted |= *stop.borrow();
+
+    // Stop the load (it drains its outbox), then the sampler.
+    let _ = wl_stop_tx.send(true);
+    let summary = workload.await?;
+    sampling.store(true, Ordering::SeqCst);
+    let _ = sampler.await;
+    timeline.push(Step {
+        at_ms: now_ms(),
+        what: "ledger load stopped".into(),
+    });
+    let after_region = active_region(&lab);
+    if interrupted {
+        // Leave the lab whole: a half-injected fault is healed.
+        if o.scenario != Scenario::Switchover {
+            let _ = inject(&o.lab_dir, &["heal"]).await;
+        }
+        not_measured.push("the drill was interrupted (Ctrl-C) before it finished".into());
+    }
+    if let Some(e) = &fault_err {
+        not_measured.push(format!("the fault or switchover failed: {e}"));
+    }
+    let summary = match summary {
+        Ok(s) => Some(s),
+        Err(e) => {
+            not_measured.push(format!("the workload failed: {e:#}"));
+            None
+        }
+    };
+
+    // The invariants, and the RPO from the acknowledgements.
+    say("checking the ledger's invariants");
+    let co = CheckOptions {
+        dir: dir.clone(),
+        region: None,
+        fault_at_ms: match o.scenario {
+            Scenario::Switchover => None,
+            _ => Some(fault_at),
+        },
+        rpo_target_s: o.objectives.rpo_s,
+        retry_probe: true,
+    };
+    let mut measured = Measured {
+        rto_s: rto,
+        two_writable: Some(both.load(Ordering::SeqCst)),
+        samples: samples.load(Ordering::SeqCst),
+        acknowledged: summary.as_ref().map(|s| s.acknowledged).unwrap_or(0),
+        latency_p99_ms: summary.as_ref().map(|s| s.latency_p99_ms).unwrap_or(0.0),
+        active_before: before.clone(),
+        active_after: after_region,
+        ..Measured::default()
+    };
+    let mut invariants = Vec::new();
+    match check::check(&lab, &co).await {
+        Ok(r) => {
+            measured.lost = Some(r.lost);
+            measured.lost_seconds = Some(r.lost_seconds);
+            invariants = r
+                .invariants
+                .into_iter()
+                .map(|i| InvariantResult {
+                    id: i.id.into(),
+                    name: i.name.into(),
+                    ok: i.ok,
+                    detail: i.detail,
+                    first_example: i.first_example,
+                })
+                .collect();
+        }
+        Err(e) => not_measured.push(format!("the workload's checker failed: {e:#}")),
+    }
+    let seconds = read_seconds(&dir.join(LATENCY_FILE));
+    let config = std::fs::read(&lab.config).unwrap_or_default();
+    let mut report = DrillReport {
+        id: id.clone(),
+        scenario: o.scenario.name().into(),
+        description: o.scenario.description().into(),
+        started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        operator: o.operator.clone(),
+        haven_version: env!("CARGO_PKG_VERSION").into(),
+        config_sha256: config_hash(&config),
+        objectives: o.objectives.clone(),
+        stop_conditions: vec![
+            format!(
+                "no transfer acknowledged by the new region within {:.0} s (twice the RTO objective): stop, heal, FAIL",
+                o.objectives.rto_s * 2.0
+            ),
+            "Ctrl-C: stop the load, heal the lab, FAIL (interrupted)".into(),
+            "the lab not at US active and EU standby at the start: refuse to start".into(),
+        ],
+        measured,
+        invariants,
+        not_measured,
+        failures: vec![],
+        timeline,
+        seconds,
+        verdict: Verdict::Fail,
+    };
+    report.judge();
+    write_report(&o.lab_dir, &report)?;
+    Ok(report)
+}
+
+fn read_seconds(path: &Path) -> Vec<Second> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| Second {
+            at_ms: v["at_ms"].as_i64().unwrap_or(0),
+            acknowledged: v["in_second"].as_u64().unwrap_or(0),
+            p99_ms: v["p99_ms"].as_f64().unwrap_or(0.0),
+            errors: v["errors"].as_u64().unwrap_or(0),
+            region: v["region"].as_str().unwrap_or("").to_string(),
+        })
+        .collect()
+}
+
+/// Writes `DIR/drills/ID.json` and `ID.html`, create-only (evidence is never
+/// overwritten).
+pub fn write_report(lab_dir: &Path, r: &DrillReport) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = drills_dir(lab_dir);
+    std::fs::create_dir_all(&dir)?;
+    for (ext, bytes) in [
+        ("json", serde_json::to_vec_pretty(r)?),
+        ("html", html::render(r).into_bytes()),
+    ] {
+        let p = dir.join(format!("{}.{ext}", r.id));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .with_context(|| format!("create {} (evidence is never overwritten)", p.display()))?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Past drills, oldest first.
+pub fn history(lab_dir: &Path) -> anyhow::Result<Vec<DrillReport>> {
+    let dir = drills_dir(lab_dir);
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) == Some("json") {
+            let bytes = std::fs::read(&p)?;
+            let r: DrillReport = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a drill report", p.display()))?;
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    Ok(out)
+}
