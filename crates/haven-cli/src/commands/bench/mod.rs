@@ -3,6 +3,7 @@
 
 mod backup;
 mod data;
+mod drill;
 mod failover;
 mod format;
 mod mirror;
@@ -30,6 +31,9 @@ pub enum Command {
     /// An automatic failover's RTO phase by phase, and a switchover's unavailability, in
     /// the two-region lab under the seed's load.
     Failover(failover::Args),
+    /// The drills (region outage, switchover, partition) at the seed's load, each on a
+    /// fresh lab, against the same drill under a light load.
+    Drill(drill::Args),
 }
 
 /// One measured quantity and its baseline.
@@ -116,6 +120,7 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
         Command::Mirror(a) => mirror::throughput(ctx, a).await,
         Command::MirrorLag(a) => mirror::lag(ctx, a).await,
         Command::Failover(a) => failover::run(ctx, a).await,
+        Command::Drill(a) => drill::run(ctx, a).await,
     }
 }
 
