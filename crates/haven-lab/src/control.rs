@@ -34,6 +34,9 @@ pub struct LabState {
     pub config: PathBuf,
     pub mode: String,
     pub lease_ttl_s: u64,
+    /// One-way delay of the links between regions.
+    #[serde(default)]
+    pub link_ms: u64,
     pub endpoints: Endpoints,
 }
 
@@ -97,6 +100,7 @@ impl LabState {
             config: PathBuf::from(&lab.cfg),
             mode: lab.options.mode.clone(),
             lease_ttl_s: lab.options.lease_ttl_s,
+            link_ms: lab.options.link_delay.as_millis() as u64,
             endpoints: Endpoints {
                 etcd: lab.etcd.endpoints(),
                 postgres_us: lab.us.url("postgres"),

@@ -34,6 +34,9 @@ pub struct LabOptions {
     pub lease_ttl_s: u64,
     /// `[failover] failed_checks`.
     pub failed_checks: u32,
+    /// One-way delay of the links between regions (the replication link, and US's links to
+    /// EU's and the witness's etcd members): the seed's 80 ms in `haven lab up`.
+    pub link_delay: Duration,
     /// Where the lab keeps its `haven.toml`, agent states and logs (kept when the lab
     /// stops); by default a temporary directory removed with the lab.
     pub dir: Option<PathBuf>,
@@ -88,6 +91,7 @@ impl LabOptions {
             failed_checks: 2,
             dir: None,
             kafka: false,
+            link_delay: Duration::ZERO,
         }
     }
 }
@@ -157,7 +161,7 @@ impl Lab {
     pub fn start(options: &LabOptions) -> anyhow::Result<Lab> {
         let etcd = EtcdCluster::start(3)?;
         let (us, eu) = (Postgres::start()?, Postgres::start()?);
-        let replication = DelayProxy::start(0, us.port(), Duration::ZERO)?;
+        let replication = DelayProxy::start(0, us.port(), options.link_delay)?;
         let via_link = format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres",
             replication.port()
@@ -236,7 +240,13 @@ impl Lab {
             let mut text = std::fs::read_to_string(&lab.cfg)?;
             for i in 0..3 {
                 let port = lab.etcd.client_port(i);
-                let link = DelayProxy::start(0, port, Duration::ZERO)?;
+                // US's own member is local; EU's and the witness's are across the link.
+                let delay = if i == 0 {
+                    Duration::ZERO
+                } else {
+                    options.link_delay
+                };
+                let link = DelayProxy::start(0, port, delay)?;
                 text = text.replace(
                     &format!("127.0.0.1:{port}\""),
                     &format!("127.0.0.1:{}\"", link.port()),

@@ -55,6 +55,10 @@ pub struct UpArgs {
     /// `[failover] failed_checks`: rounds the lease must be free before EU takes it.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
     failed_checks: u32,
+    /// One-way delay in ms of the links between regions (replication, and US's links to
+    /// EU's and the witness's etcd members).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u64).range(0..=2000))]
+    link_ms: u64,
     /// Leave Kafka out (no brokers, no mirror): Postgres, etcd and routes only.
     #[arg(long)]
     no_kafka: bool,
@@ -99,6 +103,7 @@ async fn foreground(a: UpArgs) -> anyhow::Result<u8> {
     o.lease_ttl_s = a.lease_ttl_s;
     o.failed_checks = a.failed_checks;
     o.kafka = !a.no_kafka;
+    o.link_delay = Duration::from_millis(a.link_ms);
     o.cut_links = true;
     let stop = super::stop_on_signal();
     tokio::task::spawn_blocking(move || control::supervise(&o, move || *stop.borrow())).await??;
@@ -115,6 +120,8 @@ async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<u8> {
         a.lease_ttl_s.to_string(),
         "--failed-checks".into(),
         a.failed_checks.to_string(),
+        "--link-ms".into(),
+        a.link_ms.to_string(),
     ];
     if a.no_kafka {
         args.push("--no-kafka".into());
@@ -146,10 +153,11 @@ async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<u8> {
             );
         } else {
             outln!(
-                "lab up in {:.1} s: US active, EU standby ({} failover, lease TTL {} s)",
+                "lab up in {:.1} s: US active, EU standby ({} failover, lease TTL {} s, {} ms between regions)",
                 state.startup_s,
                 state.mode,
-                state.lease_ttl_s
+                state.lease_ttl_s,
+                state.link_ms
             );
         }
         print_endpoints(&state);

@@ -584,7 +584,7 @@ async fn relay(
 ) {
     let url = route_url(&lab);
     let mut client: Option<Client> = None;
-    let mut producers = BTreeMap::new();
+    let mut producers = Targets::default();
     let mut drain_until: Option<Instant> = None;
     loop {
         if *done.borrow() {
@@ -617,8 +617,14 @@ async fn relay(
     }
 }
 
-/// Per target cluster: its producer and the transfer ids its topic holds.
-type Targets = BTreeMap<String, (FutureProducer, HashSet<String>)>;
+/// The relay's producers per cluster, and the transfer ids the current target's topic
+/// holds (read again whenever the target changes).
+#[derive(Default)]
+struct Targets {
+    producers: BTreeMap<String, FutureProducer>,
+    current: Option<String>,
+    known: HashSet<String>,
+}
 
 async fn relay_once(
     lab: &LabState,
@@ -650,20 +656,28 @@ async fn relay_once(
     if rows.is_empty() {
         return Ok((0, 0));
     }
-    if !producers.contains_key(&bootstrap) {
-        // A cluster the relay has not written to yet (the start, or a failover): learn
-        // which transfers its topic already holds (copied by the mirror, or published
+    if producers.current.as_deref() != Some(bootstrap.as_str()) {
+        // The target changed (the start, a switchover, a failover, or back again): learn
+        // which transfers its topic already holds (copied there by a mirror, or published
         // before a crash), so that an outbox row whose "published" mark was lost with the
         // old region is not published twice.
         let (b, t) = (bootstrap.clone(), topic.to_string());
-        let known: HashSet<String> = tokio::task::spawn_blocking(move || {
+        producers.known = tokio::task::spawn_blocking(move || {
             super::check::read_topic(&b, &t).map(|evs| evs.into_iter().map(|e| e.id).collect())
         })
         .await??;
-        let producer = ClusterConfig::new(&bootstrap).producer()?;
-        producers.insert(bootstrap.clone(), (producer, known));
+        producers.current = Some(bootstrap.clone());
     }
-    let Some((p, known)) = producers.get_mut(&bootstrap) else {
+    if !producers.producers.contains_key(&bootstrap) {
+        let producer = ClusterConfig::new(&bootstrap).producer()?;
+        producers.producers.insert(bootstrap.clone(), producer);
+    }
+    let Targets {
+        producers: ps,
+        known,
+        ..
+    } = producers;
+    let Some(p) = ps.get(&bootstrap) else {
         return Ok((0, 0));
     };
     let mut sends = Vec::with_capacity(rows.len());
