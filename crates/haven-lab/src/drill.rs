@@ -564,23 +564,3 @@ pub fn write_report(lab_dir: &Path, r: &DrillReport) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Past drills, oldest first.
-pub fn history(lab_dir: &Path) -> anyhow::Result<Vec<DrillReport>> {
-    let dir = drills_dir(lab_dir);
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.extension().and_then(|x| x.to_str()) == Some("json") {
-            let bytes = std::fs::read(&p)?;
-            let r: DrillReport = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not a drill report", p.display()))?;
-            out.push(r);
-        }
-    }
-    out.sort_by(|a, b| a.started_at.cmp(&b.started_at));
-    Ok(out)
-}

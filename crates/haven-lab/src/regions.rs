@@ -218,6 +218,11 @@ impl Lab {
         if let Some(k) = &kafka {
             text = with_kafka(&text, &k.us.bootstrap(), &k.eu.bootstrap());
         }
+        // Where drills keep their evidence (and, later, the lab's backups).
+        text.push_str(&format!(
+            "\n[repositories.lab]\nurl = \"file://{}\"\n",
+            path(&dir.path().join("repo"))
+        ));
         let cfg = dir.path().join("haven.toml");
         std::fs::write(&cfg, text)?;
         let cfg = path(&cfg);

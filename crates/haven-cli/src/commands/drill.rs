@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Also copy the HTML report (or the JSON one, for a .json name) to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// The repository (a name in the lab's haven.toml, or a URL) the evidence is stored
+    /// in, create-only, with an audit entry holding its SHA-256.
+    #[arg(long, default_value = "lab", value_name = "NAME|URL")]
+    repo: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +89,30 @@ pub struct HistoryArgs {
     /// The lab's directory.
     #[arg(long, value_name = "DIR")]
     lab: PathBuf,
+    /// The repository holding the evidence (each report checked against its audit entry).
+    #[arg(long, default_value = "lab", value_name = "NAME|URL")]
+    repo: String,
+}
+
+/// The lab's repository (or `repo`), created if needed.
+async fn evidence_repo(
+    lab: &std::path::Path,
+    repo: &str,
+    create: bool,
+) -> anyhow::Result<haven_engine::repo::Repository> {
+    let state = haven_lab::control::LabState::read(lab)?.with_context(|| {
+        format!(
+            "no lab runs in {}: start one with `haven lab up --dir {}`",
+            lab.display(),
+            lab.display()
+        )
+    })?;
+    let (cfg, _) = haven_engine::config::Config::load(Some(&state.config))?;
+    let args = super::RepoArgs {
+        repo: repo.to_string(),
+        key_file: None,
+    };
+    super::open_repo(&cfg, &args, create).await
 }
 
 pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
@@ -130,6 +158,10 @@ async fn run_drill(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     })
     .await?;
     let base = drill::drills_dir(&a.lab).join(&r.id);
+    let repo = evidence_repo(&a.lab, &a.repo, true).await?;
+    let audit_key = haven_engine::drill::store(&repo, &r)
+        .await
+        .with_context(|| format!("store the drill's evidence in repository {}", a.repo))?;
     if let Some(dest) = &a.report {
         let ext = if dest.extension().and_then(|e| e.to_str()) == Some("json") {
             "json"
@@ -146,9 +178,11 @@ async fn run_drill(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     }
     print_report(&r);
     outln!(
-        "evidence: {} and {}",
+        "evidence: {} and {}, stored in repository {} ({}, audit entry {audit_key})",
         base.with_extension("json").display(),
-        base.with_extension("html").display()
+        base.with_extension("html").display(),
+        a.repo,
+        haven_engine::drill::evidence_key(&r.id, "json")
     );
     Ok(code)
 }
@@ -206,7 +240,8 @@ fn print_report(r: &DrillReport) {
 }
 
 async fn history(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<u8> {
-    let all = drill::history(&a.lab)?;
+    let repo = evidence_repo(&a.lab, &a.repo, false).await?;
+    let all = haven_engine::drill::stored(&repo).await?;
     if ctx.json {
         crate::output::json(&all)?;
         return Ok(0);

@@ -6,7 +6,10 @@
 //! nothing that should have been measured went unmeasured: a missing measurement fails
 //! the drill, it never passes it.
 
+pub mod evidence;
 pub mod html;
+
+pub use evidence::{evidence_key, store, stored};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
