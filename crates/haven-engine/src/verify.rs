@@ -1,6 +1,6 @@
 //! `haven verify`: every checksum, the hash chain and offset continuity of the log, stray
 //! objects among the segments, and every record object beside the log (`audit/`,
-//! `restores/`, `replays/`).
+//! `restores/`, `replays/`, `drills/`).
 
 use serde::Serialize;
 
@@ -20,7 +20,7 @@ pub struct VerifyReport {
     pub bytes: u64,
     pub chunks_decoded: u64,
     pub records_decoded: u64,
-    /// Objects under `audit/`, `restores/` and `replays/` read and parsed.
+    /// Objects under `audit/`, `restores/`, `replays/` and `drills/` read and parsed.
     pub records_objects: u64,
     pub head: Option<String>,
     pub problems: Vec<Problem>,
@@ -128,7 +128,7 @@ pub async fn verify(repo: &Repository, deep: bool) -> Result<VerifyReport> {
 /// maps, replay progress. `haven audit`, `offsets translate` and `replay --resume` depend on
 /// them, so a damaged one is damage to the repository.
 async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<()> {
-    for prefix in ["audit/", "restores/", "replays/"] {
+    for prefix in ["audit/", "restores/", "replays/", "drills/"] {
         for obj in repo.store().list(prefix).await? {
             let Some((what, check)) = record_kind(&obj.key) else {
                 report.problems.push(Problem {
@@ -152,6 +152,15 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
 
 type Check = fn(&[u8]) -> std::result::Result<(), serde_json::Error>;
 
+/// A drill report page: UTF-8 HTML.
+fn html_page(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
+    use serde::de::Error;
+    match std::str::from_utf8(b) {
+        Ok(t) if t.starts_with("<!DOCTYPE html>") => Ok(()),
+        _ => Err(serde_json::Error::custom("not an HTML page")),
+    }
+}
+
 fn parses<T: serde::de::DeserializeOwned>(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
     serde_json::from_slice::<T>(b).map(|_| ())
 }
@@ -171,6 +180,10 @@ fn record_kind(key: &str) -> Option<(&'static str, Check)> {
             "replay progress",
             parses::<std::collections::BTreeMap<String, i64>>,
         ))
+    } else if key.starts_with("drills/") && key.ends_with(".json") {
+        Some(("a drill report", parses::<crate::drill::DrillReport>))
+    } else if key.starts_with("drills/") && key.ends_with(".html") {
+        Some(("a drill report page", html_page))
     } else {
         None
     }
