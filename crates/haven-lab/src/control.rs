@@ -78,6 +78,17 @@ impl LabState {
         }
     }
 
+    /// Reads `DIR/lab.json`, or says how to start a lab there.
+    pub fn require(dir: &Path) -> anyhow::Result<LabState> {
+        LabState::read(dir)?.with_context(|| {
+            format!(
+                "no lab runs in {}: start one with `haven lab up --dir {}`",
+                dir.display(),
+                dir.display()
+            )
+        })
+    }
+
     /// Writes `DIR/lab.json` whole or not at all (a temporary file renamed).
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         let tmp = dir.join(format!("{STATE_FILE}.tmp"));
@@ -383,8 +394,25 @@ fn answers(address: &str) -> bool {
     }
 }
 
-fn port_of(url: &str) -> Option<u16> {
-    url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
+/// The port of a lab endpoint: `http://127.0.0.1:P`, `postgresql://ROLE@127.0.0.1:P/DB`
+/// or `127.0.0.1:P`.
+pub fn port_of(url: &str) -> Option<u16> {
+    url.rsplit(':').next()?.split('/').next()?.parse().ok()
+}
+
+impl LabState {
+    /// The region whose agent answers `/lease` with 200, and the epoch it reports.
+    pub fn active(&self) -> Option<(String, Option<u64>)> {
+        let e = &self.endpoints;
+        for (region, url) in [("us", &e.agent_us), ("eu", &e.agent_eu)] {
+            if let Some(port) = port_of(url) {
+                if lease_status(port) == Some(200) {
+                    return Some((region.to_string(), lease_epoch_of(port)));
+                }
+            }
+        }
+        None
+    }
 }
 
 pub fn status(dir: &Path) -> anyhow::Result<Status> {
@@ -424,16 +452,10 @@ pub fn status(dir: &Path) -> anyhow::Result<Status> {
             address,
         })
         .collect();
-    let mut active = None;
-    let mut epoch = None;
-    for (region, url) in [("us", &e.agent_us), ("eu", &e.agent_eu)] {
-        if let Some(port) = port_of(url) {
-            if lease_status(port) == Some(200) {
-                active = Some(region.to_string());
-                epoch = lease_epoch_of(port);
-            }
-        }
-    }
+    let (active, epoch) = match state.active() {
+        Some((region, epoch)) => (Some(region), epoch),
+        None => (None, None),
+    };
     Ok(Status {
         running: alive(state.pid),
         state: Some(state),

@@ -14,7 +14,6 @@ use haven_engine::drill::{
 };
 use tokio::sync::watch;
 
-use crate::agent::lease_status;
 use crate::control::{self, LabState};
 use crate::ledger::check::{self, CheckOptions};
 use crate::ledger::workload::{self, now_ms, Tick, WorkloadOptions};
@@ -116,30 +115,11 @@ pub fn drills_dir(lab_dir: &Path) -> PathBuf {
 }
 
 fn active_region(lab: &LabState) -> Option<String> {
-    let port = |url: &str| {
-        url.rsplit(':')
-            .next()?
-            .trim_end_matches('/')
-            .parse::<u16>()
-            .ok()
-    };
-    for (r, url) in [
-        ("us", &lab.endpoints.agent_us),
-        ("eu", &lab.endpoints.agent_eu),
-    ] {
-        if port(url).and_then(lease_status) == Some(200) {
-            return Some(r.to_string());
-        }
-    }
-    None
+    lab.active().map(|(region, _)| region)
 }
 
 fn pg_port(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
+    control::port_of(url).unwrap_or(0)
 }
 
 /// Samples every 100 ms whether each region's database takes an application write
@@ -257,13 +237,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
     say: impl Fn(&str) + Send + Sync + Clone + 'static,
 ) -> anyhow::Result<DrillReport> {
-    let lab = LabState::read(&o.lab_dir)?.with_context(|| {
-        format!(
-            "no lab runs in {}: start one with `haven lab up --dir {}`",
-            o.lab_dir.display(),
-            o.lab_dir.display()
-        )
-    })?;
+    let lab = LabState::require(&o.lab_dir)?;
     let before = active_region(&lab);
     if before.as_deref() != Some("us") {
         bail!(

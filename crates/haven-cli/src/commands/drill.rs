@@ -100,13 +100,7 @@ async fn evidence_repo(
     repo: &str,
     create: bool,
 ) -> anyhow::Result<haven_engine::repo::Repository> {
-    let state = haven_lab::control::LabState::read(lab)?.with_context(|| {
-        format!(
-            "no lab runs in {}: start one with `haven lab up --dir {}`",
-            lab.display(),
-            lab.display()
-        )
-    })?;
+    let state = haven_lab::control::LabState::require(lab)?;
     let (cfg, _) = haven_engine::config::Config::load(Some(&state.config))?;
     let args = super::RepoArgs {
         repo: repo.to_string(),
@@ -124,13 +118,7 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
 
 async fn run_drill(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     let scenario = Scenario::parse(&a.scenario).map_err(|e| super::usage(e.to_string()))?;
-    let lab = haven_lab::control::LabState::read(&a.lab)?.with_context(|| {
-        format!(
-            "no lab runs in {}: start one with `haven lab up --dir {}`",
-            a.lab.display(),
-            a.lab.display()
-        )
-    })?;
+    let lab = haven_lab::control::LabState::require(&a.lab)?;
     let mut objectives = scenario.objectives(lab.lease_ttl_s);
     objectives.rto_s = a.rto_s;
     if let Some(rpo) = a.rpo_s {

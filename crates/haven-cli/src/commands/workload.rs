@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use haven_lab::control::LabState;
 use haven_lab::ledger::check::{self, CheckOptions};
 use haven_lab::ledger::workload::{self, WorkloadOptions};
@@ -110,13 +109,7 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
 }
 
 fn lab_state(dir: &Path) -> anyhow::Result<LabState> {
-    LabState::read(dir)?.with_context(|| {
-        format!(
-            "no lab runs in {}: start one with `haven lab up --dir {}`",
-            dir.display(),
-            dir.display()
-        )
-    })
+    LabState::require(dir)
 }
 
 fn out_dir(a: &LabArgs) -> PathBuf {

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 use super::{Ack, ACCOUNTS, ACKS_FILE, FLAGGED, LATENCY_FILE, OPENING_BALANCE, SUMMARY_FILE};
-use crate::control::LabState;
+use crate::control::{port_of, LabState};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -98,11 +98,6 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn port_of(url: &str) -> Option<u16> {
-    let tail = url.rsplit(':').next()?;
-    tail.split('/').next()?.parse().ok()
 }
 
 /// Which region a database port belongs to.
