@@ -40,7 +40,9 @@ impl Scenario {
             "partition" => Scenario::Partition,
             other => bail!(
                 "unknown scenario {other:?}: region-outage, switchover or partition \
-                 (the others of issue #14 are not built yet)"
+                 (Postgres or broker crash, object-store outage, corrupted backup, \
+                 segregated restore, database restored to an earlier point and failback \
+                 are not built yet)"
             ),
         })
     }

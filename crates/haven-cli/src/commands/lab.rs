@@ -250,6 +250,7 @@ async fn status(ctx: &Ctx, a: DirArg) -> anyhow::Result<u8> {
 async fn fault(ctx: &Ctx, a: FaultArgs) -> anyhow::Result<u8> {
     let dir = a.dir.dir.clone();
     let words = a.fault.clone();
+    haven_lab::Fault::parse(&words).map_err(|e| super::usage(format!("{e:#}")))?;
     let at_ms = chrono::Utc::now().timestamp_millis();
     let detail = tokio::task::spawn_blocking(move || control::fault(&dir, &words)).await??;
     if ctx.json {

@@ -140,6 +140,31 @@ fn lab_comes_up_in_the_background_mirrors_and_goes_down_leaving_nothing_running(
     let key = produce(us, topic);
     assert!(arrives(eu, topic, &key), "{key} did not reach EU");
 
+    // A fault by hand, seen by status, healed.
+    let out = haven(&["lab", "fault", "--dir", &d, "agent-crash", "eu"]);
+    assert!(ok(&out).contains("eu's agent killed -9"));
+    let out = haven(&["--json", "lab", "status", "--dir", &d]);
+    assert_eq!(code(&out), 1);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let eu_agent = status["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "agent-eu")
+        .cloned()
+        .unwrap();
+    assert_eq!(eu_agent["up"], Value::Bool(false), "{status}");
+    ok(&haven(&["lab", "fault", "--dir", &d, "heal"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while code(&haven(&["lab", "status", "--dir", &d])) != 0 {
+        assert!(Instant::now() < deadline, "the lab did not heal");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        code(&haven(&["lab", "fault", "--dir", &d, "frobnicate"])),
+        2
+    );
+
     // Down: the supervisor and every server are gone.
     let pg_us = port(e["postgres_us"].as_str().unwrap());
     let etcd = port(e["etcd"][0].as_str().unwrap());
