@@ -184,6 +184,17 @@ async fn switchover(
     Ok(())
 }
 
+/// Waits `d`, or less if `stop` turns true; whether it did.
+async fn pause(d: Duration, stop: &watch::Receiver<bool>) -> bool {
+    let mut stop = stop.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    let stopped = *stop.borrow();
+    stopped
+}
+
 /// The first acknowledgement by `region` at or after `since_ms`.
 fn first_ack_by(dir: &Path, region: &str, since_ms: i64) -> Option<i64> {
     read_acks(&dir.join(ACKS_FILE))
@@ -293,89 +304,91 @@ pub async fn run(
         "{id}: load for {} s before the fault",
         o.warmup.as_secs()
     ));
-    tokio::time::sleep(o.warmup).await;
+    // Ctrl-C during the warm-up: no fault is injected at all.
+    let mut interrupted = pause(o.warmup, &stop).await;
 
     // The fault.
     let limit = Duration::from_secs_f64(o.objectives.rto_s * 2.0);
-    let fault_at: i64;
+    let mut fault_at = now_ms();
     let mut rto = None;
     let mut fault_err = None;
-    let mut interrupted = false;
-    match o.scenario {
-        Scenario::RegionOutage | Scenario::Partition => {
-            let words: &[&str] = if o.scenario == Scenario::RegionOutage {
-                &["region-down", "us"]
-            } else {
-                &["link-cut"]
-            };
-            fault_at = now_ms();
-            match inject(&o.lab_dir, words).await {
-                Ok(d) => {
-                    timeline.push(Step {
-                        at_ms: fault_at,
-                        what: format!("fault: {d}"),
-                    });
-                    say(&format!("fault injected: {d}"));
+    if !interrupted {
+        match o.scenario {
+            Scenario::RegionOutage | Scenario::Partition => {
+                let words: &[&str] = if o.scenario == Scenario::RegionOutage {
+                    &["region-down", "us"]
+                } else {
+                    &["link-cut"]
+                };
+                fault_at = now_ms();
+                match inject(&o.lab_dir, words).await {
+                    Ok(d) => {
+                        timeline.push(Step {
+                            at_ms: fault_at,
+                            what: format!("fault: {d}"),
+                        });
+                        say(&format!("fault injected: {d}"));
+                    }
+                    Err(e) => fault_err = Some(format!("{e:#}")),
                 }
-                Err(e) => fault_err = Some(format!("{e:#}")),
-            }
-            if fault_err.is_none() {
-                let first = wait_first_ack(&dir, "eu", fault_at, limit, &stop).await;
-                interrupted = *stop.borrow();
-                if let Some(t) = first {
-                    rto = Some((t - fault_at) as f64 / 1000.0);
-                    timeline.push(Step {
-                        at_ms: t,
-                        what: "first transfer acknowledged by EU".into(),
-                    });
-                    say(&format!(
-                        "EU took the first transfer after {:.1} s",
-                        (t - fault_at) as f64 / 1000.0
-                    ));
-                }
-            }
-            if o.scenario == Scenario::Partition && fault_err.is_none() {
-                let held = Instant::now();
-                while held.elapsed() < o.partition && !*stop.borrow() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                match inject(&o.lab_dir, &["heal"]).await {
-                    Ok(d) => timeline.push(Step {
-                        at_ms: now_ms(),
-                        what: format!("partition healed: {d}"),
-                    }),
-                    Err(e) => fault_err = Some(format!("heal: {e:#}")),
-                }
-            }
-        }
-        Scenario::Switchover => {
-            let state = dir.join("switchover-state");
-            fault_at = now_ms();
-            timeline.push(Step {
-                at_ms: fault_at,
-                what: "switchover to EU started".into(),
-            });
-            say("switchover to EU");
-            match switchover(o, &lab, "eu", &state).await {
-                Ok(()) => {
-                    timeline.push(Step {
-                        at_ms: now_ms(),
-                        what: "switchover to EU done".into(),
-                    });
-                    if let Some(t) = wait_first_ack(&dir, "eu", fault_at, limit, &stop).await {
+                if fault_err.is_none() {
+                    let first = wait_first_ack(&dir, "eu", fault_at, limit, &stop).await;
+                    interrupted = *stop.borrow();
+                    if let Some(t) = first {
                         rto = Some((t - fault_at) as f64 / 1000.0);
                         timeline.push(Step {
                             at_ms: t,
                             what: "first transfer acknowledged by EU".into(),
                         });
+                        say(&format!(
+                            "EU took the first transfer after {:.1} s",
+                            (t - fault_at) as f64 / 1000.0
+                        ));
                     }
                 }
-                Err(e) => fault_err = Some(format!("{e:#}")),
+                if o.scenario == Scenario::Partition && fault_err.is_none() {
+                    let held = Instant::now();
+                    while held.elapsed() < o.partition && !*stop.borrow() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    match inject(&o.lab_dir, &["heal"]).await {
+                        Ok(d) => timeline.push(Step {
+                            at_ms: now_ms(),
+                            what: format!("partition healed: {d}"),
+                        }),
+                        Err(e) => fault_err = Some(format!("heal: {e:#}")),
+                    }
+                }
+            }
+            Scenario::Switchover => {
+                let state = dir.join("switchover-state");
+                fault_at = now_ms();
+                timeline.push(Step {
+                    at_ms: fault_at,
+                    what: "switchover to EU started".into(),
+                });
+                say("switchover to EU");
+                match switchover(o, &lab, "eu", &state).await {
+                    Ok(()) => {
+                        timeline.push(Step {
+                            at_ms: now_ms(),
+                            what: "switchover to EU done".into(),
+                        });
+                        if let Some(t) = wait_first_ack(&dir, "eu", fault_at, limit, &stop).await {
+                            rto = Some((t - fault_at) as f64 / 1000.0);
+                            timeline.push(Step {
+                                at_ms: t,
+                                what: "first transfer acknowledged by EU".into(),
+                            });
+                        }
+                    }
+                    Err(e) => fault_err = Some(format!("{e:#}")),
+                }
             }
         }
     }
     if !interrupted && fault_err.is_none() {
-        tokio::time::sleep(o.after).await;
+        pause(o.after, &stop).await;
     }
     if o.scenario == Scenario::Switchover && fault_err.is_none() && !*stop.borrow() {
         let back = now_ms();
@@ -396,7 +409,7 @@ pub async fn run(
                         what: "first transfer acknowledged by US again".into(),
                     });
                 }
-                tokio::time::sleep(o.after.min(Duration::from_secs(3))).await;
+                pause(o.after.min(Duration::from_secs(3)), &stop).await;
             }
             Err(e) => fault_err = Some(format!("back: {e:#}")),
         }
