@@ -45,7 +45,9 @@ pub struct LeaseView {
     pub region: String,
     /// This region holds the lease and renewed it recently enough to claim it.
     pub holder: bool,
-    pub epoch: u64,
+    /// The fencing epoch as last seen; null until this process has read one (a restarted
+    /// agent does not report 0: epochs only go up).
+    pub epoch: Option<u64>,
     /// The region holding the lease, as last seen.
     pub active: Option<String>,
     /// Milliseconds the claim stays valid without another renewal.
@@ -76,7 +78,7 @@ impl Agent {
         LeaseView {
             region: self.region.clone(),
             holder: !left.is_zero(),
-            epoch: k.epoch,
+            epoch: (k.epoch > 0).then_some(k.epoch),
             active: k.holder,
             valid_for_ms: left.as_millis() as u64,
         }
@@ -86,10 +88,10 @@ impl Agent {
     pub fn render_metrics(&self) -> String {
         let v = self.view();
         format!(
-            "# HELP haven_failover_epoch The fencing epoch as last seen.\n# TYPE haven_failover_epoch gauge\nhaven_failover_epoch {}\n\
+            "# HELP haven_failover_epoch The fencing epoch as last seen (0: none yet).\n# TYPE haven_failover_epoch gauge\nhaven_failover_epoch {}\n\
              # HELP haven_failover_lease_holder 1 when this region holds the lease and may accept writes.\n# TYPE haven_failover_lease_holder gauge\nhaven_failover_lease_holder{{region=\"{}\"}} {}\n\
              # HELP haven_failover_lease_valid_seconds How long this region's claim stays valid without another renewal.\n# TYPE haven_failover_lease_valid_seconds gauge\nhaven_failover_lease_valid_seconds {:.3}\n",
-            v.epoch,
+            v.epoch.unwrap_or(0),
             v.region,
             u8::from(v.holder),
             v.valid_for_ms as f64 / 1000.0
