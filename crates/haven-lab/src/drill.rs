@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::control::{self, LabState};
 use crate::ledger::check::{self, CheckOptions};
 use crate::ledger::workload::{self, now_ms, Tick, WorkloadOptions};
-use crate::ledger::{read_acks, ACKS_FILE, LATENCY_FILE};
+use crate::ledger::LATENCY_FILE;
 use crate::traffic::writes_directly;
 
 /// The drills built so far.
@@ -195,20 +195,23 @@ async fn pause(d: Duration, stop: &watch::Receiver<bool>) -> bool {
     stopped
 }
 
+/// The acknowledgements seen so far: who answered, and when (ms since the Unix epoch).
+type Answered = Arc<std::sync::Mutex<Vec<(String, i64)>>>;
+
 /// The first acknowledgement by `region` at or after `since_ms`.
-fn first_ack_by(dir: &Path, region: &str, since_ms: i64) -> Option<i64> {
-    read_acks(&dir.join(ACKS_FILE))
+fn first_ack_by(acks: &Answered, region: &str, since_ms: i64) -> Option<i64> {
+    acks.lock()
         .ok()?
         .iter()
-        .filter(|a| a.region == region && a.at_ms >= since_ms)
-        .map(|a| a.at_ms)
+        .filter(|(r, at)| r == region && *at >= since_ms)
+        .map(|(_, at)| *at)
         .min()
 }
 
-/// Waits (polling the acknowledgement log) until `region` acknowledges a transfer after
-/// `since_ms`, or `limit` passes, or `stop`.
+/// Waits until `region` acknowledges a transfer after `since_ms`, or `limit` passes, or
+/// `stop`.
 async fn wait_first_ack(
-    dir: &Path,
+    acks: &Answered,
     region: &str,
     since_ms: i64,
     limit: Duration,
@@ -216,31 +219,17 @@ async fn wait_first_ack(
 ) -> Option<i64> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline && !*stop.borrow() {
-        if let Some(t) = first_ack_by(dir, region, since_ms) {
+        if let Some(t) = first_ack_by(acks, region, since_ms) {
             return Some(t);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    first_ack_by(dir, region, since_ms)
+    first_ack_by(acks, region, since_ms)
 }
 
-fn operator() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| {
-            // No login variables (a container, a service): the user the process runs as.
-            let out = std::process::Command::new("id").arg("-un").output().ok()?;
-            let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            (!name.is_empty()).then_some(name)
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// The default operator name (the login).
+/// The default operator name: the user running the drill.
 pub fn default_operator() -> String {
-    operator()
+    haven_engine::recovery::audit::current_user()
 }
 
 /// Runs the drill; `say` narrates it. Ctrl-C (`stop`) ends it early: the lab is healed,
@@ -289,8 +278,23 @@ pub async fn run(
     };
     let (wl_stop_tx, wl_stop) = watch::channel(false);
     let lab2 = lab.clone();
-    let workload =
-        tokio::spawn(async move { workload::run(&lab2, &wl, wl_stop, |_t: &Tick| {}).await });
+    // Who answered each transfer, and when: RTO is read from these.
+    let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel();
+    let answered: Answered = Default::default();
+    {
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            while let Some(a) = acks_rx.recv().await {
+                let a: crate::ledger::Ack = a;
+                if let Ok(mut v) = answered.lock() {
+                    v.push((a.region, a.at_ms));
+                }
+            }
+        });
+    }
+    let workload = tokio::spawn(async move {
+        workload::run(&lab2, &wl, wl_stop, |_t: &Tick| {}, Some(acks_tx)).await
+    });
     let sampling = Arc::new(AtomicBool::new(false));
     let (both, samples, sampler) = start_sampler(&lab, sampling.clone());
     timeline.push(Step {
@@ -332,7 +336,7 @@ pub async fn run(
                     Err(e) => fault_err = Some(format!("{e:#}")),
                 }
                 if fault_err.is_none() {
-                    let first = wait_first_ack(&dir, "eu", fault_at, limit, &stop).await;
+                    let first = wait_first_ack(&answered, "eu", fault_at, limit, &stop).await;
                     interrupted = *stop.borrow();
                     if let Some(t) = first {
                         rto = Some((t - fault_at) as f64 / 1000.0);
@@ -374,7 +378,9 @@ pub async fn run(
                             at_ms: now_ms(),
                             what: "switchover to EU done".into(),
                         });
-                        if let Some(t) = wait_first_ack(&dir, "eu", fault_at, limit, &stop).await {
+                        if let Some(t) =
+                            wait_first_ack(&answered, "eu", fault_at, limit, &stop).await
+                        {
                             rto = Some((t - fault_at) as f64 / 1000.0);
                             timeline.push(Step {
                                 at_ms: t,
@@ -403,7 +409,7 @@ pub async fn run(
                     at_ms: now_ms(),
                     what: "switchover back to US done".into(),
                 });
-                if let Some(t) = wait_first_ack(&dir, "us", back, limit, &stop).await {
+                if let Some(t) = wait_first_ack(&answered, "us", back, limit, &stop).await {
                     timeline.push(Step {
                         at_ms: t,
                         what: "first transfer acknowledged by US again".into(),

@@ -138,14 +138,20 @@ async fn ledger(ctx: &Ctx, a: LedgerArgs) -> anyhow::Result<u8> {
         );
     }
     let stop = super::stop_on_signal();
-    let s = workload::run(&lab, &o, stop, move |t| {
+    let s = workload::run(
+        &lab,
+        &o,
+        stop,
+        move |t| {
         if !json {
             eprintln!(
                 "  {:>5.0} s  {:>7} acknowledged  {:>4}/s  p50 {:>6.1} ms  p99 {:>6.1} ms  errors {:>3}  via {}",
                 t.elapsed_s, t.acknowledged, t.in_second, t.p50_ms, t.p99_ms, t.errors, t.region
             );
         }
-    })
+    },
+        None,
+    )
     .await?;
     if json {
         crate::output::json(&s)?;

@@ -86,6 +86,7 @@ fn a_region_outage_drill_fails_over_automatically_and_passes_with_its_evidence()
     assert_pass(rc, &r);
     let m = &r["measured"];
     assert_eq!(m["active_before"], "us");
+    assert_ne!(r["operator"], "unknown", "{r:#}");
     assert_eq!(m["active_after"], "eu");
     let rto = m["rto_s"].as_f64().unwrap();
     assert!(rto > 2.0 && rto <= 30.0, "RTO {rto}");

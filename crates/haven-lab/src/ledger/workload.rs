@@ -90,6 +90,8 @@ struct Shared {
     reads: Vec<f64>,
     read_errors: u64,
     last_region: String,
+    /// When each acknowledgement arrived (ms since the Unix epoch).
+    ack_times: Vec<i64>,
     summary: Summary,
 }
 
@@ -259,17 +261,19 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
 }
 
 /// Runs the workload until `duration` passes or `stop` turns true; `progress` is called
-/// every second.
+/// every second; `observe`, when given, gets every acknowledgement once it is in the log.
 pub async fn run(
     lab: &LabState,
     o: &WorkloadOptions,
     stop: watch::Receiver<bool>,
     progress: impl Fn(&Tick) + Send + Sync + 'static,
+    observe: Option<tokio::sync::mpsc::UnboundedSender<Ack>>,
 ) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&o.dir).with_context(|| format!("create {}", o.dir.display()))?;
     init(lab).await?;
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let acks = ack_writer(o.dir.join(ACKS_FILE))?;
+    let (acks, acks_done) = appender(o.dir.join(ACKS_FILE), observe)?;
+    let (seconds, seconds_done) = appender::<Tick>(o.dir.join(LATENCY_FILE), None)?;
     let started = Instant::now();
     let (done_tx, done) = watch::channel(false);
     // The run's end: its duration, or a signal.
@@ -315,7 +319,7 @@ pub async fn run(
         .clone()
         .map(|topic| tokio::spawn(relay(lab.clone(), topic, shared.clone(), relay_done)));
     let ticker = tokio::spawn(ticker(
-        o.dir.join(LATENCY_FILE),
+        seconds,
         started,
         shared.clone(),
         done.clone(),
@@ -332,7 +336,13 @@ pub async fn run(
         let _ = r.await;
     }
     let _ = ticker.await;
+    // Every acknowledgement in the log (flushed, forwarded) before the run ends.
     drop(acks);
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = acks_done.join();
+        let _ = seconds_done.join();
+    })
+    .await;
     let mut s = {
         let mut g = shared.lock().unwrap_or_else(|e| e.into_inner());
         let mut all = std::mem::take(&mut g.all);
@@ -353,21 +363,14 @@ pub async fn run(
     s.run_id = o.run_id.clone();
     s.seconds = started.elapsed().as_secs_f64();
     s.rate_per_min = s.acknowledged as f64 / s.seconds.max(0.001) * 60.0;
-    s.longest_gap_ms = longest_gap(&o.dir.join(ACKS_FILE), &o.run_id);
+    s.longest_gap_ms = longest_gap(&mut shared.lock().unwrap_or_else(|e| e.into_inner()).ack_times);
     std::fs::write(o.dir.join(SUMMARY_FILE), serde_json::to_vec_pretty(&s)?)
         .with_context(|| format!("write {}", o.dir.join(SUMMARY_FILE).display()))?;
     Ok(s)
 }
 
-fn longest_gap(acks: &std::path::Path, run: &str) -> f64 {
-    let Ok(all) = super::read_acks(acks) else {
-        return 0.0;
-    };
-    let mut times: Vec<i64> = all
-        .iter()
-        .filter(|a| a.id.starts_with(run))
-        .map(|a| a.at_ms)
-        .collect();
+/// The longest time between two acknowledgements.
+fn longest_gap(times: &mut [i64]) -> f64 {
     times.sort_unstable();
     times
         .windows(2)
@@ -375,30 +378,38 @@ fn longest_gap(acks: &std::path::Path, run: &str) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Appends acknowledgements to the log from a thread of its own (file writes do not
-/// block the runtime), flushed as soon as the queue is empty.
-fn ack_writer(path: PathBuf) -> anyhow::Result<std::sync::mpsc::Sender<Ack>> {
+/// Appends values as JSON lines to `path` from a thread of its own (file writes do not
+/// block the runtime), flushed as soon as the queue is empty; each value is then passed
+/// to `forward`, so an observer never sees one before it is in the file.
+fn appender<T: Serialize + Send + 'static>(
+    path: PathBuf,
+    forward: Option<tokio::sync::mpsc::UnboundedSender<T>>,
+) -> anyhow::Result<(std::sync::mpsc::Sender<T>, std::thread::JoinHandle<()>)> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .with_context(|| format!("open {}", path.display()))?;
-    let (tx, rx) = std::sync::mpsc::channel::<Ack>();
-    std::thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel::<T>();
+    let handle = std::thread::spawn(move || {
         let mut w = std::io::BufWriter::new(file);
-        while let Ok(a) = rx.recv() {
-            let mut next = Some(a);
-            while let Some(a) = next {
-                if let Ok(line) = serde_json::to_string(&a) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            for v in &batch {
+                if let Ok(line) = serde_json::to_string(v) {
                     let _ = writeln!(w, "{line}");
                 }
-                next = rx.try_recv().ok();
             }
             let _ = w.flush();
+            if let Some(f) = &forward {
+                for v in batch {
+                    let _ = f.send(v);
+                }
+            }
         }
-        let _ = w.flush();
     });
-    Ok(tx)
+    Ok((tx, handle))
 }
 
 async fn writer(
@@ -464,6 +475,7 @@ async fn writer(
                         g.window.push(latency);
                         g.all.push(latency);
                         g.last_region = region.clone();
+                        g.ack_times.push(now_ms());
                         let s = &mut g.summary;
                         s.acknowledged += 1;
                         s.retries += (attempts - 1) as u64;
@@ -710,17 +722,12 @@ async fn relay_once(
 }
 
 async fn ticker(
-    path: PathBuf,
+    log: std::sync::mpsc::Sender<Tick>,
     started: Instant,
     shared: Arc<Mutex<Shared>>,
     mut done: watch::Receiver<bool>,
     progress: impl Fn(&Tick),
 ) {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .ok();
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.tick().await;
     loop {
@@ -743,10 +750,8 @@ async fn ticker(
                 region: g.last_region.clone(),
             }
         };
-        if let (Some(f), Ok(line)) = (file.as_mut(), serde_json::to_string(&tick)) {
-            let _ = writeln!(f, "{line}");
-        }
         progress(&tick);
+        let _ = log.send(tick);
         if *done.borrow() {
             break;
         }
