@@ -15,7 +15,7 @@ use crate::{Error, Result};
 pub struct Entry {
     /// Unix ms.
     pub at: i64,
-    /// Who ran it (`$USER`, else the numeric uid) and where.
+    /// Who ran it ([`current_user`]) and where.
     pub user: String,
     pub host: String,
     /// `rewind`, `replay`, `compensate`, `recover-apply`, ...
