@@ -114,6 +114,10 @@ enum Command {
     )]
     Failover(commands::failover::Args),
     #[command(
+        about = "After a failover: capture what the old primary wrote that never crossed, reconcile it, re-apply it once."
+    )]
+    Failback(commands::failback::Args),
+    #[command(
         about = "Move the active region on purpose, losing no acknowledged write (fence, barrier, promote, reverse replication)."
     )]
     Switchover(commands::switchover::Args),
@@ -251,6 +255,7 @@ fn main() -> ExitCode {
             Command::Cat(a) => commands::cat::run(&ctx, a).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,
             Command::Failover(c) => commands::failover::run(&ctx, c).await,
+            Command::Failback(a) => commands::failback::run(&ctx, a).await,
             Command::Switchover(a) => commands::switchover::run(&ctx, a).await,
             Command::Agent(a) => commands::agent::run(&ctx, a).await,
             Command::Alerts(a) => commands::alerts::run(&ctx, a).await,

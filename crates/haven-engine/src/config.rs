@@ -195,6 +195,9 @@ pub struct Config {
     /// Where each region's writes come in (HAProxy servers, hooks).
     #[serde(default)]
     pub routes: BTreeMap<String, crate::failover::config::RouteSection>,
+    /// What a failback re-applies on its own: policies per table and topic.
+    #[serde(default)]
+    pub failback: Option<crate::failback::FailbackSection>,
 }
 
 pub const EXAMPLE: &str = r#"[clusters.us]
@@ -451,6 +454,9 @@ impl Config {
             }
         }
         if let Err((key, message)) = crate::failover::config::validate(self) {
+            return Err(invalid(key, message));
+        }
+        if let Some(Err((key, message))) = self.failback.as_ref().map(|f| f.validate()) {
             return Err(invalid(key, message));
         }
         for (name, j) in &self.jobs {

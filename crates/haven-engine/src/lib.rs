@@ -24,6 +24,7 @@ pub mod drill;
 mod error;
 pub mod events;
 pub mod executor;
+pub mod failback;
 pub mod failover;
 pub mod metrics;
 pub mod mirror;

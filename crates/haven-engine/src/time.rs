@@ -61,9 +61,42 @@ pub fn format_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// A Postgres `timestamptz` in its text form (`2026-12-02 04:12:10.680285+00`, as
+/// wal2json writes commit times) as epoch milliseconds.
+pub fn parse_pg_timestamp_ms(text: &str) -> Option<i64> {
+    let t = text.trim();
+    // Postgres writes the offset as +HH, +HH:MM or +HH:MM:SS; chrono wants +HH:MM.
+    let split = t.rfind(['+', '-']).filter(|&i| i > 10)?;
+    let (at, offset) = t.split_at(split);
+    let offset = match offset.len() {
+        3 => format!("{offset}:00"),
+        _ => offset.chars().take(6).collect(),
+    };
+    chrono::DateTime::parse_from_str(&format!("{at}{offset}"), "%Y-%m-%d %H:%M:%S%.f%:z")
+        .ok()
+        .map(|d| d.timestamp_millis())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_timestamps() {
+        assert_eq!(
+            parse_pg_timestamp_ms("2026-12-02 04:12:10.680285+00"),
+            parse_instant("2026-12-02T04:12:10.680Z", 0).ok()
+        );
+        assert_eq!(
+            parse_pg_timestamp_ms("2026-12-02 06:12:10+02"),
+            parse_instant("2026-12-02T04:12:10Z", 0).ok()
+        );
+        assert_eq!(
+            parse_pg_timestamp_ms("2026-12-02 01:42:10-02:30"),
+            parse_instant("2026-12-02T04:12:10Z", 0).ok()
+        );
+        assert_eq!(parse_pg_timestamp_ms("yesterday"), None);
+    }
 
     #[test]
     fn forms() {

@@ -12,9 +12,14 @@
 //! - Detaching a subscription without its publisher (`DISABLE`, `slot_name = NONE`,
 //!   `DROP`), keeping the replication origin's `remote_lsn` first: the divergence anchor.
 //!
+//! - The failback's side (`divergence`): the cut a failover recorded (`haven.cut`), what
+//!   the old source's orphaned slot holds past it, and re-applying it once.
+//!
 //! Every call is bounded by the connection's timeout.
 
 use std::time::Duration;
+
+pub mod divergence;
 
 use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
@@ -231,6 +236,10 @@ impl Pg {
              CREATE TABLE IF NOT EXISTS haven.heartbeat (id int PRIMARY KEY, ts timestamptz NOT NULL, xid bigint NOT NULL);
              CREATE TABLE IF NOT EXISTS haven.barrier (token text PRIMARY KEY, ts timestamptz NOT NULL);
              CREATE TABLE IF NOT EXISTS haven.seq_snapshot (seq text PRIMARY KEY, last_value bigint NOT NULL, ts timestamptz NOT NULL);
+             CREATE TABLE IF NOT EXISTS haven.cut (subscription text NOT NULL, epoch bigint NOT NULL,
+               remote_lsn pg_lsn, at timestamptz NOT NULL, PRIMARY KEY (subscription, epoch));
+             CREATE TABLE IF NOT EXISTS haven.reconciled (capture text NOT NULL, xid bigint NOT NULL,
+               commit_lsn pg_lsn NOT NULL, at timestamptz NOT NULL, PRIMARY KEY (capture, xid));
              COMMIT;",
         )
         .await
@@ -534,8 +543,14 @@ impl Pg {
     /// Ends a subscription. With `source_alive` the source's slot is dropped too (a
     /// switchover); without, nothing contacts the source (`DISABLE`, `slot_name = NONE`,
     /// `DROP`): the orphaned slot keeps what was not applied, for the failback. The
-    /// origin's `remote_lsn` is read first. Idempotent.
-    pub async fn detach(&self, subscription: &str, source_alive: bool) -> Result<Detached> {
+    /// origin's `remote_lsn` is read first and kept in `haven.cut` under `epoch` (the
+    /// failover's) before anything is dropped. Idempotent.
+    pub async fn detach(
+        &self,
+        subscription: &str,
+        source_alive: bool,
+        epoch: u64,
+    ) -> Result<Detached> {
         let Some(state) = self.subscription(subscription).await? else {
             return Ok(Detached {
                 subscription: subscription.into(),
@@ -543,6 +558,8 @@ impl Pg {
                 dropped: false,
             });
         };
+        self.record_cut(subscription, epoch, state.remote_lsn.as_deref())
+            .await?;
         let s = ident(subscription);
         if source_alive {
             self.exec("drop the subscription", &format!("DROP SUBSCRIPTION {s}"))

@@ -140,14 +140,14 @@ async fn switchover_fences_waits_for_the_barrier_and_reverses() {
     assert_eq!(set, vec![("public.accounts_id_seq".to_string(), 51)]);
 
     // Detach with the source alive drops US's slot; reverse replication before EU opens.
-    let d = eu.detach("haven", true).await.unwrap();
+    let d = eu.detach("haven", true, 2).await.unwrap();
     assert!(d.dropped && d.remote_lsn.is_some(), "{d:?}");
     assert!(
         us.slot_lag("haven").await.unwrap().is_none(),
         "US's slot is dropped"
     );
     assert!(
-        !eu.detach("haven", true).await.unwrap().dropped,
+        !eu.detach("haven", true, 2).await.unwrap().dropped,
         "detaching twice is harmless"
     );
     eu.ensure_publication("haven").await.unwrap();
@@ -198,7 +198,7 @@ async fn failover_detaches_without_the_source_and_keeps_the_evidence() {
     assert!(before.remote_lsn.is_some());
     // US dies (sequences pre-log values: it may have used ids EU never saw).
     us_pg.stop().unwrap();
-    let d = eu.detach("haven", false).await.unwrap();
+    let d = eu.detach("haven", false, 2).await.unwrap();
     assert!(d.dropped);
     assert_eq!(
         d.remote_lsn, before.remote_lsn,

@@ -93,7 +93,7 @@ impl Postgres {
     /// Starts the server on its data directory and port.
     fn serve(&self) -> Result<()> {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical -c track_commit_timestamp=on -c max_wal_senders=10 -c max_replication_slots=10",
             self.port,
             self.dir.path().display()
         );

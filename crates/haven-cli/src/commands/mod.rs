@@ -10,6 +10,7 @@ pub mod compensate;
 pub mod config;
 pub mod demo;
 pub mod drill;
+pub mod failback;
 pub mod failover;
 pub mod impact;
 pub mod lab;

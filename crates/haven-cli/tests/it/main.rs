@@ -4,6 +4,7 @@ mod alerts;
 mod backup;
 mod config;
 mod drills;
+mod failback;
 mod failover;
 mod foundation;
 mod handover;

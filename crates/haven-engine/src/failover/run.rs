@@ -589,10 +589,11 @@ impl Runner<FailoverStep> for FailoverRunner<'_> {
                 subscription,
                 source_alive,
             } => {
+                let epoch = self.epoch;
                 let pg = self.pg(database).await?;
                 let lag = pg.replica_lag(subscription).await.map_err(pg_error)?;
                 let d = pg
-                    .detach(subscription, *source_alive)
+                    .detach(subscription, *source_alive, epoch)
                     .await
                     .map_err(pg_error)?;
                 Ok(serde_json::json!({

@@ -29,6 +29,9 @@ pub struct Held {
     pub target_topic: String,
     /// Every source record before this offset is on the target.
     pub mirrored_to: i64,
+    /// The target offset after the last mirrored record: what the target holds from
+    /// there on was written on the target itself (or by another mirror).
+    pub target_next: i64,
 }
 
 /// Whether the source cluster answers within [`PROBE`].
@@ -157,6 +160,10 @@ pub async fn held(opts: &MirrorOptions) -> Result<Vec<Held>> {
                 mirrored_to: map
                     .get(&(topic.clone(), partition))
                     .and_then(|p| p.next_source())
+                    .unwrap_or(0),
+                target_next: map
+                    .get(&(topic.clone(), partition))
+                    .and_then(|p| p.next_target())
                     .unwrap_or(0),
                 topic,
                 partition,

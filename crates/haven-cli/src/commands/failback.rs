@@ -1,0 +1,315 @@
+//! `haven failback [status|capture|reconcile]`: after an unplanned failover, what the old
+//! primary wrote that never crossed: captured, reconciled, re-applied once.
+
+use haven_engine::failback::reconcile::{Outcome, ReconcileReport, Verdict};
+use haven_engine::failback::{self, Capture};
+
+use super::{load_config, open_repo, usage, RepoArgs};
+use crate::{output, Ctx};
+
+/// Bring back what the old primary wrote after an unplanned failover.
+///
+/// When the old primary (say US) comes back after EU took over, it holds writes EU never
+/// got: Postgres transactions past what EU had applied, Kafka records past what EU's
+/// mirror had copied. Its agent keeps it fenced. Haven deletes none of them:
+///
+///   1. `haven failback capture --region us` reads them (Postgres: US's orphaned slot,
+///      past the remote_lsn EU recorded when it detached; Kafka: US's records past EU's
+///      mirror map) and stores them in the repository, create-only and audited.
+///   2. `haven failback reconcile` gives each a verdict against EU now (already present,
+///      re-appliable, conflict) and what the [failback] policy makes of it (manual by
+///      default: review); `--apply` writes the accepted ones to EU, once (Postgres: one
+///      transaction per original, marked in haven.reconciled; Kafka: re-produced with a
+///      haven-reconciled header naming the original coordinates). Every run stores a
+///      Markdown and a JSON report.
+///   3. Re-seed US as a standby of EU, then `haven switchover --to us`.
+///
+/// With no subcommand: where the failback stands and the next step.
+///
+/// Examples:
+///   haven failback --repo main
+///   haven failback capture --region us --repo main
+///   haven failback reconcile --repo main
+///   haven failback reconcile --repo main --apply
+#[derive(Debug, clap::Args)]
+#[command(
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub status: StatusArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The old primary's region [default: the region not holding the lease].
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// The repository holding the captures (a name from haven.toml, a URL or a path).
+    #[arg(long, env = "HAVEN_REPO", value_name = "NAME|URL")]
+    repo: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Read what the old primary wrote that the active region never got, and store it in
+    /// the repository (create-only, with an audit entry holding its SHA-256, read back
+    /// and checked). Changes nothing on either region; can be run again (each run is a
+    /// new capture).
+    ///
+    /// Refused (exit 2) while REGION still holds the lease, or when the active region's
+    /// database has no failover cut recorded.
+    Capture(CaptureArgs),
+    /// Verdicts for every captured change against the active region now, the policy's
+    /// outcome, and with --apply the accepted changes written there exactly once.
+    ///
+    /// Policies ([failback] in haven.toml): `policy` for everything, `tables` and
+    /// `topics` per table ("schema.table") or topic pattern: "manual" (review, the
+    /// default), "reapply-if-untouched", "keep-current". A conflict is never applied.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaptureArgs {
+    /// The old primary's region.
+    #[arg(long, value_name = "REGION")]
+    region: String,
+    #[command(flatten)]
+    repo: RepoArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReconcileArgs {
+    /// The capture to reconcile [default: the latest].
+    #[arg(long, value_name = "ID")]
+    capture: Option<String>,
+    /// Write the changes the policies accept to the active region.
+    #[arg(long)]
+    apply: bool,
+    /// Also write the Markdown report to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    repo: RepoArgs,
+}
+
+pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    match a.command {
+        None => status(ctx, a.status).await,
+        Some(Command::Capture(c)) => capture(ctx, c).await,
+        Some(Command::Reconcile(r)) => reconcile(ctx, r).await,
+    }
+}
+
+/// Engine errors of bad input exit 2.
+fn input(e: haven_engine::Error) -> anyhow::Error {
+    match e {
+        haven_engine::Error::Input(m) => usage(m),
+        e => e.into(),
+    }
+}
+
+async fn status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<u8> {
+    let cfg = load_config(ctx)?;
+    let repo = match &a.repo {
+        Some(r) => Some(
+            open_repo(
+                &cfg,
+                &RepoArgs {
+                    repo: r.clone(),
+                    key_file: None,
+                },
+                false,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let s = failback::status::status(&cfg, repo.as_ref(), a.region.as_deref())
+        .await
+        .map_err(input)?;
+    if ctx.json {
+        output::json(&s)?;
+        return Ok(0);
+    }
+    outln!(
+        "old primary {}, active {} (epoch {})",
+        s.region,
+        s.active.as_deref().unwrap_or("none"),
+        s.epoch
+    );
+    if let Some(c) = &s.capture {
+        outln!(
+            "capture {c}: {} transactions, {} records",
+            s.transactions,
+            s.records
+        );
+    }
+    if let Some(r) = &s.applied_report {
+        outln!("applied: {r}");
+    }
+    outln!("next: {}", s.next);
+    Ok(0)
+}
+
+async fn capture(ctx: &Ctx, a: CaptureArgs) -> anyhow::Result<u8> {
+    let cfg = load_config(ctx)?;
+    let repo = open_repo(&cfg, &a.repo, false).await?;
+    let c = failback::capture::capture(&cfg, &a.region)
+        .await
+        .map_err(input)?;
+    let key = failback::store(&repo, &c).await?;
+    if ctx.json {
+        output::json(&serde_json::json!({"object": key, "capture": c}))?;
+        return Ok(0);
+    }
+    print_capture(&c, &key);
+    Ok(0)
+}
+
+fn print_capture(c: &Capture, key: &str) {
+    let s = &c.summary;
+    outln!(
+        "captured what {} wrote after {} took over (epoch {}): {key}",
+        c.region,
+        c.active,
+        c.epoch
+    );
+    for d in &c.databases {
+        outln!(
+            "  {} (cut on {} at remote_lsn {}): {} transactions past the cut{}{}",
+            d.database,
+            d.peer,
+            d.cut.remote_lsn.as_deref().unwrap_or("none"),
+            d.divergence.transactions.len(),
+            if d.divergence.already_applied > 0 {
+                format!(
+                    "; {} re-offered by the slot but already applied (the slot moved backwards)",
+                    d.divergence.already_applied
+                )
+            } else {
+                String::new()
+            },
+            if d.divergence.haven_only > 0 {
+                format!("; {} of Haven's own left out", d.divergence.haven_only)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for (t, n) in &s.tables {
+        outln!("    {t}: {n} row changes");
+    }
+    for (m, v) in &s.money {
+        outln!("    {m}: net {v}");
+    }
+    for k in &c.kafka {
+        let records: usize = k.partitions.iter().map(|p| p.records.len()).sum();
+        outln!(
+            "  mirror {} ({} -> {}): {records} records past what {} holds",
+            k.mirror,
+            k.source_cluster,
+            k.target_cluster,
+            k.target_cluster
+        );
+        for p in k.partitions.iter().filter(|p| !p.records.is_empty()) {
+            outln!(
+                "    {}/{}: offsets {}..{} ({} records)",
+                p.topic,
+                p.partition,
+                p.mirrored_to,
+                p.high,
+                p.records.len()
+            );
+        }
+    }
+    if let (Some(f), Some(l)) = (s.first_ms, s.last_ms) {
+        outln!(
+            "  first {}, last {}",
+            haven_engine::time::format_ms(f),
+            haven_engine::time::format_ms(l)
+        );
+    }
+    outln!("next: `haven failback reconcile` (verdicts, nothing written), then --apply");
+}
+
+async fn reconcile(ctx: &Ctx, a: ReconcileArgs) -> anyhow::Result<u8> {
+    let cfg = load_config(ctx)?;
+    let repo = open_repo(&cfg, &a.repo, false).await?;
+    let id = match a.capture {
+        Some(id) => id,
+        None => failback::captures(&repo)
+            .await?
+            .pop()
+            .ok_or_else(|| usage("no capture in this repository: run `haven failback capture --region REGION` first"))?,
+    };
+    let c = failback::load(&repo, &id).await.map_err(|e| match e {
+        haven_engine::Error::Storage(haven_storage::StorageError::NotFound { .. }) => {
+            usage(format!("no capture {id:?} in this repository (`haven failback` lists the latest)"))
+        }
+        e => e.into(),
+    })?;
+    let (r, key) = failback::reconcile::reconcile(&cfg, &repo, &c, a.apply)
+        .await
+        .map_err(input)?;
+    if let Some(path) = &a.report {
+        std::fs::write(path, r.markdown())
+            .map_err(|e| usage(format!("--report {}: {e}", path.display())))?;
+    }
+    if ctx.json {
+        output::json(&serde_json::json!({"object": key, "report": r}))?;
+        return Ok(0);
+    }
+    print_report(&r, &key);
+    Ok(0)
+}
+
+fn print_report(r: &ReconcileReport, key: &str) {
+    let count = |o: Outcome| r.outcomes.get(&o).copied().unwrap_or(0);
+    let verdict = |v: Verdict| r.verdicts.get(&v).copied().unwrap_or(0);
+    outln!(
+        "{} of {}: {} transactions, {} records",
+        if r.apply { "applied" } else { "dry run" },
+        r.capture,
+        r.transactions.len(),
+        r.records.len()
+    );
+    outln!(
+        "  verdicts: {} already present, {} re-appliable, {} conflicts",
+        verdict(Verdict::AlreadyPresent),
+        verdict(Verdict::Reappliable),
+        verdict(Verdict::Conflict)
+    );
+    outln!(
+        "  outcomes: {} applied now, {} applied earlier, {} would apply, {} to review, {} kept current, {} present",
+        count(Outcome::Applied),
+        count(Outcome::AppliedEarlier),
+        count(Outcome::WouldApply),
+        count(Outcome::Review),
+        count(Outcome::KeptCurrent),
+        count(Outcome::Present)
+    );
+    for t in r.transactions.iter().filter(|t| t.outcome == Outcome::Review) {
+        let why = t
+            .changes
+            .iter()
+            .find(|c| c.verdict == t.verdict)
+            .map(|c| format!("{} {}: {}", c.table, c.key, c.why))
+            .unwrap_or_default();
+        outln!("  review: {} xid {} ({why})", t.database, t.xid);
+    }
+    for rec in r.records.iter().filter(|x| x.outcome == Outcome::Review) {
+        outln!(
+            "  review: {}/{}@{} ({})",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            rec.why
+        );
+    }
+    outln!("report: {key} (and .md beside it)");
+}

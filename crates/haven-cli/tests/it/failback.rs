@@ -1,0 +1,320 @@
+//! Failback on the real lab: US writes that never reached EU (Postgres transactions past
+//! a cut replication link, Kafka records past a stopped mirror), then US lost at once
+//! (agent and broker killed -9, Postgres crashed), EU failing over on its own and taking
+//! writes, one row and one key changed on both sides; then US restarted, fenced. The
+//! capture must hold exactly what the test wrote to US after the cut and nothing else,
+//! the verdicts must find the two conflicts, `--apply` must write the rest to EU once
+//! (checked row by row, and record by record with an independent Kafka client), and a
+//! second `--apply` must be refused with EU unchanged.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use testbed::Rec;
+
+use crate::lab::{rt, until, writes_directly, Lab, LabOptions};
+use crate::{code, haven};
+
+fn run(lab: &Lab, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--config", &lab.cfg];
+    all.extend_from_slice(args);
+    haven(&all)
+}
+
+fn json(lab: &Lab, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run(lab, &all);
+    assert_eq!(code(&out), 0, "{args:?}: {}", crate::stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn pg_rows(pg: &testbed::Postgres) -> Vec<(i64, String)> {
+    rt().block_on(async {
+        let c = pg.connect().await.unwrap();
+        c.query("SELECT id, owner FROM accounts ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    })
+}
+
+fn us_exec(lab: &Lab, sql: &str) {
+    rt().block_on(async {
+        let c = lab.us.connect().await.unwrap();
+        c.batch_execute(&format!("SET synchronous_commit = on; {sql}"))
+            .await
+            .unwrap();
+    })
+}
+
+const TOPIC: &str = "ledger.transfers";
+
+#[test]
+fn failback_captures_reconciles_and_applies_once() {
+    let mut o = LabOptions::new(env!("CARGO_BIN_EXE_haven"));
+    o.mode = "automatic".into();
+    o.kafka = true;
+    let mut lab = Lab::start(&o).expect("start the lab");
+    lab.wait_us_active(Duration::from_secs(30)).unwrap();
+    std::fs::write(
+        &lab.cfg,
+        std::fs::read_to_string(&lab.cfg).unwrap()
+            + "\n[failback]\ntables = { \"public.accounts\" = \"reapply-if-untouched\" }\n\
+               topics = { \"ledger\\\\..*\" = \"reapply-if-untouched\" }\n",
+    )
+    .unwrap();
+
+    // Replicated and mirrored: 10 rows, 8 records (2 per partition).
+    us_exec(
+        &lab,
+        "INSERT INTO accounts (owner) SELECT 'o' || g FROM generate_series(1, 10) g",
+    );
+    let first: std::collections::HashMap<String, i64> = pg_rows(&lab.us)
+        .into_iter()
+        .map(|(id, owner)| (owner, id))
+        .collect();
+    let k = lab.kafka.as_ref().unwrap();
+    let shared: Vec<Rec> = (0..8)
+        .map(|i| Rec::kv(&format!("k{i}"), &format!("v{i}")).to_partition(i % 4))
+        .collect();
+    k.us.produce(TOPIC, &shared).unwrap();
+    until("EU has the rows and the records", Duration::from_secs(30), || {
+        pg_rows(&lab.eu).len() == 10
+            && (0..4).all(|p| k.eu.high_watermark(TOPIC, p).unwrap_or(0) == 2)
+    });
+
+    // The link to EU goes, and the mirror stops: from here on US writes alone.
+    lab.replication.set_down(true);
+    let k = lab.kafka.as_mut().unwrap();
+    let us_to_eu = k.mirrors.iter_mut().find(|m| m.job == "us-to-eu").unwrap();
+    let mut child = us_to_eu.child.take().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    us_exec(
+        &lab,
+        "INSERT INTO accounts (owner) SELECT 'd' || g FROM generate_series(1, 5) g",
+    );
+    us_exec(&lab, "UPDATE accounts SET owner = 'us-1' WHERE owner = 'o1'");
+    us_exec(&lab, "UPDATE accounts SET owner = 'us-2' WHERE owner = 'o2'");
+    us_exec(&lab, "DELETE FROM accounts WHERE owner = 'o3'");
+    let ids: std::collections::HashMap<String, i64> = pg_rows(&lab.us)
+        .into_iter()
+        .map(|(id, owner)| (owner, id))
+        .collect();
+    let k = lab.kafka.as_ref().unwrap();
+    let divergent: Vec<Rec> = (0..6)
+        .map(|i| {
+            Rec::kv(&format!("d{i}"), &format!("us-only-{i}"))
+                .to_partition(i % 4)
+                .header("trace", Some(b"t"))
+        })
+        .collect();
+    let landed = k.us.produce(TOPIC, &divergent).unwrap();
+
+    // US is lost; EU takes over by itself.
+    lab.inject(&haven_lab::Fault::RegionDown("us".into()))
+        .unwrap();
+    until("EU takes writes", Duration::from_secs(60), || {
+        rt().block_on(haven_lab::write_via_route(lab.write_port())) == Some(lab.eu.port())
+    });
+    let status = json(&lab, &["failover", "status"]);
+    assert_eq!(status["active"]["region"], "eu", "{status:#}");
+    // EU writes: the row US also changed, a new row, and a key US also wrote.
+    rt().block_on(async {
+        let c = lab.eu.connect().await.unwrap();
+        c.batch_execute(
+            "UPDATE accounts SET owner = 'eu-2' WHERE owner = 'o2';
+             INSERT INTO accounts (owner) VALUES ('eu-new');",
+        )
+        .await
+        .unwrap();
+    });
+    let k = lab.kafka.as_ref().unwrap();
+    k.eu.produce(TOPIC, &[Rec::kv("d4", "eu-wrote-d4").to_partition(0)])
+        .unwrap();
+
+    // US comes back fenced: its agent sees the newer epoch.
+    lab.heal().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !rt().block_on(writes_directly(lab.us.port())),
+        "the old primary must stay fenced"
+    );
+    let st = json(&lab, &["failback"]);
+    assert_eq!(
+        (st["region"].as_str(), st["stage"].as_str()),
+        (Some("us"), Some("capture")),
+        "{st:#}"
+    );
+
+    // Refused while it makes no sense: EU is active, so "fail back eu" is bad input.
+    let out = run(&lab, &["failback", "capture", "--region", "eu", "--repo", "lab"]);
+    assert_eq!(code(&out), 2, "{}", crate::stderr(&out));
+    assert!(crate::stderr(&out).contains("still holds the lease"));
+
+    // The capture: exactly the four transactions and six records US wrote alone.
+    let cap = json(
+        &lab,
+        &["failback", "capture", "--region", "us", "--repo", "lab"],
+    );
+    let c = &cap["capture"];
+    let txns = c["databases"][0]["divergence"]["transactions"]
+        .as_array()
+        .unwrap();
+    let shape: Vec<(String, usize)> = txns
+        .iter()
+        .map(|t| {
+            (
+                t["changes"][0]["op"].as_str().unwrap().to_string(),
+                t["changes"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("insert".into(), 5),
+            ("update".into(), 1),
+            ("update".into(), 1),
+            ("delete".into(), 1)
+        ],
+        "{c:#}"
+    );
+    let inserted: Vec<String> = txns[0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ch| ch["new"][1]["value"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(inserted, ["d1", "d2", "d3", "d4", "d5"]);
+    // The delete names the row by its key (the table's replica identity is the default).
+    assert_eq!(
+        txns[3]["changes"][0]["old"][0]["value"].as_str(),
+        Some(first["o3"].to_string().as_str())
+    );
+    let mut captured: Vec<(i32, i64, String, String)> = vec![];
+    for p in c["kafka"][0]["partitions"].as_array().unwrap() {
+        for r in p["records"].as_array().unwrap() {
+            captured.push((
+                p["partition"].as_i64().unwrap() as i32,
+                r["offset"].as_i64().unwrap(),
+                r["key"].as_str().unwrap().to_string(),
+                r["value"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    captured.sort();
+    let mut expected: Vec<(i32, i64, String, String)> = landed
+        .iter()
+        .zip(&divergent)
+        .map(|((p, off), r)| {
+            (
+                *p,
+                *off,
+                String::from_utf8(r.key.clone().unwrap()).unwrap(),
+                String::from_utf8(r.value.clone().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(captured, expected);
+    assert_eq!(c["summary"]["transactions"], 4);
+    assert_eq!(c["summary"]["records"], 6);
+
+    // Verdicts: the row and the key both sides changed are conflicts.
+    let dry = json(&lab, &["failback", "reconcile", "--repo", "lab"]);
+    let r = &dry["report"];
+    let verdicts: Vec<&str> = r["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["reappliable", "reappliable", "conflict", "reappliable"],
+        "{r:#}"
+    );
+    let conflicts: Vec<&str> = r["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["verdict"] == "conflict")
+        .map(|x| x["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(conflicts, ["d4"], "{r:#}");
+    assert_eq!(r["outcomes"]["would-apply"], 8, "{r:#}");
+    assert_eq!(r["outcomes"]["review"], 2, "{r:#}");
+    let eu_before = pg_rows(&lab.eu);
+    assert!(eu_before.iter().all(|(_, o)| !o.starts_with('d')), "a dry run writes nothing");
+
+    // Applied: EU gets the rest, once.
+    let applied = json(&lab, &["failback", "reconcile", "--repo", "lab", "--apply"]);
+    assert_eq!(applied["report"]["outcomes"]["applied"], 8, "{applied:#}");
+    let owners = |rows: &[(i64, String)]| -> Vec<String> {
+        let mut o: Vec<String> = rows.iter().map(|(_, o)| o.clone()).collect();
+        o.sort();
+        o
+    };
+    let eu_after = pg_rows(&lab.eu);
+    let mut want: Vec<String> = ["us-1", "eu-2", "eu-new", "d1", "d2", "d3", "d4", "d5"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain((4..=10).map(|i| format!("o{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(owners(&eu_after), want);
+    // Inserted rows keep US's ids.
+    for d in ["d1", "d5"] {
+        assert!(eu_after.contains(&(ids[d], d.to_string())), "{eu_after:?}");
+    }
+    let k = lab.kafka.as_ref().unwrap();
+    let mut reconciled = vec![];
+    for p in 0..4 {
+        for m in testbed::independent_read(&k.eu.bootstrap(), TOPIC, p).unwrap() {
+            let h = m
+                .headers
+                .iter()
+                .find(|(n, _)| n == "haven-reconciled")
+                .and_then(|(_, v)| v.clone());
+            if let Some(h) = h {
+                assert!(m.headers.iter().any(|(n, _)| n == "trace"), "{m:?}");
+                reconciled.push((
+                    String::from_utf8(m.key.unwrap()).unwrap(),
+                    String::from_utf8(m.value.unwrap()).unwrap(),
+                    String::from_utf8(h).unwrap(),
+                ));
+            }
+        }
+    }
+    reconciled.sort();
+    let want: Vec<(String, String, String)> = expected
+        .iter()
+        .filter(|(_, _, k, _)| k != "d4")
+        .map(|(p, off, k, v)| (k.clone(), v.clone(), format!("us/{TOPIC}/{p}/{off}")))
+        .collect();
+    let mut want = want;
+    want.sort();
+    assert_eq!(reconciled, want);
+    let highs: Vec<i64> = (0..4)
+        .map(|p| k.eu.high_watermark(TOPIC, p).unwrap())
+        .collect();
+
+    // Again: refused, nothing changes; the dry run now says applied earlier.
+    let out = run(&lab, &["failback", "reconcile", "--repo", "lab", "--apply"]);
+    assert_eq!(code(&out), 2, "{}", crate::stderr(&out));
+    assert!(crate::stderr(&out).contains("already applied"));
+    let again = json(&lab, &["failback", "reconcile", "--repo", "lab"]);
+    assert_eq!(again["report"]["outcomes"]["applied-earlier"], 8, "{again:#}");
+    assert_eq!(pg_rows(&lab.eu), eu_after);
+    let k = lab.kafka.as_ref().unwrap();
+    let highs_again: Vec<i64> = (0..4)
+        .map(|p| k.eu.high_watermark(TOPIC, p).unwrap())
+        .collect();
+    assert_eq!(highs_again, highs);
+    let st = json(&lab, &["failback", "--repo", "lab"]);
+    assert_eq!(st["stage"], "reseed", "{st:#}");
+}

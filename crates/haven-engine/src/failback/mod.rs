@@ -1,0 +1,364 @@
+//! Failback: after an unplanned failover, what the old primary wrote that never crossed
+//! is captured before anything on it is changed, reconciled against the new primary by
+//! policy (or left for a person), and then the old region is brought back.
+//!
+//! - `capture`: the divergence (Postgres transactions past the cut EU recorded, Kafka
+//!   records past what EU's mirror map holds), stored create-only in the repository with
+//!   an audit entry holding its SHA-256;
+//! - `reconcile`: a verdict per captured change (`already present`, `re-appliable`,
+//!   `conflict`), the policy's outcome, and `--apply` (exactly once across re-runs);
+//! - `status`: where a failback stands and the next step.
+//!
+//! The invariant: nothing the old primary wrote is discarded before it is captured and
+//! the capture verified (read back and checked against its audit entry).
+
+pub mod capture;
+pub mod reconcile;
+pub mod status;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::repo::Repository;
+use crate::{Error, Result};
+
+/// What happens to a captured change that could be re-applied, per table or topic.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// A report to review; nothing is written (the default).
+    #[default]
+    Manual,
+    /// Re-applied when the row (or key) is untouched on the new primary since the cut;
+    /// a conflict is left for review.
+    ReapplyIfUntouched,
+    /// The new primary's state wins: nothing is re-applied.
+    KeepCurrent,
+}
+
+/// `[failback]`: policies per table and topic, and the columns summed as money.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FailbackSection {
+    /// The policy of tables and topics not named below.
+    #[serde(default)]
+    pub policy: Policy,
+    /// `"schema.table" = "reapply-if-untouched"`.
+    #[serde(default)]
+    pub tables: BTreeMap<String, Policy>,
+    /// Topic regular expression (whole name) = policy; the first match wins.
+    #[serde(default)]
+    pub topics: BTreeMap<String, Policy>,
+    /// Columns summed in a capture's summary: `"schema.table.column"`.
+    #[serde(default)]
+    pub money: Vec<String>,
+}
+
+impl FailbackSection {
+    pub fn table_policy(&self, qualified: &str) -> Policy {
+        self.tables.get(qualified).copied().unwrap_or(self.policy)
+    }
+
+    pub fn topic_policy(&self, topic: &str) -> Policy {
+        self.topics
+            .iter()
+            .find(|(re, _)| {
+                regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(topic))
+            })
+            .map(|(_, p)| *p)
+            .unwrap_or(self.policy)
+    }
+
+    /// Errors name the key and the fix.
+    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
+        for re in self.topics.keys() {
+            if let Err(e) = regex::Regex::new(re) {
+                return Err((
+                    format!("failback.topics.{re:?}"),
+                    format!("not a regular expression: {e}"),
+                ));
+            }
+        }
+        for m in &self.money {
+            if m.split('.').count() != 3 {
+                return Err((
+                    "failback.money".into(),
+                    format!("{m:?}: name a column as \"schema.table.column\""),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One database's divergence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatabaseCapture {
+    /// The old primary's database and its peer in the new primary's region.
+    pub database: String,
+    pub peer: String,
+    pub cut: haven_pg::divergence::Cut,
+    pub divergence: haven_pg::divergence::Divergence,
+}
+
+/// One captured Kafka record, with its coordinates on the old primary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CapturedRecord {
+    pub offset: i64,
+    pub timestamp: i64,
+    /// [`crate::read::bytes_json`] encodings (exact; null stays null).
+    pub key: serde_json::Value,
+    pub value: serde_json::Value,
+    pub headers: Vec<(String, serde_json::Value)>,
+}
+
+/// One partition's divergence: the old primary's records past what the new one holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartitionCapture {
+    pub topic: String,
+    pub partition: i32,
+    pub target_topic: String,
+    /// Every record before this offset is on the new primary.
+    pub mirrored_to: i64,
+    /// The target offset where the new primary's own records begin.
+    pub target_next: i64,
+    /// The old primary's high watermark when captured.
+    pub high: i64,
+    pub records: Vec<CapturedRecord>,
+    /// Records in the range that came from the new primary itself (not divergence).
+    pub skipped_origin: u64,
+}
+
+/// One mirror's divergence (old primary's cluster -> new primary's).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KafkaCapture {
+    pub mirror: String,
+    pub source_cluster: String,
+    pub target_cluster: String,
+    pub partitions: Vec<PartitionCapture>,
+}
+
+/// Counts and sums of a capture.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub transactions: u64,
+    pub row_changes: u64,
+    /// `schema.table` -> changes.
+    pub tables: BTreeMap<String, u64>,
+    /// `schema.table.column` -> sum over inserted rows minus deleted rows, and the
+    /// change of updated rows (new - old, when the old image is whole).
+    pub money: BTreeMap<String, i128>,
+    pub records: u64,
+    /// Topic -> records.
+    pub topics: BTreeMap<String, u64>,
+    /// First and last commit or record time (ms since the Unix epoch).
+    pub first_ms: Option<i64>,
+    pub last_ms: Option<i64>,
+}
+
+/// Everything the old primary wrote that the new one never got.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Capture {
+    pub id: String,
+    /// The old primary's region, and the region active when captured.
+    pub region: String,
+    pub active: String,
+    /// The epoch of the active region's tenure.
+    pub epoch: u64,
+    pub captured_at: String,
+    pub operator: String,
+    pub databases: Vec<DatabaseCapture>,
+    pub kafka: Vec<KafkaCapture>,
+    pub summary: Summary,
+}
+
+/// Where captures and reconciliation reports live in a repository.
+pub const PREFIX: &str = "failback/";
+pub const CAPTURE_ACTION: &str = "failback-capture";
+pub const RECONCILE_ACTION: &str = "failback-reconcile";
+
+pub fn capture_key(id: &str) -> String {
+    format!("{PREFIX}{id}.json")
+}
+
+/// Stores a document create-only at `key` and records it in the audit log with its
+/// SHA-256; returns the audit entry's key.
+pub async fn put_audited(
+    repo: &Repository,
+    key: &str,
+    body: Vec<u8>,
+    action: &str,
+    epoch: Option<u64>,
+    mut details: serde_json::Value,
+) -> Result<String> {
+    let sha = hex::encode(Sha256::digest(&body));
+    repo.store().put_new(key, bytes::Bytes::from(body)).await?;
+    details["object"] = serde_json::Value::String(key.to_string());
+    crate::recovery::audit::record_with_epoch(repo, action, &sha, epoch, details).await
+}
+
+/// Reads a document stored by [`put_audited`], checked against its audit entry.
+pub async fn get_audited(repo: &Repository, key: &str, action: &str) -> Result<Vec<u8>> {
+    let entries = crate::recovery::audit::list(repo).await?;
+    let Some((_, entry)) = entries
+        .iter()
+        .find(|(_, e)| e.action == action && e.details["object"].as_str() == Some(key))
+    else {
+        return Err(Error::Damaged(format!("{key}: no audit entry records it")));
+    };
+    let raw = repo.store().get(key).await?;
+    if hex::encode(Sha256::digest(&raw)) != entry.plan_sha256 {
+        return Err(Error::Damaged(format!(
+            "{key}: differs from what its audit entry recorded (SHA-256)"
+        )));
+    }
+    Ok(raw.to_vec())
+}
+
+/// Stores a capture and verifies it by reading it back.
+pub async fn store(repo: &Repository, c: &Capture) -> Result<String> {
+    let body = serde_json::to_vec_pretty(c).map_err(|e| Error::Task(e.to_string()))?;
+    let key = capture_key(&c.id);
+    put_audited(
+        repo,
+        &key,
+        body,
+        CAPTURE_ACTION,
+        Some(c.epoch),
+        serde_json::json!({
+            "id": c.id,
+            "region": c.region,
+            "transactions": c.summary.transactions,
+            "records": c.summary.records,
+        }),
+    )
+    .await?;
+    let back = load(repo, &c.id).await?;
+    if back != *c {
+        return Err(Error::Damaged(format!(
+            "{key}: the capture read back differs from what was written"
+        )));
+    }
+    Ok(key)
+}
+
+/// A stored capture, checked against its audit entry.
+pub async fn load(repo: &Repository, id: &str) -> Result<Capture> {
+    let key = capture_key(id);
+    let raw = get_audited(repo, &key, CAPTURE_ACTION).await?;
+    serde_json::from_slice(&raw).map_err(|e| Error::Damaged(format!("{key}: not a capture: {e}")))
+}
+
+/// The ids of the stored captures, oldest first (ids sort by time).
+pub async fn captures(repo: &Repository) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = repo
+        .store()
+        .list(PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.strip_prefix(PREFIX)?.strip_suffix(".json")?;
+            name.starts_with("capture-").then(|| name.to_string())
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// The summary of a capture's contents.
+pub fn summarize(
+    databases: &[DatabaseCapture],
+    kafka: &[KafkaCapture],
+    money: &[String],
+) -> Summary {
+    use haven_pg::divergence::Op;
+    let mut s = Summary::default();
+    let mut time = |ms: i64| {
+        s.first_ms = Some(s.first_ms.map_or(ms, |f| f.min(ms)));
+        s.last_ms = Some(s.last_ms.map_or(ms, |l| l.max(ms)));
+    };
+    let mut tables: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sums: BTreeMap<String, i128> = BTreeMap::new();
+    let (mut txns, mut changes) = (0u64, 0u64);
+    let num = |cols: &[haven_pg::divergence::Column], name: &str| -> Option<i128> {
+        cols.iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.value.as_deref())
+            .and_then(|v| v.split('.').next().and_then(|i| i.parse::<i128>().ok()))
+    };
+    for d in databases {
+        for t in &d.divergence.transactions {
+            txns += 1;
+            if let Some(ms) = crate::time::parse_pg_timestamp_ms(&t.committed_at) {
+                time(ms);
+            }
+            for c in &t.changes {
+                changes += 1;
+                *tables.entry(c.qualified()).or_default() += 1;
+                for m in money {
+                    let Some(col) = m.strip_prefix(&format!("{}.", c.qualified())) else {
+                        continue;
+                    };
+                    let delta = match c.op {
+                        Op::Insert => num(&c.new, col),
+                        Op::Delete => num(&c.old, col).map(|v| -v),
+                        Op::Update => num(&c.new, col)
+                            .zip(num(&c.old, col))
+                            .map(|(n, o)| n - o),
+                    };
+                    *sums.entry(m.clone()).or_default() += delta.unwrap_or(0);
+                }
+            }
+        }
+    }
+    let mut topics: BTreeMap<String, u64> = BTreeMap::new();
+    let mut records = 0u64;
+    for k in kafka {
+        for p in &k.partitions {
+            records += p.records.len() as u64;
+            if !p.records.is_empty() {
+                *topics.entry(p.topic.clone()).or_default() += p.records.len() as u64;
+            }
+            for r in &p.records {
+                time(r.timestamp);
+            }
+        }
+    }
+    s.transactions = txns;
+    s.row_changes = changes;
+    s.tables = tables;
+    s.money = sums;
+    s.records = records;
+    s.topics = topics;
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_fall_back_to_the_default() {
+        let s: FailbackSection = toml::from_str(
+            r#"policy = "keep-current"
+               tables = { "public.accounts" = "reapply-if-untouched" }
+               topics = { "ledger\\..*" = "manual" }
+               money = ["public.accounts.balance"]"#,
+        )
+        .unwrap();
+        assert_eq!(s.table_policy("public.accounts"), Policy::ReapplyIfUntouched);
+        assert_eq!(s.table_policy("public.other"), Policy::KeepCurrent);
+        assert_eq!(s.topic_policy("ledger.transfers"), Policy::Manual);
+        assert_eq!(s.topic_policy("xledger.transfers"), Policy::KeepCurrent);
+        assert!(s.validate().is_ok());
+        assert!(toml::from_str::<FailbackSection>("polcy = \"manual\"").is_err());
+        assert!(toml::from_str::<FailbackSection>("policy = \"sometimes\"").is_err());
+        let bad = FailbackSection {
+            money: vec!["balance".into()],
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().1.contains("schema.table.column"));
+    }
+}
