@@ -238,7 +238,12 @@ pub fn fold(rows: &[String], into: &mut Vec<Transaction>) -> std::result::Result
                     lsn: r.lsn.unwrap_or_default(),
                     new: columns(r.columns),
                     old: columns(r.identity),
-                    pk: r.pk.unwrap_or_default().into_iter().map(|p| p.name).collect(),
+                    pk: r
+                        .pk
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|p| p.name)
+                        .collect(),
                 });
             }
             // Logical messages and anything newer: not row data.
@@ -350,7 +355,10 @@ impl Pg {
     /// The latest cut of `subscription` on this database, if a failover recorded one.
     pub async fn cut(&self, subscription: &str) -> Result<Option<Cut>> {
         let exists = self
-            .rows("look for haven.cut", "SELECT to_regclass('haven.cut') IS NOT NULL")
+            .rows(
+                "look for haven.cut",
+                "SELECT to_regclass('haven.cut') IS NOT NULL",
+            )
             .await?;
         if !exists.first().is_some_and(|r| r.get::<_, bool>(0)) {
             return Ok(None);
@@ -629,10 +637,7 @@ impl Pg {
         }
         for c in &t.changes {
             let n = self
-                .bounded(
-                    "re-apply a change",
-                    self.client.execute(&statement(c), &[]),
-                )
+                .bounded("re-apply a change", self.client.execute(&statement(c), &[]))
                 .await?;
             if n != 1 {
                 return Err(PgError::Refused {
@@ -681,7 +686,10 @@ mod tests {
         let u = &t.changes[0];
         assert_eq!(u.op, Op::Update);
         // Numbers keep every digit; strings are unescaped; NULL stays NULL.
-        assert_eq!(u.new[2].value.as_deref(), Some("12345678901234567890123.45"));
+        assert_eq!(
+            u.new[2].value.as_deref(),
+            Some("12345678901234567890123.45")
+        );
         assert_eq!(u.new[1].value.as_deref(), Some("c\"q"));
         assert_eq!(u.new[3].value, None);
         assert_eq!(u.key(), vec![u.old[0].clone()]);

@@ -19,7 +19,8 @@ async fn admin(pg: &Postgres, name: &str) -> Pg {
         .expect("connect as superuser")
 }
 
-const SCHEMA: &str = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
+const SCHEMA: &str =
+    "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
      ALTER TABLE accounts REPLICA IDENTITY FULL;
      CREATE TABLE notes (a int, b text);";
 
@@ -109,13 +110,7 @@ async fn capture_reads_exactly_what_eu_never_applied_and_reapplies_it_once() {
     let ops: Vec<(Op, String, usize)> = div
         .transactions
         .iter()
-        .map(|t| {
-            (
-                t.changes[0].op,
-                t.changes[0].table.clone(),
-                t.changes.len(),
-            )
-        })
+        .map(|t| (t.changes[0].op, t.changes[0].table.clone(), t.changes.len()))
         .collect();
     assert_eq!(
         ops,
@@ -174,7 +169,11 @@ async fn capture_reads_exactly_what_eu_never_applied_and_reapplies_it_once() {
     let e = eu.reapply(id, &div.transactions[2]).await.unwrap_err();
     assert!(e.to_string().contains("touched 0 rows"), "{e}");
     assert!(!eu.reconciled(id, div.transactions[2].xid).await.unwrap());
-    for t in [&div.transactions[3], &div.transactions[4], &div.transactions[5]] {
+    for t in [
+        &div.transactions[3],
+        &div.transactions[4],
+        &div.transactions[5],
+    ] {
         assert!(eu.reapply(id, t).await.unwrap());
     }
     assert_eq!(
@@ -204,6 +203,10 @@ async fn capture_names_a_missing_slot() {
     let pg = Postgres::start().unwrap();
     let db = admin(&pg, "us").await;
     let e = db.divergence("gone", Some("0/0")).await.unwrap_err();
-    assert!(e.to_string().contains("no logical replication slot \"gone\""), "{e}");
+    assert!(
+        e.to_string()
+            .contains("no logical replication slot \"gone\""),
+        "{e}"
+    );
     assert_eq!(db.cut("haven").await.unwrap(), None);
 }

@@ -62,7 +62,8 @@ pub enum Command {
     /// new capture).
     ///
     /// Refused (exit 2) while REGION still holds the lease, or when the active region's
-    /// database has no failover cut recorded.
+    /// database has no failover cut recorded. The repository is created if it does not
+    /// exist yet.
     Capture(CaptureArgs),
     /// Verdicts for every captured change against the active region now, the policy's
     /// outcome, and with --apply the accepted changes written there exactly once.
@@ -158,10 +159,11 @@ async fn status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<u8> {
 
 async fn capture(ctx: &Ctx, a: CaptureArgs) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
-    let repo = open_repo(&cfg, &a.repo, false).await?;
     let c = failback::capture::capture(&cfg, &a.region)
         .await
         .map_err(input)?;
+    // The capture is kept whatever happens next: the repository is created if needed.
+    let repo = open_repo(&cfg, &a.repo, true).await?;
     let key = failback::store(&repo, &c).await?;
     if ctx.json {
         output::json(&serde_json::json!({"object": key, "capture": c}))?;
@@ -242,15 +244,16 @@ async fn reconcile(ctx: &Ctx, a: ReconcileArgs) -> anyhow::Result<u8> {
     let repo = open_repo(&cfg, &a.repo, false).await?;
     let id = match a.capture {
         Some(id) => id,
-        None => failback::captures(&repo)
-            .await?
-            .pop()
-            .ok_or_else(|| usage("no capture in this repository: run `haven failback capture --region REGION` first"))?,
+        None => failback::captures(&repo).await?.pop().ok_or_else(|| {
+            usage(
+                "no capture in this repository: run `haven failback capture --region REGION` first",
+            )
+        })?,
     };
     let c = failback::load(&repo, &id).await.map_err(|e| match e {
-        haven_engine::Error::Storage(haven_storage::StorageError::NotFound { .. }) => {
-            usage(format!("no capture {id:?} in this repository (`haven failback` lists the latest)"))
-        }
+        haven_engine::Error::Storage(haven_storage::StorageError::NotFound { .. }) => usage(
+            format!("no capture {id:?} in this repository (`haven failback` lists the latest)"),
+        ),
         e => e.into(),
     })?;
     let (r, key) = failback::reconcile::reconcile(&cfg, &repo, &c, a.apply)
@@ -293,7 +296,11 @@ fn print_report(r: &ReconcileReport, key: &str) {
         count(Outcome::KeptCurrent),
         count(Outcome::Present)
     );
-    for t in r.transactions.iter().filter(|t| t.outcome == Outcome::Review) {
+    for t in r
+        .transactions
+        .iter()
+        .filter(|t| t.outcome == Outcome::Review)
+    {
         let why = t
             .changes
             .iter()

@@ -81,10 +81,14 @@ fn failback_captures_reconciles_and_applies_once() {
         .map(|i| Rec::kv(&format!("k{i}"), &format!("v{i}")).to_partition(i % 4))
         .collect();
     k.us.produce(TOPIC, &shared).unwrap();
-    until("EU has the rows and the records", Duration::from_secs(30), || {
-        pg_rows(&lab.eu).len() == 10
-            && (0..4).all(|p| k.eu.high_watermark(TOPIC, p).unwrap_or(0) == 2)
-    });
+    until(
+        "EU has the rows and the records",
+        Duration::from_secs(30),
+        || {
+            pg_rows(&lab.eu).len() == 10
+                && (0..4).all(|p| k.eu.high_watermark(TOPIC, p).unwrap_or(0) == 2)
+        },
+    );
 
     // The link to EU goes, and the mirror stops: from here on US writes alone.
     lab.replication.set_down(true);
@@ -97,8 +101,14 @@ fn failback_captures_reconciles_and_applies_once() {
         &lab,
         "INSERT INTO accounts (owner) SELECT 'd' || g FROM generate_series(1, 5) g",
     );
-    us_exec(&lab, "UPDATE accounts SET owner = 'us-1' WHERE owner = 'o1'");
-    us_exec(&lab, "UPDATE accounts SET owner = 'us-2' WHERE owner = 'o2'");
+    us_exec(
+        &lab,
+        "UPDATE accounts SET owner = 'us-1' WHERE owner = 'o1'",
+    );
+    us_exec(
+        &lab,
+        "UPDATE accounts SET owner = 'us-2' WHERE owner = 'o2'",
+    );
     us_exec(&lab, "DELETE FROM accounts WHERE owner = 'o3'");
     let ids: std::collections::HashMap<String, i64> = pg_rows(&lab.us)
         .into_iter()
@@ -120,8 +130,12 @@ fn failback_captures_reconciles_and_applies_once() {
     until("EU takes writes", Duration::from_secs(60), || {
         rt().block_on(haven_lab::write_via_route(lab.write_port())) == Some(lab.eu.port())
     });
-    let status = json(&lab, &["failover", "status"]);
-    assert_eq!(status["active"]["region"], "eu", "{status:#}");
+    let eu_agent = lab.agent_port("eu").unwrap();
+    until(
+        "EU's agent claims the lease",
+        Duration::from_secs(30),
+        || haven_lab::lease_status(eu_agent) == Some(200),
+    );
     // EU writes: the row US also changed, a new row, and a key US also wrote.
     rt().block_on(async {
         let c = lab.eu.connect().await.unwrap();
@@ -151,9 +165,16 @@ fn failback_captures_reconciles_and_applies_once() {
     );
 
     // Refused while it makes no sense: EU is active, so "fail back eu" is bad input.
-    let out = run(&lab, &["failback", "capture", "--region", "eu", "--repo", "lab"]);
+    let out = run(
+        &lab,
+        &["failback", "capture", "--region", "eu", "--repo", "lab"],
+    );
     assert_eq!(code(&out), 2, "{}", crate::stderr(&out));
-    assert!(crate::stderr(&out).contains("still holds the lease"));
+    assert!(
+        crate::stderr(&out).contains("eu still holds the lease"),
+        "{}",
+        crate::stderr(&out)
+    );
 
     // The capture: exactly the four transactions and six records US wrote alone.
     let cap = json(
@@ -248,8 +269,19 @@ fn failback_captures_reconciles_and_applies_once() {
     assert_eq!(conflicts, ["d4"], "{r:#}");
     assert_eq!(r["outcomes"]["would-apply"], 8, "{r:#}");
     assert_eq!(r["outcomes"]["review"], 2, "{r:#}");
+    // The same for a person: counts, and what to review with the reason.
+    let out = run(&lab, &["failback", "reconcile", "--repo", "lab"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("8 re-appliable, 2 conflicts")
+            && text.contains("the new primary wrote this key since the cut"),
+        "{text}"
+    );
     let eu_before = pg_rows(&lab.eu);
-    assert!(eu_before.iter().all(|(_, o)| !o.starts_with('d')), "a dry run writes nothing");
+    assert!(
+        eu_before.iter().all(|(_, o)| !o.starts_with('d')),
+        "a dry run writes nothing"
+    );
 
     // Applied: EU gets the rest, once.
     let applied = json(&lab, &["failback", "reconcile", "--repo", "lab", "--apply"]);
@@ -308,7 +340,10 @@ fn failback_captures_reconciles_and_applies_once() {
     assert_eq!(code(&out), 2, "{}", crate::stderr(&out));
     assert!(crate::stderr(&out).contains("already applied"));
     let again = json(&lab, &["failback", "reconcile", "--repo", "lab"]);
-    assert_eq!(again["report"]["outcomes"]["applied-earlier"], 8, "{again:#}");
+    assert_eq!(
+        again["report"]["outcomes"]["applied-earlier"], 8,
+        "{again:#}"
+    );
     assert_eq!(pg_rows(&lab.eu), eu_after);
     let k = lab.kafka.as_ref().unwrap();
     let highs_again: Vec<i64> = (0..4)

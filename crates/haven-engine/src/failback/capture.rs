@@ -85,9 +85,11 @@ pub async fn capture(cfg: &Config, region: &str) -> Result<Capture> {
         });
     }
     let mut kafka = Vec::new();
+    // The mirrors from the old region's cluster into the active region's.
+    let cluster_of = |r: &str| cfg.regions.get(r).map(|s| s.cluster.clone());
+    let (from, to) = (cluster_of(region), cluster_of(&active));
     for (name, m) in &cfg.mirrors {
-        let (from, to) = (cfg.cluster(&m.from), cfg.cluster(&m.to));
-        if from.region.as_deref() != Some(region) || to.region.as_deref() != Some(&active) {
+        if Some(&m.from) != from.as_ref() || Some(&m.to) != to.as_ref() {
             continue;
         }
         let opts = MirrorOptions::from_config(cfg, name)?;
@@ -121,8 +123,12 @@ async fn capture_mirror(name: &str, opts: &MirrorOptions) -> Result<KafkaCapture
         let inspector = opts.source.inspector("haven-inspector")?;
         let mut partitions = Vec::new();
         for h in held {
-            let (_, high) =
-                haven_kafka::watermarks(&inspector, &h.topic, h.partition, Duration::from_secs(10))?;
+            let (_, high) = haven_kafka::watermarks(
+                &inspector,
+                &h.topic,
+                h.partition,
+                Duration::from_secs(10),
+            )?;
             let mut records = Vec::new();
             let mut skipped_origin = 0;
             haven_kafka::scan(

@@ -174,7 +174,8 @@ pub struct Capture {
     pub summary: Summary,
 }
 
-/// Where captures and reconciliation reports live in a repository.
+/// Where captures (`failback/ID.json`) and reconciliation reports
+/// (`failback/reconcile/ID/TIME.{json,md}`) live in a repository.
 pub const PREFIX: &str = "failback/";
 pub const CAPTURE_ACTION: &str = "failback-capture";
 pub const RECONCILE_ACTION: &str = "failback-reconcile";
@@ -260,7 +261,7 @@ pub async fn captures(repo: &Repository) -> Result<Vec<String>> {
         .into_iter()
         .filter_map(|o| {
             let name = o.key.strip_prefix(PREFIX)?.strip_suffix(".json")?;
-            name.starts_with("capture-").then(|| name.to_string())
+            (name.starts_with("capture-") && !name.contains('/')).then(|| name.to_string())
         })
         .collect();
     ids.sort();
@@ -304,9 +305,7 @@ pub fn summarize(
                     let delta = match c.op {
                         Op::Insert => num(&c.new, col),
                         Op::Delete => num(&c.old, col).map(|v| -v),
-                        Op::Update => num(&c.new, col)
-                            .zip(num(&c.old, col))
-                            .map(|(n, o)| n - o),
+                        Op::Update => num(&c.new, col).zip(num(&c.old, col)).map(|(n, o)| n - o),
                     };
                     *sums.entry(m.clone()).or_default() += delta.unwrap_or(0);
                 }
@@ -348,7 +347,10 @@ mod tests {
                money = ["public.accounts.balance"]"#,
         )
         .unwrap();
-        assert_eq!(s.table_policy("public.accounts"), Policy::ReapplyIfUntouched);
+        assert_eq!(
+            s.table_policy("public.accounts"),
+            Policy::ReapplyIfUntouched
+        );
         assert_eq!(s.table_policy("public.other"), Policy::KeepCurrent);
         assert_eq!(s.topic_policy("ledger.transfers"), Policy::Manual);
         assert_eq!(s.topic_policy("xledger.transfers"), Policy::KeepCurrent);
@@ -359,6 +361,10 @@ mod tests {
             money: vec!["balance".into()],
             ..Default::default()
         };
-        assert!(bad.validate().unwrap_err().1.contains("schema.table.column"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .1
+            .contains("schema.table.column"));
     }
 }

@@ -20,9 +20,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use haven_pg::divergence::{Column, Op, RowChange, Transaction};
 use haven_kafka::rdkafka::message::{Header, Message, OwnedHeaders};
 use haven_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use haven_pg::divergence::{Column, Op, RowChange, Transaction};
 use serde::{Deserialize, Serialize};
 
 use super::{Capture, PartitionCapture, Policy, RECONCILE_ACTION};
@@ -242,16 +242,7 @@ pub async fn reconcile(
         // Keys touched by earlier captured transactions, and their verdict.
         let mut touched: HashMap<(String, String), Verdict> = HashMap::new();
         for t in &d.divergence.transactions {
-            let item = transaction(
-                &target,
-                capture,
-                d,
-                t,
-                &section,
-                apply,
-                &mut touched,
-            )
-            .await?;
+            let item = transaction(&target, capture, d, t, &section, apply, &mut touched).await?;
             transactions.push(item);
         }
     }
@@ -284,7 +275,7 @@ pub async fn reconcile(
         outcomes,
     };
     let base = format!(
-        "{}{}-reconcile-{}",
+        "{}reconcile/{}/{}",
         super::PREFIX,
         capture.id,
         now.format("%Y%m%dT%H%M%S%3fZ")
@@ -407,7 +398,10 @@ async fn change(target: &haven_pg::Pg, c: &RowChange, cut_ms: i64) -> Result<(Ve
     let untouched = |s: &haven_pg::divergence::RowState| -> (Verdict, String) {
         if c.full_old_image() {
             if s.matches {
-                (Verdict::Reappliable, "the row is as it was at the cut".into())
+                (
+                    Verdict::Reappliable,
+                    "the row is as it was at the cut".into(),
+                )
             } else {
                 (
                     Verdict::Conflict,
@@ -437,7 +431,10 @@ async fn change(target: &haven_pg::Pg, c: &RowChange, cut_ms: i64) -> Result<(Ve
         Op::Insert => {
             let s = state(c.key(), c.new.clone()).await?;
             if s.found > 0 && s.matches {
-                (Verdict::AlreadyPresent, "the row is there as captured".into())
+                (
+                    Verdict::AlreadyPresent,
+                    "the row is there as captured".into(),
+                )
             } else if s.found == 0 {
                 (Verdict::Reappliable, "the key is free".into())
             } else {
@@ -499,16 +496,24 @@ async fn partition(
                 haven_kafka::watermarks(&inspector, &topic, partition, Duration::from_secs(10))?;
             let mut present = HashSet::new();
             let mut keys = HashSet::new();
-            haven_kafka::scan(&opts.target, &topic, partition, from, high, position::STALL, |m| {
-                if let Some(c) = position::header(m, RECONCILED_HEADER) {
-                    present.insert(c.to_vec());
-                } else if position::header(m, provenance::SOURCE_HEADER).is_none() {
-                    if let Some(k) = m.key() {
-                        keys.insert(k.to_vec());
+            haven_kafka::scan(
+                &opts.target,
+                &topic,
+                partition,
+                from,
+                high,
+                position::STALL,
+                |m| {
+                    if let Some(c) = position::header(m, RECONCILED_HEADER) {
+                        present.insert(c.to_vec());
+                    } else if position::header(m, provenance::SOURCE_HEADER).is_none() {
+                        if let Some(k) = m.key() {
+                            keys.insert(k.to_vec());
+                        }
                     }
-                }
-                true
-            })?;
+                    true
+                },
+            )?;
             Ok((present, keys))
         })
         .await?
