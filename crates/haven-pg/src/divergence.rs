@@ -23,6 +23,9 @@ pub struct Cut {
     pub remote_lsn: Option<String>,
     /// When the cut was recorded (ms since the Unix epoch, this database's clock).
     pub at_ms: i64,
+    /// A switchover's cut (the source was alive and caught up): nothing diverged.
+    #[serde(default)]
+    pub planned: bool,
 }
 
 /// One column of a row image; `value` is Postgres' text form (None: NULL).
@@ -334,6 +337,7 @@ impl Pg {
         subscription: &str,
         epoch: u64,
         remote_lsn: Option<&str>,
+        planned: bool,
     ) -> Result<()> {
         self.exec(
             "record the cut",
@@ -341,9 +345,12 @@ impl Pg {
                 "BEGIN READ WRITE;
                  CREATE SCHEMA IF NOT EXISTS haven;
                  CREATE TABLE IF NOT EXISTS haven.cut (subscription text NOT NULL, epoch bigint NOT NULL,
-                   remote_lsn pg_lsn, at timestamptz NOT NULL, PRIMARY KEY (subscription, epoch));
-                 INSERT INTO haven.cut VALUES ({}, {epoch}, {}, now())
-                   ON CONFLICT (subscription, epoch) DO UPDATE SET remote_lsn = excluded.remote_lsn, at = excluded.at;
+                   remote_lsn pg_lsn, at timestamptz NOT NULL, planned boolean NOT NULL DEFAULT false,
+                   PRIMARY KEY (subscription, epoch));
+                 INSERT INTO haven.cut (subscription, epoch, remote_lsn, at, planned)
+                   VALUES ({}, {epoch}, {}, now(), {planned})
+                   ON CONFLICT (subscription, epoch) DO UPDATE SET remote_lsn = excluded.remote_lsn,
+                     at = excluded.at, planned = excluded.planned;
                  COMMIT;",
                 literal(subscription),
                 remote_lsn.map_or("NULL".into(), |l| format!("{}::pg_lsn", literal(l)))
@@ -367,7 +374,7 @@ impl Pg {
             .rows(
                 "read the cut",
                 &format!(
-                    "SELECT epoch, remote_lsn::text, (extract(epoch FROM at) * 1000)::bigint
+                    "SELECT epoch, remote_lsn::text, (extract(epoch FROM at) * 1000)::bigint, planned
                        FROM haven.cut WHERE subscription = {} ORDER BY epoch DESC LIMIT 1",
                     literal(subscription)
                 ),
@@ -378,6 +385,7 @@ impl Pg {
             epoch: r.get::<_, i64>(0) as u64,
             remote_lsn: r.get(1),
             at_ms: r.get(2),
+            planned: r.get(3),
         }))
     }
 
@@ -653,6 +661,68 @@ impl Pg {
             }
         }
         Ok(())
+    }
+}
+
+/// Re-seeding the old source as a standby of the new primary.
+impl Pg {
+    /// Drops the orphaned slot `slot` (once its divergence is captured). False when it is
+    /// already gone; an error when a subscriber uses it.
+    pub async fn drop_orphaned_slot(&self, slot: &str) -> Result<bool> {
+        let rows = self
+            .rows(
+                "read the slot",
+                &format!(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = {}",
+                    literal(slot)
+                ),
+            )
+            .await?;
+        let Some(r) = rows.first() else {
+            return Ok(false);
+        };
+        if r.get::<_, bool>(0) {
+            return Err(PgError::Refused {
+                name: self.name.clone(),
+                message: format!("slot {slot:?} is in use by a subscriber: not orphaned"),
+            });
+        }
+        self.exec(
+            "drop the orphaned slot",
+            &format!("SELECT pg_drop_replication_slot({})", literal(slot)),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Empties the tables named `schema.table` that exist here, in one read-write
+    /// transaction (before a subscription copies them again). Returns those emptied.
+    pub async fn truncate(&self, tables: &[String]) -> Result<Vec<String>> {
+        let mut here = Vec::new();
+        for t in tables {
+            let Some((schema, name)) = t.split_once('.') else {
+                continue;
+            };
+            let q = table(schema, name);
+            let rows = self
+                .rows(
+                    "look for the table",
+                    &format!("SELECT to_regclass({}) IS NOT NULL", literal(&q)),
+                )
+                .await?;
+            if rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
+                here.push((t.clone(), q));
+            }
+        }
+        if !here.is_empty() {
+            let list: Vec<&str> = here.iter().map(|(_, q)| q.as_str()).collect();
+            self.exec(
+                "empty the tables",
+                &format!("BEGIN READ WRITE; TRUNCATE {}; COMMIT;", list.join(", ")),
+            )
+            .await?;
+        }
+        Ok(here.into_iter().map(|(t, _)| t).collect())
     }
 }
 

@@ -237,7 +237,8 @@ impl Pg {
              CREATE TABLE IF NOT EXISTS haven.barrier (token text PRIMARY KEY, ts timestamptz NOT NULL);
              CREATE TABLE IF NOT EXISTS haven.seq_snapshot (seq text PRIMARY KEY, last_value bigint NOT NULL, ts timestamptz NOT NULL);
              CREATE TABLE IF NOT EXISTS haven.cut (subscription text NOT NULL, epoch bigint NOT NULL,
-               remote_lsn pg_lsn, at timestamptz NOT NULL, PRIMARY KEY (subscription, epoch));
+               remote_lsn pg_lsn, at timestamptz NOT NULL, planned boolean NOT NULL DEFAULT false,
+               PRIMARY KEY (subscription, epoch));
              CREATE TABLE IF NOT EXISTS haven.reconciled (capture text NOT NULL, xid bigint NOT NULL,
                commit_lsn pg_lsn NOT NULL, at timestamptz NOT NULL, PRIMARY KEY (capture, xid));
              COMMIT;",
@@ -558,8 +559,13 @@ impl Pg {
                 dropped: false,
             });
         };
-        self.record_cut(subscription, epoch, state.remote_lsn.as_deref())
-            .await?;
+        self.record_cut(
+            subscription,
+            epoch,
+            state.remote_lsn.as_deref(),
+            source_alive,
+        )
+        .await?;
         let s = ident(subscription);
         if source_alive {
             self.exec("drop the subscription", &format!("DROP SUBSCRIPTION {s}"))

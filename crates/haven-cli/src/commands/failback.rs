@@ -22,7 +22,8 @@ use crate::{output, Ctx};
 ///      transaction per original, marked in haven.reconciled; Kafka: re-produced with a
 ///      haven-reconciled header naming the original coordinates). Every run stores a
 ///      Markdown and a JSON report.
-///   3. Re-seed US as a standby of EU, then `haven switchover --to us`.
+///   3. `haven failback reseed --region us`: US's databases emptied and subscribed to
+///      EU's again, then `haven switchover --to us` when ready.
 ///
 /// With no subcommand: where the failback stands and the next step.
 ///
@@ -31,6 +32,7 @@ use crate::{output, Ctx};
 ///   haven failback capture --region us --repo main
 ///   haven failback reconcile --repo main
 ///   haven failback reconcile --repo main --apply
+///   haven failback reseed --region us --repo main
 #[derive(Debug, clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -72,6 +74,28 @@ pub enum Command {
     /// `topics` per table ("schema.table") or topic pattern: "manual" (review, the
     /// default), "reapply-if-untouched", "keep-current". A conflict is never applied.
     Reconcile(ReconcileArgs),
+    /// Make the old primary's databases exact standbys of the active region's again:
+    /// its application roles must be fenced (its agent does it), its orphaned slot is
+    /// dropped, the tables the active region publishes are emptied there and subscribed
+    /// again with copy_data, and the command waits until every table is synchronised.
+    ///
+    /// Refused (exit 2) without a verified capture of REGION under the active tenure:
+    /// nothing on REGION is deleted before what it wrote is captured. A capture never
+    /// applied is allowed (it stays in the repository) and said. Re-running continues.
+    /// Kafka topics are not rebuilt yet (the reverse mirror copies what EU writes).
+    Reseed(ReseedArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReseedArgs {
+    /// The old primary's region.
+    #[arg(long, value_name = "REGION")]
+    region: String,
+    /// How long to wait for the copy, in seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+    #[command(flatten)]
+    repo: RepoArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +127,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         None => status(ctx, a.status).await,
         Some(Command::Capture(c)) => capture(ctx, c).await,
         Some(Command::Reconcile(r)) => reconcile(ctx, r).await,
+        Some(Command::Reseed(r)) => reseed(ctx, r).await,
     }
 }
 
@@ -319,4 +344,47 @@ fn print_report(r: &ReconcileReport, key: &str) {
         );
     }
     outln!("report: {key} (and .md beside it)");
+}
+
+async fn reseed(ctx: &Ctx, a: ReseedArgs) -> anyhow::Result<u8> {
+    let cfg = load_config(ctx)?;
+    let repo = open_repo(&cfg, &a.repo, false).await?;
+    let r = failback::reseed::reseed(
+        &cfg,
+        &repo,
+        &a.region,
+        std::time::Duration::from_secs(a.timeout_s),
+    )
+    .await
+    .map_err(input)?;
+    if ctx.json {
+        output::json(&r)?;
+        return Ok(0);
+    }
+    if !r.applied {
+        outln!(
+            "note: capture {} was never applied: what it holds lives on in the repository only",
+            r.capture
+        );
+    }
+    for d in &r.databases {
+        outln!(
+            "{}: a standby of {} again ({} tables copied{}) in {:.1} s",
+            d.database,
+            d.peer,
+            d.emptied.len(),
+            if d.slot_dropped {
+                ", orphaned slot dropped"
+            } else {
+                ""
+            },
+            d.seconds
+        );
+    }
+    outln!(
+        "next: `haven switchover --to {}` when ready (it waits for every write {} took)",
+        r.region,
+        r.active
+    );
+    Ok(0)
 }

@@ -152,6 +152,9 @@ fn failback_captures_reconciles_and_applies_once() {
 
     // US comes back fenced: its agent sees the newer epoch.
     lab.heal().unwrap();
+    // The reverse mirror (EU -> US) starts now that US is not active: what it copies is
+    // EU's, not divergence, and the capture must leave it out.
+    lab.keep_mirrors();
     std::thread::sleep(Duration::from_secs(4));
     assert!(
         !rt().block_on(writes_directly(lab.us.port())),
@@ -352,4 +355,75 @@ fn failback_captures_reconciles_and_applies_once() {
     assert_eq!(highs_again, highs);
     let st = json(&lab, &["failback", "--repo", "lab"]);
     assert_eq!(st["stage"], "reseed", "{st:#}");
+
+    // Re-seeded: US's tables are EU's again, row by row, and follow EU.
+    let rs = json(
+        &lab,
+        &["failback", "reseed", "--region", "us", "--repo", "lab"],
+    );
+    assert_eq!(rs["databases"][0]["slot_dropped"], true, "{rs:#}");
+    assert_eq!(pg_rows(&lab.us), pg_rows(&lab.eu));
+    let again = json(
+        &lab,
+        &["failback", "reseed", "--region", "us", "--repo", "lab"],
+    );
+    assert_eq!(again["databases"][0]["slot_dropped"], false, "{again:#}");
+    assert_eq!(
+        again["databases"][0]["emptied"],
+        serde_json::json!([]),
+        "{again:#}"
+    );
+    rt().block_on(async {
+        let c = lab.eu.connect().await.unwrap();
+        c.batch_execute("INSERT INTO accounts (owner) VALUES ('after-reseed')")
+            .await
+            .unwrap();
+    });
+    until("US follows EU", Duration::from_secs(30), || {
+        pg_rows(&lab.us) == pg_rows(&lab.eu)
+    });
+    let st = json(&lab, &["failback", "--repo", "lab"]);
+    assert_eq!(st["stage"], "switch-back", "{st:#}");
+
+    // And back: a planned switchover to US loses nothing.
+    let state = lab.dir.path().join("operator");
+    let out = run(
+        &lab,
+        &[
+            "switchover",
+            "--to",
+            "us",
+            "--yes",
+            "--state-dir",
+            &crate::path(&state),
+        ],
+    );
+    assert_eq!(code(&out), 0, "switchover: {}", crate::stderr(&out));
+    until("US takes writes", Duration::from_secs(30), || {
+        rt().block_on(haven_lab::write_via_route(lab.write_port())) == Some(lab.us.port())
+    });
+    us_exec(&lab, "INSERT INTO accounts (owner) VALUES ('us-again')");
+    until("EU follows US", Duration::from_secs(30), || {
+        pg_rows(&lab.us) == pg_rows(&lab.eu)
+    });
+    let owners_now = owners(&pg_rows(&lab.us));
+    for o in ["after-reseed", "us-again", "eu-new", "us-1", "d5"] {
+        assert!(owners_now.contains(&o.to_string()), "{o}: {owners_now:?}");
+    }
+    let st = json(&lab, &["failback", "--repo", "lab"]);
+    assert_eq!(st["stage"], "no-failover", "{st:#}");
+    assert!(
+        st["next"].as_str().unwrap().contains("planned switchover"),
+        "{st:#}"
+    );
+    let out = run(
+        &lab,
+        &["failback", "capture", "--region", "eu", "--repo", "lab"],
+    );
+    assert_eq!(code(&out), 2, "{}", crate::stderr(&out));
+    assert!(
+        crate::stderr(&out).contains("nothing to capture"),
+        "{}",
+        crate::stderr(&out)
+    );
 }

@@ -72,6 +72,13 @@ pub async fn capture(cfg: &Config, region: &str) -> Result<Capture> {
                     peer.subscription
                 ))
             })?;
+        // A switchover detaches before it takes the lease (cut at epoch - 1).
+        if cut.planned && cut.epoch + 1 >= epoch {
+            return Err(Error::Input(format!(
+                "{active} became active through a planned switchover (epoch {epoch}), which \
+                 waits until every write of {region} has arrived: there is nothing to capture"
+            )));
+        }
         let source = d.connect(name, TIMEOUT).await?;
         let divergence = source
             .divergence(&peer.subscription, cut.remote_lsn.as_deref())

@@ -7,6 +7,8 @@
 //!   an audit entry holding its SHA-256;
 //! - `reconcile`: a verdict per captured change (`already present`, `re-appliable`,
 //!   `conflict`), the policy's outcome, and `--apply` (exactly once across re-runs);
+//! - `reseed`: the old region's databases emptied and subscribed to the active region's
+//!   again (only once a verified capture exists);
 //! - `status`: where a failback stands and the next step.
 //!
 //! The invariant: nothing the old primary wrote is discarded before it is captured and
@@ -14,6 +16,7 @@
 
 pub mod capture;
 pub mod reconcile;
+pub mod reseed;
 pub mod status;
 
 use std::collections::BTreeMap;

@@ -17,8 +17,10 @@ pub enum Stage {
     Capture,
     /// Captured; not reconciled with --apply yet.
     Reconcile,
-    /// Reconciled; the old region is to be re-seeded and switched back.
+    /// Reconciled; the old region is to be re-seeded.
     Reseed,
+    /// Re-seeded: switch back when ready.
+    SwitchBack,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +87,13 @@ pub async fn status(
         s.next = "no region holds the lease: see `haven failover status`".into();
         return Ok(s);
     };
+    if planned_move(cfg, &region, &active, epoch).await {
+        s.next = format!(
+            "{active} became active through a planned switchover (epoch {epoch}): nothing to \
+             fail back; `haven switchover --to {region}` moves back"
+        );
+        return Ok(s);
+    }
     let Some(repo) = repo else {
         s.stage = Stage::Capture;
         s.next = format!(
@@ -121,9 +130,47 @@ pub async fn status(
     } else {
         s.stage = Stage::Reseed;
         s.next = format!(
-            "re-seed {region} as a standby of {active} (README, \"Failback\"), then \
+            "re-seed {region} as a standby of {active}: `haven failback reseed --region {region}`"
+        );
+    }
+    let reseeded = crate::recovery::audit::list(repo)
+        .await?
+        .into_iter()
+        .any(|(_, e)| {
+            e.action == super::reseed::RESEED_ACTION && e.details["capture"].as_str() == Some(&id)
+        });
+    if reseeded {
+        s.stage = Stage::SwitchBack;
+        s.next = format!(
+            "{region} is a standby of {active} again: switch back when ready with \
              `haven switchover --to {region}`"
         );
     }
     Ok(s)
+}
+
+/// Whether the active region's databases recorded a planned cut (a switchover) under the
+/// current epoch. Databases that do not answer count as not planned.
+async fn planned_move(cfg: &Config, region: &str, active: &str, epoch: u64) -> bool {
+    for (name, _) in cfg.databases.iter().filter(|(_, d)| d.region == region) {
+        let Some((peer_name, peer)) = crate::failover::config::peer_of(cfg, name) else {
+            continue;
+        };
+        if peer.region != active {
+            continue;
+        }
+        let Ok(pg) = peer
+            .connect(peer_name, std::time::Duration::from_secs(10))
+            .await
+        else {
+            continue;
+        };
+        if let Ok(Some(cut)) = pg.cut(&peer.subscription).await {
+            // A switchover detaches before it takes the lease (cut at epoch - 1).
+            if cut.planned && cut.epoch + 1 >= epoch {
+                return true;
+            }
+        }
+    }
+    false
 }

@@ -646,7 +646,7 @@ impl Runner<FailoverStep> for FailoverRunner<'_> {
 
 /// A Postgres URL with the password put in (for a subscription's CONNECTION, which the
 /// server keeps; never printed).
-fn with_password(url: &str, password: Option<&str>) -> String {
+pub(crate) fn with_password(url: &str, password: Option<&str>) -> String {
     let Some(pw) = password else {
         return url.to_string();
     };
