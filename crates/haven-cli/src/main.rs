@@ -93,7 +93,9 @@ enum Command {
         about = "Write a recovery plan (rewind, replay, compensate) to review, then apply it."
     )]
     Recover(commands::recover::Args),
-    #[command(about = "Print the repository's audit log of actions that changed a cluster.")]
+    #[command(
+        about = "The repository's audit log (hash-chained); `audit verify` checks the chain, `audit sign` pins its end."
+    )]
     Audit(commands::audit::Args),
     /// Translate offsets through a restore's offset map.
     #[command(subcommand)]

@@ -1,6 +1,6 @@
 //! `haven verify`: every checksum, the hash chain and offset continuity of the log, stray
-//! objects among the segments, and every record object beside the log (`audit/`,
-//! `restores/`, `replays/`, `drills/`).
+//! objects among the segments, every record object beside the log (`audit/`,
+//! `audit-heads/`, `restores/`, `replays/`, `drills/`, `failback/`), and the audit chain.
 
 use serde::Serialize;
 
@@ -128,7 +128,14 @@ pub async fn verify(repo: &Repository, deep: bool) -> Result<VerifyReport> {
 /// maps, replay progress. `haven audit`, `offsets translate` and `replay --resume` depend on
 /// them, so a damaged one is damage to the repository.
 async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<()> {
-    for prefix in ["audit/", "restores/", "replays/", "drills/"] {
+    for prefix in [
+        "audit/",
+        "audit-heads/",
+        "restores/",
+        "replays/",
+        "drills/",
+        "failback/",
+    ] {
         for obj in repo.store().list(prefix).await? {
             let Some((what, check)) = record_kind(&obj.key) else {
                 report.problems.push(Problem {
@@ -147,6 +154,15 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
             }
         }
     }
+    // The audit chain: an entry edited, deleted or reordered, or cut short behind a
+    // signed head (signatures are checked by `haven audit verify --public-key`).
+    let chain = crate::recovery::audit_verify::verify_chain(repo, None).await?;
+    for what in chain.problems {
+        report.problems.push(Problem {
+            object: "audit chain".into(),
+            what,
+        });
+    }
     Ok(())
 }
 
@@ -161,6 +177,14 @@ fn html_page(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
     }
 }
 
+/// A Markdown page: UTF-8 text.
+fn utf8_text(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
+    use serde::de::Error;
+    std::str::from_utf8(b)
+        .map(|_| ())
+        .map_err(|_| serde_json::Error::custom("not UTF-8 text"))
+}
+
 fn parses<T: serde::de::DeserializeOwned>(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
     serde_json::from_slice::<T>(b).map(|_| ())
 }
@@ -171,6 +195,20 @@ fn record_kind(key: &str) -> Option<(&'static str, Check)> {
     use crate::restore::{RestoreOffsets, RestorePlan};
     if key.starts_with("audit/") && key.ends_with(".json") {
         Some(("an audit entry", parses::<Entry>))
+    } else if key.starts_with("audit-heads/") && key.ends_with(".json") {
+        Some((
+            "a signed audit head",
+            parses::<crate::recovery::audit_verify::Head>,
+        ))
+    } else if key.starts_with("failback/reconcile/") && key.ends_with(".json") {
+        Some((
+            "a failback reconciliation report",
+            parses::<crate::failback::reconcile::ReconcileReport>,
+        ))
+    } else if key.starts_with("failback/reconcile/") && key.ends_with(".md") {
+        Some(("a failback reconciliation page", utf8_text))
+    } else if key.starts_with("failback/capture-") && key.ends_with(".json") {
+        Some(("a failback capture", parses::<crate::failback::Capture>))
     } else if key.starts_with("restores/") && key.ends_with("/plan.json") {
         Some(("a restore plan", parses::<RestorePlan>))
     } else if key.starts_with("restores/") && key.ends_with("/offsets.json") {

@@ -1,21 +1,98 @@
-//! `haven audit`: the repository's audit log.
+//! `haven audit [verify|sign]`: the repository's audit log, its chain and signed heads.
 
-use haven_engine::recovery::audit;
+use std::path::PathBuf;
+
+use haven_engine::recovery::{audit, audit_verify};
 
 use super::{load_config, open_repo, RepoArgs};
 use crate::{output, Ctx};
 
-/// Print the audit log: every action that changed a cluster (rewind, replay to a sink,
-/// compensate, recover --apply), who ran it, when, and the SHA-256 of what it executed.
+/// Print the audit log: every action that changed a cluster or produced evidence
+/// (rewind, replay to a sink, compensate, recover --apply, failover plans, drills,
+/// failback), who ran it, when, where, and the SHA-256 of what it executed.
+///
+/// Entries are hash-chained: entry N holds the SHA-256 of entry N-1. `audit verify`
+/// walks the chain and names the first entry that was edited, deleted or reordered;
+/// `audit sign` pins the chain's end with an ed25519 signature (run it from cron, and keep
+/// the public key where the repository's writers cannot change it), so that deleting the
+/// last entries shows too.
+///
+/// Examples:
+///   haven audit --repo main
+///   openssl rand -hex 32 > audit-signing.key
+///   haven audit sign --repo main --key-file audit-signing.key     (prints the public key)
+///   haven audit verify --repo main --public-key audit-signing.pub
 #[derive(Debug, clap::Args)]
+#[command(
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Repository: a name from haven.toml, a URL (file:///PATH, s3://BUCKET/PREFIX) or a path.
+    #[arg(long, env = "HAVEN_REPO", value_name = "NAME|URL")]
+    repo: Option<String>,
+    /// File holding the repository's master key (64 hex digits). Also: HAVEN_KEY.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Walk the chain from its first entry and check every signed head: exit 0 when all
+    /// holds, 1 naming the first entry that is missing, moved or changed.
+    Verify(VerifyArgs),
+    /// Sign the chain's end now (its length and last hash) and store the head in the
+    /// repository, create-only.
+    Sign(SignArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// The trusted public key (64 hex digits) heads must be signed with.
+    #[arg(long, value_name = "FILE", conflicts_with = "signing_key_file")]
+    public_key: Option<PathBuf>,
+    /// ... or the signing key itself (its public key is derived).
+    #[arg(long = "signing-key-file", value_name = "FILE")]
+    signing_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    repo: RepoArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct SignArgs {
+    /// The ed25519 signing key: 64 hex digits (a 32-byte seed), e.g. `openssl rand -hex 32`.
+    #[arg(long = "signing-key-file", value_name = "FILE")]
+    signing_key_file: PathBuf,
     #[command(flatten)]
     repo: RepoArgs,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    match (a.command, a.repo) {
+        (Some(Command::Verify(v)), _) => verify(ctx, v).await,
+        (Some(Command::Sign(s)), _) => sign(ctx, s).await,
+        (None, Some(repo)) => {
+            list(
+                ctx,
+                RepoArgs {
+                    repo,
+                    key_file: a.key_file,
+                },
+            )
+            .await
+        }
+        (None, None) => Err(super::usage(
+            "give --repo NAME|URL (or HAVEN_REPO); `haven audit --help` shows the subcommands",
+        )),
+    }
+}
+
+async fn list(ctx: &Ctx, args: RepoArgs) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
-    let repo = open_repo(&cfg, &a.repo, false).await?;
+    let repo = open_repo(&cfg, &args, false).await?;
     let entries = audit::list(&repo).await?;
     if ctx.json {
         let v: Vec<_> = entries
@@ -28,6 +105,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             .iter()
             .map(|(_, e)| {
                 vec![
+                    e.seq.map_or("-".into(), |s| s.to_string()),
                     haven_engine::time::format_ms(e.at),
                     e.action.clone(),
                     format!("{}@{}", e.user, e.host),
@@ -35,7 +113,71 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 ]
             })
             .collect();
-        output::table(&["WHEN", "ACTION", "WHO", "SHA256"], &rows);
+        output::table(&["SEQ", "WHEN", "ACTION", "WHO", "SHA256"], &rows);
+    }
+    Ok(0)
+}
+
+async fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<u8> {
+    let trusted = match (&a.public_key, &a.signing_key_file) {
+        (Some(p), _) => Some(audit_verify::verifying_key(p)?),
+        (None, Some(k)) => Some(audit_verify::signing_key(k)?.verifying_key()),
+        (None, None) => None,
+    };
+    let cfg = load_config(ctx)?;
+    let repo = open_repo(&cfg, &a.repo, false).await?;
+    let r = audit_verify::verify_chain(&repo, trusted.as_ref()).await?;
+    let ok = r.problems.is_empty();
+    if ctx.json {
+        output::json(&serde_json::json!({"ok": ok, "report": r}))?;
+    } else {
+        outln!(
+            "audit chain: {} entries check out, last SHA-256 {}{}",
+            r.entries,
+            &r.last_sha256[..16],
+            if r.unchained > 0 {
+                format!("; {} older entries written before the chain", r.unchained)
+            } else {
+                String::new()
+            }
+        );
+        outln!(
+            "signed heads: {} ({})",
+            r.heads,
+            if trusted.is_some() {
+                format!(
+                    "{} authenticated with the trusted key",
+                    r.heads_authenticated
+                )
+            } else {
+                "not authenticated: give --public-key".into()
+            }
+        );
+        for p in &r.problems {
+            outln!("  BROKEN: {p}");
+        }
+        outln!("{}", if ok { "OK" } else { "FAILED" });
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+async fn sign(ctx: &Ctx, a: SignArgs) -> anyhow::Result<u8> {
+    let key = audit_verify::signing_key(&a.signing_key_file)?;
+    let cfg = load_config(ctx)?;
+    let repo = open_repo(&cfg, &a.repo, false).await?;
+    let (object, h) = audit_verify::sign_head(&repo, &key).await?;
+    if ctx.json {
+        output::json(&serde_json::json!({"object": object, "head": h}))?;
+    } else {
+        outln!(
+            "signed the chain's end: entry {}, SHA-256 {} ({object})",
+            h.seq,
+            &h.sha256[..16]
+        );
+        outln!(
+            "public key (give it to `audit verify --public-key`): {}",
+            h.public_key
+        );
     }
     Ok(0)
 }

@@ -22,6 +22,7 @@ fn help_lists_the_commands() {
         "audit",
         "switchover",
         "failover",
+        "failback",
         "alerts",
         "--json",
         "--config",

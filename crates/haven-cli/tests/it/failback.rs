@@ -426,4 +426,39 @@ fn failback_captures_reconciles_and_applies_once() {
         "{}",
         crate::stderr(&out)
     );
+
+    // Everything above is in the repository's audit chain; it verifies, a signed head
+    // authenticates with the public key, and an edited entry is named.
+    let key_file = lab.dir.path().join("audit.key");
+    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    let signed = json(
+        &lab,
+        &[
+            "audit",
+            "sign",
+            "--repo",
+            "lab",
+            "--signing-key-file",
+            &crate::path(&key_file),
+        ],
+    );
+    let public = lab.dir.path().join("audit.pub");
+    std::fs::write(&public, signed["head"]["public_key"].as_str().unwrap()).unwrap();
+    let verify = ["audit", "verify", "--repo", "lab", "--public-key"];
+    let mut args = verify.to_vec();
+    let public_path = crate::path(&public);
+    args.push(&public_path);
+    let v = json(&lab, &args);
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert!(v["report"]["entries"].as_u64().unwrap() >= 5, "{v:#}");
+    assert_eq!(v["report"]["heads_authenticated"], 1, "{v:#}");
+    let second = lab.dir.path().join("repo/audit/chain/000000000002.json");
+    let text = std::fs::read_to_string(&second).unwrap();
+    std::fs::write(&second, text.replace("failback", "fallback")).unwrap();
+    let out = run(&lab, &args);
+    assert_eq!(code(&out), 1, "{}", crate::stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BROKEN: entry 2 "), "{text}");
+    let out = run(&lab, &["verify", "--repo", "lab"]);
+    assert_eq!(code(&out), 1, "haven verify sees the broken chain too");
 }

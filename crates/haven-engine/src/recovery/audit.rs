@@ -1,7 +1,11 @@
-//! The audit log: every action that changed a cluster (rewind, replay to Kafka, compensate,
-//! recover --apply) is recorded in the repository, append-only: one create-only object per
-//! action under `audit/`, named by time so a listing is chronological. Nothing rewrites or
-//! deletes them; `haven audit` prints them.
+//! The audit log: every action that changed a cluster or produced evidence (rewind,
+//! replay, compensate, recover --apply, failover plans, drills, failback) is recorded in
+//! the repository, append-only and hash-chained: entry N is the create-only object
+//! `audit/chain/N.json` (12 digits) and holds `seq` = N and the SHA-256 of entry N-1's
+//! bytes, so an edited, deleted or reordered entry breaks the chain where it happened
+//! (`audit_verify`). Two writers racing for N: the create-only put fences them and the
+//! loser appends after the winner. Entries written before the chain (`audit/TIME-RAND.json`)
+//! are still read, listed first, and reported as unchained. `haven audit` prints them.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -27,6 +31,31 @@ pub struct Entry {
     /// The fencing epoch the action ran under (failover operations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// The entry's place in the chain (1, 2, ...); None before the chain existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// SHA-256 (hex) of the previous entry's bytes ([`GENESIS`] for the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_sha256: Option<String>,
+}
+
+/// What the first entry of a chain names as its predecessor.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Where chained entries live.
+pub const CHAIN_PREFIX: &str = "audit/chain/";
+
+/// The key of chain entry `seq`.
+pub fn chain_key(seq: u64) -> String {
+    format!("{CHAIN_PREFIX}{seq:012}.json")
+}
+
+/// The sequence number a chain key names.
+pub fn seq_of(key: &str) -> Option<u64> {
+    key.strip_prefix(CHAIN_PREFIX)?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
 }
 
 /// Who runs this process: `$USER` or `$LOGNAME`, else (a container, a service without
@@ -89,6 +118,27 @@ pub fn entry(
         plan_sha256: plan_sha256.to_string(),
         details,
         epoch,
+        seq: None,
+        prev_sha256: None,
+    }
+}
+
+/// The chain's last entry: its sequence number and the SHA-256 of its bytes (0 and
+/// [`GENESIS`] for an empty chain).
+pub async fn head(repo: &Repository) -> Result<(u64, String)> {
+    let last = repo
+        .store()
+        .list(CHAIN_PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|o| seq_of(&o.key))
+        .max();
+    match last {
+        None => Ok((0, GENESIS.to_string())),
+        Some(seq) => {
+            let raw = repo.store().get(&chain_key(seq)).await?;
+            Ok((seq, hex::encode(Sha256::digest(&raw))))
+        }
     }
 }
 
@@ -110,21 +160,23 @@ pub async fn record_with_epoch(
     epoch: Option<u64>,
     details: serde_json::Value,
 ) -> Result<String> {
-    let entry = entry(action, plan_sha256, epoch, details);
-    let at = entry.at;
-    let body = serde_json::to_vec_pretty(&entry).map_err(|e| Error::Task(e.to_string()))?;
-    for attempt in 0..5u32 {
-        let key = format!(
-            "audit/{at:013}-{:08x}.json",
-            rand::random::<u32>() ^ attempt
-        );
-        match repo.store().put_new(&key, Bytes::from(body.clone())).await {
+    let mut entry = entry(action, plan_sha256, epoch, details);
+    for _ in 0..50u32 {
+        let (seq, prev) = head(repo).await?;
+        entry.seq = Some(seq + 1);
+        entry.prev_sha256 = Some(prev);
+        let body = serde_json::to_vec_pretty(&entry).map_err(|e| Error::Task(e.to_string()))?;
+        let key = chain_key(seq + 1);
+        match repo.store().put_new(&key, Bytes::from(body)).await {
             Ok(()) => return Ok(key),
+            // Another writer took this place: append after it.
             Err(haven_storage::StorageError::AlreadyExists { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Task("could not find a free audit key".into()))
+    Err(Error::Task(
+        "could not append to the audit chain: 50 other writers appended first".into(),
+    ))
 }
 
 /// Every entry, oldest first.
