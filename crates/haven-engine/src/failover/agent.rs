@@ -172,7 +172,13 @@ pub async fn run(
             } else if !own {
                 fenced = None;
             }
-            ops.beat(observer).await;
+            // Only under its own tenure: while a plan holds the lease for this region
+            // (between its lease step and its handover), the databases may still be
+            // replicas, and a beat would make the plan's staleness evidence (heartbeat
+            // age read before the detach) say they were fresh.
+            if own {
+                ops.beat(observer).await;
+            }
         } else {
             // Fence: when this region may not take writes (standby, lease lost, claim run
             // out, etcd unreachable), its routes close and its databases keep the
