@@ -131,6 +131,7 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
     for prefix in [
         "audit/",
         "audit-heads/",
+        "audit-heads-of/",
         "restores/",
         "replays/",
         "drills/",
@@ -156,7 +157,7 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
     }
     // The audit chain: an entry edited, deleted or reordered, or cut short behind a
     // signed head (signatures are checked by `haven audit verify --public-key`).
-    let chain = crate::recovery::audit_verify::verify_chain(repo, None).await?;
+    let chain = crate::recovery::audit_verify::verify_chain(repo, None, &[]).await?;
     for what in chain.problems {
         report.problems.push(Problem {
             object: "audit chain".into(),
@@ -195,7 +196,9 @@ fn record_kind(key: &str) -> Option<(&'static str, Check)> {
     use crate::restore::{RestoreOffsets, RestorePlan};
     if key.starts_with("audit/") && key.ends_with(".json") {
         Some(("an audit entry", parses::<Entry>))
-    } else if key.starts_with("audit-heads/") && key.ends_with(".json") {
+    } else if (key.starts_with("audit-heads/") || key.starts_with("audit-heads-of/"))
+        && key.ends_with(".json")
+    {
         Some((
             "a signed audit head",
             parses::<crate::recovery::audit_verify::Head>,

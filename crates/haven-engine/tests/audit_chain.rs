@@ -57,9 +57,9 @@ async fn an_intact_chain_passes_and_concurrent_writers_each_get_a_place() {
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), 8, "each writer has its own entry");
-    let (_, h) = sign_head(&r, &key(1)).await.unwrap();
+    let (_, h) = sign_head(&r, &key(1), &[]).await.unwrap();
     assert_eq!(h.seq, 11);
-    let v = verify_chain(&r, Some(&key(1).verifying_key()))
+    let v = verify_chain(&r, Some(&key(1).verifying_key()), &[])
         .await
         .unwrap();
     assert!(v.problems.is_empty(), "{v:?}");
@@ -81,7 +81,7 @@ async fn an_edited_entry_is_named() {
     let r = with_entries(dir.path(), 5).await;
     let text = std::fs::read_to_string(file(dir.path(), 2)).unwrap();
     std::fs::write(file(dir.path(), 2), text.replace("\"test\"", "\"tset\"")).unwrap();
-    let v = verify_chain(&r, None).await.unwrap();
+    let v = verify_chain(&r, None, &[]).await.unwrap();
     assert_eq!(v.entries, 2, "{v:?}");
     assert!(v.problems[0].starts_with("entry 2 "), "{v:?}");
     assert!(v.problems[0].contains("was changed"), "{v:?}");
@@ -94,7 +94,7 @@ async fn a_deleted_entry_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let r = with_entries(dir.path(), 5).await;
     std::fs::remove_file(file(dir.path(), 3)).unwrap();
-    let v = verify_chain(&r, None).await.unwrap();
+    let v = verify_chain(&r, None, &[]).await.unwrap();
     assert!(v.problems[0].starts_with("entry 3 is missing"), "{v:?}");
 }
 
@@ -106,7 +106,7 @@ async fn reordered_entries_are_named() {
     let (ta, tb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     std::fs::write(&a, tb).unwrap();
     std::fs::write(&b, ta).unwrap();
-    let v = verify_chain(&r, None).await.unwrap();
+    let v = verify_chain(&r, None, &[]).await.unwrap();
     assert!(v.problems[0].contains("holds entry 5"), "{v:?}");
     assert!(v.problems[0].contains("reordered"), "{v:?}");
 }
@@ -115,10 +115,10 @@ async fn reordered_entries_are_named() {
 async fn entries_cut_off_behind_a_signed_head_are_found() {
     let dir = tempfile::tempdir().unwrap();
     let r = with_entries(dir.path(), 5).await;
-    sign_head(&r, &key(1)).await.unwrap();
+    sign_head(&r, &key(1), &[]).await.unwrap();
     std::fs::remove_file(file(dir.path(), 5)).unwrap();
     std::fs::remove_file(file(dir.path(), 4)).unwrap();
-    let v = verify_chain(&r, Some(&key(1).verifying_key()))
+    let v = verify_chain(&r, Some(&key(1).verifying_key()), &[])
         .await
         .unwrap();
     assert_eq!(v.entries, 3);
@@ -131,12 +131,12 @@ async fn entries_cut_off_behind_a_signed_head_are_found() {
     audit::record(&r, "after", "x", serde_json::json!({}))
         .await
         .unwrap();
-    let v = verify_chain(&r, None).await.unwrap();
+    let v = verify_chain(&r, None, &[]).await.unwrap();
     assert!(v.problems[0].contains("the chain ends at entry 4"), "{v:?}");
     audit::record(&r, "after", "x", serde_json::json!({}))
         .await
         .unwrap();
-    let v = verify_chain(&r, None).await.unwrap();
+    let v = verify_chain(&r, None, &[]).await.unwrap();
     assert!(
         v.problems[0].starts_with("entry 5 differs from what head"),
         "{v:?}"
@@ -147,8 +147,8 @@ async fn entries_cut_off_behind_a_signed_head_are_found() {
 async fn a_head_signed_with_another_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let r = with_entries(dir.path(), 2).await;
-    sign_head(&r, &key(2)).await.unwrap();
-    let v = verify_chain(&r, Some(&key(1).verifying_key()))
+    sign_head(&r, &key(2), &[]).await.unwrap();
+    let v = verify_chain(&r, Some(&key(1).verifying_key()), &[])
         .await
         .unwrap();
     assert_eq!(v.heads_authenticated, 0);
@@ -162,8 +162,32 @@ async fn a_head_signed_with_another_key_is_refused() {
         .path();
     let text = std::fs::read_to_string(&head).unwrap();
     std::fs::write(&head, text.replace("\"seq\": 2", "\"seq\": 1")).unwrap();
-    let v = verify_chain(&r, Some(&key(2).verifying_key()))
+    let v = verify_chain(&r, Some(&key(2).verifying_key()), &[])
         .await
         .unwrap();
     assert!(v.problems[0].contains("does not verify"), "{v:?}");
+}
+
+#[tokio::test]
+async fn heads_copied_to_another_repository_show_a_chain_cut_together_with_its_heads() {
+    let (dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let r = with_entries(dir.path(), 4).await;
+    let other = repo(other_dir.path()).await;
+    sign_head(&r, &key(1), &[&other]).await.unwrap();
+    let k = key(1).verifying_key();
+    let v = verify_chain(&r, Some(&k), &[&other]).await.unwrap();
+    assert!(v.problems.is_empty(), "{v:?}");
+    assert_eq!((v.heads, v.heads_authenticated), (2, 2));
+    // Someone with write access to this repository alone removes its last entry and
+    // every head here: the chain alone looks whole, the copy tells.
+    std::fs::remove_file(file(dir.path(), 4)).unwrap();
+    std::fs::remove_dir_all(dir.path().join("audit-heads")).unwrap();
+    let alone = verify_chain(&r, Some(&k), &[]).await.unwrap();
+    assert!(alone.problems.is_empty(), "{alone:?}");
+    let v = verify_chain(&r, Some(&k), &[&other]).await.unwrap();
+    assert!(v.problems[0].contains("the chain ends at entry 3"), "{v:?}");
+    assert!(v.problems[0].contains("audit-heads-of/"), "{v:?}");
+    // The copy does not disturb the other repository's own chain or verification.
+    let theirs = haven_engine::verify::verify(&other, false).await.unwrap();
+    assert!(theirs.intact(), "{:?}", theirs.problems);
 }

@@ -21,7 +21,8 @@ use crate::{output, Ctx};
 ///   haven audit --repo main
 ///   openssl rand -hex 32 > audit-signing.key
 ///   haven audit sign --repo main --key-file audit-signing.key     (prints the public key)
-///   haven audit verify --repo main --public-key audit-signing.pub
+///   haven audit sign --repo main --signing-key-file audit-signing.key --copy-to main-eu
+///   haven audit verify --repo main --public-key audit-signing.pub --heads-from main-eu
 #[derive(Debug, clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -57,6 +58,10 @@ struct VerifyArgs {
     /// ... or the signing key itself (its public key is derived).
     #[arg(long = "signing-key-file", value_name = "FILE")]
     signing_key_file: Option<PathBuf>,
+    /// Also check the copies of this repository's heads kept in another repository
+    /// (`audit sign --copy-to`); repeatable.
+    #[arg(long, value_name = "NAME|URL")]
+    heads_from: Vec<String>,
     #[command(flatten)]
     repo: RepoArgs,
 }
@@ -66,6 +71,10 @@ struct SignArgs {
     /// The ed25519 signing key: 64 hex digits (a 32-byte seed), e.g. `openssl rand -hex 32`.
     #[arg(long = "signing-key-file", value_name = "FILE")]
     signing_key_file: PathBuf,
+    /// Also keep a copy of the head in another repository (the other region's), where
+    /// those who can write to this one cannot remove it; repeatable.
+    #[arg(long, value_name = "NAME|URL")]
+    copy_to: Vec<String>,
     #[command(flatten)]
     repo: RepoArgs,
 }
@@ -126,7 +135,9 @@ async fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<u8> {
     };
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
-    let r = audit_verify::verify_chain(&repo, trusted.as_ref()).await?;
+    let others = open_others(&cfg, &a.heads_from).await?;
+    let others: Vec<&haven_engine::repo::Repository> = others.iter().collect();
+    let r = audit_verify::verify_chain(&repo, trusted.as_ref(), &others).await?;
     let ok = r.problems.is_empty();
     if ctx.json {
         output::json(&serde_json::json!({"ok": ok, "report": r}))?;
@@ -165,7 +176,9 @@ async fn sign(ctx: &Ctx, a: SignArgs) -> anyhow::Result<u8> {
     let key = audit_verify::signing_key(&a.signing_key_file)?;
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
-    let (object, h) = audit_verify::sign_head(&repo, &key).await?;
+    let others = open_others(&cfg, &a.copy_to).await?;
+    let others: Vec<&haven_engine::repo::Repository> = others.iter().collect();
+    let (object, h) = audit_verify::sign_head(&repo, &key, &others).await?;
     if ctx.json {
         output::json(&serde_json::json!({"object": object, "head": h}))?;
     } else {
@@ -180,4 +193,20 @@ async fn sign(ctx: &Ctx, a: SignArgs) -> anyhow::Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// Other repositories (names from haven.toml or URLs), which must exist.
+async fn open_others(
+    cfg: &haven_engine::config::Config,
+    names: &[String],
+) -> anyhow::Result<Vec<haven_engine::repo::Repository>> {
+    let mut out = Vec::new();
+    for n in names {
+        let args = RepoArgs {
+            repo: n.clone(),
+            key_file: None,
+        };
+        out.push(open_repo(cfg, &args, false).await?);
+    }
+    Ok(out)
 }

@@ -18,6 +18,13 @@ use crate::{Error, Result};
 
 pub const HEADS_PREFIX: &str = "audit-heads/";
 
+/// Where another repository (the other region's) keeps copies of this one's heads:
+/// `audit-heads-of/{repository id}/`. Someone who can write to one repository can then
+/// no longer cut entries off its chain and remove its heads unseen.
+pub fn copies_prefix(of: &Repository) -> String {
+    format!("audit-heads-of/{}/", of.descriptor.id)
+}
+
 /// The chain's end at an instant, signed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Head {
@@ -83,8 +90,13 @@ pub fn verifying_key(path: &std::path::Path) -> Result<VerifyingKey> {
     })
 }
 
-/// Signs the chain's end now and stores the head create-only.
-pub async fn sign_head(repo: &Repository, key: &SigningKey) -> Result<(String, Head)> {
+/// Signs the chain's end now and stores the head create-only, in `repo` and in each of
+/// `copies` (under [`copies_prefix`]).
+pub async fn sign_head(
+    repo: &Repository,
+    key: &SigningKey,
+    copies: &[&Repository],
+) -> Result<(String, Head)> {
     let (seq, sha256) = head(repo).await?;
     let at = chrono::Utc::now().timestamp_millis();
     let signature = key.sign(&Head::message(seq, &sha256, at));
@@ -95,11 +107,16 @@ pub async fn sign_head(repo: &Repository, key: &SigningKey) -> Result<(String, H
         public_key: hex::encode(key.verifying_key().to_bytes()),
         signature: hex::encode(signature.to_bytes()),
     };
-    let object = format!("{HEADS_PREFIX}{seq:012}-{at:013}.json");
-    let body = serde_json::to_vec_pretty(&h).map_err(|e| Error::Task(e.to_string()))?;
-    repo.store()
-        .put_new(&object, bytes::Bytes::from(body))
-        .await?;
+    let name = format!("{seq:012}-{at:013}.json");
+    let object = format!("{HEADS_PREFIX}{name}");
+    let body =
+        bytes::Bytes::from(serde_json::to_vec_pretty(&h).map_err(|e| Error::Task(e.to_string()))?);
+    repo.store().put_new(&object, body.clone()).await?;
+    for c in copies {
+        c.store()
+            .put_new(&format!("{}{name}", copies_prefix(repo)), body.clone())
+            .await?;
+    }
     Ok((object, h))
 }
 
@@ -108,6 +125,7 @@ pub async fn sign_head(repo: &Repository, key: &SigningKey) -> Result<(String, H
 pub async fn verify_chain(
     repo: &Repository,
     trusted: Option<&VerifyingKey>,
+    copies: &[&Repository],
 ) -> Result<ChainReport> {
     let mut r = ChainReport {
         last_sha256: GENESIS.into(),
@@ -172,16 +190,23 @@ pub async fn verify_chain(
         r.last_sha256 = sha;
     }
     let chain_broken = !r.problems.is_empty();
-    let mut heads = repo.store().list(HEADS_PREFIX).await?;
-    heads.sort_by(|a, b| a.key.cmp(&b.key));
-    for o in heads {
+    // Its own heads, then the copies kept in other repositories.
+    let mut heads = Vec::new();
+    let mut own = repo.store().list(HEADS_PREFIX).await?;
+    own.sort_by(|a, b| a.key.cmp(&b.key));
+    heads.extend(own.into_iter().map(|o| (repo, o.key)));
+    for c in copies {
+        let mut theirs = c.store().list(&copies_prefix(repo)).await?;
+        theirs.sort_by(|a, b| a.key.cmp(&b.key));
+        heads.extend(theirs.into_iter().map(|o| (*c, o.key)));
+    }
+    for (holder, key) in heads {
         r.heads += 1;
-        let raw = repo.store().get(&o.key).await?;
+        let raw = holder.store().get(&key).await?;
         let h: Head = match serde_json::from_slice(&raw) {
             Ok(h) => h,
             Err(e) => {
-                r.problems
-                    .push(format!("{}: not a signed head ({e})", o.key));
+                r.problems.push(format!("{}: not a signed head ({e})", key));
                 continue;
             }
         };
@@ -196,7 +221,7 @@ pub async fn verify_chain(
             if !ok {
                 r.problems.push(format!(
                     "{}: its signature does not verify with the trusted public key",
-                    o.key
+                    key
                 ));
                 continue;
             }
@@ -207,14 +232,14 @@ pub async fn verify_chain(
             Some(_) => r.problems.push(format!(
                 "entry {} differs from what head {} signed at {}",
                 h.seq,
-                o.key,
+                key,
                 crate::time::format_ms(h.at)
             )),
             None if !chain_broken => r.problems.push(format!(
                 "the chain ends at entry {}, but head {} signed at {} names entry {}: entries \
                  after {} were deleted",
                 r.entries,
-                o.key,
+                key,
                 crate::time::format_ms(h.at),
                 h.seq,
                 r.entries
