@@ -15,17 +15,18 @@ pub fn evidence_key(id: &str, ext: &str) -> String {
 /// Returns the audit entry's key.
 pub async fn store(repo: &crate::repo::Repository, r: &DrillReport) -> crate::Result<String> {
     let json = serde_json::to_vec_pretty(r).map_err(|e| crate::Error::Task(e.to_string()))?;
-    let sha = hex::encode(Sha256::digest(&json));
-    let html = html::render(r).into_bytes();
-    for (ext, body) in [("json", json), ("html", html)] {
-        repo.store()
-            .put_new(&evidence_key(&r.id, ext), bytes::Bytes::from(body))
-            .await?;
-    }
-    crate::recovery::audit::record(
+    repo.store()
+        .put_new(
+            &evidence_key(&r.id, "html"),
+            bytes::Bytes::from(html::render(r).into_bytes()),
+        )
+        .await?;
+    crate::recovery::audit::put_recorded(
         repo,
+        &evidence_key(&r.id, "json"),
+        json,
         "drill",
-        &sha,
+        None,
         serde_json::json!({
             "id": r.id,
             "scenario": r.scenario,

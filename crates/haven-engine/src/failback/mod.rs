@@ -22,7 +22,6 @@ pub mod status;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::repo::Repository;
 use crate::{Error, Result};
@@ -187,45 +186,11 @@ pub fn capture_key(id: &str) -> String {
     format!("{PREFIX}{id}.json")
 }
 
-/// Stores a document create-only at `key` and records it in the audit log with its
-/// SHA-256; returns the audit entry's key.
-pub async fn put_audited(
-    repo: &Repository,
-    key: &str,
-    body: Vec<u8>,
-    action: &str,
-    epoch: Option<u64>,
-    mut details: serde_json::Value,
-) -> Result<String> {
-    let sha = hex::encode(Sha256::digest(&body));
-    repo.store().put_new(key, bytes::Bytes::from(body)).await?;
-    details["object"] = serde_json::Value::String(key.to_string());
-    crate::recovery::audit::record_with_epoch(repo, action, &sha, epoch, details).await
-}
-
-/// Reads a document stored by [`put_audited`], checked against its audit entry.
-pub async fn get_audited(repo: &Repository, key: &str, action: &str) -> Result<Vec<u8>> {
-    let entries = crate::recovery::audit::list(repo).await?;
-    let Some((_, entry)) = entries
-        .iter()
-        .find(|(_, e)| e.action == action && e.details["object"].as_str() == Some(key))
-    else {
-        return Err(Error::Damaged(format!("{key}: no audit entry records it")));
-    };
-    let raw = repo.store().get(key).await?;
-    if hex::encode(Sha256::digest(&raw)) != entry.plan_sha256 {
-        return Err(Error::Damaged(format!(
-            "{key}: differs from what its audit entry recorded (SHA-256)"
-        )));
-    }
-    Ok(raw.to_vec())
-}
-
 /// Stores a capture and verifies it by reading it back.
 pub async fn store(repo: &Repository, c: &Capture) -> Result<String> {
     let body = serde_json::to_vec_pretty(c).map_err(|e| Error::Task(e.to_string()))?;
     let key = capture_key(&c.id);
-    put_audited(
+    crate::recovery::audit::put_recorded(
         repo,
         &key,
         body,
@@ -251,7 +216,7 @@ pub async fn store(repo: &Repository, c: &Capture) -> Result<String> {
 /// A stored capture, checked against its audit entry.
 pub async fn load(repo: &Repository, id: &str) -> Result<Capture> {
     let key = capture_key(id);
-    let raw = get_audited(repo, &key, CAPTURE_ACTION).await?;
+    let raw = crate::recovery::audit::get_recorded(repo, &key, CAPTURE_ACTION).await?;
     serde_json::from_slice(&raw).map_err(|e| Error::Damaged(format!("{key}: not a capture: {e}")))
 }
 

@@ -285,7 +285,7 @@ pub async fn reconcile(
         .await?;
     let key = format!("{base}.json");
     let body = serde_json::to_vec_pretty(&report).map_err(|e| Error::Task(e.to_string()))?;
-    super::put_audited(
+    crate::recovery::audit::put_recorded(
         repo,
         &key,
         body,

@@ -179,6 +179,40 @@ pub async fn record_with_epoch(
     ))
 }
 
+/// Stores a document create-only at `key` and records it in the audit log with its
+/// SHA-256; returns the audit entry's key.
+pub async fn put_recorded(
+    repo: &Repository,
+    key: &str,
+    body: Vec<u8>,
+    action: &str,
+    epoch: Option<u64>,
+    mut details: serde_json::Value,
+) -> Result<String> {
+    let sha = hex::encode(Sha256::digest(&body));
+    repo.store().put_new(key, bytes::Bytes::from(body)).await?;
+    details["object"] = serde_json::Value::String(key.to_string());
+    record_with_epoch(repo, action, &sha, epoch, details).await
+}
+
+/// Reads a document stored by [`put_recorded`], checked against its audit entry.
+pub async fn get_recorded(repo: &Repository, key: &str, action: &str) -> Result<Vec<u8>> {
+    let entries = list(repo).await?;
+    let Some((_, entry)) = entries
+        .iter()
+        .find(|(_, e)| e.action == action && e.details["object"].as_str() == Some(key))
+    else {
+        return Err(Error::Damaged(format!("{key}: no audit entry records it")));
+    };
+    let raw = repo.store().get(key).await?;
+    if hex::encode(Sha256::digest(&raw)) != entry.plan_sha256 {
+        return Err(Error::Damaged(format!(
+            "{key}: differs from what its audit entry recorded (SHA-256)"
+        )));
+    }
+    Ok(raw.to_vec())
+}
+
 /// Every entry, oldest first.
 pub async fn list(repo: &Repository) -> Result<Vec<(String, Entry)>> {
     let mut objects = repo.store().list("audit/").await?;
