@@ -348,6 +348,7 @@ async fn transaction(
             .collect();
         return Ok(item);
     }
+    let mut rows_touched = Vec::new();
     for c in &t.changes {
         let row = (c.qualified(), key_text(&c.key()));
         let (verdict, why) = match touched.get(&row) {
@@ -359,6 +360,7 @@ async fn transaction(
         };
         for k in [Some(c.key()), c.new_key()].into_iter().flatten() {
             touched.insert((c.qualified(), key_text(&k)), verdict);
+            rows_touched.push((c.qualified(), key_text(&k)));
         }
         item.verdict = item.verdict.max(verdict);
         item.changes.push(ChangeItem {
@@ -368,6 +370,11 @@ async fn transaction(
             verdict,
             why,
         });
+    }
+    // Later captured changes of these rows stand or fall with this transaction (a row
+    // its conflicting insert would have created is not there to update).
+    for row in rows_touched {
+        touched.insert(row, item.verdict);
     }
     item.outcome = outcome(item.verdict, policy, apply);
     if item.outcome == Outcome::Applied {
