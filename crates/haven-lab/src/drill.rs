@@ -64,7 +64,7 @@ impl Scenario {
                 "A planned switchover from US to EU under the ledger load, then back to US: no acknowledged transfer may be lost."
             }
             Scenario::Partition => {
-                "US cut off from EU and from the etcd quorum under the ledger load: US must fence itself before EU takes writes (never two writable regions); then the links heal."
+                "US cut off from EU and from the etcd quorum under the ledger load: US must fence itself before EU takes writes (never two writable regions); then the links heal, and a failback capture must hold every acknowledged transfer EU lost."
             }
         }
     }
@@ -473,10 +473,12 @@ pub async fn run(
         ..Measured::default()
     };
     let mut invariants = Vec::new();
+    let mut lost_ids = None;
     match check::check(&lab, &co).await {
         Ok(r) => {
             measured.lost = Some(r.lost);
             measured.lost_seconds = Some(r.lost_seconds);
+            lost_ids = Some(r.lost_ids.clone());
             invariants = r
                 .invariants
                 .into_iter()
@@ -490,6 +492,36 @@ pub async fn run(
                 .collect();
         }
         Err(e) => not_measured.push(format!("the workload's checker failed: {e:#}")),
+    }
+    // After a partition US is back (fenced): what it acknowledged and EU lost must be in
+    // a failback capture.
+    if o.scenario == Scenario::Partition && fault_err.is_none() && !interrupted {
+        if let Some(lost) = &lost_ids {
+            say("capturing what US wrote that EU never got (failback)");
+            match captured_transfers(&lab).await {
+                Ok((object, ids)) => {
+                    let missed: Vec<&String> =
+                        lost.iter().filter(|id| !ids.contains(*id)).collect();
+                    timeline.push(Step {
+                        at_ms: now_ms(),
+                        what: format!("failback capture stored: {object}"),
+                    });
+                    invariants.push(InvariantResult {
+                        id: "F1".into(),
+                        name: "every acknowledged transfer EU lost is in the failback capture".into(),
+                        ok: Some(missed.is_empty()),
+                        detail: format!(
+                            "{} lost, {} transfers captured from US, {} of the lost not captured ({object})",
+                            lost.len(),
+                            ids.len(),
+                            missed.len()
+                        ),
+                        first_example: missed.first().map(|s| s.to_string()),
+                    });
+                }
+                Err(e) => not_measured.push(format!("the failback capture failed: {e:#}")),
+            }
+        }
     }
     let seconds = read_seconds(&dir.join(LATENCY_FILE));
     let config = std::fs::read(&lab.config).unwrap_or_default();
@@ -522,6 +554,28 @@ pub async fn run(
     report.judge();
     write_report(&o.lab_dir, &report)?;
     Ok(report)
+}
+
+/// Captures US's divergence into the lab's repository; the stored object and the ids of
+/// the transfers it holds.
+async fn captured_transfers(
+    lab: &LabState,
+) -> anyhow::Result<(String, std::collections::HashSet<String>)> {
+    use haven_engine::failback;
+    let (cfg, _) = haven_engine::config::Config::load(Some(&lab.config))?;
+    let c = failback::capture::capture(&cfg, "us").await?;
+    let store = haven_storage::Store::open(&cfg.repository("lab").url)?;
+    let repo = haven_engine::repo::Repository::open_or_create(store, None).await?;
+    let object = failback::store(&repo, &c).await?;
+    let ids = c
+        .databases
+        .iter()
+        .flat_map(|d| &d.divergence.transactions)
+        .flat_map(|t| &t.changes)
+        .filter(|ch| ch.table == "ledger_transfers" && ch.op == haven_pg::divergence::Op::Insert)
+        .filter_map(|ch| ch.new.iter().find(|col| col.name == "id")?.value.clone())
+        .collect();
+    Ok((object, ids))
 }
 
 fn read_seconds(path: &Path) -> Vec<Second> {

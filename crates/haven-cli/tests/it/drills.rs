@@ -69,11 +69,15 @@ fn drill(lab: &LabDir, scenario: &str, extra: &[&str]) -> (i32, Value) {
 }
 
 fn assert_pass(rc: i32, r: &Value) {
+    assert_pass_with(rc, r, 9);
+}
+
+fn assert_pass_with(rc: i32, r: &Value, invariants: usize) {
     assert_eq!(r["verdict"], "PASS", "{r:#}");
     assert_eq!(rc, 0);
     assert!(r["not_measured"].as_array().unwrap().is_empty(), "{r:#}");
     let inv = r["invariants"].as_array().unwrap();
-    assert_eq!(inv.len(), 9, "{r:#}");
+    assert_eq!(inv.len(), invariants, "{r:#}");
     assert!(inv.iter().all(|i| i["ok"] == Value::Bool(true)), "{r:#}");
     assert_eq!(r["measured"]["two_writable"], 0, "{r:#}");
     assert!(r["measured"]["samples"].as_u64().unwrap() > 20, "{r:#}");
@@ -142,7 +146,22 @@ fn a_switchover_drill_there_and_back_loses_nothing() {
 fn a_partition_drill_never_has_two_writable_regions() {
     let lab = LabDir::up();
     let (rc, r) = drill(&lab, "partition", &["--partition-s", "8"]);
-    assert_pass(rc, &r);
+    // W1-W9, and F1: every acknowledged transfer EU lost is in the failback capture.
+    assert_pass_with(rc, &r, 10);
+    let f1 = r["invariants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "F1")
+        .unwrap_or_else(|| panic!("no F1: {r:#}"));
+    let lost = r["measured"]["lost"].as_u64().unwrap();
+    assert!(
+        f1["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{lost} lost, ")),
+        "{f1}"
+    );
     assert_eq!(r["measured"]["active_after"], "eu");
     // The self-fencing window at a 3 s lease: 0.7 x 3 + 0.5 s.
     let rpo = r["objectives"]["rpo_s"].as_f64().unwrap();

@@ -55,6 +55,8 @@ pub struct Report {
     /// From the oldest lost acknowledgement to the fault (or the newest lost one): the
     /// RPO measured in seconds of acknowledged writes.
     pub lost_seconds: f64,
+    /// The ids of those lost transfers.
+    pub lost_ids: Vec<String>,
     pub invariants: Vec<Invariant>,
     pub passed: bool,
 }
@@ -444,6 +446,7 @@ pub async fn check(lab: &LabState, o: &CheckOptions) -> anyhow::Result<Report> {
         "every acknowledged transfer before the fault minus the RPO target is present",
     );
     let (mut lost_n, mut lost_s, mut acked_n) = (0u64, 0.0f64, 0u64);
+    let mut lost_ids = Vec::new();
     match acks {
         Err(err) => {
             out.push(unchecked(w8, format!("{err:#}")));
@@ -464,6 +467,7 @@ pub async fn check(lab: &LabState, o: &CheckOptions) -> anyhow::Result<Report> {
                 .filter(|a| !db.contains_key(&a.id))
                 .collect();
             lost_n = missing.len() as u64;
+            lost_ids = missing.iter().map(|a| a.id.clone()).collect();
             // The RPO in seconds: from the oldest lost acknowledgement to the fault (or,
             // without one, to the newest lost acknowledgement).
             if let (Some(first_lost), Some(last_lost)) = (
@@ -503,6 +507,7 @@ pub async fn check(lab: &LabState, o: &CheckOptions) -> anyhow::Result<Report> {
         acknowledged: acked_n,
         lost: lost_n,
         lost_seconds: lost_s,
+        lost_ids,
         invariants: out,
         passed,
     })
