@@ -234,6 +234,9 @@ fn print_capture(c: &Capture, key: &str) {
     for (m, v) in &s.money {
         outln!("    {m}: net {v}");
     }
+    for (m, n) in &s.money_unknown {
+        outln!("    {m}: {n} changes whose amount could not be read (no whole old row)");
+    }
     for k in &c.kafka {
         let records: usize = k.partitions.iter().map(|p| p.records.len()).sum();
         outln!(

@@ -63,7 +63,8 @@ fn failback_captures_reconciles_and_applies_once() {
         &lab.cfg,
         std::fs::read_to_string(&lab.cfg).unwrap()
             + "\n[failback]\ntables = { \"public.accounts\" = \"reapply-if-untouched\" }\n\
-               topics = { \"ledger\\\\..*\" = \"reapply-if-untouched\" }\n",
+               topics = { \"ledger\\\\..*\" = \"reapply-if-untouched\" }\n\
+               money = [\"public.accounts.id\"]\n",
     )
     .unwrap();
 
@@ -246,6 +247,18 @@ fn failback_captures_reconciles_and_applies_once() {
     expected.sort();
     assert_eq!(captured, expected);
     assert_eq!(c["summary"]["transactions"], 4);
+    // The summed column: the inserted rows' ids, minus the deleted row's.
+    let net: i64 = ["d1", "d2", "d3", "d4", "d5"]
+        .iter()
+        .map(|d| ids[*d])
+        .sum::<i64>()
+        - first["o3"];
+    assert_eq!(
+        c["summary"]["money"]["public.accounts.id"],
+        net.to_string(),
+        "{:#}",
+        c["summary"]
+    );
     assert_eq!(c["summary"]["records"], 6);
 
     // Verdicts: the row and the key both sides changed are conflicts.

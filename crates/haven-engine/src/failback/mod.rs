@@ -149,9 +149,14 @@ pub struct Summary {
     pub row_changes: u64,
     /// `schema.table` -> changes.
     pub tables: BTreeMap<String, u64>,
-    /// `schema.table.column` -> sum over inserted rows minus deleted rows, and the
-    /// change of updated rows (new - old, when the old image is whole).
-    pub money: BTreeMap<String, i128>,
+    /// `schema.table.column` -> exact decimal sum over inserted rows minus deleted rows,
+    /// plus the change of updated rows (new - old).
+    pub money: BTreeMap<String, String>,
+    /// `schema.table.column` -> changes whose amount could not be read (an update or
+    /// delete captured without the whole old row, a value that is not a number, or a sum
+    /// past 38 digits).
+    #[serde(default)]
+    pub money_unknown: BTreeMap<String, u64>,
     pub records: u64,
     /// Topic -> records.
     pub topics: BTreeMap<String, u64>,
@@ -249,13 +254,14 @@ pub fn summarize(
         s.last_ms = Some(s.last_ms.map_or(ms, |l| l.max(ms)));
     };
     let mut tables: BTreeMap<String, u64> = BTreeMap::new();
-    let mut sums: BTreeMap<String, i128> = BTreeMap::new();
+    let mut sums: BTreeMap<String, Decimal> = BTreeMap::new();
+    let mut unknown: BTreeMap<String, u64> = BTreeMap::new();
     let (mut txns, mut changes) = (0u64, 0u64);
-    let num = |cols: &[haven_pg::divergence::Column], name: &str| -> Option<i128> {
+    let num = |cols: &[haven_pg::divergence::Column], name: &str| -> Option<Decimal> {
         cols.iter()
             .find(|c| c.name == name)
             .and_then(|c| c.value.as_deref())
-            .and_then(|v| v.split('.').next().and_then(|i| i.parse::<i128>().ok()))
+            .and_then(Decimal::parse)
     };
     for d in databases {
         for t in &d.divergence.transactions {
@@ -272,10 +278,16 @@ pub fn summarize(
                     };
                     let delta = match c.op {
                         Op::Insert => num(&c.new, col),
-                        Op::Delete => num(&c.old, col).map(|v| -v),
-                        Op::Update => num(&c.new, col).zip(num(&c.old, col)).map(|(n, o)| n - o),
+                        Op::Delete => num(&c.old, col).map(Decimal::negate),
+                        Op::Update => num(&c.new, col)
+                            .zip(num(&c.old, col))
+                            .and_then(|(n, o)| n.add(o.negate())),
                     };
-                    *sums.entry(m.clone()).or_default() += delta.unwrap_or(0);
+                    let sum = sums.entry(m.clone()).or_default();
+                    match delta.and_then(|d| sum.add(d)) {
+                        Some(total) => *sum = total,
+                        None => *unknown.entry(m.clone()).or_default() += 1,
+                    }
                 }
             }
         }
@@ -296,15 +308,109 @@ pub fn summarize(
     s.transactions = txns;
     s.row_changes = changes;
     s.tables = tables;
-    s.money = sums;
+    s.money = sums.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    s.money_unknown = unknown;
     s.records = records;
     s.topics = topics;
     s
 }
 
+/// An exact decimal (Postgres' text form of a number): `units` / 10^`scale`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Decimal {
+    units: i128,
+    scale: u32,
+}
+
+impl Decimal {
+    /// `-12.340`, `7`, `+0.5`; None for anything else (NaN, exponents, too many digits).
+    pub fn parse(text: &str) -> Option<Decimal> {
+        let t = text.trim();
+        let (neg, t) = match t.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, t.strip_prefix('+').unwrap_or(t)),
+        };
+        let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+        if int.is_empty() && frac.is_empty()
+            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+            || int.len() + frac.len() > 36
+        {
+            return None;
+        }
+        let units: i128 = format!("{int}{frac}").parse().ok()?;
+        Some(Decimal {
+            units: if neg { -units } else { units },
+            scale: frac.len() as u32,
+        })
+    }
+
+    fn rescale(self, scale: u32) -> Option<Decimal> {
+        Some(Decimal {
+            units: self
+                .units
+                .checked_mul(10i128.checked_pow(scale - self.scale)?)?,
+            scale,
+        })
+    }
+
+    /// The exact sum; None when it does not fit (38 digits).
+    pub fn add(self, other: Decimal) -> Option<Decimal> {
+        let scale = self.scale.max(other.scale);
+        let (a, b) = (self.rescale(scale)?, other.rescale(scale)?);
+        Some(Decimal {
+            units: a.units.checked_add(b.units)?,
+            scale,
+        })
+    }
+
+    pub fn negate(self) -> Decimal {
+        Decimal {
+            units: -self.units,
+            scale: self.scale,
+        }
+    }
+}
+
+impl std::fmt::Display for Decimal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let digits = self.units.unsigned_abs().to_string();
+        let sign = if self.units < 0 { "-" } else { "" };
+        let scale = self.scale as usize;
+        if scale == 0 {
+            return write!(f, "{sign}{digits}");
+        }
+        let padded = format!("{digits:0>width$}", width = scale + 1);
+        let (int, frac) = padded.split_at(padded.len() - scale);
+        write!(f, "{sign}{int}.{frac}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn money_sums_are_exact() {
+        let d = |t: &str| Decimal::parse(t).unwrap();
+        let sum = |a: &str, b: &str| d(a).add(d(b)).unwrap().to_string();
+        assert_eq!(sum("100.50", "-0.25"), "100.25");
+        assert_eq!(sum("0.1", "0.2"), "0.3");
+        assert_eq!(d("-0.05").to_string(), "-0.05");
+        assert_eq!(sum("7", "0.001"), "7.001");
+        assert_eq!(d("5").negate().add(d("2")).unwrap().to_string(), "-3");
+        assert_eq!(
+            sum("12345678901234567890.12", "1"),
+            "12345678901234567891.12"
+        );
+        // Past 38 digits: no answer rather than a wrong one.
+        assert_eq!(
+            d("99999999999999999999999999999999999").add(d("0.0001")),
+            None
+        );
+        for bad in ["NaN", "1e5", "", ".", "1.2.3", "abc", "--1"] {
+            assert_eq!(Decimal::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn policies_fall_back_to_the_default() {
