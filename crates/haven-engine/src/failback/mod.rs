@@ -281,10 +281,10 @@ pub fn summarize(
                         Op::Delete => num(&c.old, col).map(Decimal::negate),
                         Op::Update => num(&c.new, col)
                             .zip(num(&c.old, col))
-                            .and_then(|(n, o)| n.add(o.negate())),
+                            .and_then(|(n, o)| n.checked_add(o.negate())),
                     };
                     let sum = sums.entry(m.clone()).or_default();
-                    match delta.and_then(|d| sum.add(d)) {
+                    match delta.and_then(|d| sum.checked_add(d)) {
                         Some(total) => *sum = total,
                         None => *unknown.entry(m.clone()).or_default() += 1,
                     }
@@ -354,7 +354,7 @@ impl Decimal {
     }
 
     /// The exact sum; None when it does not fit (38 digits).
-    pub fn add(self, other: Decimal) -> Option<Decimal> {
+    pub fn checked_add(self, other: Decimal) -> Option<Decimal> {
         let scale = self.scale.max(other.scale);
         let (a, b) = (self.rescale(scale)?, other.rescale(scale)?);
         Some(Decimal {
@@ -392,19 +392,22 @@ mod tests {
     #[test]
     fn money_sums_are_exact() {
         let d = |t: &str| Decimal::parse(t).unwrap();
-        let sum = |a: &str, b: &str| d(a).add(d(b)).unwrap().to_string();
+        let sum = |a: &str, b: &str| d(a).checked_add(d(b)).unwrap().to_string();
         assert_eq!(sum("100.50", "-0.25"), "100.25");
         assert_eq!(sum("0.1", "0.2"), "0.3");
         assert_eq!(d("-0.05").to_string(), "-0.05");
         assert_eq!(sum("7", "0.001"), "7.001");
-        assert_eq!(d("5").negate().add(d("2")).unwrap().to_string(), "-3");
+        assert_eq!(
+            d("5").negate().checked_add(d("2")).unwrap().to_string(),
+            "-3"
+        );
         assert_eq!(
             sum("12345678901234567890.12", "1"),
             "12345678901234567891.12"
         );
         // Past 38 digits: no answer rather than a wrong one.
         assert_eq!(
-            d("99999999999999999999999999999999999").add(d("0.0001")),
+            d("99999999999999999999999999999999999").checked_add(d("0.0001")),
             None
         );
         for bad in ["NaN", "1e5", "", ".", "1.2.3", "abc", "--1"] {
