@@ -8,16 +8,12 @@
 use std::time::Duration;
 
 use haven_pg::divergence::{parse_lsn, Op};
-use haven_pg::Pg;
 use testbed::Postgres;
 
-const T: Duration = Duration::from_secs(30);
+mod common;
+use common::{admin, until};
 
-async fn admin(pg: &Postgres, name: &str) -> Pg {
-    Pg::connect(name, &pg.url("postgres"), None, T)
-        .await
-        .expect("connect as superuser")
-}
+const T: Duration = Duration::from_secs(30);
 
 const SCHEMA: &str =
     "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
@@ -32,14 +28,6 @@ async fn query(pg: &Postgres, sql: &str) -> Vec<(i32, i64)> {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect()
-}
-
-async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

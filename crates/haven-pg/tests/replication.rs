@@ -8,13 +8,10 @@ use std::time::Duration;
 use haven_pg::Pg;
 use testbed::Postgres;
 
-const T: Duration = Duration::from_secs(10);
+mod common;
+use common::{admin, until};
 
-async fn admin(pg: &Postgres, name: &str) -> Pg {
-    Pg::connect(name, &pg.url("postgres"), None, T)
-        .await
-        .expect("connect as superuser")
-}
+const T: Duration = Duration::from_secs(10);
 
 async fn app(pg: &Postgres) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (c, conn) =
@@ -58,14 +55,6 @@ async fn rows(pg: &Postgres) -> Vec<(i64, String, i64)> {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect()
-}
-
-async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

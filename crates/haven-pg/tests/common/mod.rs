@@ -1,0 +1,22 @@
+//! What the haven-pg tests share: a superuser connection and polling.
+
+use std::time::Duration;
+
+use haven_pg::Pg;
+use testbed::Postgres;
+
+/// Haven's connection to `pg` as the superuser, named `name` in errors.
+pub async fn admin(pg: &Postgres, name: &str) -> Pg {
+    Pg::connect(name, &pg.url("postgres"), None, Duration::from_secs(30))
+        .await
+        .expect("connect as superuser")
+}
+
+/// Polls `f` every 100 ms until it holds; fails the test after 30 s naming `what`.
+pub async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
