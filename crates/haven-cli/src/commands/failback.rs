@@ -184,7 +184,8 @@ async fn status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<u8> {
 
 async fn capture(ctx: &Ctx, a: CaptureArgs) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
-    let c = failback::capture::capture(&cfg, &a.region)
+    let observer = crate::observer::CliObserver::new(ctx.json);
+    let c = failback::capture::capture(&cfg, &a.region, &observer)
         .await
         .map_err(input)?;
     // The capture is kept whatever happens next: the repository is created if needed.
@@ -352,11 +353,13 @@ fn print_report(r: &ReconcileReport, key: &str) {
 async fn reseed(ctx: &Ctx, a: ReseedArgs) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
+    let observer = crate::observer::CliObserver::new(ctx.json);
     let r = failback::reseed::reseed(
         &cfg,
         &repo,
         &a.region,
         std::time::Duration::from_secs(a.timeout_s),
+        &observer,
     )
     .await
     .map_err(input)?;

@@ -386,6 +386,22 @@ fn failback_captures_reconciles_and_applies_once() {
         serde_json::json!([]),
         "{again:#}"
     );
+    // For a person: each database a step, then where it stands.
+    let out = run(
+        &lab,
+        &["failback", "reseed", "--region", "us", "--repo", "lab"],
+    );
+    assert_eq!(code(&out), 0, "{}", crate::stderr(&out));
+    assert!(
+        crate::stderr(&out).contains("[1/1] make ledger-us a standby of ledger-eu again"),
+        "{}",
+        crate::stderr(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ledger-us: a standby of ledger-eu again"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     rt().block_on(async {
         let c = lab.eu.connect().await.unwrap();
         c.batch_execute("INSERT INTO accounts (owner) VALUES ('after-reseed')")

@@ -10,9 +10,12 @@
 
 use std::time::Duration;
 
-use super::{summarize, Capture, CapturedRecord, DatabaseCapture, KafkaCapture, PartitionCapture};
+use super::{
+    step, summarize, Capture, CapturedRecord, DatabaseCapture, KafkaCapture, PartitionCapture,
+};
 use crate::config::Config;
-use crate::failover::config::peer_of;
+use crate::events::Observer;
+use crate::failover::config::{peer_of, pg_error};
 use crate::mirror::{handover, position, provenance, MirrorOptions};
 use crate::read::bytes_json;
 use crate::{blocking, Error, Result};
@@ -47,60 +50,88 @@ pub async fn active_region(cfg: &Config, region: &str) -> Result<(String, u64)> 
     }
 }
 
-/// Reads the divergence of `region` against the active region. Changes nothing.
-pub async fn capture(cfg: &Config, region: &str) -> Result<Capture> {
+/// Reads the divergence of `region` against the active region. Changes nothing. Each
+/// database and each mirror is a step `observer` hears about.
+pub async fn capture(cfg: &Config, region: &str, observer: &dyn Observer) -> Result<Capture> {
     let (active, epoch) = active_region(cfg, region).await?;
     let section = cfg.failback.clone().unwrap_or_default();
-    let mut databases = Vec::new();
-    for (name, d) in cfg.databases.iter().filter(|(_, d)| d.region == region) {
-        let Some((peer_name, peer)) = peer_of(cfg, name) else {
-            continue;
-        };
-        if peer.region != active {
-            continue;
-        }
-        let target = peer.connect(peer_name, TIMEOUT).await?;
-        let cut = target
-            .cut(&peer.subscription)
-            .await
-            .map_err(crate::failover::config::pg_error)?
-            .ok_or_else(|| {
-                Error::Input(format!(
-                    "{peer_name} has no recorded failover cut for subscription {:?}: no \
-                     failover detached it (run by this version of Haven), so Haven cannot \
-                     tell what {name} wrote that {peer_name} never applied",
-                    peer.subscription
-                ))
-            })?;
-        // A switchover detaches before it takes the lease (cut at epoch - 1).
-        if cut.planned && cut.epoch + 1 >= epoch {
-            return Err(Error::Input(format!(
-                "{active} became active through a planned switchover (epoch {epoch}), which \
-                 waits until every write of {region} has arrived: there is nothing to capture"
-            )));
-        }
-        let source = d.connect(name, TIMEOUT).await?;
-        let divergence = source
-            .divergence(&peer.subscription, cut.remote_lsn.as_deref())
-            .await
-            .map_err(crate::failover::config::pg_error)?;
-        databases.push(DatabaseCapture {
-            database: name.clone(),
-            peer: peer_name.clone(),
-            cut,
-            divergence,
-        });
-    }
-    let mut kafka = Vec::new();
-    // The mirrors from the old region's cluster into the active region's.
+    // The database pairs (old region -> active region) and the mirrors between their
+    // clusters.
+    let pairs: Vec<_> = cfg
+        .databases
+        .iter()
+        .filter(|(_, d)| d.region == region)
+        .filter_map(|(name, d)| {
+            let (peer_name, peer) = peer_of(cfg, name)?;
+            (peer.region == active).then_some((name, d, peer_name, peer))
+        })
+        .collect();
     let cluster_of = |r: &str| cfg.regions.get(r).map(|s| s.cluster.clone());
     let (from, to) = (cluster_of(region), cluster_of(&active));
-    for (name, m) in &cfg.mirrors {
-        if Some(&m.from) != from.as_ref() || Some(&m.to) != to.as_ref() {
-            continue;
-        }
+    let mirrors: Vec<&String> = cfg
+        .mirrors
+        .iter()
+        .filter(|(_, m)| Some(&m.from) == from.as_ref() && Some(&m.to) == to.as_ref())
+        .map(|(name, _)| name)
+        .collect();
+    let total = pairs.len() + mirrors.len();
+    let mut databases = Vec::new();
+    for (i, (name, d, peer_name, peer)) in pairs.into_iter().enumerate() {
+        let what = format!("read what {name} committed past {peer_name}'s cut");
+        let work = async {
+            let target = peer.connect(peer_name, TIMEOUT).await?;
+            let cut = target
+                .cut(&peer.subscription)
+                .await
+                .map_err(pg_error)?
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "{peer_name} has no recorded failover cut for subscription {:?}: no \
+                         failover detached it (run by this version of Haven), so Haven cannot \
+                         tell what {name} wrote that {peer_name} never applied",
+                        peer.subscription
+                    ))
+                })?;
+            // A switchover detaches before it takes the lease (cut at epoch - 1).
+            if cut.planned && cut.epoch + 1 >= epoch {
+                return Err(Error::Input(format!(
+                    "{active} became active through a planned switchover (epoch {epoch}), \
+                     which waits until every write of {region} has arrived: there is nothing \
+                     to capture"
+                )));
+            }
+            let source = d.connect(name, TIMEOUT).await?;
+            let divergence = source
+                .divergence(&peer.subscription, cut.remote_lsn.as_deref())
+                .await
+                .map_err(pg_error)?;
+            Ok(DatabaseCapture {
+                database: name.clone(),
+                peer: peer_name.clone(),
+                cut,
+                divergence,
+            })
+        };
+        databases.push(step(observer, "failback capture", (i + 1, total), what, work).await?);
+    }
+    let mut kafka = Vec::new();
+    for (i, name) in mirrors.into_iter().enumerate() {
         let opts = MirrorOptions::from_config(cfg, name)?;
-        kafka.push(capture_mirror(name, &opts).await?);
+        let what = format!(
+            "read {}'s records past what mirror {name} brought to {}",
+            opts.source_id, opts.target_id
+        );
+        let n = databases.len() + i + 1;
+        kafka.push(
+            step(
+                observer,
+                "failback capture",
+                (n, total),
+                what,
+                capture_mirror(name, &opts),
+            )
+            .await?,
+        );
     }
     let summary = summarize(&databases, &kafka, &section.money);
     let now = chrono::Utc::now();

@@ -181,6 +181,34 @@ pub struct Capture {
     pub summary: Summary,
 }
 
+/// Runs `work` as step `step` of `total` of `action`, telling `observer` when it starts
+/// and when it is done (the CLI prints them as progress).
+pub(crate) async fn step<T>(
+    observer: &dyn crate::events::Observer,
+    action: &str,
+    (step, total): (usize, usize),
+    what: String,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    use crate::events::Event;
+    observer.event(&Event::StepStarted {
+        action: action.into(),
+        step,
+        total,
+        what: what.clone(),
+    });
+    let started = std::time::Instant::now();
+    let out = work.await?;
+    observer.event(&Event::StepDone {
+        action: action.into(),
+        step,
+        total,
+        what,
+        ms: started.elapsed().as_millis() as u64,
+    });
+    Ok(out)
+}
+
 /// Where captures (`failback/ID.json`) and reconciliation reports
 /// (`failback/reconcile/ID/TIME.{json,md}`) live in a repository.
 pub const PREFIX: &str = "failback/";

@@ -69,6 +69,7 @@ pub async fn reseed(
     repo: &Repository,
     region: &str,
     timeout: Duration,
+    observer: &dyn crate::events::Observer,
 ) -> Result<ReseedReport> {
     let (active, epoch) = active_region(cfg, region).await?;
     let capture = capture_of(repo, region, epoch).await?;
@@ -83,74 +84,87 @@ pub async fn reseed(
         applied,
         databases: vec![],
     };
-    for (name, d) in cfg.databases.iter().filter(|(_, d)| d.region == region) {
-        let Some((peer_name, peer)) = peer_of(cfg, name) else {
-            continue;
-        };
-        if peer.region != active {
-            continue;
-        }
-        if !capture.databases.iter().any(|c| &c.database == name) {
-            return Err(Error::Input(format!(
-                "capture {} does not hold {name}: capture again (`haven failback capture \
-                 --region {region}`) before re-seeding it",
-                capture.id
-            )));
-        }
-        let started = std::time::Instant::now();
-        let old = d.connect(name, Duration::from_secs(30)).await?;
-        let new = peer.connect(peer_name, Duration::from_secs(30)).await?;
-        if !old.fenced(&d.roles).await.map_err(pg_error)? {
-            return Err(Error::Input(format!(
-                "{name}'s application roles {:?} are not fenced: start {region}'s agent (it \
-                 fences a region that does not hold the lease) and run this again",
-                d.roles
-            )));
-        }
-        let mut item = DatabaseReseed {
-            database: name.clone(),
-            peer: peer_name.clone(),
-            slot_dropped: false,
-            emptied: vec![],
-            subscription: d.subscription.clone(),
-            seconds: 0.0,
-        };
-        if old
-            .subscription(&d.subscription)
-            .await
-            .map_err(pg_error)?
-            .is_none()
-        {
-            item.slot_dropped = old
-                .drop_orphaned_slot(&peer.subscription)
-                .await
-                .map_err(pg_error)?;
-            new.ensure_publication(&peer.publication)
-                .await
-                .map_err(pg_error)?;
-            let tables = new
-                .published_tables(&peer.publication)
+    let pairs: Vec<_> = cfg
+        .databases
+        .iter()
+        .filter(|(_, d)| d.region == region)
+        .filter_map(|(name, d)| {
+            let (peer_name, peer) = peer_of(cfg, name)?;
+            (peer.region == active).then_some((name, d, peer_name, peer))
+        })
+        .collect();
+    // Every database must be in the capture before any of them is touched.
+    if let Some((name, ..)) = pairs
+        .iter()
+        .find(|(name, ..)| !capture.databases.iter().any(|c| &c.database == *name))
+    {
+        return Err(Error::Input(format!(
+            "capture {} does not hold {name}: capture again (`haven failback capture \
+             --region {region}`) before re-seeding it",
+            capture.id
+        )));
+    }
+    let total = pairs.len();
+    for (i, (name, d, peer_name, peer)) in pairs.into_iter().enumerate() {
+        let what = format!("make {name} a standby of {peer_name} again (copy and sync)");
+        let work = async {
+            let started = std::time::Instant::now();
+            let old = d.connect(name, Duration::from_secs(30)).await?;
+            let new = peer.connect(peer_name, Duration::from_secs(30)).await?;
+            if !old.fenced(&d.roles).await.map_err(pg_error)? {
+                return Err(Error::Input(format!(
+                    "{name}'s application roles {:?} are not fenced: start {region}'s agent \
+                     (it fences a region that does not hold the lease) and run this again",
+                    d.roles
+                )));
+            }
+            let mut item = DatabaseReseed {
+                database: name.clone(),
+                peer: peer_name.clone(),
+                slot_dropped: false,
+                emptied: vec![],
+                subscription: d.subscription.clone(),
+                seconds: 0.0,
+            };
+            if old
+                .subscription(&d.subscription)
                 .await
                 .map_err(pg_error)?
-                .unwrap_or_default();
-            old.ensure_tables().await.map_err(pg_error)?;
-            item.emptied = old.truncate(&tables).await.map_err(pg_error)?;
-            let password = peer
-                .password(peer_name)
-                .map_err(|(k, m)| Error::Input(format!("{k}: {m}")))?;
-            old.ensure_subscription(
-                &d.subscription,
-                &with_password(&peer.url, password.as_deref()),
-                &peer.publication,
-                true,
-            )
-            .await
-            .map_err(pg_error)?;
-        }
-        old.wait_synced(&d.subscription, timeout)
-            .await
-            .map_err(pg_error)?;
-        item.seconds = started.elapsed().as_secs_f64();
+                .is_none()
+            {
+                item.slot_dropped = old
+                    .drop_orphaned_slot(&peer.subscription)
+                    .await
+                    .map_err(pg_error)?;
+                new.ensure_publication(&peer.publication)
+                    .await
+                    .map_err(pg_error)?;
+                let tables = new
+                    .published_tables(&peer.publication)
+                    .await
+                    .map_err(pg_error)?
+                    .unwrap_or_default();
+                old.ensure_tables().await.map_err(pg_error)?;
+                item.emptied = old.truncate(&tables).await.map_err(pg_error)?;
+                let password = peer
+                    .password(peer_name)
+                    .map_err(|(k, m)| Error::Input(format!("{k}: {m}")))?;
+                old.ensure_subscription(
+                    &d.subscription,
+                    &with_password(&peer.url, password.as_deref()),
+                    &peer.publication,
+                    true,
+                )
+                .await
+                .map_err(pg_error)?;
+            }
+            old.wait_synced(&d.subscription, timeout)
+                .await
+                .map_err(pg_error)?;
+            item.seconds = started.elapsed().as_secs_f64();
+            Ok(item)
+        };
+        let item = super::step(observer, "failback reseed", (i + 1, total), what, work).await?;
         report.databases.push(item);
     }
     crate::recovery::audit::record_with_epoch(
