@@ -285,6 +285,15 @@ kind = "haproxy"
 socket = "/run/haproxy/admin.sock"
 backend = "be_write"
 server = "eu"
+
+# After an unplanned failover, what `haven failback reconcile --apply` may re-apply on its
+# own (everything else is left for review): "manual" (default), "reapply-if-untouched",
+# "keep-current"; topics by regular expression.
+[failback]
+policy = "manual"
+tables = { "public.ledger_outbox" = "reapply-if-untouched" }
+topics = { "payments\\..*" = "manual" }
+money = ["public.ledger_transfers.amount"]
 "#;
 
 impl Config {
@@ -587,6 +596,15 @@ mod tests {
             example.routes["write-eu"].kind,
             crate::failover::config::RouteKind::Haproxy
         );
+        let fb = example.failback.clone().unwrap();
+        use crate::failback::Policy;
+        assert_eq!(
+            fb.table_policy("public.ledger_outbox"),
+            Policy::ReapplyIfUntouched
+        );
+        assert_eq!(fb.table_policy("public.ledger_accounts"), Policy::Manual);
+        assert_eq!(fb.topic_policy("payments.settled"), Policy::Manual);
+        assert_eq!(fb.money, vec!["public.ledger_transfers.amount".to_string()]);
         let with = |extra: &str| {
             parse(&format!("{EXAMPLE}\n{extra}"))
                 .err()
