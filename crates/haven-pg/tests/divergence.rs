@@ -11,9 +11,7 @@ use haven_pg::divergence::{parse_lsn, Op};
 use testbed::Postgres;
 
 mod common;
-use common::{admin, until};
-
-const T: Duration = Duration::from_secs(30);
+use common::{admin, pair, until};
 
 const SCHEMA: &str =
     "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
@@ -32,17 +30,7 @@ async fn query(pg: &Postgres, sql: &str) -> Vec<(i32, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_reads_exactly_what_eu_never_applied_and_reapplies_it_once() {
-    let (us_pg, eu_pg) = (Postgres::start().unwrap(), Postgres::start().unwrap());
-    let (us, eu) = (admin(&us_pg, "us").await, admin(&eu_pg, "eu").await);
-    for db in [&us, &eu] {
-        db.exec("schema", SCHEMA).await.unwrap();
-        db.ensure_tables().await.unwrap();
-    }
-    us.ensure_publication("haven").await.unwrap();
-    eu.ensure_subscription("haven", &us_pg.conninfo("postgres"), "haven", true)
-        .await
-        .unwrap();
-    eu.wait_synced("haven", T).await.unwrap();
+    let (us_pg, eu_pg, us, eu) = pair(SCHEMA).await;
     us.exec("checkpoint", "CHECKPOINT").await.unwrap();
     // Replicated after the checkpoint: the slot's position on disk stays behind them.
     us.exec(

@@ -9,7 +9,7 @@ use haven_pg::Pg;
 use testbed::Postgres;
 
 mod common;
-use common::{admin, until};
+use common::{admin, pair, until};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -26,27 +26,6 @@ const SCHEMA: &str = "CREATE TABLE accounts (id bigserial PRIMARY KEY, owner tex
      DO $$ BEGIN CREATE ROLE app LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
      GRANT ALL ON accounts TO app; GRANT ALL ON SEQUENCE accounts_id_seq TO app;";
 
-/// US publishes every table to EU, which copies the existing rows.
-async fn pair() -> (Postgres, Postgres, Pg, Pg) {
-    let (us_pg, eu_pg) = (Postgres::start().unwrap(), Postgres::start().unwrap());
-    let (us, eu) = (
-        admin(&us_pg, "ledger-us").await,
-        admin(&eu_pg, "ledger-eu").await,
-    );
-    for db in [&us, &eu] {
-        db.exec("schema", SCHEMA).await.unwrap();
-        db.ensure_tables().await.unwrap();
-    }
-    us.ensure_publication("haven").await.unwrap();
-    eu.ensure_subscription("haven", &us_pg.conninfo("postgres"), "haven", true)
-        .await
-        .unwrap();
-    eu.wait_synced("haven", Duration::from_secs(30))
-        .await
-        .unwrap();
-    (us_pg, eu_pg, us, eu)
-}
-
 async fn rows(pg: &Postgres) -> Vec<(i64, String, i64)> {
     let c = pg.connect().await.unwrap();
     c.query("SELECT id, owner, balance FROM accounts ORDER BY id", &[])
@@ -59,7 +38,7 @@ async fn rows(pg: &Postgres) -> Vec<(i64, String, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_fences_waits_for_the_barrier_and_reverses() {
-    let (us_pg, eu_pg, us, eu) = pair().await;
+    let (us_pg, eu_pg, us, eu) = pair(SCHEMA).await;
     let writer = app(&us_pg).await.unwrap();
     for i in 0..50 {
         writer
@@ -167,7 +146,7 @@ async fn switchover_fences_waits_for_the_barrier_and_reverses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_detaches_without_the_source_and_keeps_the_evidence() {
-    let (us_pg, eu_pg, us, eu) = pair().await;
+    let (us_pg, eu_pg, us, eu) = pair(SCHEMA).await;
     let writer = app(&us_pg).await.unwrap();
     for i in 0..20 {
         writer

@@ -29,6 +29,14 @@ fn json(lab: &Lab, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Runs a command that must be refused as bad input (exit 2) with `why` in its message.
+fn refused(lab: &Lab, args: &[&str], why: &str) {
+    let out = run(lab, args);
+    let err = crate::stderr(&out);
+    assert_eq!(code(&out), 2, "{args:?}: {err}");
+    assert!(err.contains(why), "{args:?}: {err}");
+}
+
 fn pg_rows(pg: &testbed::Postgres) -> Vec<(i64, String)> {
     rt().block_on(async {
         let c = pg.connect().await.unwrap();
@@ -169,15 +177,10 @@ fn failback_captures_reconciles_and_applies_once() {
     );
 
     // Refused while it makes no sense: EU is active, so "fail back eu" is bad input.
-    let out = run(
+    refused(
         &lab,
         &["failback", "capture", "--region", "eu", "--repo", "lab"],
-    );
-    assert_eq!(code(&out), 2, "{}", crate::stderr(&out));
-    assert!(
-        crate::stderr(&out).contains("eu still holds the lease"),
-        "{}",
-        crate::stderr(&out)
+        "eu still holds the lease",
     );
 
     // The capture: exactly the four transactions and six records US wrote alone.
@@ -352,9 +355,11 @@ fn failback_captures_reconciles_and_applies_once() {
         .collect();
 
     // Again: refused, nothing changes; the dry run now says applied earlier.
-    let out = run(&lab, &["failback", "reconcile", "--repo", "lab", "--apply"]);
-    assert_eq!(code(&out), 2, "{}", crate::stderr(&out));
-    assert!(crate::stderr(&out).contains("already applied"));
+    refused(
+        &lab,
+        &["failback", "reconcile", "--repo", "lab", "--apply"],
+        "already applied",
+    );
     let again = json(&lab, &["failback", "reconcile", "--repo", "lab"]);
     assert_eq!(
         again["report"]["outcomes"]["applied-earlier"], 8,
@@ -445,15 +450,10 @@ fn failback_captures_reconciles_and_applies_once() {
         st["next"].as_str().unwrap().contains("planned switchover"),
         "{st:#}"
     );
-    let out = run(
+    refused(
         &lab,
         &["failback", "capture", "--region", "eu", "--repo", "lab"],
-    );
-    assert_eq!(code(&out), 2, "{}", crate::stderr(&out));
-    assert!(
-        crate::stderr(&out).contains("nothing to capture"),
-        "{}",
-        crate::stderr(&out)
+        "nothing to capture",
     );
 
     // Everything above is in the repository's audit chain; it verifies, a signed head

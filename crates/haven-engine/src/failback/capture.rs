@@ -15,7 +15,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::events::Observer;
-use crate::failover::config::{peer_of, pg_error};
+use crate::failover::config::pg_error;
 use crate::mirror::{handover, position, provenance, MirrorOptions};
 use crate::read::bytes_json;
 use crate::{blocking, Error, Result};
@@ -57,15 +57,7 @@ pub async fn capture(cfg: &Config, region: &str, observer: &dyn Observer) -> Res
     let section = cfg.failback.clone().unwrap_or_default();
     // The database pairs (old region -> active region) and the mirrors between their
     // clusters.
-    let pairs: Vec<_> = cfg
-        .databases
-        .iter()
-        .filter(|(_, d)| d.region == region)
-        .filter_map(|(name, d)| {
-            let (peer_name, peer) = peer_of(cfg, name)?;
-            (peer.region == active).then_some((name, d, peer_name, peer))
-        })
-        .collect();
+    let pairs = super::pairs(cfg, region, &active);
     let cluster_of = |r: &str| cfg.regions.get(r).map(|s| s.cluster.clone());
     let (from, to) = (cluster_of(region), cluster_of(&active));
     let mirrors: Vec<&String> = cfg
@@ -92,8 +84,7 @@ pub async fn capture(cfg: &Config, region: &str, observer: &dyn Observer) -> Res
                         peer.subscription
                     ))
                 })?;
-            // A switchover detaches before it takes the lease (cut at epoch - 1).
-            if cut.planned && cut.epoch + 1 >= epoch {
+            if super::switched_over(&cut, epoch) {
                 return Err(Error::Input(format!(
                     "{active} became active through a planned switchover (epoch {epoch}), \
                      which waits until every write of {region} has arrived: there is nothing \

@@ -181,6 +181,35 @@ pub struct Capture {
     pub summary: Summary,
 }
 
+/// The databases of `region` whose peer is in `active`, with that peer: what a failback
+/// captures, checks and re-seeds (name, section, peer's name, peer's section).
+pub(crate) fn pairs<'a>(
+    cfg: &'a crate::config::Config,
+    region: &str,
+    active: &str,
+) -> Vec<(
+    &'a String,
+    &'a crate::failover::config::DatabaseSection,
+    &'a String,
+    &'a crate::failover::config::DatabaseSection,
+)> {
+    cfg.databases
+        .iter()
+        .filter(|(_, d)| d.region == region)
+        .filter_map(|(name, d)| {
+            let (peer_name, peer) = crate::failover::config::peer_of(cfg, name)?;
+            (peer.region == active).then_some((name, d, peer_name, peer))
+        })
+        .collect()
+}
+
+/// Whether `cut` is the one a planned switchover made to reach the current `epoch` (a
+/// switchover detaches before it takes the lease, so its cut is at epoch - 1): then
+/// nothing diverged and there is nothing to fail back.
+pub(crate) fn switched_over(cut: &haven_pg::divergence::Cut, epoch: u64) -> bool {
+    cut.planned && cut.epoch + 1 >= epoch
+}
+
 /// Runs `work` as step `step` of `total` of `action`, telling `observer` when it starts
 /// and when it is done (the CLI prints them as progress).
 pub(crate) async fn step<T>(

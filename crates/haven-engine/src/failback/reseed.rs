@@ -14,8 +14,7 @@ use serde::Serialize;
 
 use super::capture::active_region;
 use crate::config::Config;
-use crate::failover::config::{peer_of, pg_error};
-use crate::failover::run::with_password;
+use crate::failover::config::pg_error;
 use crate::repo::Repository;
 use crate::{Error, Result};
 
@@ -84,15 +83,7 @@ pub async fn reseed(
         applied,
         databases: vec![],
     };
-    let pairs: Vec<_> = cfg
-        .databases
-        .iter()
-        .filter(|(_, d)| d.region == region)
-        .filter_map(|(name, d)| {
-            let (peer_name, peer) = peer_of(cfg, name)?;
-            (peer.region == active).then_some((name, d, peer_name, peer))
-        })
-        .collect();
+    let pairs = super::pairs(cfg, region, &active);
     // Every database must be in the capture before any of them is touched.
     if let Some((name, ..)) = pairs
         .iter()
@@ -146,12 +137,9 @@ pub async fn reseed(
                     .unwrap_or_default();
                 old.ensure_tables().await.map_err(pg_error)?;
                 item.emptied = old.truncate(&tables).await.map_err(pg_error)?;
-                let password = peer
-                    .password(peer_name)
-                    .map_err(|(k, m)| Error::Input(format!("{k}: {m}")))?;
                 old.ensure_subscription(
                     &d.subscription,
-                    &with_password(&peer.url, password.as_deref()),
+                    &peer.subscription_conninfo(peer_name)?,
                     &peer.publication,
                     true,
                 )

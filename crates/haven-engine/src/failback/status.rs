@@ -152,13 +152,7 @@ pub async fn status(
 /// Whether the active region's databases recorded a planned cut (a switchover) under the
 /// current epoch. Databases that do not answer count as not planned.
 async fn planned_move(cfg: &Config, region: &str, active: &str, epoch: u64) -> bool {
-    for (name, _) in cfg.databases.iter().filter(|(_, d)| d.region == region) {
-        let Some((peer_name, peer)) = crate::failover::config::peer_of(cfg, name) else {
-            continue;
-        };
-        if peer.region != active {
-            continue;
-        }
+    for (_, _, peer_name, peer) in super::pairs(cfg, region, active) {
         let Ok(pg) = peer
             .connect(peer_name, std::time::Duration::from_secs(10))
             .await
@@ -166,8 +160,7 @@ async fn planned_move(cfg: &Config, region: &str, active: &str, epoch: u64) -> b
             continue;
         };
         if let Ok(Some(cut)) = pg.cut(&peer.subscription).await {
-            // A switchover detaches before it takes the lease (cut at epoch - 1).
-            if cut.planned && cut.epoch + 1 >= epoch {
+            if super::switched_over(&cut, epoch) {
                 return true;
             }
         }

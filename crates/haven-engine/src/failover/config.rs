@@ -126,6 +126,15 @@ impl DatabaseSection {
             .map_err(pg_error)
     }
 
+    /// What a subscriber's `CONNECTION` to this database is: its URL with the password
+    /// put in (the server keeps it; Haven never prints it).
+    pub fn subscription_conninfo(&self, name: &str) -> crate::Result<String> {
+        let password = self
+            .password(name)
+            .map_err(|(k, m)| crate::Error::Input(format!("{k}: {m}")))?;
+        Ok(with_password(&self.url, password.as_deref()))
+    }
+
     /// The password, from the environment or a file (None: the URL needs none).
     pub fn password(&self, name: &str) -> Result<Option<String>, Problem> {
         if let Some(var) = &self.password_env {
@@ -633,3 +642,51 @@ pub fn routes_of<'a>(cfg: &'a Config, region: &str) -> Vec<(&'a String, &'a Rout
 
 /// Regions by name (for callers that only need the map type).
 pub type Regions = BTreeMap<String, RegionSection>;
+
+/// A Postgres URL with the password put in (for a subscription's CONNECTION, which the
+/// server keeps; never printed).
+fn with_password(url: &str, password: Option<&str>) -> String {
+    let Some(pw) = password else {
+        return url.to_string();
+    };
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user, host)) => {
+                let enc: String = pw
+                    .bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
+                format!("{scheme}://{user}:{enc}@{host}")
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn puts_the_password_in_the_url() {
+        assert_eq!(
+            with_password("postgresql://haven@db:5432/x", Some("p@ss word")),
+            "postgresql://haven:p%40ss%20word@db:5432/x"
+        );
+        assert_eq!(
+            with_password("postgresql://db/x", Some("p")),
+            "postgresql://db/x"
+        );
+        assert_eq!(
+            with_password("postgresql://a@db/x", None),
+            "postgresql://a@db/x"
+        );
+    }
+}

@@ -624,11 +624,7 @@ impl Runner<FailoverStep> for FailoverRunner<'_> {
                 publisher,
                 publication,
             } => {
-                let p = section(self.cfg, publisher)?;
-                let password = p
-                    .password(publisher)
-                    .map_err(|(k, m)| Error::Input(format!("{k}: {m}")))?;
-                let conninfo = with_password(&p.url, password.as_deref());
+                let conninfo = section(self.cfg, publisher)?.subscription_conninfo(publisher)?;
                 self.pg(database)
                     .await?
                     .ensure_subscription(subscription, &conninfo, publication, false)
@@ -644,52 +640,9 @@ impl Runner<FailoverStep> for FailoverRunner<'_> {
     }
 }
 
-/// A Postgres URL with the password put in (for a subscription's CONNECTION, which the
-/// server keeps; never printed).
-pub(crate) fn with_password(url: &str, password: Option<&str>) -> String {
-    let Some(pw) = password else {
-        return url.to_string();
-    };
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((user, host)) => {
-                let enc: String = pw
-                    .bytes()
-                    .map(|b| {
-                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                            (b as char).to_string()
-                        } else {
-                            format!("%{b:02X}")
-                        }
-                    })
-                    .collect();
-                format!("{scheme}://{user}:{enc}@{host}")
-            }
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn puts_the_password_in_the_url() {
-        assert_eq!(
-            with_password("postgresql://haven@db:5432/x", Some("p@ss word")),
-            "postgresql://haven:p%40ss%20word@db:5432/x"
-        );
-        assert_eq!(
-            with_password("postgresql://db/x", Some("p")),
-            "postgresql://db/x"
-        );
-        assert_eq!(
-            with_password("postgresql://a@db/x", None),
-            "postgresql://a@db/x"
-        );
-    }
 
     #[test]
     fn residency_names_the_leaking_tables() {
