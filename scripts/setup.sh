@@ -52,11 +52,12 @@ if ! command -v promtool >/dev/null; then
 fi
 # Chromium, headless, for the tests that open Haven's HTML pages as a person would (a
 # drill's evidence report shows its verdict).
-if ! command -v chromium >/dev/null; then
-  say "installing chromium (headless page tests)"
+# ChromeDriver drives it for the dashboard's test (WebDriver: open, wait, read, screenshot).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  say "installing chromium and chromedriver (headless page tests)"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null
 fi
 phase "Debian packages ready"
 

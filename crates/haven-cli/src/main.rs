@@ -112,6 +112,10 @@ enum Command {
     )]
     Agent(commands::agent::Args),
     #[command(
+        about = "Serve the live dashboard, the JSON API and /metrics for the whole DR posture (readiness first)."
+    )]
+    Serve(commands::serve::Args),
+    #[command(
         about = "Make the standby region active when the active one is lost; `failover status`: active region, epoch, RPO ledger."
     )]
     Failover(commands::failover::Args),
@@ -171,7 +175,7 @@ pub struct Ctx {
 
 fn init_logging(cli: &Cli) {
     // A long-running agent says what it does (lease taken, lost, released) by default.
-    let quiet_default = if matches!(cli.command, Command::Agent(_)) {
+    let quiet_default = if matches!(cli.command, Command::Agent(_) | Command::Serve(_)) {
         "info"
     } else {
         "warn"
@@ -260,6 +264,7 @@ fn main() -> ExitCode {
             Command::Failback(a) => commands::failback::run(&ctx, a).await,
             Command::Switchover(a) => commands::switchover::run(&ctx, a).await,
             Command::Agent(a) => commands::agent::run(&ctx, a).await,
+            Command::Serve(a) => commands::serve::run(&ctx, a).await,
             Command::Alerts(a) => commands::alerts::run(&ctx, a).await,
             Command::Bench(c) => commands::bench::run(&ctx, c).await,
             Command::Lab(c) => commands::lab::run(&ctx, c).await,

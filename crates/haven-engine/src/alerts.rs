@@ -17,6 +17,10 @@ pub struct Thresholds {
     pub stall_s: u64,
     /// How long a condition must hold before its alert fires.
     pub for_s: u64,
+    /// A passing drill at least this often (`[objectives] drill_max_age_days`).
+    pub drill_max_age_days: u64,
+    /// A tested restore at least this often.
+    pub restore_test_max_age_days: u64,
 }
 
 impl Default for Thresholds {
@@ -25,6 +29,8 @@ impl Default for Thresholds {
             rpo_s: 60,
             stall_s: 300,
             for_s: 60,
+            drill_max_age_days: 90,
+            restore_test_max_age_days: 30,
         }
     }
 }
@@ -45,6 +51,7 @@ pub struct Rule {
 /// The rules, for `t`.
 pub fn rules(t: &Thresholds) -> Vec<Rule> {
     let (rpo, stall, for_s) = (t.rpo_s, t.stall_s, t.for_s);
+    let (drill_days, restore_days) = (t.drill_max_age_days, t.restore_test_max_age_days);
     let rule =
         |alert: &str, expr: String, for_s: u64, severity, summary: String, runbook: &str| Rule {
             alert: alert.into(),
@@ -126,6 +133,54 @@ pub fn rules(t: &Thresholds) -> Vec<Rule> {
             "Read the report (`haven failover status`, the audit log in the state directory); after an unplanned failover keep the old region fenced until its divergence is exported.",
         ),
         rule(
+            "HavenDatabaseRpoAboveTarget",
+            format!("max by (database, region, source) (haven_database_lag_seconds) > {rpo}"),
+            for_s,
+            "critical",
+            format!("Replica {{{{ $labels.database }}}} in {{{{ $labels.region }}}} is {{{{ $value | humanizeDuration }}}} behind {{{{ $labels.source }}}} (RPO target {rpo} s)"),
+            "A failover now would lose this much of the database. Check the subscription (`haven failover status`), the link between the regions and the source's replication slot.",
+        ),
+        rule(
+            "HavenDrillFailed",
+            "min by (scenario) (haven_drill_last_pass) < 1".into(),
+            0,
+            "warning",
+            "The last {{ $labels.scenario }} drill failed".into(),
+            "Read its report (dashboard, Drills; or `haven drill` output): fix what failed and run the drill again; until then the failover it rehearses is not proven.",
+        ),
+        rule(
+            "HavenDrillOverdue",
+            format!("time() - max(haven_drill_last_pass_timestamp_seconds) > {}", drill_days * 86_400),
+            0,
+            "warning",
+            format!("No drill has passed in the last {drill_days} days"),
+            "Schedule one (`haven drill --scenario switchover` in a quiet hour): auditors ask for a tested failover at least this often.",
+        ),
+        rule(
+            "HavenRestoreTestOverdue",
+            format!("time() - max(haven_restore_test_last_timestamp_seconds) > {}", restore_days * 86_400),
+            0,
+            "warning",
+            format!("No restore has been tested in the last {restore_days} days"),
+            "Restore a recent window into a scratch cluster (`haven restore`, which records the test in the audit log) and compare it.",
+        ),
+        rule(
+            "HavenRepositoryVerifyFailing",
+            "max by (repository) (haven_repository_problems) > 0".into(),
+            0,
+            "critical",
+            "Repository {{ $labels.repository }} has {{ $value }} integrity problem(s)".into(),
+            "Run `haven verify` and `haven audit verify` on it: a broken segment or audit chain means data or evidence was changed or lost; restore from a copy before relying on it.",
+        ),
+        rule(
+            "HavenPostureStale",
+            "time() - max(haven_posture_reading_timestamp_seconds) > 300".into(),
+            60,
+            "warning",
+            "The dashboard's posture reading is over 5 minutes old".into(),
+            "`haven serve` cannot read the clusters, etcd or the repositories in time: check its log; what the dashboard shows is stale until then.",
+        ),
+        rule(
             "HavenGroupSyncRefused",
             "increase(haven_mirror_group_sync_refusals_total[15m]) > 0".into(),
             0,
@@ -174,6 +229,8 @@ mod tests {
             rpo_s: 45,
             stall_s: 120,
             for_s: 30,
+            drill_max_age_days: 7,
+            restore_test_max_age_days: 3,
         };
         let rs = rules(&t);
         let mut names: Vec<&str> = rs.iter().map(|r| r.alert.as_str()).collect();
@@ -189,5 +246,31 @@ mod tests {
         let y = to_yaml("haven", &rs);
         assert!(y.contains("for: 120s"), "{y}");
         assert!(y.contains("\"{{ $labels.topic }}/"), "{y}");
+        let drill = rs.iter().find(|r| r.alert == "HavenDrillOverdue").unwrap();
+        assert!(
+            drill.expr.ends_with(&format!("> {}", 7 * 86_400)),
+            "{}",
+            drill.expr
+        );
+    }
+
+    /// A rule over a series nothing exports never fires: every `haven_*` name in an
+    /// expression is a job's (`haven_backup_*`, `haven_mirror_*`, `haven_failover_*`, fired
+    /// on their series by the promtool test) or one the posture's metrics write.
+    #[test]
+    fn rules_use_only_exported_metrics() {
+        let re = regex::Regex::new(r"haven_[a-z_]+").unwrap();
+        let jobs = ["haven_backup_", "haven_mirror_", "haven_failover_"];
+        for r in rules(&Thresholds::default()) {
+            for m in re.find_iter(&r.expr) {
+                let name = m.as_str();
+                assert!(
+                    crate::posture::metrics::NAMES.contains(&name)
+                        || jobs.iter().any(|j| name.starts_with(j)),
+                    "{}: {name} is not exported",
+                    r.alert
+                );
+            }
+        }
     }
 }

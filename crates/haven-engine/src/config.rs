@@ -198,6 +198,10 @@ pub struct Config {
     /// What a failback re-applies on its own: policies per table and topic.
     #[serde(default)]
     pub failback: Option<crate::failback::FailbackSection>,
+    /// What the dashboard's readiness verdict measures against (RPO, RTO, drill and
+    /// restore-test ages).
+    #[serde(default)]
+    pub objectives: Option<crate::posture::Objectives>,
 }
 
 pub const EXAMPLE: &str = r#"[clusters.us]
@@ -294,6 +298,13 @@ policy = "manual"
 tables = { "public.ledger_outbox" = "reapply-if-untouched" }
 topics = { "payments\\..*" = "manual" }
 money = ["public.ledger_transfers.amount"]
+
+# What the dashboard's verdict (`haven serve`) measures against.
+[objectives]
+rpo_s = 60
+rto_s = 60
+drill_max_age_days = 90
+restore_test_max_age_days = 30
 "#;
 
 impl Config {
@@ -466,6 +477,9 @@ impl Config {
             return Err(invalid(key, message));
         }
         if let Some(Err((key, message))) = self.failback.as_ref().map(|f| f.validate()) {
+            return Err(invalid(key, message));
+        }
+        if let Some(Err((key, message))) = self.objectives.as_ref().map(|o| o.validate()) {
             return Err(invalid(key, message));
         }
         for (name, j) in &self.jobs {

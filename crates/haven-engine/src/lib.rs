@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod offsets;
 pub mod partitioner;
+pub mod posture;
 pub mod read;
 pub mod recovery;
 pub mod repo;

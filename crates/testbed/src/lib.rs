@@ -4,11 +4,12 @@
 //! until it answers: [`Broker::start`] (tansu), [`Postgres::start`] (initdb + pg_ctl),
 //! [`S3Server::start`] (Garage), [`EtcdCluster::start`] (etcd 3.4 members),
 //! [`Haproxy::start`] (HAProxy 2.6 with its runtime API), [`Knot::start`] (Knot DNS with TSIG
-//! updates). Dropping the handle stops the server and removes its
+//! updates), [`Browser::start`] (headless Chromium through ChromeDriver). Dropping the handle stops the server and removes its
 //! directory, also when a test panics; if the test is panicking, the server's log is printed.
 //! A missing server binary is an error that names the command installing it.
 
 mod broker;
+mod browser;
 mod etcd;
 mod haproxy;
 mod independent;
@@ -19,6 +20,7 @@ mod proxy;
 mod s3;
 
 pub use broker::{Broker, Consumed, Producer, Rec};
+pub use browser::Browser;
 pub use etcd::EtcdCluster;
 pub use haproxy::{Haproxy, HaproxyBackend};
 pub use independent::independent_read;

@@ -35,6 +35,8 @@ use crate::Ctx;
 ///                 writes, 503 otherwise: point load-balancer health checks here
 ///   GET /metrics  haven_failover_epoch, haven_failover_lease_holder,
 ///                 haven_failover_lease_valid_seconds
+/// With --dashboard the same address also serves `haven serve`'s dashboard, API and
+/// posture metrics (see `haven serve --help`), so each region has one.
 ///
 /// SIGTERM or Ctrl-C stops it cleanly and releases the lease.
 ///
@@ -58,34 +60,58 @@ pub struct Args {
     /// Where failover plans, their progress and the audit log are kept.
     #[arg(long, value_name = "DIR", env = "HAVEN_STATE_DIR")]
     state_dir: Option<std::path::PathBuf>,
+
+    /// Also serve the dashboard and the JSON API on --listen (as `haven serve`).
+    #[arg(long)]
+    dashboard: bool,
+
+    /// With --dashboard: API tokens, one `NAME ROLE TOKEN` per line.
+    #[arg(long, value_name = "FILE", requires = "dashboard")]
+    tokens_file: Option<std::path::PathBuf>,
+
+    /// With --dashboard: seconds between two readings of the posture.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 5.0,
+        requires = "dashboard"
+    )]
+    refresh: f64,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let agent = Agent::new(&a.region);
-    let face = agent.clone();
-    let bound = serve_routes(
-        &a.listen,
-        "--listen",
-        Arc::new(move |path: &str| match path {
-            "/lease" => {
-                let v = face.view();
-                let body = serde_json::to_string(&v).unwrap_or_default() + "\n";
-                if v.holder {
-                    Reply::ok("application/json", body)
-                } else {
+    let state_dir = a
+        .state_dir
+        .clone()
+        .unwrap_or_else(super::switchover::default_state_dir);
+    let bound = if a.dashboard {
+        dashboard(&cfg, &agent, &a, &state_dir).await?
+    } else {
+        let face = agent.clone();
+        serve_routes(
+            &a.listen,
+            "--listen",
+            Arc::new(move |path: &str| match path {
+                "/lease" => {
+                    let (holder, body) = lease(&face);
                     Reply {
-                        status: "503 Service Unavailable",
+                        status: if holder {
+                            "200 OK"
+                        } else {
+                            "503 Service Unavailable"
+                        },
                         content_type: "application/json",
                         body,
                     }
                 }
-            }
-            "/metrics" => Reply::ok("text/plain; version=0.0.4", face.render_metrics()),
-            _ => Reply::not_found("try GET /lease or GET /metrics\n"),
-        }),
-    )
-    .await?;
+                "/metrics" => Reply::ok("text/plain; version=0.0.4", face.render_metrics()),
+                _ => Reply::not_found("try GET /lease or GET /metrics\n"),
+            }),
+        )
+        .await?
+    };
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
@@ -96,9 +122,59 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     );
     let observer = crate::observer::CliObserver::new(ctx.json);
     let stop = super::stop_on_signal();
-    let state_dir = a
-        .state_dir
-        .unwrap_or_else(super::switchover::default_state_dir);
     agent::run(&cfg, &agent, &id, &state_dir, &observer, stop).await?;
     Ok(0)
+}
+
+/// What /lease answers: whether this region may accept writes, and the agent's view.
+fn lease(agent: &Agent) -> (bool, String) {
+    let v = agent.view();
+    (
+        v.holder,
+        serde_json::to_string(&v).unwrap_or_default() + "\n",
+    )
+}
+
+/// --dashboard: `haven serve` on the agent's address, /lease and the agent's metrics added.
+async fn dashboard(
+    cfg: &haven_engine::config::Config,
+    agent: &Agent,
+    a: &Args,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use haven_http::axum::{http::StatusCode, routing::get, Router};
+    let face = agent.clone();
+    let routes = Router::new().route(
+        "/lease",
+        get(move || {
+            let (holder, body) = lease(&face);
+            let status = if holder {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            async move {
+                (
+                    status,
+                    [(
+                        haven_http::axum::http::header::CONTENT_TYPE,
+                        "application/json",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    let metrics = agent.clone();
+    let opts = haven_http::ServeOptions {
+        listen: a.listen.clone(),
+        tokens: super::serve::load_tokens(a.tokens_file.as_deref())?,
+        refresh: super::serve::refresh(a.refresh)?,
+        state_dir: state_dir.to_path_buf(),
+        extra_metrics: Some(Arc::new(move || metrics.render_metrics())),
+    };
+    let (bound, _) = haven_http::serve_with(cfg.clone(), opts, routes)
+        .await
+        .map_err(|e| super::usage(e.to_string()))?;
+    Ok(bound)
 }

@@ -12,10 +12,13 @@ use crate::{output, Ctx};
 /// region would lose now), a backup or mirror making no progress while records wait,
 /// records the broker deleted before the backup read them, no region holding the lease
 /// (writes stopped), fewer than two region agents reporting (no standby), the fencing
-/// epoch moving (a switchover or failover happened), group-offset syncs refused.
+/// epoch moving (a switchover or failover happened), group-offset syncs refused; and from
+/// `haven serve`'s posture metrics: a replica behind the RPO target, the last drill failed,
+/// no passing drill or tested restore for too long, a repository's segment or audit chain
+/// broken, the posture reading stale.
 ///
 /// Scrape every Haven process's /metrics (`--metrics-addr` of backup and mirror, the
-/// agent's --listen). Check the file with `promtool check rules FILE`.
+/// agent's --listen, `haven serve`). Check the file with `promtool check rules FILE`.
 ///
 /// Examples:
 ///   haven alerts > /etc/prometheus/haven-rules.yml
@@ -33,6 +36,12 @@ pub struct Args {
     /// How long lag must stay above the target before the RPO alerts fire.
     #[arg(long = "for-s", default_value_t = 60, value_name = "SECONDS")]
     pub for_s: u64,
+    /// No passing drill for this many days alerts (auditors ask for one a quarter).
+    #[arg(long, default_value_t = 90, value_name = "DAYS")]
+    pub drill_max_age_days: u64,
+    /// No tested restore for this many days alerts.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    pub restore_test_max_age_days: u64,
     /// Name of the rule group.
     #[arg(long, default_value = "haven")]
     pub group: String,
@@ -44,6 +53,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             "--rpo-s and --stall-s must be at least 1 second (an alert at 0 would always fire)",
         ));
     }
+    if a.drill_max_age_days == 0 || a.restore_test_max_age_days == 0 {
+        return Err(usage(
+            "--drill-max-age-days and --restore-test-max-age-days must be at least 1",
+        ));
+    }
     if a.group.trim().is_empty() {
         return Err(usage("--group must not be empty"));
     }
@@ -51,6 +65,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         rpo_s: a.rpo_s,
         stall_s: a.stall_s,
         for_s: a.for_s,
+        drill_max_age_days: a.drill_max_age_days,
+        restore_test_max_age_days: a.restore_test_max_age_days,
     };
     let rules = alerts::rules(&t);
     if ctx.json {

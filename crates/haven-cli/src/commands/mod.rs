@@ -21,6 +21,7 @@ pub mod recover;
 pub mod replay;
 pub mod restore;
 pub mod rewind;
+pub mod serve;
 pub mod switchover;
 pub mod verify;
 pub mod workload;
@@ -31,7 +32,6 @@ use anyhow::Context;
 use haven_engine::config::Config;
 use haven_engine::repo::Repository;
 use haven_kafka::ClusterConfig;
-use haven_storage::Store;
 
 use crate::Ctx;
 
@@ -122,30 +122,13 @@ pub fn cluster(cfg: &Config, args: &ClusterArgs) -> anyhow::Result<ClusterConfig
 /// Opens (or, with `create`, creates) the repository named by the arguments.
 pub async fn open_repo(cfg: &Config, args: &RepoArgs, create: bool) -> anyhow::Result<Repository> {
     let section = cfg.repository(&args.repo);
-    let options: Vec<(&str, &str)> = section
-        .options
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    if !create {
-        if let Some(dir) = haven_storage::local_path(&section.url) {
-            if !dir.exists() {
-                return Err(haven_engine::Error::NotARepository {
-                    url: section.url.clone(),
-                }
-                .into());
-            }
-        }
-    }
-    let store = Store::open_with(&section.url, &options).map_err(|e| usage(e.to_string()))?;
-    let key_file = args.key_file.clone().or(section.key_file.clone());
-    let key = haven_engine::load_key(key_file.as_deref())?;
-    let repo = if create {
-        Repository::open_or_create(store, key).await
-    } else {
-        Repository::open(store, key).await
-    };
-    repo.with_context(|| format!("repository {}", section.url))
+    haven_engine::repo::open_configured(&section, args.key_file.as_deref(), create)
+        .await
+        .map_err(|e| match e {
+            haven_engine::Error::Input(m) => usage(m),
+            e => anyhow::Error::from(e),
+        })
+        .with_context(|| format!("repository {}", section.url))
 }
 
 /// `--from`/`--to`: a plain number below 10^12 is an offset, anything else a time

@@ -3,6 +3,7 @@
 mod alerts;
 mod backup;
 mod config;
+mod dashboard;
 mod drills;
 mod failback;
 mod failover;

@@ -375,3 +375,35 @@ impl Repository {
         Ok((bytes, ix, d))
     }
 }
+
+/// Opens (or, with `create`, creates) the repository a config section describes, with its
+/// key file unless `key_file` overrides it. A local directory that does not exist is "not a
+/// repository", never created by a reader.
+pub async fn open_configured(
+    section: &crate::config::RepositorySection,
+    key_file: Option<&std::path::Path>,
+    create: bool,
+) -> Result<Repository> {
+    if !create {
+        if let Some(dir) = haven_storage::local_path(&section.url) {
+            if !dir.exists() {
+                return Err(Error::NotARepository {
+                    url: section.url.clone(),
+                });
+            }
+        }
+    }
+    let options: Vec<(&str, &str)> = section
+        .options
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let store = Store::open_with(&section.url, &options)
+        .map_err(|e| Error::Input(format!("repository {}: {e}", section.url)))?;
+    let key = crate::load_key(key_file.or(section.key_file.as_deref()))?;
+    if create {
+        Repository::open_or_create(store, key).await
+    } else {
+        Repository::open(store, key).await
+    }
+}

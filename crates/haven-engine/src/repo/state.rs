@@ -60,6 +60,8 @@ pub struct RepoState {
     /// Last segment of the log: (sequence, digest).
     pub head: Option<(u64, Digest)>,
     pub segments: u64,
+    /// When the last segment was written (ms): the backup's last durable flush.
+    pub last_segment_at: Option<i64>,
     pub partitions: BTreeMap<PartitionKey, PartitionState>,
     pub topics: BTreeMap<String, TopicState>,
     /// Latest committed offset per (group, topic, partition).
@@ -105,6 +107,10 @@ pub struct MissingRange {
 
 impl RepoState {
     pub fn apply(&mut self, key: &str, ix: &SegmentIndex, digest: Digest) {
+        self.last_segment_at = Some(
+            self.last_segment_at
+                .map_or(ix.created_at, |t| t.max(ix.created_at)),
+        );
         match self.head {
             Some((seq, d)) => {
                 if ix.seq != seq + 1 {
