@@ -282,3 +282,189 @@ pub fn readiness(p: &Posture, findings: &[Finding], now_ms: i64) -> Readiness {
             .map(|t| (now_ms - t).max(0) as f64 / 1000.0),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::status::PartitionStatus;
+    use crate::posture::{BackupPartition, BackupRow, DrillSummary, MirrorRow, Objectives};
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn at(ms_ago: i64) -> String {
+        chrono::DateTime::from_timestamp_millis(NOW - ms_ago)
+            .unwrap()
+            .to_rfc3339()
+    }
+
+    fn drill(verdict: &str, days_ago: i64) -> DrillSummary {
+        DrillSummary {
+            id: format!("switchover-{days_ago}"),
+            scenario: "switchover".into(),
+            verdict: verdict.into(),
+            started_at: at(days_ago * 86_400_000),
+            rto_s: Some(4.5),
+            lost: Some(0),
+            failures: if verdict == "PASS" {
+                vec![]
+            } else {
+                vec!["RTO 80.0 s above the objective 60 s".into()]
+            },
+            repository: "main".into(),
+        }
+    }
+
+    /// Everything in order: a passing drill a week ago, a restore tested yesterday.
+    fn healthy() -> Posture {
+        Posture {
+            taken_at: NOW,
+            took_ms: 10,
+            objectives: Objectives::default(),
+            failover: None,
+            mirrors: vec![MirrorRow {
+                name: "us-to-eu".into(),
+                from: "us".into(),
+                to: "eu".into(),
+                into_standby: true,
+                partitions: vec![part(0, 0, 0.0)],
+                error: None,
+            }],
+            backups: vec![BackupRow {
+                job: "orders".into(),
+                cluster: "us".into(),
+                repository: "main".into(),
+                topics: "orders".into(),
+                last_flush_at: Some(NOW - 1000),
+                partitions: vec![BackupPartition {
+                    topic: "orders".into(),
+                    partition: 0,
+                    durable: 10,
+                    high_watermark: 10,
+                    lag_records: 0,
+                    lag_seconds: 0.0,
+                    records_lost: 0,
+                }],
+                error: None,
+            }],
+            repositories: vec![],
+            drills: vec![drill("PASS", 7)],
+            last_restore_test_at: Some(NOW - 86_400_000),
+            unknown: vec![],
+            findings: vec![],
+            readiness: Readiness::default(),
+        }
+    }
+
+    fn part(p: i32, lag_records: i64, lag_seconds: f64) -> PartitionStatus {
+        PartitionStatus {
+            topic: "orders".into(),
+            partition: p,
+            target_topic: "orders".into(),
+            source_high: 100,
+            mirrored_to: 100 - lag_records,
+            lag_records,
+            lag_seconds,
+            at_risk: None,
+        }
+    }
+
+    fn judge(p: &mut Posture) -> Vec<String> {
+        p.findings = findings(p, NOW);
+        p.readiness = readiness(p, &p.findings, NOW);
+        let mut names: Vec<String> = p.findings.iter().map(|f| f.alert.clone()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn healthy_is_ready() {
+        let mut p = healthy();
+        assert!(judge(&mut p).is_empty(), "{:?}", p.findings);
+        assert_eq!(p.readiness.verdict, "ready");
+        assert_eq!(p.readiness.text, "ready");
+        assert_eq!(p.readiness.rto_last_drill_s, Some(4.5));
+        assert_eq!(p.readiness.last_restore_test_age_s, Some(86_400.0));
+    }
+
+    #[test]
+    fn a_mirror_behind_the_target_is_not_ready_and_named() {
+        let mut p = healthy();
+        p.mirrors[0].partitions.push(part(1, 42, 75.0));
+        assert_eq!(judge(&mut p), vec!["HavenMirrorRpoAboveTarget"]);
+        assert_eq!(p.readiness.verdict, "not-ready");
+        assert!(
+            p.readiness.text.starts_with("not ready: 1 mirrored partition(s)")
+                && p.readiness.text.contains("mirror us-to-eu orders/1 75 s (42 records)"),
+            "{}",
+            p.readiness.text
+        );
+        assert_eq!(p.readiness.rpo_now_s, 75.0);
+        // Exactly at the target is still within it.
+        let mut p = healthy();
+        p.mirrors[0].partitions[0].lag_seconds = 60.0;
+        assert!(judge(&mut p).is_empty());
+    }
+
+    #[test]
+    fn missing_evidence_degrades() {
+        let mut p = healthy();
+        p.drills = vec![drill("FAIL", 1), drill("PASS", 100)];
+        p.last_restore_test_at = None;
+        assert_eq!(
+            judge(&mut p),
+            vec![
+                "HavenDrillFailed",
+                "HavenDrillOverdue",
+                "HavenRestoreTestOverdue"
+            ]
+        );
+        assert_eq!(p.readiness.verdict, "degraded");
+        assert!(p.readiness.text.contains("RTO 80.0 s above"), "{}", p.readiness.text);
+        let mut p = healthy();
+        p.drills.clear();
+        assert_eq!(judge(&mut p), vec!["HavenDrillOverdue"]);
+        assert!(p.readiness.text.contains("no drill on record"));
+    }
+
+    #[test]
+    fn a_backup_with_waiting_records_and_no_flush_is_stalled() {
+        let mut p = healthy();
+        p.backups[0].partitions[0].lag_records = 5;
+        p.backups[0].partitions[0].lag_seconds = 2.0;
+        // Flushed a second ago: copying, not stalled.
+        assert!(judge(&mut p).is_empty());
+        p.backups[0].last_flush_at = Some(NOW - 301_000);
+        assert_eq!(judge(&mut p), vec!["HavenBackupStalled"]);
+        p.backups[0].last_flush_at = None;
+        assert_eq!(judge(&mut p), vec!["HavenBackupStalled"]);
+        assert!(p.readiness.text.contains("for ever"), "{}", p.readiness.text);
+        p.backups[0].last_flush_at = Some(NOW);
+        p.backups[0].partitions[0].records_lost = 3;
+        assert_eq!(judge(&mut p), vec!["HavenRecordsLost"]);
+    }
+
+    #[test]
+    fn unreadable_parts_and_broken_repositories_are_not_hidden() {
+        let mut p = healthy();
+        p.unknown.push("mirror us-to-eu: broker down".into());
+        assert_eq!(judge(&mut p), vec!["HavenPartUnreadable"]);
+        assert_eq!(p.readiness.verdict, "degraded");
+        p.repositories.push(crate::posture::RepositoryRow {
+            name: "main".into(),
+            url: "file:///x".into(),
+            segments: 3,
+            last_segment_at: None,
+            audit_entries: 2,
+            audit_last_at: None,
+            problems: vec!["audit/chain/000000000002.json: names a predecessor that is not entry 1".into()],
+        });
+        let names = judge(&mut p);
+        assert!(
+            names.iter().any(|n| n == "HavenRepositoryVerifyFailing"),
+            "{names:?}"
+        );
+        assert_eq!(p.readiness.verdict, "not-ready");
+        // Critical first.
+        assert_eq!(p.findings[0].severity, "critical");
+    }
+}
