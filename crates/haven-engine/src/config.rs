@@ -202,6 +202,9 @@ pub struct Config {
     /// restore-test ages).
     #[serde(default)]
     pub objectives: Option<crate::posture::Objectives>,
+    /// Webhooks told about failover steps, fencing, RPO breaches and drill verdicts.
+    #[serde(default)]
+    pub notify: BTreeMap<String, crate::notify::NotifySection>,
 }
 
 pub const EXAMPLE: &str = r#"[clusters.us]
@@ -305,6 +308,18 @@ rpo_s = 60
 rto_s = 60
 drill_max_age_days = 90
 restore_test_max_age_days = 30
+
+# Webhooks: generic JSON, Slack-compatible or PagerDuty Events v2; events default to all
+# of failover, fencing, rpo, posture, drill. Retried on 5xx, 429 and timeouts.
+[notify.oncall]
+url = "https://events.pagerduty.com/v2/enqueue"
+format = "pagerduty"
+routing_key_env = "HAVEN_PAGERDUTY_KEY"
+events = ["failover", "fencing", "rpo"]
+
+[notify.chat]
+url = "https://hooks.slack.com/services/T000/B000/XXXX"
+format = "slack"
 "#;
 
 impl Config {
@@ -481,6 +496,11 @@ impl Config {
         }
         if let Some(Err((key, message))) = self.objectives.as_ref().map(|o| o.validate()) {
             return Err(invalid(key, message));
+        }
+        for (name, n) in &self.notify {
+            if let Err((key, message)) = n.validate(name) {
+                return Err(invalid(key, message));
+            }
         }
         for (name, j) in &self.jobs {
             let region = self.repositories[&j.repository].region.as_deref();

@@ -245,6 +245,16 @@ pub trait Observer: Send + Sync {
     fn event(&self, event: &Event);
 }
 
+/// Gives every event to two observers (the CLI's and the notifier, say).
+pub struct Tee<'a>(pub &'a dyn Observer, pub &'a dyn Observer);
+
+impl Observer for Tee<'_> {
+    fn event(&self, event: &Event) {
+        self.0.event(event);
+        self.1.event(event);
+    }
+}
+
 /// Logs every event with `tracing`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LogObserver;

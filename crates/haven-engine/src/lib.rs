@@ -28,6 +28,7 @@ pub mod failback;
 pub mod failover;
 pub mod metrics;
 pub mod mirror;
+pub mod notify;
 pub mod offsets;
 pub mod partitioner;
 pub mod posture;

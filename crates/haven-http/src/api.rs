@@ -61,14 +61,33 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// A refusal: its status and a message naming the thing and the fix.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"status": self.status.as_u16(), "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
 /// A JSON error.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let message = message.into();
-    (
-        status,
-        Json(json!({"error": {"status": status.as_u16(), "message": message}})),
-    )
-        .into_response()
+    refuse(status, message).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
@@ -79,17 +98,17 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 }
 
 /// The caller, if `headers` carry a token with `role`; else the refusal.
-fn authorize(app: &App, headers: &HeaderMap, role: Role) -> Result<Caller, Response> {
+fn authorize(app: &App, headers: &HeaderMap, role: Role) -> Result<Caller, ApiError> {
     let h = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match app.tokens.check(h, role) {
         Check::Allowed(c) => Ok(c),
-        Check::Unauthenticated(why) => Err(error(
+        Check::Unauthenticated(why) => Err(refuse(
             StatusCode::UNAUTHORIZED,
             format!("a {} token is needed: {why}", role_name(role)),
         )),
-        Check::Forbidden(c) => Err(error(
+        Check::Forbidden(c) => Err(refuse(
             StatusCode::FORBIDDEN,
             if app.tokens.is_empty() {
                 "changes need an operator token and no tokens are configured: start the server with --tokens-file".to_string()
@@ -113,12 +132,12 @@ fn role_name(r: Role) -> &'static str {
 }
 
 /// The query's parameters; unknown names and repeated ones are refused.
-fn params(q: Option<String>, allowed: &[&str]) -> Result<HashMap<String, String>, Response> {
+fn params(q: Option<String>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
     for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if !allowed.contains(&k) {
-            return Err(error(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "unknown query parameter {k:?}: this path takes {}",
@@ -131,7 +150,7 @@ fn params(q: Option<String>, allowed: &[&str]) -> Result<HashMap<String, String>
             ));
         }
         if out.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(error(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 format!("query parameter {k:?} given twice"),
             ));
@@ -140,20 +159,20 @@ fn params(q: Option<String>, allowed: &[&str]) -> Result<HashMap<String, String>
     Ok(out)
 }
 
-fn number<T: std::str::FromStr>(
+fn number<T>(
     p: &HashMap<String, String>,
     name: &str,
     range: std::ops::RangeInclusive<T>,
-) -> Result<Option<T>, Response>
+) -> Result<Option<T>, ApiError>
 where
-    T: PartialOrd + std::fmt::Display,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
 {
     let Some(raw) = p.get(name) else {
         return Ok(None);
     };
     match raw.parse::<T>() {
         Ok(v) if range.contains(&v) => Ok(Some(v)),
-        _ => Err(error(
+        _ => Err(refuse(
             StatusCode::BAD_REQUEST,
             format!(
                 "{name}={raw:?}: expected a number from {} to {}",
@@ -165,9 +184,9 @@ where
 }
 
 /// The last reading, or 503 before the first is done.
-async fn last(app: &App) -> Result<Arc<Posture>, Response> {
+async fn last(app: &App) -> Result<Arc<Posture>, ApiError> {
     app.last.read().await.clone().ok_or_else(|| {
-        error(
+        refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "the first reading is not done yet: retry in a few seconds",
         )
@@ -190,10 +209,10 @@ async fn read_view(
     view: impl FnOnce(&Posture) -> Value,
 ) -> Response {
     if let Err(r) = authorize(app, headers, Role::Viewer) {
-        return r;
+        return r.into_response();
     }
     if let Err(r) = params(q, &[]) {
-        return r;
+        return r.into_response();
     }
     match last(app).await {
         Ok(p) => {
@@ -203,13 +222,13 @@ async fn read_view(
             }
             Json(v).into_response()
         }
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&app, &headers, Role::Viewer) {
-        return r;
+        return r.into_response();
     }
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -369,10 +388,10 @@ async fn history(
     RawQuery(q): RawQuery,
 ) -> Response {
     if let Err(r) = authorize(&app, &headers, Role::Viewer) {
-        return r;
+        return r.into_response();
     }
     if let Err(r) = params(q, &[]) {
-        return r;
+        return r.into_response();
     }
     let points = app.history.lock().map(|h| h.points()).unwrap_or_default();
     Json(json!({"points": points})).into_response()
@@ -386,11 +405,11 @@ async fn drill_report(
     RawQuery(q): RawQuery,
 ) -> Response {
     if let Err(r) = authorize(&app, &headers, Role::Viewer) {
-        return r;
+        return r.into_response();
     }
     let p = match params(q, &["format"]) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let format = p.get("format").map_or("json", String::as_str);
     if !matches!(format, "json" | "html") {
@@ -439,19 +458,19 @@ async fn drill_report(
 
 async fn audit(State(app): State<Arc<App>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     if let Err(r) = authorize(&app, &headers, Role::Viewer) {
-        return r;
+        return r.into_response();
     }
     let p = match params(q, &["repository", "before", "limit"]) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let before = match number::<u64>(&p, "before", 1..=u64::MAX) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let limit = match number::<usize>(&p, "limit", 1..=500) {
         Ok(v) => v.unwrap_or(50),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut reader = app.reader.lock().await;
     let names: Vec<String> = reader.config().repositories.keys().cloned().collect();
@@ -492,7 +511,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 
 async fn operations(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&app, &headers, Role::Viewer) {
-        return r;
+        return r.into_response();
     }
     Json(json!({"operations": app.operations.list()})).into_response()
 }
@@ -503,7 +522,7 @@ async fn operation(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(r) = authorize(&app, &headers, Role::Viewer) {
-        return r;
+        return r.into_response();
     }
     let Ok(n) = id.parse::<u64>() else {
         return error(
@@ -524,7 +543,7 @@ async fn switchover(
 ) -> Response {
     let caller = match authorize(&app, &headers, Role::Operator) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let to = match serde_json::from_slice::<Value>(&body) {
         Ok(v) => match v.get("to").and_then(Value::as_str) {
@@ -560,7 +579,7 @@ async fn switchover(
 
 async fn refresh(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&app, &headers, Role::Operator) {
-        return r;
+        return r.into_response();
     }
     app.wake.notify_one();
     (StatusCode::ACCEPTED, Json(json!({"refreshing": true}))).into_response()

@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// More metrics for `/metrics` (the agent's, a job's), rendered on each scrape.
     pub extra_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Told when findings appear and when they are resolved.
+    pub notifier: haven_engine::notify::Notifier,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,7 @@ pub struct App {
     pub state_dir: PathBuf,
     pub extra_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     pub operations: operations::Operations,
+    pub notifier: haven_engine::notify::Notifier,
     /// Wakes the sampler for an immediate reading.
     pub wake: tokio::sync::Notify,
     pub started_at: i64,
@@ -88,18 +91,23 @@ impl App {
             state_dir: opts.state_dir,
             extra_metrics: opts.extra_metrics,
             operations: operations::Operations::default(),
+            notifier: opts.notifier,
             wake: tokio::sync::Notify::new(),
             started_at: chrono::Utc::now().timestamp_millis(),
         })
     }
 
-    /// Takes one reading and keeps it.
+    /// Takes one reading, keeps it, and tells the notifier what findings changed.
     pub async fn read_now(&self) -> Arc<Posture> {
         let p = Arc::new(self.reader.lock().await.read().await);
         if let Ok(mut h) = self.history.lock() {
             h.push(history::Point::of(&p));
         }
-        *self.last.write().await = Some(p.clone());
+        let before = self.last.write().await.replace(p.clone());
+        let before = before.map(|b| b.findings.clone()).unwrap_or_default();
+        for n in haven_engine::notify::findings_changed(&before, &p.findings) {
+            self.notifier.send(n);
+        }
         p
     }
 

@@ -76,18 +76,43 @@ impl Browser {
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )?;
+        // Read the head, then exactly Content-Length bytes (ChromeDriver may keep the
+        // connection open).
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, payload) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("chromedriver answered {method} {path} without a body"))?;
+        let mut buf = [0u8; 8192];
+        let head_end = loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                bail!("chromedriver closed the connection during {method} {path}");
+            }
+            raw.extend_from_slice(&buf[..n]);
+            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .ok_or_else(|| anyhow!("chromedriver's answer to {method} {path} has no length"))?;
+        while raw.len() < head_end + length {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                bail!("chromedriver closed the connection during {method} {path}");
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let payload = String::from_utf8_lossy(&raw[head_end..head_end + length]).to_string();
         let status: u16 = head
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let v: Value = serde_json::from_str(payload)
+        let v: Value = serde_json::from_str(&payload)
             .with_context(|| format!("chromedriver's answer to {method} {path}: {payload}"))?;
         if status != 200 {
             bail!("{method} {path}: HTTP {status}: {}", v["value"]);

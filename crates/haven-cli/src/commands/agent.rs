@@ -31,6 +31,10 @@ use crate::Ctx;
 /// last measured, one automatic failover per min_interval_s, never a failback).
 ///
 /// HTTP on --listen (loopback by default):
+/// [notify.*] receivers are told of failover steps, fencing (route closed, lease lost),
+/// automatic failovers and what blocks one; with --dashboard also of RPO breaches and
+/// other posture findings (triggered, then resolved).
+///
 ///   GET /lease    200 and {"region","holder":true,"epoch",...} while this region may accept
 ///                 writes, 503 otherwise: point load-balancer health checks here
 ///   GET /metrics  haven_failover_epoch, haven_failover_lease_holder,
@@ -86,8 +90,12 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         .state_dir
         .clone()
         .unwrap_or_else(super::switchover::default_state_dir);
+    let notifier = haven_engine::notify::Notifier::start(
+        &cfg.notify,
+        &format!("agent {}@{}", a.region, super::hostname()),
+    );
     let bound = if a.dashboard {
-        dashboard(&cfg, &agent, &a, &state_dir).await?
+        dashboard(&cfg, &agent, &a, &state_dir, &notifier).await?
     } else {
         let face = agent.clone();
         serve_routes(
@@ -112,15 +120,15 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         )
         .await?
     };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let id = a.id.unwrap_or_else(|| format!("{}@{host}", a.region));
+    let id =
+        a.id.clone()
+            .unwrap_or_else(|| format!("{}@{}", a.region, super::hostname()));
     eprintln!(
         "agent {id} of region {}: /lease and /metrics at http://{bound}",
         a.region
     );
-    let observer = crate::observer::CliObserver::new(ctx.json);
+    let cli = crate::observer::CliObserver::new(ctx.json);
+    let observer = haven_engine::events::Tee(&cli, &notifier);
     let stop = super::stop_on_signal();
     agent::run(&cfg, &agent, &id, &state_dir, &observer, stop).await?;
     Ok(0)
@@ -141,6 +149,7 @@ async fn dashboard(
     agent: &Agent,
     a: &Args,
     state_dir: &std::path::Path,
+    notifier: &haven_engine::notify::Notifier,
 ) -> anyhow::Result<std::net::SocketAddr> {
     use haven_http::axum::{http::StatusCode, routing::get, Router};
     let face = agent.clone();
@@ -172,6 +181,7 @@ async fn dashboard(
         refresh: super::serve::refresh(a.refresh)?,
         state_dir: state_dir.to_path_buf(),
         extra_metrics: Some(Arc::new(move || metrics.render_metrics())),
+        notifier: notifier.clone(),
     };
     let (bound, _) = haven_http::serve_with(cfg.clone(), opts, routes)
         .await

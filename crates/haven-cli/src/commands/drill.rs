@@ -160,6 +160,13 @@ async fn run_drill(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("copy the report to {}", dest.display()))?;
     }
     let code = if r.verdict == Verdict::Pass { 0 } else { 1 };
+    let (cfg, _) = haven_engine::config::Config::load(Some(&lab.config))?;
+    let notifier =
+        haven_engine::notify::Notifier::start(&cfg.notify, &format!("drill@{}", super::hostname()));
+    notifier.send(haven_engine::notify::drill_notice(&r));
+    if !notifier.flush(Duration::from_secs(30)).await {
+        eprintln!("drill: the verdict could not be sent to every [notify] receiver within 30 s");
+    }
     if json {
         crate::output::json(&r)?;
         return Ok(code);

@@ -176,6 +176,13 @@ pub fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
 }
 
 /// A flag that turns true on Ctrl-C or SIGTERM: long-running jobs finish cleanly on it.
+/// This machine's name (for bodies, agent ids).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 pub fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

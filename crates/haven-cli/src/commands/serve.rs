@@ -21,6 +21,9 @@ use crate::Ctx;
 ///                     postgres, drills, audit, alerts, history, operations, switchover
 ///   /metrics          the posture for Prometheus (rules: `haven alerts`)
 ///
+/// [notify.*] receivers are told when a finding appears (RPO above target, a stall, no
+/// standby, a drill overdue, ...) and when it is resolved, with a stable dedup key.
+///
 /// Security: it listens on loopback unless told otherwise, and refuses any other address
 /// without tokens. With --tokens-file (lines `NAME ROLE TOKEN`, ROLE viewer or operator;
 /// or the same lines in HAVEN_API_TOKENS) every request needs `Authorization: Bearer TOKEN`:
@@ -87,6 +90,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             .state_dir
             .unwrap_or_else(super::switchover::default_state_dir),
         extra_metrics: None,
+        notifier: haven_engine::notify::Notifier::start(
+            &cfg.notify,
+            &format!("serve@{}", super::hostname()),
+        ),
     };
     let (bound, _app) = haven_http::serve(cfg, opts)
         .await

@@ -156,6 +156,16 @@ fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Value) {
+    try_call(s, method, path, token, body).unwrap()
+}
+
+fn try_call(
+    s: &Setup,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> reqwest::Result<(u16, Value)> {
     let c = client();
     let url = format!("{}{path}", s.base);
     let mut r = if method == "POST" {
@@ -171,13 +181,13 @@ fn call(
             .header("Content-Type", "application/json")
             .body(b.to_string());
     }
-    let resp = r.send().unwrap();
+    let resp = r.send()?;
     let status = resp.status().as_u16();
-    let text = resp.text().unwrap();
-    (
+    let text = resp.text()?;
+    Ok((
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    ))
 }
 
 fn wait_for<T>(what: &str, secs: u64, s: &Setup, mut f: impl FnMut() -> Option<T>) -> T {
@@ -211,7 +221,7 @@ fn the_api_reads_the_posture_from_the_systems_and_refuses_what_a_token_may_not_d
     let s = setup();
     // The first reading comes; until then reads answer 503, never a panic.
     let ready = wait_for("the first reading", 60, &s, || {
-        let (st, v) = call(&s, "GET", "/api/v1/readiness", Some(VIEWER), None);
+        let (st, v) = try_call(&s, "GET", "/api/v1/readiness", Some(VIEWER), None).ok()?;
         (st == 200).then_some(v)
     });
     assert!(ready["readiness"]["verdict"].is_string(), "{ready}");
@@ -489,6 +499,10 @@ fn the_dashboard_shows_the_verdict_updates_live_and_turns_a_stopped_mirror_red()
         "{} bytes",
         png.len()
     );
+    // To look at it: HAVEN_KEEP_SCREENSHOT=/tmp/dashboard.png cargo test ... dashboard
+    if let Ok(keep) = std::env::var("HAVEN_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep).unwrap();
+    }
 
     // The server goes away: the page says its data is stale instead of showing it as now.
     s.serve.kill().unwrap();

@@ -393,8 +393,12 @@ mod tests {
         assert_eq!(judge(&mut p), vec!["HavenMirrorRpoAboveTarget"]);
         assert_eq!(p.readiness.verdict, "not-ready");
         assert!(
-            p.readiness.text.starts_with("not ready: 1 mirrored partition(s)")
-                && p.readiness.text.contains("mirror us-to-eu orders/1 75 s (42 records)"),
+            p.readiness
+                .text
+                .starts_with("not ready: 1 mirrored partition(s)")
+                && p.readiness
+                    .text
+                    .contains("mirror us-to-eu orders/1 75 s (42 records)"),
             "{}",
             p.readiness.text
         );
@@ -419,7 +423,11 @@ mod tests {
             ]
         );
         assert_eq!(p.readiness.verdict, "degraded");
-        assert!(p.readiness.text.contains("RTO 80.0 s above"), "{}", p.readiness.text);
+        assert!(
+            p.readiness.text.contains("RTO 80.0 s above"),
+            "{}",
+            p.readiness.text
+        );
         let mut p = healthy();
         p.drills.clear();
         assert_eq!(judge(&mut p), vec!["HavenDrillOverdue"]);
@@ -437,7 +445,11 @@ mod tests {
         assert_eq!(judge(&mut p), vec!["HavenBackupStalled"]);
         p.backups[0].last_flush_at = None;
         assert_eq!(judge(&mut p), vec!["HavenBackupStalled"]);
-        assert!(p.readiness.text.contains("for ever"), "{}", p.readiness.text);
+        assert!(
+            p.readiness.text.contains("for ever"),
+            "{}",
+            p.readiness.text
+        );
         p.backups[0].last_flush_at = Some(NOW);
         p.backups[0].partitions[0].records_lost = 3;
         assert_eq!(judge(&mut p), vec!["HavenRecordsLost"]);
@@ -456,7 +468,9 @@ mod tests {
             last_segment_at: None,
             audit_entries: 2,
             audit_last_at: None,
-            problems: vec!["audit/chain/000000000002.json: names a predecessor that is not entry 1".into()],
+            problems: vec![
+                "audit/chain/000000000002.json: names a predecessor that is not entry 1".into(),
+            ],
         });
         let names = judge(&mut p);
         assert!(
