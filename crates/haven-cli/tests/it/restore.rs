@@ -81,6 +81,16 @@ fn whole_topic_into_another_cluster_with_rename_and_exact_offset_map() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["records"], 300);
     let id = report["id"].as_str().unwrap().to_string();
+    // The restore is recorded as a tested restore in the repository's audit log (what
+    // the dashboard's "last restore test" reads).
+    let entry = report["audit_entry"].as_str().expect("an audit entry");
+    let audit: serde_json::Value =
+        serde_json::from_str(&ok(&haven(&["--json", "audit", "--repo", &repo]))).unwrap();
+    let text = audit.to_string();
+    assert!(
+        text.contains("\"restore\"") && text.contains(&id),
+        "{entry}: {audit:#}"
+    );
     for p in 0..3 {
         let src = us.read_partition("orders", p).unwrap();
         // The restored side is read with kafka-python (no code shared with librdkafka).
