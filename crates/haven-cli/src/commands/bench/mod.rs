@@ -2,6 +2,7 @@
 //! same run on the same data (see README, "Benchmarks").
 
 mod backup;
+mod dashboard;
 mod data;
 mod drill;
 mod failover;
@@ -34,6 +35,9 @@ pub enum Command {
     /// The drills (region outage, switchover, partition) at the seed's load, each on a
     /// fresh lab, against the same drill under a light load.
     Drill(drill::Args),
+    /// Backup and mirror with `haven serve` watching them and a dashboard polling every
+    /// second, against the same jobs alone.
+    Dashboard(dashboard::Args),
 }
 
 /// One measured quantity and its baseline.
@@ -121,6 +125,7 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
         Command::MirrorLag(a) => mirror::lag(ctx, a).await,
         Command::Failover(a) => failover::run(ctx, a).await,
         Command::Drill(a) => drill::run(ctx, a).await,
+        Command::Dashboard(a) => dashboard::run(ctx, a).await,
     }
 }
 
