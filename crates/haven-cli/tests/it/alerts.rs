@@ -154,6 +154,109 @@ tests:
     promtool_ok(dir.path(), &["test", "rules", "strict.yml"]);
 }
 
+/// The rules over `haven serve`'s posture metrics fire on series named as serve exports
+/// them (the dashboard test reads the same names off a real /metrics).
+#[test]
+fn posture_rules_fire_on_the_series_serve_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    rules_in(
+        dir.path(),
+        &[
+            "--rpo-s",
+            "60",
+            "--for-s",
+            "60",
+            "--drill-max-age-days",
+            "1",
+            "--restore-test-max-age-days",
+            "1",
+        ],
+    );
+    // The clock of a promtool test starts at 0 (1970): a drill passed at t=0 is a day
+    // old after 86400 s. Every minute: the last switchover drill passed, then failed at
+    // 20 min; the replica is 5 s behind, then 90 s from 20 min; the repository gets a
+    // problem at 30 min; serve stops reading after 10 min.
+    write_test(
+        dir.path().join("posture.yml"),
+        r#"rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'haven_drill_last_pass{scenario="switchover"}'
+        values: '1x19 0x40'
+      - series: 'haven_drill_last_pass_timestamp_seconds'
+        values: '0x60'
+      - series: 'haven_database_lag_seconds{database="ledger-eu",region="eu",source="ledger-us"}'
+        values: '5x19 90x40'
+      - series: 'haven_repository_problems{repository="main"}'
+        values: '0x29 2x30'
+      - series: 'haven_posture_reading_timestamp_seconds'
+        values: '0+60x10 600x49'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: HavenDrillFailed
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: HavenDrillFailed
+        exp_alerts:
+          - exp_labels: {severity: warning, scenario: switchover}
+            exp_annotations: {summary: "The last switchover drill failed", runbook: RUNBOOK(HavenDrillFailed)}
+      - eval_time: 10m
+        alertname: HavenDatabaseRpoAboveTarget
+        exp_alerts: []
+      - eval_time: 40m
+        alertname: HavenDatabaseRpoAboveTarget
+        exp_alerts:
+          - exp_labels: {severity: critical, database: ledger-eu, region: eu, source: ledger-us}
+            exp_annotations: {summary: "Replica ledger-eu in eu is 1m 30s behind ledger-us (RPO target 60 s)", runbook: RUNBOOK(HavenDatabaseRpoAboveTarget)}
+      - eval_time: 29m
+        alertname: HavenRepositoryVerifyFailing
+        exp_alerts: []
+      - eval_time: 30m
+        alertname: HavenRepositoryVerifyFailing
+        exp_alerts:
+          - exp_labels: {severity: critical, repository: main}
+            exp_annotations: {summary: "Repository main has 2 integrity problem(s)", runbook: RUNBOOK(HavenRepositoryVerifyFailing)}
+      - eval_time: 10m
+        alertname: HavenPostureStale
+        exp_alerts: []
+      - eval_time: 50m
+        alertname: HavenPostureStale
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations: {summary: "The dashboard's posture reading is over 5 minutes old", runbook: RUNBOOK(HavenPostureStale)}
+      - eval_time: 50m
+        alertname: HavenDrillOverdue
+        exp_alerts: []
+  - interval: 1h
+    input_series:
+      - series: 'haven_drill_last_pass_timestamp_seconds'
+        values: '0x30'
+      - series: 'haven_restore_test_last_timestamp_seconds'
+        values: '3600x30'
+    alert_rule_test:
+      - eval_time: 23h
+        alertname: HavenDrillOverdue
+        exp_alerts: []
+      - eval_time: 25h
+        alertname: HavenDrillOverdue
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations: {summary: "No drill has passed in the last 1 days", runbook: RUNBOOK(HavenDrillOverdue)}
+      - eval_time: 24h
+        alertname: HavenRestoreTestOverdue
+        exp_alerts: []
+      - eval_time: 26h
+        alertname: HavenRestoreTestOverdue
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations: {summary: "No restore has been tested in the last 1 days", runbook: RUNBOOK(HavenRestoreTestOverdue)}
+"#,
+    );
+    promtool_ok(dir.path(), &["test", "rules", "posture.yml"]);
+}
+
 #[test]
 fn alerts_refuses_thresholds_that_would_always_fire() {
     let out = haven(&["alerts", "--rpo-s", "0"]);

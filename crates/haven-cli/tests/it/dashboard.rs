@@ -516,3 +516,284 @@ fn the_dashboard_shows_the_verdict_updates_live_and_turns_a_stopped_mirror_red()
         .unwrap();
     println!("screenshot: {}", shot.display());
 }
+
+/// The operator's switchover through the API is the engine's plan, run by the engine's
+/// executor (the same steps, epoch and audit as `haven switchover`), on the real lab.
+#[test]
+fn a_switchover_started_through_the_api_runs_the_engines_plan() {
+    use crate::lab::{lab, until, us_active};
+    let lab = lab();
+    let epoch = us_active(&lab);
+    let tokens = lab.dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("vera viewer {VIEWER}\nolga operator {OPERATOR}\n"),
+    )
+    .unwrap();
+    let port = testbed::free_port().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let state = lab.dir.path().join("state");
+    let mut serve = spawn(
+        &[
+            "--config",
+            &lab.cfg,
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tokens-file",
+            &tokens.display().to_string(),
+            "--refresh",
+            "0.5",
+            "--state-dir",
+            &state.display().to_string(),
+        ],
+        &lab.dir.path().join("serve.log"),
+    );
+    let get = |path: &str| -> Option<Value> {
+        let r = client()
+            .get(format!("{base}{path}"))
+            .header("Authorization", format!("Bearer {VIEWER}"))
+            .send()
+            .ok()?;
+        (r.status() == 200).then(|| r.json().ok())?
+    };
+    let post = |path: &str, body: &str| -> (u16, Value) {
+        let r = client()
+            .post(format!("{base}{path}"))
+            .header("Authorization", format!("Bearer {OPERATOR}"))
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    };
+    until("the API shows US active", Duration::from_secs(60), || {
+        get("/api/v1/regions").is_some_and(|v| v["active"] == "us" && v["epoch"] == epoch)
+    });
+    // The RPO ledger has the replica a failover would promote.
+    let rpo = get("/api/v1/rpo").unwrap();
+    assert_eq!(rpo["databases"][0]["database"], "ledger-eu", "{rpo}");
+
+    let (st, op) = post("/api/v1/switchover", r#"{"to":"eu"}"#);
+    assert_eq!(st, 202, "{op}");
+    assert_eq!(op["by"], "olga");
+    let id = op["id"].as_u64().unwrap();
+    let mut done = Value::Null;
+    until("the switchover to finish", Duration::from_secs(90), || {
+        done = get(&format!("/api/v1/operations/{id}")).unwrap_or_default();
+        done["state"] != "running"
+    });
+    assert_eq!(done["state"], "done", "{done:#}");
+    assert_eq!(
+        done["report"]["epoch"].as_u64(),
+        Some(epoch + 1),
+        "{done:#}"
+    );
+    let steps: Vec<&str> = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.contains("done") && s.contains("hand the region lease to eu")),
+        "{steps:#?}"
+    );
+    // Audited: who asked (the token's name), then every step with its epoch.
+    let audit: Vec<Value> = std::fs::read_dir(state.join("audit"))
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    let asked = audit
+        .iter()
+        .find(|e| e["action"] == "api-switchover")
+        .expect("the request is audited");
+    assert_eq!(asked["details"]["by"], "olga", "{asked}");
+    assert!(audit.iter().filter(|e| e["action"] == "switchover").count() >= 5);
+    // The next readings show EU active; asking again is refused by the engine.
+    until("the API shows EU active", Duration::from_secs(30), || {
+        get("/api/v1/regions").is_some_and(|v| v["active"] == "eu" && v["epoch"] == epoch + 1)
+    });
+    let (st, v) = post("/api/v1/switchover", r#"{"to":"eu"}"#);
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already the active region"),
+        "{v}"
+    );
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
+
+/// A mirror that has not run yet, 1,500 records behind: the reading counts them without
+/// reading them all every time (1,000 at most per partition and reading), and says the
+/// count is an upper bound; the lag in seconds is the oldest record's age, exact.
+#[test]
+fn a_large_backlog_is_bounded_in_a_reading_and_marked_inexact() {
+    let us = Broker::start().unwrap();
+    let eu = Broker::start().unwrap();
+    us.create_topic("idle", 1).unwrap();
+    let mut recs = records(0, 1500);
+    for r in &mut recs {
+        r.partition = Some(0);
+    }
+    us.produce("idle", &recs).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("haven.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[clusters.us]\nbootstrap = \"{}\"\n[clusters.eu]\nbootstrap = \"{}\"\n\
+             [mirrors.idle]\nfrom = \"us\"\nto = \"eu\"\ntopics = \"idle\"\n",
+            us.bootstrap(),
+            eu.bootstrap()
+        ),
+    )
+    .unwrap();
+    let port = testbed::free_port().unwrap();
+    let mut serve = spawn(
+        &[
+            "--config",
+            &config.display().to_string(),
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--refresh",
+            "0.5",
+            "--state-dir",
+            &dir.path().join("state").display().to_string(),
+        ],
+        &dir.path().join("serve.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let part = loop {
+        let v: Option<Value> = client()
+            .get(format!("http://127.0.0.1:{port}/api/v1/mirrors"))
+            .send()
+            .ok()
+            .and_then(|r| r.json().ok());
+        if let Some(p) = v
+            .as_ref()
+            .and_then(|v| v["mirrors"][0]["partitions"].get(0))
+        {
+            break p.clone();
+        }
+        assert!(Instant::now() < deadline, "no reading of the mirror: {v:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(part["lag_records"], 1500, "{part}");
+    assert_eq!(part["at_risk"]["records"], 1500, "{part}");
+    assert_eq!(part["at_risk"]["exact"], false, "{part}");
+    assert_eq!(part["at_risk"]["to"], 1499, "{part}");
+    assert!(part["lag_seconds"].as_f64().unwrap() >= 0.0, "{part}");
+    // `haven mirror status` reads every record at risk: the same count, exact.
+    let out = crate::haven(&[
+        "--json",
+        "mirror",
+        "status",
+        "--from",
+        &us.bootstrap(),
+        "--to",
+        &eu.bootstrap(),
+        "--topics",
+        "idle",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let exact = v
+        .as_array()
+        .map(|a| a[0].clone())
+        .unwrap_or_else(|| v["partitions"][0].clone());
+    assert_eq!(exact["at_risk"]["records"], 1500, "{v}");
+    assert_eq!(exact["at_risk"]["exact"], true, "{v}");
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
+
+/// `haven agent --dashboard`: the region's agent serves /lease for the load balancer and
+/// the dashboard's API and metrics on the same address.
+#[test]
+fn the_agent_serves_the_dashboard_beside_its_lease() {
+    let etcd = testbed::EtcdCluster::start(1).unwrap();
+    let us = Broker::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("haven.toml");
+    let endpoints: Vec<String> = etcd
+        .endpoints()
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "[clusters.us]\nbootstrap = \"{b}\"\n[clusters.eu]\nbootstrap = \"{b}\"\n\
+             [coordination]\nendpoints = [{}]\nlease_ttl_s = 3\n\
+             [regions.us]\ncluster = \"us\"\n[regions.eu]\ncluster = \"eu\"\n\
+             [failover]\nprimary = \"us\"\nstandby = \"eu\"\n",
+            endpoints.join(", "),
+            b = us.bootstrap()
+        ),
+    )
+    .unwrap();
+    let port = testbed::free_port().unwrap();
+    let mut agent = spawn(
+        &[
+            "--config",
+            &config.display().to_string(),
+            "agent",
+            "--region",
+            "us",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--dashboard",
+            "--refresh",
+            "0.5",
+            "--state-dir",
+            &dir.path().join("state").display().to_string(),
+        ],
+        &dir.path().join("agent.log"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lease = client().get(format!("{base}/lease")).send().ok();
+        let regions: Option<Value> = client()
+            .get(format!("{base}/api/v1/regions"))
+            .send()
+            .ok()
+            .and_then(|r| r.json().ok());
+        if lease.is_some_and(|l| l.status() == 200)
+            && regions.as_ref().is_some_and(|v| v["active"] == "us")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not serve its lease and the dashboard: {regions:?}\n{}",
+            std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        m.contains("haven_failover_lease_holder{region=\"us\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("haven_posture_ready"), "{m}");
+    let page = client()
+        .get(format!("{base}/"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("id=\"verdict\""), "{page}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

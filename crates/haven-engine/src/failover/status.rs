@@ -73,8 +73,14 @@ pub struct FailoverStatus {
     pub unknown: Vec<String>,
 }
 
-/// Reads etcd and every mirror into a failover target.
+/// Reads etcd and every mirror into a failover target, every record at risk read.
 pub async fn status(cfg: &Config) -> Result<FailoverStatus> {
+    status_limited(cfg, None).await
+}
+
+/// As [`status`], reading at most `scan_limit` records at risk per partition (see
+/// [`crate::mirror::status::status_limited`]).
+pub async fn status_limited(cfg: &Config, scan_limit: Option<i64>) -> Result<FailoverStatus> {
     let f = cfg.failover.as_ref().ok_or_else(|| {
         Error::Input(
             "no [failover] in the config: name the primary and standby regions (see `haven config example`)"
@@ -124,7 +130,7 @@ pub async fn status(cfg: &Config) -> Result<FailoverStatus> {
             continue;
         }
         let opts = MirrorOptions::from_config(cfg, mirror)?;
-        match crate::mirror::status::status(&opts).await {
+        match crate::mirror::status::status_limited(&opts, scan_limit).await {
             Ok(parts) => ledger.extend(parts.into_iter().map(|p| LedgerRow {
                 into: name.clone(),
                 mirror: mirror.clone(),

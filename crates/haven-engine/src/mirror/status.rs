@@ -22,6 +22,9 @@ pub struct AtRisk {
     /// Timestamps (ms) of the oldest and newest of them.
     pub oldest_ms: i64,
     pub newest_ms: i64,
+    /// False when a bounded reading stopped early: `records` then counts every offset up
+    /// to the high watermark (an upper bound) and `newest_ms` is the last one read.
+    pub exact: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,8 +89,93 @@ pub(super) fn positions(opts: &MirrorOptions) -> Result<Vec<View>> {
     Ok(out)
 }
 
-/// Lag and records at risk per partition.
+/// Records read back from the end of each target partition by [`tail_positions`].
+const TAIL: i64 = 64;
+
+/// Positions read from the last [`TAIL`] records of each target partition only (blocking):
+/// the mirror copies a partition in order and exactly once (invariant 10), so the newest
+/// record there from this source carries the highest source offset copied, and every
+/// offset before it is on the target. O(1) per partition, where the map and the tail
+/// since its last checkpoint can be large during a bulk copy. None when a partition with
+/// records holds none of this source's in its last records (then read the map).
+fn tail_positions(opts: &MirrorOptions) -> Result<Option<Vec<View>>> {
+    let s = opts.source.inspector("haven-inspector")?;
+    let topics = haven_kafka::list_topics(&s, &opts.source.brokers, Duration::from_secs(10))?;
+    let t = opts.target.inspector("haven-inspector")?;
+    let target_topics =
+        haven_kafka::list_topics(&t, &opts.target.brokers, Duration::from_secs(10))?;
+    let mut out = Vec::new();
+    for topic in topics.iter().filter(|x| opts.selects(&x.name)) {
+        let tt = opts.target_topic(&topic.name);
+        for p in 0..topic.partitions {
+            let (low, high) = haven_kafka::watermarks(&s, &topic.name, p, Duration::from_secs(10))?;
+            let mut pos = Position::default();
+            if target_topics
+                .iter()
+                .any(|x| x.name == tt && x.partitions > p)
+            {
+                let (tlow, thigh) = haven_kafka::watermarks(&t, &tt, p, Duration::from_secs(10))?;
+                let mut newest: Option<(i64, i64)> = None;
+                haven_kafka::scan(
+                    &opts.target,
+                    &tt,
+                    p,
+                    (thigh - TAIL).max(tlow),
+                    thigh,
+                    position::STALL,
+                    |m| {
+                        if let Some(src) =
+                            header(m, provenance::SOURCE_HEADER).and_then(provenance::decode)
+                        {
+                            if src.cluster == opts.source_id
+                                && src.topic == topic.name
+                                && src.partition == p
+                            {
+                                newest = Some((src.offset, m.offset()));
+                            }
+                        }
+                        true
+                    },
+                )?;
+                match newest {
+                    Some((source, target)) => pos.push(source, target),
+                    None if thigh > tlow => return Ok(None),
+                    None => {}
+                }
+            }
+            out.push(View {
+                topic: topic.name.clone(),
+                partition: p,
+                pos,
+                low,
+                high,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Input(format!(
+            "no topic on the source {} matches {}",
+            opts.source.brokers,
+            opts.topics.as_str()
+        )));
+    }
+    Ok(Some(out))
+}
+
+/// Lag and records at risk per partition, every record at risk read (exact: what the
+/// RPO ledger and the failover gates need).
 pub async fn status(opts: &MirrorOptions) -> Result<Vec<PartitionStatus>> {
+    status_limited(opts, None).await
+}
+
+/// As [`status`], reading at most `limit` records at risk per partition (a dashboard's
+/// reading every few seconds must not re-read a large backlog each time): the lag in
+/// seconds stays exact (the oldest record at risk is read first); past the limit the
+/// count is the offsets up to the high watermark, marked `exact: false`.
+pub async fn status_limited(
+    opts: &MirrorOptions,
+    limit: Option<i64>,
+) -> Result<Vec<PartitionStatus>> {
     let opts = opts.clone();
     blocking(move || {
         let now = chrono::Utc::now().timestamp_millis();
@@ -98,8 +186,14 @@ pub async fn status(opts: &MirrorOptions) -> Result<Vec<PartitionStatus>> {
             pos,
             low,
             high,
-        } in positions(&opts)?
-        {
+        } in match limit {
+            // A bounded reading takes the position from the target's last records.
+            Some(_) => match tail_positions(&opts)? {
+                Some(views) => views,
+                None => positions(&opts)?,
+            },
+            None => positions(&opts)?,
+        } {
             let mirrored_to = pos.next_source().unwrap_or(low).max(low);
             // Records after `mirrored_to` that came from the target itself are not at risk.
             let mut risk: Option<AtRisk> = None;
@@ -125,11 +219,18 @@ pub async fn status(opts: &MirrorOptions) -> Result<Vec<PartitionStatus>> {
                         records: 0,
                         oldest_ms: ts,
                         newest_ms: ts,
+                        exact: true,
                     });
                     r.to = m.offset();
                     r.records += 1;
                     r.oldest_ms = r.oldest_ms.min(ts);
                     r.newest_ms = r.newest_ms.max(ts);
+                    if limit.is_some_and(|l| r.records >= l) && m.offset() + 1 < high {
+                        r.records += high - 1 - m.offset();
+                        r.to = high - 1;
+                        r.exact = false;
+                        return false;
+                    }
                     true
                 },
             )?;

@@ -27,6 +27,11 @@ use crate::mirror::MirrorOptions;
 use crate::recovery::audit::{self, Entry};
 use crate::repo::{RepoState, Repository};
 
+/// Records at risk read per mirrored partition and reading: the lag in seconds stays
+/// exact, a count past it is an upper bound (`exact: false`); `haven failover status`
+/// reads them all.
+const SCAN_LIMIT: Option<i64> = Some(100);
+
 /// `[objectives]`: what readiness is measured against.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -251,7 +256,7 @@ impl Reader {
         let objectives = self.cfg.objectives.clone().unwrap_or_default();
         let mut unknown = Vec::new();
         let failover = match &self.cfg.failover {
-            Some(_) => match crate::failover::status::status(&self.cfg).await {
+            Some(_) => match crate::failover::status::status_limited(&self.cfg, SCAN_LIMIT).await {
                 Ok(s) => {
                     unknown.extend(s.unknown.iter().cloned());
                     Some(s)
@@ -287,7 +292,7 @@ impl Reader {
                 error: None,
             };
             let res = match MirrorOptions::from_config(&self.cfg, name) {
-                Ok(opts) => crate::mirror::status::status(&opts).await,
+                Ok(opts) => crate::mirror::status::status_limited(&opts, SCAN_LIMIT).await,
                 Err(e) => Err(e),
             };
             match res {
