@@ -716,7 +716,7 @@ fn a_large_backlog_is_bounded_in_a_reading_and_marked_inexact() {
 /// the dashboard's API and metrics on the same address.
 #[test]
 fn the_agent_serves_the_dashboard_beside_its_lease() {
-    let etcd = testbed::EtcdCluster::start(1).unwrap();
+    let etcd = testbed::EtcdCluster::start(3).unwrap();
     let us = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("haven.toml");

@@ -73,7 +73,15 @@ pub(super) fn positions(opts: &MirrorOptions) -> Result<Vec<View>> {
             (0..t.partitions).map(move |p| (t.name.clone(), p, opts.target_topic(&t.name)))
         })
         .collect();
-    position::catch_up_all(&opts.target, &t, &opts.source_id, &items, &mut map)?;
+    // A target partition that does not exist yet (the mirror never ran) holds nothing:
+    // everything on the source is at risk.
+    let on_target = haven_kafka::list_topics(&t, &opts.target.brokers, Duration::from_secs(10))?;
+    let existing: Vec<(String, i32, String)> = items
+        .iter()
+        .filter(|(_, p, tt)| on_target.iter().any(|x| x.name == *tt && x.partitions > *p))
+        .cloned()
+        .collect();
+    position::catch_up_all(&opts.target, &t, &opts.source_id, &existing, &mut map)?;
     let mut out = Vec::new();
     for (topic, partition, _) in items {
         let pos = map.remove(&(topic.clone(), partition)).unwrap_or_default();

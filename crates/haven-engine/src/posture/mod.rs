@@ -309,26 +309,29 @@ impl Reader {
         let mut drills = Vec::new();
         let mut last_restore_test_at = None;
         for name in &names {
-            let url = self.cfg.repositories[name].url.clone();
+            let mut row = RepositoryRow {
+                name: name.clone(),
+                url: self.cfg.repositories[name].url.clone(),
+                segments: 0,
+                last_segment_at: None,
+                audit_entries: 0,
+                audit_last_at: None,
+                problems: Vec::new(),
+            };
             match self.cache(name).await {
                 Ok(c) => {
-                    let mut problems: Vec<String> = c
+                    row.segments = c.state.segments;
+                    row.last_segment_at = c.state.last_segment_at;
+                    row.audit_entries = c.audit.len() as u64;
+                    row.audit_last_at = c.audit.last().map(|(_, e)| e.at);
+                    row.problems = c
                         .state
                         .chain_breaks
                         .iter()
                         .map(|(k, why)| format!("{k}: {why}"))
+                        .chain(c.audit_problems.iter().cloned())
+                        .chain(c.drill_problem.iter().cloned())
                         .collect();
-                    problems.extend(c.audit_problems.iter().cloned());
-                    problems.extend(c.drill_problem.iter().cloned());
-                    repositories.push(RepositoryRow {
-                        name: name.clone(),
-                        url,
-                        segments: c.state.segments,
-                        last_segment_at: c.state.last_segment_at,
-                        audit_entries: c.audit.len() as u64,
-                        audit_last_at: c.audit.last().map(|(_, e)| e.at),
-                        problems,
-                    });
                     drills.extend(c.drills.iter().cloned());
                     let restore = c
                         .audit
@@ -340,27 +343,20 @@ impl Reader {
                 }
                 Err(e) => {
                     unknown.push(format!("repository {name}: {e}"));
-                    repositories.push(RepositoryRow {
-                        name: name.clone(),
-                        url,
-                        segments: 0,
-                        last_segment_at: None,
-                        audit_entries: 0,
-                        audit_last_at: None,
-                        problems: vec![format!("cannot be read: {e}")],
-                    });
+                    row.problems.push(format!("cannot be read: {e}"));
                 }
             }
+            repositories.push(row);
         }
         drills.sort_by(|a, b| b.started_at.cmp(&a.started_at));
         let mut backups = Vec::new();
+        let no_catalog = RepoState::default();
         for (job, j) in &self.cfg.jobs {
             let state = self
                 .repos
                 .get(&j.repository)
-                .map(|c| c.state.clone())
-                .unwrap_or_default();
-            let row = backups::read(&self.cfg, job, j, &state).await;
+                .map_or(&no_catalog, |c| &c.state);
+            let row = backups::read(&self.cfg, job, j, state).await;
             if let Some(e) = &row.error {
                 unknown.push(format!("backup {job}: {e}"));
             }

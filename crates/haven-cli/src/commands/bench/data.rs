@@ -124,3 +124,23 @@ impl SteadyLoad {
         Ok(sent)
     }
 }
+
+/// Produces events `0..n` (seed 11, as every benchmark) of about `size` bytes over
+/// `partitions` partitions of `topic`, in batches of 20,000 (blocking).
+pub fn produce(
+    broker: &testbed::Broker,
+    topic: &str,
+    n: u64,
+    size: usize,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let mut rng = rng(11);
+    let producer = broker.producer()?;
+    let mut i = 0u64;
+    while i < n {
+        let events = batch(&mut rng, i, (i + 20_000).min(n), size, partitions, false);
+        producer.send(topic, &events)?;
+        i += events.len() as u64;
+    }
+    Ok(())
+}

@@ -281,21 +281,7 @@ pub async fn throughput(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     ));
     let us = tokio::task::spawn_blocking(move || -> anyhow::Result<Broker> {
         us.create_topic("bench", a.partitions)?;
-        let mut rng = data::rng(11);
-        let producer = us.producer()?;
-        let mut i = 0u64;
-        while i < n {
-            let batch = data::batch(
-                &mut rng,
-                i,
-                (i + 20_000).min(n),
-                a.event_size,
-                a.partitions,
-                false,
-            );
-            producer.send("bench", &batch)?;
-            i += batch.len() as u64;
-        }
+        data::produce(&us, "bench", n, a.event_size, a.partitions)?;
         Ok(us)
     })
     .await??;
