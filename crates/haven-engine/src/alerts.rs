@@ -35,6 +35,19 @@ impl Default for Thresholds {
     }
 }
 
+impl Thresholds {
+    /// The thresholds of `[objectives]`.
+    pub fn of(o: &crate::posture::Objectives) -> Self {
+        Thresholds {
+            rpo_s: o.rpo_s,
+            stall_s: o.stall_s,
+            drill_max_age_days: o.drill_max_age_days,
+            restore_test_max_age_days: o.restore_test_max_age_days,
+            ..Default::default()
+        }
+    }
+}
+
 /// One alerting rule.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rule {

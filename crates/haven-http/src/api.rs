@@ -369,14 +369,7 @@ async fn alerts(
     RawQuery(q): RawQuery,
 ) -> Response {
     read_view(&app, &headers, q, |p| {
-        let o = &p.objectives;
-        let t = haven_engine::alerts::Thresholds {
-            rpo_s: o.rpo_s,
-            stall_s: o.stall_s,
-            drill_max_age_days: o.drill_max_age_days,
-            restore_test_max_age_days: o.restore_test_max_age_days,
-            ..Default::default()
-        };
+        let t = haven_engine::alerts::Thresholds::of(&p.objectives);
         json!({"firing": p.findings, "rules": haven_engine::alerts::rules(&t)})
     })
     .await

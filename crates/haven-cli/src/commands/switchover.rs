@@ -129,12 +129,7 @@ pub async fn run_plan(
         eprintln!("{title}");
     }
     let observer = crate::observer::CliObserver::new(ctx.json);
-    let agent_id = format!(
-        "cli@{}",
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into())
-    );
+    let agent_id = format!("cli@{}", super::hostname());
     let report = run::execute(&cfg, &prepared, &agent_id, &observer).await?;
     if ctx.json {
         output::json(&report)?;

@@ -217,10 +217,22 @@ impl Reader {
 
     /// The repository named `name` in the config, opened (once).
     pub async fn repository(&mut self, name: &str) -> crate::Result<Repository> {
-        Ok(self.cache(name).await?.repo.clone())
+        Ok(self.open(name).await?.repo.clone())
     }
 
+    /// What is kept of repository `name`, read up to date.
     async fn cache(&mut self, name: &str) -> crate::Result<&mut RepoCache> {
+        let c = self.open(name).await?;
+        let fresh = c.repo.clone();
+        fresh.refresh_state(&mut c.state).await?;
+        refresh_audit(c).await?;
+        refresh_drills(c, name).await?;
+        Ok(c)
+    }
+
+    /// What is kept of repository `name`, opened on first use but not re-read: requests
+    /// between readings see the last reading's entries (the sampler re-reads).
+    async fn open(&mut self, name: &str) -> crate::Result<&mut RepoCache> {
         if !self.repos.contains_key(name) {
             let section = self.cfg.repositories.get(name).ok_or_else(|| {
                 crate::Error::Input(format!(
@@ -241,12 +253,7 @@ impl Reader {
                 },
             );
         }
-        let c = self.repos.get_mut(name).expect("inserted above");
-        let fresh = c.repo.clone();
-        fresh.refresh_state(&mut c.state).await?;
-        refresh_audit(c).await?;
-        refresh_drills(c, name).await?;
-        Ok(c)
+        Ok(self.repos.get_mut(name).expect("inserted above"))
     }
 
     /// One reading of everything the config names.
@@ -383,15 +390,20 @@ impl Reader {
         p
     }
 
-    /// A page of `repository`'s audit log, newest first: entries with a sequence number
-    /// below `before` (all when None), at most `limit`.
+    /// A page of `repository`'s audit log as of the last reading, newest first: entries
+    /// with a sequence number below `before` (all when None), at most `limit`.
     pub async fn audit_page(
         &mut self,
         repository: &str,
         before: Option<u64>,
         limit: usize,
     ) -> crate::Result<Vec<Entry>> {
-        let c = self.cache(repository).await?;
+        let read = self.repos.contains_key(repository);
+        let c = if read {
+            self.open(repository).await?
+        } else {
+            self.cache(repository).await?
+        };
         Ok(c.audit
             .iter()
             .rev()
