@@ -102,6 +102,19 @@ enum Command {
     Offsets(commands::offsets::Command),
     #[command(about = "Check a repository's integrity: checksums, hash chain, offset continuity.")]
     Verify(commands::verify::Args),
+    #[command(
+        about = "Delete what is past retention and under no legal hold (a manifest keeps `verify` meaningful); dry run without --apply."
+    )]
+    Prune(commands::prune::Args),
+    /// Legal holds that keep records from `prune` (audited): `hold add|remove|ls`.
+    #[command(subcommand)]
+    Hold(commands::hold::Command),
+    /// Repository copies: `repo sync --from main --to main-eu` (create-only, checked on arrival, resumable).
+    #[command(subcommand)]
+    Repo(commands::repo::Command),
+    /// What a repository keeps until when: `retention report`.
+    #[command(subcommand)]
+    Retention(commands::retention::Command),
     #[command(about = "Print backed-up records as NDJSON.")]
     Cat(commands::cat::Args),
     /// Measure Haven against baselines run on the same data (ratios, not absolute times).
@@ -259,6 +272,10 @@ fn main() -> ExitCode {
             Command::Audit(a) => commands::audit::run(&ctx, a).await,
             Command::Offsets(c) => commands::offsets::run(&ctx, c).await,
             Command::Cat(a) => commands::cat::run(&ctx, a).await,
+            Command::Prune(a) => commands::prune::run(&ctx, a).await,
+            Command::Hold(c) => commands::hold::run(&ctx, c).await,
+            Command::Retention(c) => commands::retention::run(&ctx, c).await,
+            Command::Repo(c) => commands::repo::run(&ctx, c).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,
             Command::Failover(c) => commands::failover::run(&ctx, c).await,
             Command::Failback(a) => commands::failback::run(&ctx, a).await,

@@ -90,6 +90,14 @@ pub struct RepositorySection {
     /// Backend options (`aws_endpoint`, `aws_region`, ...), overriding the environment.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// How long records are kept before `haven prune` may delete them: `7y`, `400d`,
+    /// `36h` (years are calendar years). Unset: nothing is ever pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    /// Retention per topic pattern (a regular expression of whole topic names), instead of
+    /// `retention` for the topics it matches; where several match, the longest applies.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retention_topics: BTreeMap<String, String>,
 }
 
 /// What a job does.
@@ -220,6 +228,9 @@ properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN" }
 url = "s3://acme-kafka-backup/prod"
 region = "us"
 key_file = "/etc/haven/main.key"
+# `haven prune` deletes only what is past this and under no legal hold (`haven hold`).
+retention = "7y"
+retention_topics = { "debug\\..*" = "30d" }
 
 [repositories.local]
 url = "file:///var/lib/haven/backup"
@@ -395,6 +406,15 @@ impl Config {
                 ));
             }
         }
+        for (name, r) in &self.repositories {
+            if let Err(e) = crate::retention::Policy::of(r, None) {
+                let msg = match e {
+                    crate::Error::Input(m) => m,
+                    e => e.to_string(),
+                };
+                return Err(invalid(format!("repositories.{name}.retention"), msg));
+            }
+        }
         for (name, j) in &self.jobs {
             if !self.clusters.contains_key(&j.cluster) {
                 return Err(invalid(
@@ -551,6 +571,8 @@ impl Config {
                 region: None,
                 key_file: None,
                 options: BTreeMap::new(),
+                retention: None,
+                retention_topics: BTreeMap::new(),
             })
     }
 }
@@ -661,6 +683,8 @@ mod tests {
             ("[routes.r]\nregion = \"us\"\nkind = \"dns\"\ndns_server = \"10.0.0.53:53\"\nzone = \"z.\"\nname = \"k.other.\"\naddress = \"10.0.0.1\"\nkey_name = \"k\"\nkey_file = \"/k\"\n", "not in zone"),
             ("[routes.r]\nregion = \"us\"\nkind = \"dns\"\ndns_server = \"10.0.0.53:53\"\nzone = \"z.\"\nname = \"k.z.\"\naddress = \"10.0.0.1\"\nkey_name = \"k\"\n", "key_secret_env or key_file"),
             ("[routes.r]\nregion = \"asia\"\nkind = \"command\"\ncommand = \"true\"\n", "routes.r.region"),
+            ("[repositories.r]\nurl = \"/x\"\nretention = \"7 years\"\n", "repositories.r.retention"),
+            ("[repositories.r]\nurl = \"/x\"\nretention_topics = { \"a(\" = \"1d\" }\n", "not a regular expression"),
         ];
         for (extra, want) in cases {
             let e = with(extra);

@@ -37,6 +37,7 @@ pub mod recovery;
 pub mod repo;
 pub mod residency;
 pub mod restore;
+pub mod retention;
 pub mod time;
 pub mod timeline;
 pub mod verify;

@@ -1,6 +1,7 @@
 //! `haven verify`: every checksum, the hash chain and offset continuity of the log, stray
 //! objects among the segments, every record object beside the log (`audit/`,
-//! `audit-heads/`, `restores/`, `replays/`, `drills/`, `failback/`), and the audit chain.
+//! `audit-heads/`, `restores/`, `replays/`, `drills/`, `failback/`, `prune/`, `holds/`),
+//! the audit chain, and each prune manifest against its audit entry.
 
 use serde::Serialize;
 
@@ -22,6 +23,8 @@ pub struct VerifyReport {
     pub records_decoded: u64,
     /// Objects under `audit/`, `restores/`, `replays/` and `drills/` read and parsed.
     pub records_objects: u64,
+    /// Segments retention deleted, each recorded in a prune manifest.
+    pub pruned_segments: u64,
     pub head: Option<String>,
     pub problems: Vec<Problem>,
 }
@@ -52,7 +55,31 @@ pub async fn verify(repo: &Repository, deep: bool) -> Result<VerifyReport> {
             });
         }
     }
-    for obj in repo.segments().await? {
+    let pruned = match crate::repo::pruned::load(repo).await {
+        Ok(p) => p,
+        Err(Error::Damaged(what)) => {
+            report.problems.push(Problem {
+                object: crate::repo::pruned::PRUNE_PREFIX.into(),
+                what,
+            });
+            Default::default()
+        }
+        Err(e) => return Err(e),
+    };
+    for place in crate::repo::pruned::places(repo.segments().await?, &pruned) {
+        let obj = match place {
+            crate::repo::pruned::Place::Stored(obj) => obj,
+            crate::repo::pruned::Place::Pruned(p) => {
+                report.pruned_segments += 1;
+                if let Err(e) = state.apply_pruned(p) {
+                    report.problems.push(Problem {
+                        object: crate::repo::segment_key(p.seq),
+                        what: e.to_string(),
+                    });
+                }
+                continue;
+            }
+        };
         report.segments += 1;
         report.bytes += obj.size;
         let (bytes, ix, digest) = match repo.read_segment(&obj.key).await {
@@ -136,6 +163,8 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
         "replays/",
         "drills/",
         "failback/",
+        "prune/",
+        "holds/",
     ] {
         for obj in repo.store().list(prefix).await? {
             let Some((what, check)) = record_kind(&obj.key) else {
@@ -153,6 +182,21 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
                     what: format!("not {what}: {e}"),
                 });
             }
+        }
+    }
+    // Each prune manifest must be the one its audit entry recorded: a segment deleted
+    // under a manifest written by hand is damage.
+    for obj in repo.store().list(crate::repo::pruned::PRUNE_PREFIX).await? {
+        if !crate::repo::pruned::is_manifest_key(&obj.key) {
+            continue;
+        }
+        match crate::recovery::audit::get_recorded(repo, &obj.key, "prune").await {
+            Ok(_) => {}
+            Err(Error::Damaged(what)) => report.problems.push(Problem {
+                object: obj.key.clone(),
+                what,
+            }),
+            Err(e) => return Err(e),
         }
     }
     // The audit chain: an entry edited, deleted or reordered, or cut short behind a
@@ -220,6 +264,16 @@ fn record_kind(key: &str) -> Option<(&'static str, Check)> {
         Some((
             "replay progress",
             parses::<std::collections::BTreeMap<String, i64>>,
+        ))
+    } else if crate::repo::pruned::is_manifest_key(key) {
+        Some((
+            "a prune manifest",
+            parses::<crate::repo::pruned::PruneManifest>,
+        ))
+    } else if key.starts_with(crate::retention::holds::HOLDS_PREFIX) && key.ends_with(".json") {
+        Some((
+            "a legal hold event",
+            parses::<crate::retention::holds::HoldEvent>,
         ))
     } else if key.starts_with("drills/") && key.ends_with(".json") {
         Some(("a drill report", parses::<crate::drill::DrillReport>))

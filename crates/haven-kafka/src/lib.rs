@@ -361,21 +361,59 @@ pub fn scan(
     from: i64,
     until: i64,
     stall: Duration,
+    visit: impl FnMut(&BorrowedMessage<'_>) -> bool,
+) -> Result<()> {
+    scan_few(
+        cluster,
+        topic,
+        partition,
+        from,
+        until,
+        until.saturating_sub(from),
+        stall,
+        visit,
+    )
+}
+
+/// Below this many records a scan asks the broker for small fetches.
+const FEW: i64 = 1000;
+
+/// As [`scan`], for a caller that reads at most `few` records before its visitor stops
+/// (a look at a partition's first or last records): when that is a few, the consumer
+/// fetches in small pieces and queues no more than it needs, instead of librdkafka's
+/// bulk prefetch (1 MiB per partition and request, up to 100,000 records queued), which
+/// would make the broker read megabytes of a large backlog for every look at it.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_few(
+    cluster: &ClusterConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    until: i64,
+    few: i64,
+    stall: Duration,
     mut visit: impl FnMut(&BorrowedMessage<'_>) -> bool,
 ) -> Result<()> {
     if from >= until {
         return Ok(());
     }
-    let c: BaseConsumer = cluster
-        .base()
-        .set("group.id", "haven-scan")
+    let mut cfg = cluster.base();
+    cfg.set("group.id", "haven-scan")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "error")
-        .set("fetch.wait.max.ms", cluster.fetch_wait_ms.to_string())
-        .create()
-        .map_err(op("create consumer"))?;
+        .set("fetch.wait.max.ms", cluster.fetch_wait_ms.to_string());
+    if few < FEW {
+        // A record batch larger than these limits is still returned whole (KIP-74), and
+        // librdkafka grows its request when one does not fit: nothing is skipped.
+        cfg.set("message.max.bytes", "65536")
+            .set("fetch.max.bytes", "65536")
+            .set("max.partition.fetch.bytes", "65536")
+            .set("queued.min.messages", few.max(1).to_string())
+            .set("queued.max.messages.kbytes", "256");
+    }
+    let c: BaseConsumer = cfg.create().map_err(op("create consumer"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(from))
         .map_err(op("assign"))?;

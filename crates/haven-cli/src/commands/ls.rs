@@ -30,6 +30,8 @@ struct PartitionRow {
     stored_bytes: u64,
     gaps: u64,
     lost: u64,
+    /// Records retention deleted (`haven prune`).
+    pruned: u64,
     losses: Vec<(i64, i64, String)>,
     min_timestamp: Option<String>,
     max_timestamp: Option<String>,
@@ -41,6 +43,8 @@ struct Listing {
     id: String,
     encrypted: bool,
     segments: u64,
+    /// Segments retention deleted (each recorded in a prune manifest).
+    pruned_segments: u64,
     head: Option<String>,
     partitions: Vec<PartitionRow>,
     topics: Vec<serde_json::Value>,
@@ -69,6 +73,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             records: s.records,
             stored_bytes: s.stored_bytes,
             gaps: s.gaps(),
+            pruned: s.pruned_records(),
             lost: s.losses.iter().map(|l| (l.to - l.from) as u64).sum(),
             losses: s
                 .losses
@@ -98,6 +103,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         id: repo.descriptor.id.clone(),
         encrypted: repo.descriptor.key_id.is_some(),
         segments: st.segments,
+        pruned_segments: st.pruned_segments,
         head: st.head.map(|(s, d)| format!("{s}:{}", hex::encode(d))),
         partitions,
         topics,
@@ -114,11 +120,16 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         return Ok(0);
     }
     outln!(
-        "repository {} (id {}{}), {} segments",
+        "repository {} (id {}{}), {} segments{}",
         listing.repository,
         listing.id,
         if listing.encrypted { ", encrypted" } else { "" },
-        listing.segments
+        listing.segments,
+        if listing.pruned_segments > 0 {
+            format!(" ({} more pruned by retention)", listing.pruned_segments)
+        } else {
+            String::new()
+        }
     );
     let rows: Vec<Vec<String>> = listing
         .partitions
@@ -131,7 +142,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                     r.topic.clone()
                 },
                 r.partition.to_string(),
-                format!("{}..{}", r.first_offset, r.next_offset),
+                if r.pruned > 0 {
+                    format!(
+                        "{}..{} ({} pruned)",
+                        r.first_offset, r.next_offset, r.pruned
+                    )
+                } else {
+                    format!("{}..{}", r.first_offset, r.next_offset)
+                },
                 r.records.to_string(),
                 output::bytes(r.stored_bytes),
                 r.gaps.to_string(),

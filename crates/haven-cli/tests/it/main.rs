@@ -15,7 +15,9 @@ mod labctl;
 mod mirror;
 mod outages;
 mod recovery;
+mod repo_sync;
 mod restore;
+mod retention;
 mod storage;
 mod switchover;
 

@@ -205,12 +205,13 @@ pub async fn status_limited(
             let mirrored_to = pos.next_source().unwrap_or(low).max(low);
             // Records after `mirrored_to` that came from the target itself are not at risk.
             let mut risk: Option<AtRisk> = None;
-            haven_kafka::scan(
+            haven_kafka::scan_few(
                 &opts.source,
                 &topic,
                 partition,
                 mirrored_to,
                 high,
+                limit.unwrap_or(high - mirrored_to),
                 position::STALL,
                 |m| {
                     let origin = provenance::origin(

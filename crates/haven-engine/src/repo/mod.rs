@@ -1,7 +1,9 @@
 //! A Haven repository on object storage (FORMAT.md): a descriptor and an append-only,
 //! hash-chained log of segments.
 
+pub mod pruned;
 mod state;
+pub mod sync;
 
 use bytes::Bytes;
 use haven_format::{Digest, MasterKey, SegmentBuilder, SegmentIndex, SegmentTrailer, TRAILER_LEN};
@@ -230,9 +232,15 @@ impl Repository {
     /// Builds the catalog of the whole log.
     pub async fn load_state(&self) -> Result<RepoState> {
         let mut st = RepoState::default();
-        for obj in self.segments().await? {
-            let (ix, digest) = self.read_index(&obj).await?;
-            st.apply(&obj.key, &ix, digest);
+        let pruned = pruned::load(self).await?;
+        for place in pruned::places(self.segments().await?, &pruned) {
+            match place {
+                pruned::Place::Stored(obj) => {
+                    let (ix, digest) = self.read_index(&obj).await?;
+                    st.apply(&obj.key, &ix, digest);
+                }
+                pruned::Place::Pruned(p) => st.apply_pruned(p)?,
+            }
         }
         Ok(st)
     }
@@ -251,7 +259,15 @@ impl Repository {
             salvage: Some(Default::default()),
             ..Default::default()
         };
-        for obj in self.segments().await? {
+        let pruned = pruned::load(self).await?;
+        for place in pruned::places(self.segments().await?, &pruned) {
+            let obj = match place {
+                pruned::Place::Stored(obj) => obj,
+                pruned::Place::Pruned(p) => {
+                    st.apply_pruned(p)?;
+                    continue;
+                }
+            };
             match self.read_index(&obj).await {
                 Ok((ix, digest)) => st.apply(&obj.key, &ix, digest),
                 Err(Error::Format { key, source }) => {
@@ -268,10 +284,23 @@ impl Repository {
     /// Brings a catalog up to date with segments appended after its head.
     pub async fn refresh_state(&self, st: &mut RepoState) -> Result<()> {
         let after = st.head.map_or(0, |(s, _)| s);
-        for obj in self.segments().await? {
-            if segment_seq(&obj.key).is_some_and(|s| s > after) {
-                let (ix, digest) = self.read_index(&obj).await?;
-                st.apply(&obj.key, &ix, digest);
+        let stored: Vec<ObjectInfo> = self
+            .segments()
+            .await?
+            .into_iter()
+            .filter(|o| segment_seq(&o.key).is_some_and(|s| s > after))
+            .collect();
+        // Manifests only matter past the head (a prune never touches the last segment);
+        // the common case lists `prune/` once and reads nothing.
+        let mut pruned = pruned::load(self).await?;
+        pruned.retain(|s, _| *s > after);
+        for place in pruned::places(stored, &pruned) {
+            match place {
+                pruned::Place::Stored(obj) => {
+                    let (ix, digest) = self.read_index(&obj).await?;
+                    st.apply(&obj.key, &ix, digest);
+                }
+                pruned::Place::Pruned(p) => st.apply_pruned(p)?,
             }
         }
         Ok(())
@@ -393,17 +422,22 @@ pub async fn open_configured(
             }
         }
     }
-    let options: Vec<(&str, &str)> = section
-        .options
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let store = Store::open_with(&section.url, &options)
-        .map_err(|e| Error::Input(format!("repository {}: {e}", section.url)))?;
+    let store = store_of(section)?;
     let key = crate::load_key(key_file.or(section.key_file.as_deref()))?;
     if create {
         Repository::open_or_create(store, key).await
     } else {
         Repository::open(store, key).await
     }
+}
+
+/// The store a config section names, with its options (nothing is read or created).
+pub fn store_of(section: &crate::config::RepositorySection) -> Result<Store> {
+    let options: Vec<(&str, &str)> = section
+        .options
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    Store::open_with(&section.url, &options)
+        .map_err(|e| Error::Input(format!("repository {}: {e}", section.url)))
 }

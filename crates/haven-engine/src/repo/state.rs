@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use haven_format::{ChunkMeta, Digest, GroupCommit, Loss, SegmentIndex, TopicMeta, WrappedKey};
 
+use super::pruned::PrunedSegment;
+
 /// (topic, generation, partition)
 pub type PartitionKey = (String, u32, i32);
 
@@ -32,6 +34,9 @@ pub struct PartitionState {
     /// (segment key, expected start, actual start).
     pub discontinuities: Vec<(String, i64, i64)>,
     pub chunks: Vec<ChunkRef>,
+    /// Ranges whose segments retention deleted (`haven prune`): `(from, to, records)`,
+    /// `[from, to)`. Their records are not counted in `records`.
+    pub pruned: Vec<(i64, i64, u64)>,
 }
 
 impl PartitionState {
@@ -44,7 +49,20 @@ impl PartitionState {
             .iter()
             .map(|l| (l.to - l.from).max(0) as u64)
             .sum();
-        covered.saturating_sub(self.records).saturating_sub(lost)
+        let pruned: u64 = self
+            .pruned
+            .iter()
+            .map(|(from, to, _)| (to - from).max(0) as u64)
+            .sum();
+        covered
+            .saturating_sub(self.records)
+            .saturating_sub(lost)
+            .saturating_sub(pruned)
+    }
+
+    /// Records retention deleted from this partition.
+    pub fn pruned_records(&self) -> u64 {
+        self.pruned.iter().map(|(_, _, n)| n).sum()
     }
 }
 
@@ -74,6 +92,8 @@ pub struct RepoState {
     pub chain_breaks: Vec<(String, String)>,
     /// Built by a reader that skips damage (`--skip-damaged`): what it left out.
     pub salvage: Option<Salvage>,
+    /// Segments retention deleted, known from prune manifests (their places in the chain).
+    pub pruned_segments: u64,
 }
 
 /// What a reader that skips damage left out, so that it can say exactly what is missing.
@@ -111,35 +131,79 @@ impl RepoState {
             self.last_segment_at
                 .map_or(ix.created_at, |t| t.max(ix.created_at)),
         );
+        self.link(key, ix.seq, ix.prev_digest, digest);
+        self.segments += 1;
+        self.apply_ranges(key, ix);
+    }
+
+    /// Takes a pruned segment's place in the chain and its ranges from its manifest
+    /// ([`super::pruned`]): the next segment chains to the recorded digest and its ranges
+    /// abut the pruned ones, which hold no chunk.
+    pub fn apply_pruned(&mut self, seg: &PrunedSegment) -> crate::Result<()> {
+        let key = super::segment_key(seg.seq);
+        let digest = seg.digest()?;
+        // A pruned segment's own link was checked before it was deleted: only its place
+        // and digest are known now.
+        let prev = self.head.map(|(_, d)| d);
+        self.link(&key, seg.seq, prev, digest);
+        self.pruned_segments += 1;
+        self.last_segment_at = Some(
+            self.last_segment_at
+                .map_or(seg.created_at, |t| t.max(seg.created_at)),
+        );
+        for r in &seg.ranges {
+            let k = (r.topic.clone(), r.generation, r.partition);
+            let st = self.partitions.entry(k).or_insert_with(|| PartitionState {
+                first_offset: r.from,
+                next_offset: r.from,
+                ..Default::default()
+            });
+            if st.next_offset != r.from {
+                st.discontinuities
+                    .push((key.clone(), st.next_offset, r.from));
+            }
+            st.next_offset = r.to;
+            st.pruned.push((r.from, r.to, r.records));
+            let t = self.topics.entry(r.topic.clone()).or_default();
+            t.generation = t.generation.max(r.generation);
+        }
+        Ok(())
+    }
+
+    /// Checks that segment `seq` (naming `prev` as its predecessor) follows the head, and
+    /// makes it the head.
+    fn link(&mut self, key: &str, seq: u64, prev: Option<Digest>, digest: Digest) {
         match self.head {
-            Some((seq, d)) => {
-                if ix.seq != seq + 1 {
+            Some((head, d)) => {
+                if seq != head + 1 {
                     self.chain_breaks.push((
                         key.into(),
                         format!(
-                            "follows segment {seq}: segments {}..{} are missing",
-                            seq + 1,
-                            ix.seq
+                            "follows segment {head}: segments {}..{} are missing",
+                            head + 1,
+                            seq
                         ),
                     ));
-                } else if ix.prev_digest != Some(d) {
+                } else if prev != Some(d) {
                     self.chain_breaks.push((
                         key.into(),
-                        format!("names a predecessor digest that is not segment {seq}'s: a segment was replaced"),
+                        format!("names a predecessor digest that is not segment {head}'s: a segment was replaced"),
                     ));
                 }
             }
             None => {
-                if ix.seq != 1 || ix.prev_digest.is_some() {
+                if seq != 1 || prev.is_some() {
                     self.chain_breaks.push((
                         key.into(),
-                        format!("the log starts at segment {} instead of 1", ix.seq),
+                        format!("the log starts at segment {seq} instead of 1"),
                     ));
                 }
             }
         }
-        self.head = Some((ix.seq, digest));
-        self.segments += 1;
+        self.head = Some((seq, digest));
+    }
+
+    fn apply_ranges(&mut self, key: &str, ix: &SegmentIndex) {
         for p in &ix.partitions {
             let k = (p.topic.clone(), p.generation, p.partition);
             let st = self.partitions.entry(k).or_insert_with(|| PartitionState {

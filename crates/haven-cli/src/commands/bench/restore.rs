@@ -36,6 +36,9 @@ pub struct Args {
     event_size: usize,
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Plain producers writing in parallel for the "does one producer bound it" figure.
+    #[arg(long, default_value_t = 4)]
+    writers: usize,
 }
 
 const T0: i64 = 1_795_000_000_000;
@@ -100,61 +103,48 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let exe = std::env::current_exe()?;
     let (mut base_wall, mut base_cpu) = (f64::INFINITY, f64::INFINITY);
     let (mut haven_wall, mut haven_cpu) = (f64::INFINITY, f64::INFINITY);
+    let mut par_wall = f64::INFINITY;
+    let all = std::sync::Arc::new(all);
     for round in 0..a.rounds {
         let topic = format!("baseline-{round}");
         let b = broker.clone();
         let parts = a.partitions;
         let t2 = topic.clone();
         tokio::task::spawn_blocking(move || b.create_topic(&t2, parts)).await??;
-        let producer = cluster.producer()?;
         let c0 = cpu_seconds(false);
         let t = Instant::now();
-        let mut in_flight = VecDeque::new();
-        for (p, recs) in all.iter().enumerate() {
-            for r in recs {
-                let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
-                    .partition(p as i32)
-                    .timestamp(r.timestamp);
-                if let Some(k) = &r.key {
-                    fr = fr.key(k.as_slice());
-                }
-                if let Some(v) = &r.value {
-                    fr = fr.payload(v.as_slice());
-                }
-                loop {
-                    match producer.send_result(fr) {
-                        Ok(f) => {
-                            in_flight.push_back(f);
-                            break;
-                        }
-                        Err((_, back)) => {
-                            for _ in 0..in_flight.len().min(1000) {
-                                if let Some(f) = in_flight.pop_front() {
-                                    f.await?.map_err(|(e, _)| e)?;
-                                }
-                            }
-                            fr = back;
-                        }
-                    }
-                }
-                if in_flight.len() >= 5000 {
-                    for _ in 0..1000 {
-                        if let Some(f) = in_flight.pop_front() {
-                            f.await?.map_err(|(e, _)| e)?;
-                        }
-                    }
-                }
-            }
-        }
-        while let Some(f) = in_flight.pop_front() {
-            f.await?.map_err(|(e, _)| e)?;
-        }
+        let every: Vec<usize> = (0..all.len()).collect();
+        produce_plain(&cluster, &topic, &all, &every).await?;
         let (w, c) = (t.elapsed().as_secs_f64(), cpu_seconds(false) - c0);
         say(format!(
             "round {round}: plain producer {w:.2}s wall, {c:.2}s CPU"
         ));
         base_wall = base_wall.min(w);
         base_cpu = base_cpu.min(c);
+
+        // The same records through `writers` plain producers at once, each its own
+        // client and connection, partitions dealt out: does one producer bound a restore?
+        let topic = format!("parallel-{round}");
+        let (b, t2) = (broker.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || b.create_topic(&t2, parts)).await??;
+        let t = Instant::now();
+        let writers = a.writers.clamp(1, all.len().max(1));
+        let mut tasks = Vec::new();
+        for i in 0..writers {
+            let mine: Vec<usize> = (i..all.len()).step_by(writers).collect();
+            let (cluster, topic, all) = (cluster.clone(), topic.clone(), all.clone());
+            tasks.push(tokio::spawn(async move {
+                produce_plain(&cluster, &topic, &all, &mine).await
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let w = t.elapsed().as_secs_f64();
+        say(format!(
+            "round {round}: {writers} plain producers in parallel {w:.2}s wall"
+        ));
+        par_wall = par_wall.min(w);
 
         let c0 = cpu_seconds(true);
         let t = Instant::now();
@@ -212,6 +202,17 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         }),
         Ratio::new("CPU", haven_cpu, base_cpu, "s", "(info)", |_| true),
         Ratio::new(
+            &format!(
+                "{} plain producers vs one",
+                a.writers.clamp(1, a.partitions.max(1) as usize)
+            ),
+            par_wall,
+            base_wall,
+            "s",
+            "(info: < 1 means one producer bounds a restore)",
+            |_| true,
+        ),
+        Ratio::new(
             "window bytes read",
             read as f64 / 1048576.0,
             window_stored as f64 / 1048576.0,
@@ -230,4 +231,57 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         json!({"window_records": report.records, "window_chunk_bytes": window_stored, "window_bytes_read": read}),
     )?;
     Ok(0)
+}
+
+/// Writes the records of the partitions `parts` of `all` to `topic` through one plain
+/// idempotent producer (acks=all, as Haven's), up to 5,000 in flight.
+async fn produce_plain(
+    cluster: &ClusterConfig,
+    topic: &str,
+    all: &[Vec<Record>],
+    parts: &[usize],
+) -> anyhow::Result<()> {
+    let producer = cluster.producer()?;
+    let mut in_flight = VecDeque::new();
+    for &p in parts {
+        let recs = &all[p];
+        for r in recs {
+            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
+                .partition(p as i32)
+                .timestamp(r.timestamp);
+            if let Some(k) = &r.key {
+                fr = fr.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                fr = fr.payload(v.as_slice());
+            }
+            loop {
+                match producer.send_result(fr) {
+                    Ok(f) => {
+                        in_flight.push_back(f);
+                        break;
+                    }
+                    Err((_, back)) => {
+                        for _ in 0..in_flight.len().min(1000) {
+                            if let Some(f) = in_flight.pop_front() {
+                                f.await?.map_err(|(e, _)| e)?;
+                            }
+                        }
+                        fr = back;
+                    }
+                }
+            }
+            if in_flight.len() >= 5000 {
+                for _ in 0..1000 {
+                    if let Some(f) = in_flight.pop_front() {
+                        f.await?.map_err(|(e, _)| e)?;
+                    }
+                }
+            }
+        }
+    }
+    while let Some(f) = in_flight.pop_front() {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(())
 }
