@@ -42,22 +42,59 @@ pub struct ClusterSection {
     /// Where the cluster runs (`us`, `eu`, ...): used by data-residency rules.
     #[serde(default)]
     pub region: Option<String>,
-    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`, ...).
+    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`,
+    /// `ssl.ca.location`, ...). No secrets here: see `secret_properties`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties holding secrets (`sasl.password`, `ssl.key.password`), each
+    /// given as `env:VARIABLE` or `file:/path`: read when a client is made, never printed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_properties: BTreeMap<String, String>,
 }
 
 impl ClusterSection {
-    /// The client configuration of this cluster (bootstrap and extra properties).
-    pub fn client_config(&self) -> haven_kafka::ClusterConfig {
+    /// The client configuration of this cluster: bootstrap, extra properties and the
+    /// secrets they refer to (an unset variable or unreadable file is named, not shown).
+    pub fn client_config(&self) -> crate::Result<haven_kafka::ClusterConfig> {
         let mut cc = haven_kafka::ClusterConfig::new(self.bootstrap.clone());
         cc.properties = self
             .properties
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        cc
+        for (k, r) in &self.secret_properties {
+            let v = crate::secrets::resolve(&format!("secret_properties.{k}"), r)?;
+            cc.properties.push((k.clone(), v));
+        }
+        Ok(cc)
     }
+}
+
+/// Refuses a secret written in clear among `plain` settings, and a reference of another
+/// form among `secret` ones.
+fn secrets_checked(
+    at: &str,
+    plain: &BTreeMap<String, String>,
+    secret: &BTreeMap<String, String>,
+    plain_name: &str,
+    secret_name: &str,
+) -> Result<(), (String, String)> {
+    for k in plain.keys() {
+        if crate::secrets::looks_secret(k) {
+            return Err((
+                format!("{at}.{plain_name}.{k}"),
+                format!(
+                    "a secret written in the config file: move it to {secret_name} = {{ \"{k}\" = \"env:VARIABLE\" }} (or \"file:/path\")"
+                ),
+            ));
+        }
+    }
+    for (k, r) in secret {
+        if let Err(m) = crate::secrets::check_reference(r) {
+            return Err((format!("{at}.{secret_name}.{k}"), m));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a bootstrap list: `HOST:PORT[,HOST:PORT...]` with a numeric port. The one check
@@ -88,8 +125,13 @@ pub struct RepositorySection {
     #[serde(default)]
     pub key_file: Option<PathBuf>,
     /// Backend options (`aws_endpoint`, `aws_region`, ...), overriding the environment.
+    /// No secrets here: see `secret_options`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Backend options holding secrets (`aws_secret_access_key`, `aws_session_token`),
+    /// each given as `env:VARIABLE` or `file:/path`: read when the store is opened.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_options: BTreeMap<String, String>,
     /// How long records are kept before `haven prune` may delete them: `7y`, `400d`,
     /// `36h` (years are calendar years). Unset: nothing is ever pruned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,7 +264,9 @@ region = "us"
 [clusters.eu]
 bootstrap = "kafka-eu-1:9092"
 region = "eu"
-properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN" }
+properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN", "sasl.username" = "haven" }
+# Secrets are references, read when a client starts and never printed: env:VAR or file:PATH.
+secret_properties = { "sasl.password" = "env:KAFKA_EU_PASSWORD" }
 
 [repositories.main]
 url = "s3://acme-kafka-backup/prod"
@@ -406,7 +450,25 @@ impl Config {
                 ));
             }
         }
+        for (name, c) in &self.clusters {
+            secrets_checked(
+                &format!("clusters.{name}"),
+                &c.properties,
+                &c.secret_properties,
+                "properties",
+                "secret_properties",
+            )
+            .map_err(|(k, m)| invalid(k, m))?;
+        }
         for (name, r) in &self.repositories {
+            secrets_checked(
+                &format!("repositories.{name}"),
+                &r.options,
+                &r.secret_options,
+                "options",
+                "secret_options",
+            )
+            .map_err(|(k, m)| invalid(k, m))?;
             if let Err(e) = crate::retention::Policy::of(r, None) {
                 let msg = match e {
                     crate::Error::Input(m) => m,
@@ -558,6 +620,7 @@ impl Config {
                 bootstrap: name_or_bootstrap.to_string(),
                 region: None,
                 properties: BTreeMap::new(),
+                secret_properties: BTreeMap::new(),
             })
     }
 
@@ -571,6 +634,7 @@ impl Config {
                 region: None,
                 key_file: None,
                 options: BTreeMap::new(),
+                secret_options: BTreeMap::new(),
                 retention: None,
                 retention_topics: BTreeMap::new(),
             })
@@ -684,6 +748,9 @@ mod tests {
             ("[routes.r]\nregion = \"us\"\nkind = \"dns\"\ndns_server = \"10.0.0.53:53\"\nzone = \"z.\"\nname = \"k.z.\"\naddress = \"10.0.0.1\"\nkey_name = \"k\"\n", "key_secret_env or key_file"),
             ("[routes.r]\nregion = \"asia\"\nkind = \"command\"\ncommand = \"true\"\n", "routes.r.region"),
             ("[repositories.r]\nurl = \"/x\"\nretention = \"7 years\"\n", "repositories.r.retention"),
+            ("[repositories.r]\nurl = \"/x\"\noptions = { aws_secret_access_key = \"abc\" }\n", "secret_options"),
+            ("[repositories.r]\nurl = \"/x\"\nsecret_options = { aws_secret_access_key = \"abc\" }\n", "env:VARIABLE"),
+            ("[clusters.k]\nbootstrap = \"k:9092\"\nproperties = { \"sasl.password\" = \"abc\" }\n", "secret_properties"),
             ("[repositories.r]\nurl = \"/x\"\nretention_topics = { \"a(\" = \"1d\" }\n", "not a regular expression"),
         ];
         for (extra, want) in cases {

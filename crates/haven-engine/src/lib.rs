@@ -38,6 +38,7 @@ pub mod repo;
 pub mod residency;
 pub mod restore;
 pub mod retention;
+pub mod secrets;
 pub mod time;
 pub mod timeline;
 pub mod verify;

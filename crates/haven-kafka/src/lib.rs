@@ -44,8 +44,9 @@ fn op(op: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> KafkaError
     move |source| KafkaError::Op { op, source }
 }
 
-/// Settings shared by every client Haven creates.
-#[derive(Debug, Clone)]
+/// Settings shared by every client Haven creates. Its `Debug` shows property names only:
+/// values may be secrets (`sasl.password`).
+#[derive(Clone)]
 pub struct ClusterConfig {
     pub brokers: String,
     /// How long the broker may hold a fetch waiting for data. Low values cut latency and,
@@ -58,6 +59,19 @@ pub struct ClusterConfig {
 /// KiB of prefetched records one reader may queue (librdkafka's
 /// `queued.max.messages.kbytes`); split between the readers of one process.
 pub const READER_QUEUE_KB: usize = 32768;
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("brokers", &self.brokers)
+            .field("fetch_wait_ms", &self.fetch_wait_ms)
+            .field(
+                "properties",
+                &self.properties.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
 
 impl ClusterConfig {
     pub fn new(brokers: impl Into<String>) -> Self {

@@ -70,6 +70,9 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
                         )
                     }
                 );
+                for (k, r) in &c.secret_properties {
+                    outln!("    secret {k} from {r}");
+                }
             }
             outln!("repositories: {}", cfg.repositories.len());
             for (n, r) in &cfg.repositories {

@@ -120,7 +120,10 @@ pub fn cluster(cfg: &Config, args: &ClusterArgs) -> anyhow::Result<ClusterConfig
             args.brokers
         ))
     })?;
-    Ok(c.client_config())
+    c.client_config().map_err(|e| match e {
+        haven_engine::Error::Input(m) => usage(m),
+        e => anyhow::Error::from(e),
+    })
 }
 
 /// Opens (or, with `create`, creates) the repository named by the arguments.

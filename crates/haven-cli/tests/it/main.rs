@@ -18,6 +18,7 @@ mod recovery;
 mod repo_sync;
 mod restore;
 mod retention;
+mod secrets;
 mod storage;
 mod switchover;
 

@@ -118,8 +118,8 @@ impl MirrorOptions {
             ))
         })?;
         let mut opts = MirrorOptions::new(
-            (cfg.cluster(&m.from).client_config(), m.from.clone()),
-            (cfg.cluster(&m.to).client_config(), m.to.clone()),
+            (cfg.cluster(&m.from).client_config()?, m.from.clone()),
+            (cfg.cluster(&m.to).client_config()?, m.to.clone()),
             crate::backup::topic_regex(&m.topics)?,
         );
         opts.name = name.to_string();

@@ -48,7 +48,13 @@ pub async fn read(cfg: &Config, name: &str, job: &JobSection, state: &RepoState)
         partitions: Vec::new(),
         error: None,
     };
-    let cluster = cfg.cluster(&job.cluster).client_config();
+    let cluster = match cfg.cluster(&job.cluster).client_config() {
+        Ok(c) => c,
+        Err(e) => {
+            row.error = Some(e.to_string());
+            return row;
+        }
+    };
     let durable: Vec<((String, i32), i64, u64)> = state
         .partitions
         .keys()

@@ -433,10 +433,18 @@ pub async fn open_configured(
 
 /// The store a config section names, with its options (nothing is read or created).
 pub fn store_of(section: &crate::config::RepositorySection) -> Result<Store> {
+    let mut secrets = Vec::new();
+    for (k, r) in &section.secret_options {
+        secrets.push((
+            k,
+            crate::secrets::resolve(&format!("secret_options.{k}"), r)?,
+        ));
+    }
     let options: Vec<(&str, &str)> = section
         .options
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .collect();
     Store::open_with(&section.url, &options)
         .map_err(|e| Error::Input(format!("repository {}: {e}", section.url)))

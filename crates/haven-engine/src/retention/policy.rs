@@ -156,6 +156,7 @@ mod tests {
             region: None,
             key_file: None,
             options: Default::default(),
+            secret_options: Default::default(),
             retention: Some("7y".into()),
             retention_topics: [
                 ("logs\\..*".to_string(), "30d".to_string()),
