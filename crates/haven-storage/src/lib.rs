@@ -96,14 +96,15 @@ fn check_credentials(b: &AmazonS3Builder) -> std::result::Result<(), String> {
     if set(AmazonS3ConfigKey::AccessKeyId) != set(AmazonS3ConfigKey::SecretAccessKey) {
         return Err(
             "only half of the S3 credentials are set: give both AWS_ACCESS_KEY_ID and \
-                    AWS_SECRET_ACCESS_KEY (or both aws_access_key_id and aws_secret_access_key \
-                    in the repository's options)"
+                    AWS_SECRET_ACCESS_KEY (or aws_access_key_id in the repository's options and \
+                    aws_secret_access_key in its secret_options)"
                 .into(),
         );
     }
     Err(
         "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or \
-         aws_access_key_id and aws_secret_access_key in the repository's options in haven.toml); \
+         aws_access_key_id in the repository's options and aws_secret_access_key = \"env:VAR\" in \
+         its secret_options in haven.toml); \
          on a cloud machine with an instance role, set HAVEN_S3_INSTANCE_ROLE=true"
             .into(),
     )
