@@ -394,9 +394,9 @@ const FEW: i64 = 1000;
 
 /// As [`scan`], for a caller that reads at most `few` records before its visitor stops
 /// (a look at a partition's first or last records): when that is a few, the consumer
-/// fetches in small pieces and queues no more than it needs, instead of librdkafka's
-/// bulk prefetch (1 MiB per partition and request, up to 100,000 records queued), which
-/// would make the broker read megabytes of a large backlog for every look at it.
+/// queues one fetch instead of librdkafka's bulk prefetch (fetch after fetch until
+/// 100,000 records or 64 MiB are queued), which would make the broker read megabytes of
+/// a large backlog for every look at it.
 #[allow(clippy::too_many_arguments)]
 pub fn scan_few(
     cluster: &ClusterConfig,
@@ -419,13 +419,11 @@ pub fn scan_few(
         .set("auto.offset.reset", "error")
         .set("fetch.wait.max.ms", cluster.fetch_wait_ms.to_string());
     if few < FEW {
-        // A record batch larger than these limits is still returned whole (KIP-74), and
-        // librdkafka grows its request when one does not fit: nothing is skipped.
-        cfg.set("message.max.bytes", "65536")
-            .set("fetch.max.bytes", "65536")
-            .set("max.partition.fetch.bytes", "65536")
-            .set("queued.min.messages", few.max(1).to_string())
-            .set("queued.max.messages.kbytes", "256");
+        // One fetch of the usual size, and no more queued than that: fetch sizes are left
+        // alone, since a broker that does not return a batch larger than the request
+        // (tansu 0.6 does not follow KIP-74 there) would be asked again and again.
+        cfg.set("queued.min.messages", few.max(1).to_string())
+            .set("queued.max.messages.kbytes", "1024");
     }
     let c: BaseConsumer = cfg.create().map_err(op("create consumer"))?;
     let mut tpl = TopicPartitionList::new();

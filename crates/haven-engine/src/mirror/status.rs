@@ -52,6 +52,13 @@ pub(super) struct View {
 
 /// Positions of every selected partition, read from the target (blocking).
 pub(super) fn positions(opts: &MirrorOptions) -> Result<Vec<View>> {
+    positions_from(opts, true)
+}
+
+/// As [`positions`]; without `catch_up`, as of the map's last checkpoint only (a position
+/// at or behind the real one: lag is overstated, never understated), without reading the
+/// target partitions past it, which can be a large bulk copy.
+fn positions_from(opts: &MirrorOptions, catch_up: bool) -> Result<Vec<View>> {
     let s = opts.source.inspector("haven-inspector")?;
     let topics = haven_kafka::list_topics(&s, &opts.source.brokers, Duration::from_secs(10))?;
     let selected: Vec<_> = topics
@@ -81,7 +88,9 @@ pub(super) fn positions(opts: &MirrorOptions) -> Result<Vec<View>> {
         .filter(|(_, p, tt)| on_target.iter().any(|x| x.name == *tt && x.partitions > *p))
         .cloned()
         .collect();
-    position::catch_up_all(&opts.target, &t, &opts.source_id, &existing, &mut map)?;
+    if catch_up {
+        position::catch_up_all(&opts.target, &t, &opts.source_id, &existing, &mut map)?;
+    }
     let mut out = Vec::new();
     for (topic, partition, _) in items {
         let pos = map.remove(&(topic.clone(), partition)).unwrap_or_default();
@@ -198,7 +207,13 @@ pub async fn status_limited(
             // A bounded reading takes the position from the target's last records.
             Some(_) => match tail_positions(&opts)? {
                 Some(views) => views,
-                None => positions(&opts)?,
+                // No record of this source among the target's last ones (local writes
+                // on an active-active target, or a mirror run under another cluster
+                // name): the map's last checkpoint, never a re-read of the target.
+                None => {
+                    tracing::debug!(mirror = %opts.name, "status: no position in the target's last records; the map's checkpoint");
+                    positions_from(&opts, false)?
+                }
             },
             None => positions(&opts)?,
         } {

@@ -298,10 +298,12 @@ impl Reader {
                 partitions: Vec::new(),
                 error: None,
             };
+            let t = std::time::Instant::now();
             let res = match MirrorOptions::from_config(&self.cfg, name) {
                 Ok(opts) => crate::mirror::status::status_limited(&opts, SCAN_LIMIT).await,
                 Err(e) => Err(e),
             };
+            tracing::debug!(mirror = %name, took_ms = t.elapsed().as_millis() as u64, "posture: mirror read");
             match res {
                 Ok(p) => row.partitions = p,
                 Err(e) => {
@@ -363,7 +365,9 @@ impl Reader {
                 .repos
                 .get(&j.repository)
                 .map_or(&no_catalog, |c| &c.state);
+            let t = std::time::Instant::now();
             let row = backups::read(&self.cfg, job, j, state).await;
+            tracing::debug!(job = %job, took_ms = t.elapsed().as_millis() as u64, "posture: backup read");
             if let Some(e) = &row.error {
                 unknown.push(format!("backup {job}: {e}"));
             }

@@ -49,32 +49,15 @@ struct Dashboard {
 impl Dashboard {
     fn start(
         exe: &std::path::Path,
-        us: &Broker,
-        eu: &Broker,
-        repo: &std::path::Path,
-        mirror: &str,
-        prefix: &str,
+        config: &std::path::Path,
         refresh: f64,
     ) -> anyhow::Result<Dashboard> {
         let dir = tempfile::tempdir()?;
-        let config = dir.path().join("haven.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[clusters.us]\nbootstrap = \"{}\"\n[clusters.eu]\nbootstrap = \"{}\"\n\
-                 [repositories.main]\nurl = \"file://{}\"\n\
-                 [jobs.bench]\nkind = \"backup\"\ncluster = \"us\"\nrepository = \"main\"\ntopics = \"bench\"\n\
-                 [mirrors.{mirror}]\nfrom = \"us\"\nto = \"eu\"\ntopics = \"bench\"\nprefix = \"{prefix}\"\n",
-                us.bootstrap(),
-                eu.bootstrap(),
-                repo.display()
-            ),
-        )?;
         let port = testbed::free_port()?;
         let serve = Command::new(exe)
             .arg("-q")
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .args(["serve", "--refresh"])
             .arg(refresh.to_string())
             .arg("--listen")
@@ -82,7 +65,17 @@ impl Dashboard {
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("HAVEN_BENCH_SERVE_LOG") {
+                // HAVEN_BENCH_SERVE_LOG=FILE: the server's debug log (each reading's time).
+                Some(f) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(f)?,
+                ),
+                None => Stdio::null(),
+            })
+            .env("HAVEN_LOG", "debug,librdkafka=off,rdkafka=off")
             .spawn()?;
         let stop = Arc::new(AtomicBool::new(false));
         let polls = Arc::new(AtomicU64::new(0));
@@ -114,6 +107,31 @@ impl Drop for Dashboard {
         let _ = self.serve.kill();
         let _ = self.serve.wait();
     }
+}
+
+/// The round's haven.toml: the clusters by name (as a deployment names them; the mirror
+/// runs under these names too, so its records carry them), the backup job and the mirror.
+fn write_config(
+    path: &std::path::Path,
+    us: &Broker,
+    eu: &Broker,
+    repo: &std::path::Path,
+    mirror: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "[clusters.us]\nbootstrap = \"{}\"\n[clusters.eu]\nbootstrap = \"{}\"\n\
+             [repositories.main]\nurl = \"file://{}\"\n\
+             [jobs.bench]\nkind = \"backup\"\ncluster = \"us\"\nrepository = \"main\"\ntopics = \"bench\"\n\
+             [mirrors.{mirror}]\nfrom = \"us\"\nto = \"eu\"\ntopics = \"bench\"\nprefix = \"{prefix}\"\n",
+            us.bootstrap(),
+            eu.bootstrap(),
+            repo.display()
+        ),
+    )?;
+    Ok(())
 }
 
 /// One GET on loopback; the status, None when nothing answers.
@@ -177,10 +195,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             let (mirror, prefix) = (format!("bench-{tag}"), format!("{tag}-"));
             // HAVEN_BENCH_NO_DASHBOARD: the "watched" rounds without the dashboard (to
             // tell the dashboard's cost from the round order's).
+            let config = dir.path().join("haven.toml");
+            write_config(&config, &us, &eu, &repo, &mirror, &prefix)?;
             let dash = if watched && std::env::var_os("HAVEN_BENCH_NO_DASHBOARD").is_none() {
-                Some(Dashboard::start(
-                    &exe, &us, &eu, &repo, &mirror, &prefix, a.refresh,
-                )?)
+                Some(Dashboard::start(&exe, &config, a.refresh)?)
             } else {
                 None
             };
@@ -188,13 +206,13 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 // Let it take its first readings before the jobs start.
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            let (e, r, m, p, b1, b2) = (
+            let (e, r, m, p, b1, c) = (
                 exe.clone(),
                 repo.clone(),
                 mirror.clone(),
                 prefix.clone(),
                 us.bootstrap(),
-                eu.bootstrap(),
+                config.display().to_string(),
             );
             let (bw, mw) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
                 let bw = timed(
@@ -216,8 +234,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 let mw = timed(
                     &e,
                     &[
-                        "mirror", "--once", "--topics", "bench", "--name", &m, "--prefix", &p,
-                        "--from", &b1, "--to", &b2,
+                        "--config", &c, "mirror", "--once", "--topics", "bench", "--name", &m,
+                        "--prefix", &p, "--from", "us", "--to", "eu",
                     ]
                     .map(String::from),
                 )?;
