@@ -4,7 +4,7 @@
 use haven_engine::failback::reconcile::{Outcome, ReconcileReport, Verdict};
 use haven_engine::failback::{self, Capture};
 
-use super::{load_config, open_repo, usage, RepoArgs};
+use super::{input, load_config, open_repo, usage, RepoArgs};
 use crate::{output, Ctx};
 
 /// Bring back what the old primary wrote after an unplanned failover.
@@ -128,14 +128,6 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         Some(Command::Capture(c)) => capture(ctx, c).await,
         Some(Command::Reconcile(r)) => reconcile(ctx, r).await,
         Some(Command::Reseed(r)) => reseed(ctx, r).await,
-    }
-}
-
-/// Engine errors of bad input exit 2.
-fn input(e: haven_engine::Error) -> anyhow::Error {
-    match e {
-        haven_engine::Error::Input(m) => usage(m),
-        e => e.into(),
     }
 }
 

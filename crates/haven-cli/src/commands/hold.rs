@@ -3,7 +3,7 @@
 use haven_engine::retention::holds;
 use haven_engine::time::format_ms;
 
-use super::{load_config, open_repo, usage, RepoArgs};
+use super::{input, load_config, open_repo, usage, RepoArgs};
 use crate::{output, Ctx};
 
 /// Legal holds: a named hold on topics and a time range keeps every segment holding such
@@ -66,13 +66,6 @@ pub struct LsArgs {
 fn instant(t: Option<&str>, now: i64) -> anyhow::Result<Option<i64>> {
     t.map(|t| haven_engine::time::parse_instant(t, now).map_err(|e| usage(e.to_string())))
         .transpose()
-}
-
-fn input(e: haven_engine::Error) -> anyhow::Error {
-    match e {
-        haven_engine::Error::Input(m) => usage(m),
-        e => anyhow::Error::from(e),
-    }
 }
 
 pub async fn run(ctx: &Ctx, c: Command) -> anyhow::Result<u8> {

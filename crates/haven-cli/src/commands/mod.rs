@@ -55,6 +55,14 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
 }
 
+/// An engine error, bad input exiting 2 (usage) and the rest 1.
+pub fn input(e: haven_engine::Error) -> anyhow::Error {
+    match e {
+        haven_engine::Error::Input(m) => usage(m),
+        e => e.into(),
+    }
+}
+
 /// Which repository, and its key.
 #[derive(Debug, clap::Args)]
 pub struct RepoArgs {
@@ -120,10 +128,7 @@ pub fn cluster(cfg: &Config, args: &ClusterArgs) -> anyhow::Result<ClusterConfig
             args.brokers
         ))
     })?;
-    c.client_config().map_err(|e| match e {
-        haven_engine::Error::Input(m) => usage(m),
-        e => anyhow::Error::from(e),
-    })
+    c.client_config().map_err(input)
 }
 
 /// Opens (or, with `create`, creates) the repository named by the arguments.

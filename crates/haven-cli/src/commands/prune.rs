@@ -3,7 +3,7 @@
 use haven_engine::retention::{self, Policy};
 use haven_engine::time::format_ms;
 
-use super::{load_config, open_repo, usage, RepoArgs};
+use super::{input, load_config, open_repo, RepoArgs};
 use crate::{output, Ctx};
 
 /// Delete the segments whose records are all past their topics' retention and that no
@@ -40,15 +40,10 @@ pub struct Args {
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let section = cfg.repository(&a.repo.repo);
-    let policy = Policy::of(&section, a.keep.as_deref()).map_err(|e| usage(e.to_string()))?;
+    let policy = Policy::of(&section, a.keep.as_deref()).map_err(input)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
     let now = chrono::Utc::now().timestamp_millis();
-    let plan = retention::plan(&repo, &policy, now)
-        .await
-        .map_err(|e| match e {
-            haven_engine::Error::Input(m) => usage(m),
-            e => anyhow::Error::from(e),
-        })?;
+    let plan = retention::plan(&repo, &policy, now).await.map_err(input)?;
     let manifest = if a.apply {
         retention::apply(&repo, &plan, now).await?
     } else {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use haven_engine::repo::sync::{self, SyncTarget};
 
-use super::{load_config, usage};
+use super::{input, load_config, usage};
 use crate::{output, Ctx};
 
 /// Repository operations.
@@ -70,7 +70,7 @@ pub async fn run(ctx: &Ctx, c: Command) -> anyhow::Result<u8> {
     let source = haven_engine::repo::open_configured(&from, a.key_file.as_deref(), false)
         .await
         .map_err(|e| anyhow::anyhow!("repository {}: {e}", a.from))?;
-    let store = haven_engine::repo::store_of(&to).map_err(|e| usage(e.to_string()))?;
+    let store = haven_engine::repo::store_of(&to).map_err(input)?;
     let rules = cfg.residency_rules();
     let target = SyncTarget {
         name: &a.to,
@@ -82,10 +82,7 @@ pub async fn run(ctx: &Ctx, c: Command) -> anyhow::Result<u8> {
     loop {
         let r = sync::sync_once(&source, &target, &mut refused)
             .await
-            .map_err(|e| match e {
-                haven_engine::Error::Input(m) => usage(m),
-                e => anyhow::Error::from(e),
-            })?;
+            .map_err(input)?;
         if ctx.json {
             output::json(&r)?;
         } else {

@@ -3,7 +3,7 @@
 use haven_engine::retention::{report, Policy};
 use haven_engine::time::format_ms;
 
-use super::{load_config, open_repo, usage, RepoArgs};
+use super::{input, load_config, open_repo, RepoArgs};
 use crate::{output, Ctx};
 
 /// What a repository keeps and until when.
@@ -36,7 +36,7 @@ pub async fn run(ctx: &Ctx, c: Command) -> anyhow::Result<u8> {
     let Command::Report(a) = c;
     let cfg = load_config(ctx)?;
     let section = cfg.repository(&a.repo.repo);
-    let policy = Policy::of(&section, a.keep.as_deref()).map_err(|e| usage(e.to_string()))?;
+    let policy = Policy::of(&section, a.keep.as_deref()).map_err(input)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
     let now = chrono::Utc::now().timestamp_millis();
     let r = report::report(&repo, &policy, now).await?;

@@ -47,31 +47,40 @@ impl Keep {
 
     /// The instant before which a record is past this period, at `now_ms`.
     pub fn cutoff(&self, now_ms: i64) -> i64 {
-        let secs = |n: i64| now_ms.saturating_sub(n.saturating_mul(1000));
-        let a = i64::from(self.amount);
-        match self.unit {
-            'y' => DateTime::<Utc>::from_timestamp_millis(now_ms)
-                .and_then(|t| t.checked_sub_months(Months::new(self.amount.saturating_mul(12))))
-                .map_or(i64::MIN, |t| t.timestamp_millis()),
-            'd' => secs(a * 86_400),
-            'h' => secs(a * 3_600),
-            'm' => secs(a * 60),
-            _ => secs(a),
-        }
+        self.shift(now_ms, false)
     }
 
     /// When a record written at `ts_ms` is past this period.
     pub fn due_at(&self, ts_ms: i64) -> i64 {
-        let secs = |n: i64| ts_ms.saturating_add(n.saturating_mul(1000));
-        let a = i64::from(self.amount);
-        match self.unit {
-            'y' => DateTime::<Utc>::from_timestamp_millis(ts_ms)
-                .and_then(|t| t.checked_add_months(Months::new(self.amount.saturating_mul(12))))
-                .map_or(i64::MAX, |t| t.timestamp_millis()),
-            'd' => secs(a * 86_400),
-            'h' => secs(a * 3_600),
-            'm' => secs(a * 60),
-            _ => secs(a),
+        self.shift(ts_ms, true)
+    }
+
+    /// `ms` moved by this period, forward or back (years as calendar years).
+    fn shift(&self, ms: i64, forward: bool) -> i64 {
+        let secs = match self.unit {
+            'y' => {
+                let months = Months::new(self.amount.saturating_mul(12));
+                let t = DateTime::<Utc>::from_timestamp_millis(ms).and_then(|t| {
+                    if forward {
+                        t.checked_add_months(months)
+                    } else {
+                        t.checked_sub_months(months)
+                    }
+                });
+                return t.map_or(if forward { i64::MAX } else { i64::MIN }, |t| {
+                    t.timestamp_millis()
+                });
+            }
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            _ => 1,
+        };
+        let by = i64::from(self.amount).saturating_mul(secs * 1000);
+        if forward {
+            ms.saturating_add(by)
+        } else {
+            ms.saturating_sub(by)
         }
     }
 }
