@@ -64,7 +64,10 @@ fn verify(repo: &str) -> (i32, serde_json::Value, String) {
     )
 }
 
-fn content(rs: &[Consumed]) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>, i64)> {
+/// A record's key, value and timestamp.
+type Content = (Option<Vec<u8>>, Option<Vec<u8>>, i64);
+
+fn content(rs: &[Consumed]) -> Vec<Content> {
     rs.iter()
         .map(|r| (r.key.clone(), r.value.clone(), r.timestamp))
         .collect()

@@ -107,6 +107,7 @@ pub async fn in_force(repo: &Repository) -> Result<Vec<Hold>> {
         last.insert(e.name.clone(), e);
     }
     let mut out = Vec::new();
+    let everything = Regex::new(".*").ok();
     for (name, e) in last {
         if e.action != "add" {
             continue;
@@ -115,7 +116,7 @@ pub async fn in_force(repo: &Repository) -> Result<Vec<Hold>> {
         // A hold whose pattern no longer compiles still holds everything: fail closed.
         let re = Regex::new(&format!("^(?:{topics})$"))
             .ok()
-            .or_else(|| Regex::new(".*").ok());
+            .or_else(|| everything.clone());
         out.push(Hold {
             name,
             topics,

@@ -246,7 +246,7 @@ async fn produce_plain(
     for &p in parts {
         let recs = &all[p];
         for r in recs {
-            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
+            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
                 .partition(p as i32)
                 .timestamp(r.timestamp);
             if let Some(k) = &r.key {
