@@ -67,6 +67,16 @@ fn verify(repo: &str) -> (i32, serde_json::Value, String) {
 /// A record's key, value and timestamp.
 type Content = (Option<Vec<u8>>, Option<Vec<u8>>, i64);
 
+/// Records `ls --json` counts as pruned, over every partition.
+fn pruned_records(ls: &serde_json::Value) -> u64 {
+    ls["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pruned"].as_u64().unwrap())
+        .sum()
+}
+
 fn content(rs: &[Consumed]) -> Vec<Content> {
     rs.iter()
         .map(|r| (r.key.clone(), r.value.clone(), r.timestamp))
@@ -173,12 +183,7 @@ fn prune_deletes_only_what_is_past_retention_and_not_held_and_what_remains_verif
         assert_eq!(content(&got), content(&expected), "partition {p}");
     }
     let ls = json(&ok(&haven(&["--json", "ls", "--repo", &repo])));
-    let pruned: u64 = ls["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["pruned"].as_u64().unwrap())
-        .sum();
+    let pruned = pruned_records(&ls);
     assert_eq!(pruned, 40, "{ls}");
     assert_eq!(ls["pruned_segments"], first.len() as u64, "{ls}");
 
@@ -235,12 +240,7 @@ fn prune_deletes_only_what_is_past_retention_and_not_held_and_what_remains_verif
     ])));
     assert_eq!(report["pruned_segments"], last - 1, "{report}");
     let ls = json(&ok(&haven(&["--json", "ls", "--repo", &repo])));
-    let pruned: u64 = ls["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["pruned"].as_u64().unwrap())
-        .sum();
+    let pruned = pruned_records(&ls);
     assert!(pruned >= 120, "{ls}");
     assert_eq!(report["topics"][0]["pruned_records"], pruned, "{report}");
 
