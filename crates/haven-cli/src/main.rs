@@ -109,6 +109,9 @@ enum Command {
     /// Legal holds that keep records from `prune` (audited): `hold add|remove|ls`.
     #[command(subcommand)]
     Hold(commands::hold::Command),
+    /// Key-encryption keys: `key new|rotate|status` (rotation re-wraps data keys, audited).
+    #[command(subcommand)]
+    Key(commands::key::Command),
     /// Repository copies: `repo sync --from main --to main-eu` (create-only, checked on arrival, resumable).
     #[command(subcommand)]
     Repo(commands::repo::Command),
@@ -274,6 +277,7 @@ fn main() -> ExitCode {
             Command::Cat(a) => commands::cat::run(&ctx, a).await,
             Command::Prune(a) => commands::prune::run(&ctx, a).await,
             Command::Hold(c) => commands::hold::run(&ctx, c).await,
+            Command::Key(c) => commands::key::run(&ctx, c).await,
             Command::Retention(c) => commands::retention::run(&ctx, c).await,
             Command::Repo(c) => commands::repo::run(&ctx, c).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,

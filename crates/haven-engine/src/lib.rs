@@ -56,19 +56,24 @@ where
         .map_err(|e| Error::Task(e.to_string()))?
 }
 
-/// Loads a master key: from a file holding 64 hex digits, or from `HAVEN_KEY`.
-pub fn load_key(key_file: Option<&std::path::Path>) -> Result<Option<haven_format::MasterKey>> {
+/// Loads the key ring: from a file holding keys of 64 hex digits (one per line, `#`
+/// comments; the first is the one a new repository is created with), or from `HAVEN_KEY`
+/// (keys separated by commas). Empty when neither is given.
+pub fn load_keys(key_file: Option<&std::path::Path>) -> Result<repo::KeyRing> {
     if let Some(path) = key_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Key(format!("cannot read key file {}: {e}", path.display())))?;
-        return haven_format::MasterKey::from_hex(&text)
-            .map(Some)
-            .map_err(|e| Error::Key(format!("key file {}: {e}", path.display())));
+        let ring = repo::KeyRing::parse(&text, &format!("key file {}", path.display()))?;
+        if ring.is_empty() {
+            return Err(Error::Key(format!(
+                "key file {} holds no key (64 hex digits per line)",
+                path.display()
+            )));
+        }
+        return Ok(ring);
     }
     match std::env::var("HAVEN_KEY") {
-        Ok(v) if !v.trim().is_empty() => haven_format::MasterKey::from_hex(&v)
-            .map(Some)
-            .map_err(|e| Error::Key(format!("HAVEN_KEY: {e}"))),
-        _ => Ok(None),
+        Ok(v) if !v.trim().is_empty() => repo::KeyRing::parse(&v, "HAVEN_KEY"),
+        _ => Ok(repo::KeyRing::default()),
     }
 }

@@ -1,7 +1,8 @@
 //! `haven verify`: every checksum, the hash chain and offset continuity of the log, stray
 //! objects among the segments, every record object beside the log (`audit/`,
-//! `audit-heads/`, `restores/`, `replays/`, `drills/`, `failback/`, `prune/`, `holds/`),
-//! the audit chain, and each prune manifest against its audit entry.
+//! `audit-heads/`, `restores/`, `replays/`, `drills/`, `failback/`, `prune/`, `holds/`,
+//! `keys/`), the audit chain, and each prune manifest and key rotation against its audit
+//! entry.
 
 use serde::Serialize;
 
@@ -39,7 +40,7 @@ impl VerifyReport {
 pub async fn verify(repo: &Repository, deep: bool) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut state = RepoState::default();
-    let data_key_needed = deep && repo.descriptor.key_id.is_some() && repo.key().is_none();
+    let data_key_needed = deep && repo.descriptor.key_id.is_some() && repo.keys().is_empty();
     if data_key_needed {
         return Err(Error::Key(
             "--deep on an encrypted repository needs its key".into(),
@@ -105,7 +106,12 @@ pub async fn verify(repo: &Repository, deep: bool) -> Result<VerifyReport> {
         }
         state.apply(&obj.key, &ix, digest);
         if deep {
-            let dk = match ix.data_key(repo.key()) {
+            let dk = match ix
+                .wrapped_key
+                .as_ref()
+                .map(|w| repo.data_key(ix.seq, w, &obj.key))
+                .transpose()
+            {
                 Ok(k) => k,
                 Err(e) => {
                     report.problems.push(Problem {
@@ -165,6 +171,7 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
         "failback/",
         "prune/",
         "holds/",
+        crate::repo::keys::KEYS_PREFIX,
     ] {
         for obj in repo.store().list(prefix).await? {
             let Some((what, check)) = record_kind(&obj.key) else {
@@ -184,24 +191,36 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
             }
         }
     }
-    // Each prune manifest must be the one its audit entry recorded: a segment deleted
-    // under a manifest written by hand is damage. The audit log is read once for all.
-    let manifests: Vec<String> = repo
-        .store()
-        .list(crate::repo::pruned::PRUNE_PREFIX)
-        .await?
-        .into_iter()
-        .map(|o| o.key)
-        .filter(|k| crate::repo::pruned::is_manifest_key(k))
-        .collect();
-    if !manifests.is_empty() {
+    // Each prune manifest and key rotation must be the one its audit entry recorded: a
+    // segment deleted under a manifest written by hand, or a key swapped in by hand, is
+    // damage. The audit log is read once for all.
+    let mut recorded: Vec<(String, &str)> = Vec::new();
+    for (prefix, action, is_ours) in [
+        (
+            crate::repo::pruned::PRUNE_PREFIX,
+            "prune",
+            crate::repo::pruned::is_manifest_key as fn(&str) -> bool,
+        ),
+        (
+            crate::repo::keys::KEYS_PREFIX,
+            "key-rotate",
+            crate::repo::keys::is_rotation_key,
+        ),
+    ] {
+        for o in repo.store().list(prefix).await? {
+            if is_ours(&o.key) {
+                recorded.push((o.key, action));
+            }
+        }
+    }
+    if !recorded.is_empty() {
         use sha2::{Digest as _, Sha256};
         let entries = crate::recovery::audit::list(repo).await?;
-        for key in manifests {
-            let recorded = entries.iter().find(|(_, e)| {
-                e.action == "prune" && e.details["object"].as_str() == Some(key.as_str())
+        for (key, action) in recorded {
+            let entry = entries.iter().find(|(_, e)| {
+                e.action == action && e.details["object"].as_str() == Some(key.as_str())
             });
-            let what = match recorded {
+            let what = match entry {
                 None => Some("no audit entry records it".to_string()),
                 Some((_, e)) => {
                     let raw = repo.store().get(&key).await?;
@@ -243,6 +262,14 @@ fn utf8_text(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
     std::str::from_utf8(b)
         .map(|_| ())
         .map_err(|_| serde_json::Error::custom("not UTF-8 text"))
+}
+
+/// A key rotation: its JSON and every wrapping's hex.
+fn rotation(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
+    use serde::de::Error;
+    crate::repo::keys::parse_rotation("", b)
+        .map(|_| ())
+        .map_err(|e| serde_json::Error::custom(e.to_string()))
 }
 
 fn parses<T: serde::de::DeserializeOwned>(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
@@ -290,6 +317,8 @@ fn record_kind(key: &str) -> Option<(&'static str, Check)> {
             "a legal hold event",
             parses::<crate::retention::holds::HoldEvent>,
         ))
+    } else if crate::repo::keys::is_rotation_key(key) {
+        Some(("a key rotation", rotation))
     } else if key.starts_with("drills/") && key.ends_with(".json") {
         Some(("a drill report", parses::<crate::drill::DrillReport>))
     } else if key.starts_with("drills/") && key.ends_with(".html") {

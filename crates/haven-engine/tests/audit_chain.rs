@@ -12,7 +12,7 @@ use haven_storage::Store;
 
 async fn repo(dir: &Path) -> Repository {
     let url = format!("file://{}", dir.display());
-    Repository::open_or_create(Store::open(&url).unwrap(), None)
+    Repository::open_or_create(Store::open(&url).unwrap(), Default::default())
         .await
         .unwrap()
 }

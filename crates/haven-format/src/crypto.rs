@@ -125,6 +125,69 @@ impl MasterKey {
     }
 }
 
+impl MasterKey {
+    /// Wraps a segment's data key again under this key, for a key rotation (FORMAT.md,
+    /// "Key rotation"). The wrapping is bound to the segment: additional data
+    /// `haven-rewrap\0` || seq (big-endian u64) || the segment's digest.
+    pub fn rewrap(&self, data_key: &[u8; 32], seq: u64, digest: &[u8; 32]) -> WrappedKey {
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let cipher = Aes256Gcm::new((&self.key).into());
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: data_key,
+                    aad: &rewrap_aad(seq, digest),
+                },
+            )
+            .expect("AES-GCM encryption of 32 bytes cannot fail");
+        WrappedKey {
+            key_id: self.id(),
+            nonce,
+            ciphertext,
+        }
+    }
+
+    /// Opens a wrapping made by [`MasterKey::rewrap`] for segment `seq` with `digest`.
+    pub fn unwrap_rewrapped(
+        &self,
+        wrapped: &WrappedKey,
+        seq: u64,
+        digest: &[u8; 32],
+    ) -> Result<[u8; 32], FormatError> {
+        if wrapped.key_id != self.id() {
+            return Err(FormatError::WrongKey {
+                expected: wrapped.key_id.0.clone(),
+                given: self.id().0,
+            });
+        }
+        let cipher = Aes256Gcm::new((&self.key).into());
+        let plain = cipher
+            .decrypt(
+                Nonce::from_slice(&wrapped.nonce),
+                Payload {
+                    msg: &wrapped.ciphertext,
+                    aad: &rewrap_aad(seq, digest),
+                },
+            )
+            .map_err(|_| FormatError::Tampered {
+                what: format!("re-wrapped data key of segment {seq}"),
+            })?;
+        plain
+            .try_into()
+            .map_err(|_| FormatError::invalid("re-wrapped data key", "not 32 bytes"))
+    }
+}
+
+fn rewrap_aad(seq: u64, digest: &[u8; 32]) -> [u8; 53] {
+    let mut aad = [0u8; 53];
+    aad[..13].copy_from_slice(b"haven-rewrap\0");
+    aad[13..21].copy_from_slice(&seq.to_be_bytes());
+    aad[21..].copy_from_slice(digest);
+    aad
+}
+
 pub(crate) fn random_data_key() -> [u8; 32] {
     let mut k = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut k);
@@ -211,6 +274,28 @@ mod tests {
         assert_eq!(open_chunk(&dk, 7, 2, &s).unwrap(), b"hello");
         assert!(open_chunk(&dk, 7, 3, &s).is_err());
         assert!(open_chunk(&dk, 8, 2, &s).is_err());
+    }
+
+    #[test]
+    fn rewrap_is_bound_to_its_segment() {
+        let old = MasterKey::generate();
+        let new = MasterKey::generate();
+        let dk = random_data_key();
+        let d = [7u8; 32];
+        let w = new.rewrap(&dk, 3, &d);
+        assert_eq!(new.unwrap_rewrapped(&w, 3, &d).unwrap(), dk);
+        assert!(matches!(
+            new.unwrap_rewrapped(&w, 4, &d),
+            Err(FormatError::Tampered { .. })
+        ));
+        assert!(new.unwrap_rewrapped(&w, 3, &[8u8; 32]).is_err());
+        assert!(matches!(
+            old.unwrap_rewrapped(&w, 3, &d),
+            Err(FormatError::WrongKey { .. })
+        ));
+        // A rewrap is not a segment's own wrapping, nor the reverse.
+        assert!(new.unwrap_key(&w).is_err());
+        assert!(new.unwrap_rewrapped(&new.wrap(&dk), 3, &d).is_err());
     }
 
     #[test]

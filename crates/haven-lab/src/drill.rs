@@ -565,7 +565,7 @@ async fn captured_transfers(
     let (cfg, _) = haven_engine::config::Config::load(Some(&lab.config))?;
     let c = failback::capture::capture(&cfg, "us", &haven_engine::events::LogObserver).await?;
     let store = haven_storage::Store::open(&cfg.repository("lab").url)?;
-    let repo = haven_engine::repo::Repository::open_or_create(store, None).await?;
+    let repo = haven_engine::repo::Repository::open_or_create(store, Default::default()).await?;
     let object = failback::store(&repo, &c).await?;
     let ids = c
         .databases

@@ -80,7 +80,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
 
     say(format!("3. backing up into {} ...", dir.display()));
     let store = Store::open(&dir.display().to_string())?;
-    let repo = Repository::open_or_create(store, None).await?;
+    let repo = Repository::open_or_create(store, Default::default()).await?;
     let mut opts = BackupOptions::new(
         ClusterConfig::new(broker.bootstrap()),
         backup::topic_regex("demo\\..*")?,

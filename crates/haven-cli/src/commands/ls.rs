@@ -60,7 +60,7 @@ struct Listing {
 pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cfg = load_config(ctx)?;
     let repo = open_repo(&cfg, &a.repo, false).await?;
-    let st = super::load_for_reading(&repo, a.damage.skip_damaged).await?;
+    let st = super::load_for_listing(&repo, a.damage.skip_damaged).await?;
     let partitions: Vec<PartitionRow> = st
         .partitions
         .iter()

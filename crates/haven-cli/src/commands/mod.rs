@@ -14,6 +14,7 @@ pub mod failback;
 pub mod failover;
 pub mod hold;
 pub mod impact;
+pub mod key;
 pub mod lab;
 pub mod ls;
 pub mod mirror;
@@ -70,7 +71,9 @@ pub struct RepoArgs {
     #[arg(long, env = "HAVEN_REPO", value_name = "NAME|URL")]
     pub repo: String,
 
-    /// File holding the repository's master key (64 hex digits). Also: HAVEN_KEY.
+    /// File holding the repository's keys (64 hex digits each, one per line; the first
+    /// encrypts a new repository; old keys may stay for reading after `haven key rotate`).
+    /// Also: HAVEN_KEY (keys separated by commas).
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 }
@@ -86,12 +89,23 @@ pub struct DamageArgs {
 }
 
 /// The catalog a reader works from: refused when damaged, unless `skip_damaged`, which
-/// says on stderr what it leaves out.
+/// says on stderr what it leaves out, and refused when the keys given do not open every
+/// segment (before anything is read).
 pub async fn load_for_reading(
     repo: &Repository,
     skip_damaged: bool,
 ) -> anyhow::Result<haven_engine::repo::RepoState> {
-    let state = repo.load_state_for_reading(skip_damaged).await?;
+    let state = load_for_listing(repo, skip_damaged).await?;
+    repo.ensure_readable(&state)?;
+    Ok(state)
+}
+
+/// [`load_for_reading`] for a command that lists the catalog and reads no record.
+pub async fn load_for_listing(
+    repo: &Repository,
+    skip_damaged: bool,
+) -> anyhow::Result<haven_engine::repo::RepoState> {
+    let state = repo.load_state_for_listing(skip_damaged).await?;
     if skip_damaged {
         for d in state.damage() {
             eprintln!("warning: damaged: {}: {}", d.object, d.what);

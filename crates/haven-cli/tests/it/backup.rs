@@ -116,7 +116,7 @@ fn snapshot_round_trips_every_edge_case_and_group_commits() {
     );
     let st = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let store = haven_storage::Store::open(&repo).unwrap();
-        let r = haven_engine::repo::Repository::open(store, None)
+        let r = haven_engine::repo::Repository::open(store, Default::default())
             .await
             .unwrap();
         r.load_state().await.unwrap()
@@ -416,10 +416,12 @@ fn wait_for_records(repo: &str, n: u64, within: Duration) {
 
 fn writers(repo: &str) -> std::collections::BTreeSet<String> {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let r =
-            haven_engine::repo::Repository::open(haven_storage::Store::open(repo).unwrap(), None)
-                .await
-                .unwrap();
+        let r = haven_engine::repo::Repository::open(
+            haven_storage::Store::open(repo).unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         let mut w = std::collections::BTreeSet::new();
         for o in r.segments().await.unwrap() {
             let (ix, _) = r.read_index(&o).await.unwrap();

@@ -10,6 +10,7 @@ mod failover;
 mod foundation;
 mod handover;
 mod hardening;
+mod keys;
 mod lab;
 mod labctl;
 mod mirror;

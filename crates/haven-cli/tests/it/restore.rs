@@ -658,7 +658,7 @@ async fn synthetic_repo(
 ) -> (haven_engine::repo::Repository, haven_storage::Store) {
     use haven_format::{Record, TimestampType};
     let store = haven_storage::Store::open(&dir.display().to_string()).unwrap();
-    let repo = haven_engine::repo::Repository::open_or_create(store.clone(), None)
+    let repo = haven_engine::repo::Repository::open_or_create(store.clone(), Default::default())
         .await
         .unwrap();
     let mut state = repo.load_state().await.unwrap();

@@ -227,7 +227,7 @@ async fn a_failed_put_stops_the_backup_and_a_rerun_loses_and_duplicates_nothing(
         fail_after: std::sync::atomic::AtomicI64::new(3),
     });
     let store = Store::new(flaky.clone(), "", "flaky://");
-    let repo = Repository::open_or_create(store.clone(), None)
+    let repo = Repository::open_or_create(store.clone(), Default::default())
         .await
         .unwrap();
     let mut opts = BackupOptions::new(

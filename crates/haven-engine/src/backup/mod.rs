@@ -694,6 +694,13 @@ async fn flush(
             return Ok(());
         }
         let writer = format!("{}:{}", opts.job, std::process::id());
+        // A key rotation made while this backup runs applies from its next segment.
+        if let Err(e) = repo.refresh_keys().await {
+            observer.event(&Event::Retrying {
+                what: "re-read keys/ for a rotation".into(),
+                error: e.to_string(),
+            });
+        }
         let mut seg = repo.new_segment(state.head, &writer);
         // Compressed JSON-like payloads take about a third of their size: avoid regrowing.
         seg.reserve(batch.bytes / 2 + 4096);

@@ -157,6 +157,7 @@ pub async fn replay(
         Source::Backup => {
             let repo = repo.ok_or_else(|| Error::Input("--source backup needs --repo".into()))?;
             let state = repo.load_state().await?;
+            repo.ensure_readable(&state)?;
             for topic in &opts.topics {
                 let sel = Selection {
                     topic: topic.clone(),

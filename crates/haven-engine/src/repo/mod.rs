@@ -1,16 +1,18 @@
 //! A Haven repository on object storage (FORMAT.md): a descriptor and an append-only,
 //! hash-chained log of segments.
 
+pub mod keys;
 pub mod pruned;
 mod state;
 pub mod sync;
 
 use bytes::Bytes;
-use haven_format::{Digest, MasterKey, SegmentBuilder, SegmentIndex, SegmentTrailer, TRAILER_LEN};
+use haven_format::{Digest, SegmentBuilder, SegmentIndex, SegmentTrailer, TRAILER_LEN};
 use haven_storage::{CreateOnly, ObjectInfo, StorageError, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
+pub use keys::{KeyLog, KeyRing};
 pub use state::{
     ChunkRef, Damage, MissingRange, PartitionKey, PartitionState, RepoState, Salvage, TopicState,
 };
@@ -50,7 +52,10 @@ pub struct Descriptor {
 #[derive(Debug, Clone)]
 pub struct Repository {
     store: Store,
-    key: Option<MasterKey>,
+    keys: KeyRing,
+    /// The rotations under `keys/` (empty for an unencrypted repository); writers reload
+    /// it before each segment, so a running backup seals with a KEK rotated in meanwhile.
+    key_log: std::sync::Arc<std::sync::RwLock<KeyLog>>,
     pub descriptor: Descriptor,
     /// Recently read chunk bodies (decompressed), so that a restore's plan and run fetch
     /// each chunk once.
@@ -92,7 +97,7 @@ impl ChunkCache {
 
 impl Repository {
     /// Opens an existing repository.
-    pub async fn open(store: Store, key: Option<MasterKey>) -> Result<Repository> {
+    pub async fn open(store: Store, keys: KeyRing) -> Result<Repository> {
         let raw = match store.get(DESCRIPTOR_KEY).await {
             Ok(b) => b,
             Err(StorageError::NotFound { .. }) => {
@@ -116,56 +121,76 @@ impl Repository {
                 descriptor.format, descriptor.version
             )));
         }
-        match (&descriptor.key_id, &key) {
-            (Some(id), None) => {
+        let key_log = match &descriptor.key_id {
+            Some(_) => KeyLog::load(&store).await?,
+            None => KeyLog::default(),
+        };
+        match (&descriptor.key_id, keys.is_empty()) {
+            (Some(created_with), true) => {
                 return Err(Error::Key(format!(
-                    "the repository {} is encrypted (key {id}): give its key with --key-file FILE or HAVEN_KEY",
-                    store.url()
-                )))
-            }
-            (Some(id), Some(k)) if k.id().0 != *id => {
-                return Err(Error::Key(format!(
-                    "wrong key for {}: the repository uses key {id}, the key given is {}",
+                    "the repository {} is encrypted (current key {}): give its key with \
+                     --key-file FILE or HAVEN_KEY",
                     store.url(),
-                    k.id()
+                    key_log.current(created_with)
                 )))
             }
-            (None, Some(k)) => {
+            (Some(created_with), false) => {
+                let known = key_log.known(created_with);
+                if !known.iter().any(|id| keys.get(id).is_some()) {
+                    return Err(Error::Key(format!(
+                        "wrong key for {}: the repository uses key {} (current: {}), the key \
+                         given is {}",
+                        store.url(),
+                        known.join(", "),
+                        key_log.current(created_with),
+                        keys.ids().join(", ")
+                    )));
+                }
+            }
+            (None, false) => {
                 return Err(Error::Key(format!(
                     "the repository {} is not encrypted (key id: none), but key {} was given \
                      (--key-file or HAVEN_KEY): a repository keeps the key it was created with; \
                      drop the key to use this one, or back up into a new repository to encrypt",
                     store.url(),
-                    k.id()
+                    keys.ids().join(", ")
                 )))
             }
-            _ => {}
+            (None, true) => {}
         }
         Ok(Repository {
             cache: Default::default(),
             store,
-            key,
+            keys,
+            key_log: std::sync::Arc::new(std::sync::RwLock::new(key_log)),
             descriptor,
         })
     }
 
-    /// Opens the repository, creating it first if it does not exist (encrypted when a key
-    /// is given).
-    pub async fn open_or_create(store: Store, key: Option<MasterKey>) -> Result<Repository> {
+    /// Opens the repository for a writer, creating it first if it does not exist
+    /// (encrypted when a key is given: the first key of the ring). A writer must hold the
+    /// current key.
+    pub async fn open_or_create(store: Store, keys: KeyRing) -> Result<Repository> {
         if store.exists(DESCRIPTOR_KEY).await? {
-            return Self::open(store, key).await;
+            let repo = Self::open(store, keys).await?;
+            repo.ensure_writable()?;
+            return Ok(repo);
         }
         let descriptor = Descriptor {
             format: "haven-repository".into(),
             version: haven_format::FORMAT_VERSION,
             id: format!("{:032x}", rand::random::<u128>()),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            key_id: key.as_ref().map(|k| k.id().0),
+            key_id: keys.ids().first().cloned(),
         };
         let body =
             serde_json::to_vec_pretty(&descriptor).map_err(|e| Error::Task(e.to_string()))?;
         match store.put_new(DESCRIPTOR_KEY, Bytes::from(body)).await {
-            Ok(()) | Err(StorageError::AlreadyExists { .. }) => Self::open(store, key).await,
+            Ok(()) | Err(StorageError::AlreadyExists { .. }) => {
+                let repo = Self::open(store, keys).await?;
+                repo.ensure_writable()?;
+                Ok(repo)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -174,8 +199,116 @@ impl Repository {
         &self.store
     }
 
-    pub fn key(&self) -> Option<&MasterKey> {
-        self.key.as_ref()
+    /// The keys this process was given.
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// The repository's key rotations as last read.
+    pub fn key_log(&self) -> KeyLog {
+        self.key_log.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The KEK new segments are sealed with: the current one, or (when a rotation happened
+    /// while this writer ran without the new key) the newest key it holds, with a warning;
+    /// `haven key status` then lists those segments and a re-run of the rotation covers
+    /// them. None for an unencrypted repository.
+    pub fn write_key(&self) -> Option<haven_format::MasterKey> {
+        let created_with = self.descriptor.key_id.as_deref()?;
+        let log = self.key_log.read().ok()?;
+        let current = log.current(created_with);
+        if let Some(k) = self.keys.get(&current) {
+            return Some(k.clone());
+        }
+        let fallback = log
+            .known(created_with)
+            .iter()
+            .rev()
+            .find_map(|id| self.keys.get(id))
+            .cloned();
+        if let Some(k) = &fallback {
+            tracing::warn!(
+                current = %current, sealing_with = %k.id(),
+                "the repository's current key is not in this writer's key file: new segments \
+                 are sealed with an older key; add the current key and run `haven key rotate` again"
+            );
+        }
+        fallback
+    }
+
+    /// Refuses a writer that does not hold the current KEK.
+    pub fn ensure_writable(&self) -> Result<()> {
+        let Some(created_with) = self.descriptor.key_id.as_deref() else {
+            return Ok(());
+        };
+        let current = self
+            .key_log
+            .read()
+            .map(|l| l.current(created_with))
+            .unwrap_or_else(|_| created_with.to_string());
+        if self.keys.get(&current).is_none() {
+            return Err(Error::Key(format!(
+                "{}: the repository's current key is {current} (see `haven key status`); this \
+                 writer holds {}: put the current key in its key file (old keys may stay there \
+                 for reading)",
+                self.store.url(),
+                self.keys.ids().join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Re-reads `keys/` (after a rotation, or to notice one made by another process).
+    pub async fn reload_keys(&self) -> Result<()> {
+        if self.descriptor.key_id.is_none() {
+            return Ok(());
+        }
+        let fresh = KeyLog::load(&self.store).await?;
+        if let Ok(mut l) = self.key_log.write() {
+            *l = fresh;
+        }
+        Ok(())
+    }
+
+    /// Notices a rotation made since the key log was read (one listing): a writer calls it
+    /// before each segment.
+    pub async fn refresh_keys(&self) -> Result<()> {
+        if self.descriptor.key_id.is_none() {
+            return Ok(());
+        }
+        let n = self.store.list(keys::KEYS_PREFIX).await?.len();
+        let known = self.key_log.read().map(|l| l.len()).unwrap_or(0);
+        if n != known {
+            self.reload_keys().await?;
+        }
+        Ok(())
+    }
+
+    /// Opens segment `seq`'s data key (its own wrapping or a rotation's).
+    pub fn data_key(
+        &self,
+        seq: u64,
+        own: &haven_format::WrappedKey,
+        segment: &str,
+    ) -> Result<[u8; 32]> {
+        let log = self
+            .key_log
+            .read()
+            .map_err(|_| Error::Task("key log lock poisoned".into()))?;
+        keys::data_key(&self.keys, &log, seq, own, segment)
+    }
+
+    /// Checks that this process can open every segment `state` refers to, before anything
+    /// is read (a reader never hands out part of a selection and then stops on a key).
+    pub fn ensure_readable(&self, state: &RepoState) -> Result<()> {
+        if self.descriptor.key_id.is_none() {
+            return Ok(());
+        }
+        let log = self
+            .key_log
+            .read()
+            .map_err(|_| Error::Task("key log lock poisoned".into()))?;
+        keys::ensure_readable(&self.keys, &log, state)
     }
 
     /// Measures what the store guarantees about create-only writes.
@@ -250,6 +383,14 @@ impl Repository {
     /// twice and keeps the rest; [`RepoState::damage`] and [`RepoState::missing_ranges`] then
     /// say exactly what was left out.
     pub async fn load_state_for_reading(&self, skip_damaged: bool) -> Result<RepoState> {
+        let st = self.load_state_for_listing(skip_damaged).await?;
+        self.ensure_readable(&st)?;
+        Ok(st)
+    }
+
+    /// [`Repository::load_state_for_reading`] without the check that the keys given open
+    /// every segment: for listing the catalog.
+    pub async fn load_state_for_listing(&self, skip_damaged: bool) -> Result<RepoState> {
         if !skip_damaged {
             let st = self.load_state().await?;
             st.ensure_intact()?;
@@ -314,7 +455,7 @@ impl Repository {
             chrono::Utc::now().timestamp_millis(),
             writer,
             head.map(|(_, d)| d),
-            self.key.as_ref(),
+            self.write_key().as_ref(),
         )
     }
 
@@ -372,15 +513,7 @@ impl Repository {
             .await?;
         let dk = match &chunk.wrapped_key {
             None => None,
-            Some(w) => {
-                let k = self.key.as_ref().ok_or_else(|| {
-                    Error::Key(format!(
-                        "{} is encrypted: give the repository key",
-                        chunk.key
-                    ))
-                })?;
-                Some(k.unwrap_key(w).map_err(|e| Error::format(&chunk.key, e))?)
-            }
+            Some(w) => Some(self.data_key(chunk.seq, w, &chunk.key)?),
         };
         let body = haven_format::open_stored_chunk(
             chunk.seq,
@@ -423,11 +556,11 @@ pub async fn open_configured(
         }
     }
     let store = store_of(section)?;
-    let key = crate::load_key(key_file.or(section.key_file.as_deref()))?;
+    let keys = crate::load_keys(key_file.or(section.key_file.as_deref()))?;
     if create {
-        Repository::open_or_create(store, key).await
+        Repository::open_or_create(store, keys).await
     } else {
-        Repository::open(store, key).await
+        Repository::open(store, keys).await
     }
 }
 

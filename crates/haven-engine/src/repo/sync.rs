@@ -5,7 +5,7 @@
 //! be the source's, and a segment must also verify (trailer digest, index) and extend the
 //! copy's chain (the next sequence number, naming the copy's head as its predecessor).
 //! The order keeps the copy verifiable after a kill at any point: the descriptor, the
-//! audit chain, prune manifests and holds, then segments in log order, then the rest. A
+//! audit chain, prune manifests, holds and key rotations, then segments in log order, then the rest. A
 //! re-run copies what is missing, so a killed sync resumes where it stopped.
 //!
 //! Residency: a segment or failback capture holding a topic pinned to regions the target
@@ -55,7 +55,8 @@ fn copied(key: &str) -> bool {
     !key.starts_with("probe/")
 }
 
-/// Copy order: descriptor, audit, prune manifests, holds, segments, the rest.
+/// Copy order: descriptor, audit, prune manifests, holds and key rotations, segments, the
+/// rest.
 fn rank(key: &str) -> (u8, String) {
     let r = if key == DESCRIPTOR_KEY {
         0
@@ -63,7 +64,9 @@ fn rank(key: &str) -> (u8, String) {
         1
     } else if key.starts_with(pruned::PRUNE_PREFIX) {
         2
-    } else if key.starts_with(crate::retention::holds::HOLDS_PREFIX) {
+    } else if key.starts_with(crate::retention::holds::HOLDS_PREFIX)
+        || key.starts_with(super::keys::KEYS_PREFIX)
+    {
         3
     } else if key.starts_with(LOG_PREFIX) {
         4

@@ -53,7 +53,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let dir = tempfile::tempdir()?;
     let repo_path = dir.path().join("repo");
     let store = Store::open(&repo_path.display().to_string())?;
-    let repo = Repository::open_or_create(store.clone(), None).await?;
+    let repo = Repository::open_or_create(store.clone(), Default::default()).await?;
     say(format!(
         "writing {n} events ({} MiB) into a repository ...",
         a.mb

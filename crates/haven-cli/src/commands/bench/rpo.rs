@@ -49,8 +49,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let parts = a.load.partitions;
     tokio::task::spawn_blocking(move || b.create_topic("rpo", parts)).await??;
     let dir = tempfile::tempdir()?;
-    let repo =
-        Repository::open_or_create(Store::open(&dir.path().display().to_string())?, None).await?;
+    let repo = Repository::open_or_create(
+        Store::open(&dir.path().display().to_string())?,
+        Default::default(),
+    )
+    .await?;
     let mut opts = BackupOptions::new(
         ClusterConfig::new(broker.bootstrap()),
         backup::topic_regex("rpo")?,
