@@ -109,6 +109,8 @@ enum Command {
     /// Legal holds that keep records from `prune` (audited): `hold add|remove|ls`.
     #[command(subcommand)]
     Hold(commands::hold::Command),
+    /// Erase a data subject by destroying its key (crypto-shredding; audited).
+    Forget(commands::forget::Args),
     /// Key-encryption keys: `key new|rotate|status` (rotation re-wraps data keys, audited).
     #[command(subcommand)]
     Key(commands::key::Command),
@@ -278,6 +280,7 @@ fn main() -> ExitCode {
             Command::Prune(a) => commands::prune::run(&ctx, a).await,
             Command::Hold(c) => commands::hold::run(&ctx, c).await,
             Command::Key(c) => commands::key::run(&ctx, c).await,
+            Command::Forget(a) => commands::forget::run(&ctx, a).await,
             Command::Retention(c) => commands::retention::run(&ctx, c).await,
             Command::Repo(c) => commands::repo::run(&ctx, c).await,
             Command::Config(c) => commands::config::run(&ctx, c).await,

@@ -140,6 +140,15 @@ pub struct RepositorySection {
     /// `retention` for the topics it matches; where several match, the longest applies.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retention_topics: BTreeMap<String, String>,
+    /// Erasure by crypto-shredding: topic pattern -> where a record's subject id is
+    /// (`"key"`, `"header:NAME"`, `"json:/POINTER"`). Such records are sealed under their
+    /// subject's key, which `haven forget` destroys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub erasure_subjects: BTreeMap<String, String>,
+    /// The secret subject ids are hashed with (`env:VAR` or `file:/path`); needed with
+    /// `erasure_subjects`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_hash_key: Option<String>,
 }
 
 /// What a job does.
@@ -476,6 +485,12 @@ impl Config {
                 };
                 return Err(invalid(format!("repositories.{name}.retention"), msg));
             }
+            if let Err(msg) = crate::erasure::rules::check(r) {
+                return Err(invalid(
+                    format!("repositories.{name}.erasure_subjects"),
+                    msg,
+                ));
+            }
         }
         for (name, j) in &self.jobs {
             if !self.clusters.contains_key(&j.cluster) {
@@ -637,6 +652,8 @@ impl Config {
                 secret_options: BTreeMap::new(),
                 retention: None,
                 retention_topics: BTreeMap::new(),
+                erasure_subjects: BTreeMap::new(),
+                subject_hash_key: None,
             })
     }
 }
@@ -752,6 +769,8 @@ mod tests {
             ("[repositories.r]\nurl = \"/x\"\nsecret_options = { aws_secret_access_key = \"abc\" }\n", "env:VARIABLE"),
             ("[clusters.k]\nbootstrap = \"k:9092\"\nproperties = { \"sasl.password\" = \"abc\" }\n", "secret_properties"),
             ("[repositories.r]\nurl = \"/x\"\nretention_topics = { \"a(\" = \"1d\" }\n", "not a regular expression"),
+            ("[repositories.r]\nurl = \"/x\"\nerasure_subjects = { \"pay\" = \"key\" }\n", "needs subject_hash_key"),
+            ("[repositories.r]\nurl = \"/x\"\nsubject_hash_key = \"env:S\"\nerasure_subjects = { \"pay\" = \"body\" }\n", "header:NAME"),
         ];
         for (extra, want) in cases {
             let e = with(extra);

@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod backup;
 pub mod config;
 pub mod drill;
+pub mod erasure;
 mod error;
 pub mod events;
 pub mod executor;

@@ -1,8 +1,8 @@
 //! `haven verify`: every checksum, the hash chain and offset continuity of the log, stray
 //! objects among the segments, every record object beside the log (`audit/`,
 //! `audit-heads/`, `restores/`, `replays/`, `drills/`, `failback/`, `prune/`, `holds/`,
-//! `keys/`), the audit chain, and each prune manifest and key rotation against its audit
-//! entry.
+//! `keys/`, `subjects/`, `forgotten/`), the audit chain, each prune manifest, key rotation
+//! and forget proof against its audit entry, and that every forgotten key is gone.
 
 use serde::Serialize;
 
@@ -172,6 +172,8 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
         "prune/",
         "holds/",
         crate::repo::keys::KEYS_PREFIX,
+        crate::erasure::SUBJECTS_PREFIX,
+        crate::erasure::FORGOTTEN_PREFIX,
     ] {
         for obj in repo.store().list(prefix).await? {
             let Some((what, check)) = record_kind(&obj.key) else {
@@ -206,6 +208,11 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
             "key-rotate",
             crate::repo::keys::is_rotation_key,
         ),
+        (
+            crate::erasure::FORGOTTEN_PREFIX,
+            "forget",
+            crate::erasure::is_proof_name,
+        ),
     ] {
         for o in repo.store().list(prefix).await? {
             if is_ours(&o.key) {
@@ -231,6 +238,17 @@ async fn verify_records(repo: &Repository, report: &mut VerifyReport) -> Result<
             if let Some(what) = what {
                 report.problems.push(Problem { object: key, what });
             }
+        }
+    }
+    // A forget whose key is still there did not erase anything.
+    if let Ok(names) = crate::erasure::unfinished(repo.store()).await {
+        for object in names {
+            report.problems.push(Problem {
+                object,
+                what: "the subject's key is still stored: the forget did not finish (run \
+                       `haven forget` again for that subject)"
+                    .into(),
+            });
         }
     }
     // The audit chain: an entry edited, deleted or reordered, or cut short behind a
@@ -262,6 +280,14 @@ fn utf8_text(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
     std::str::from_utf8(b)
         .map(|_| ())
         .map_err(|_| serde_json::Error::custom("not UTF-8 text"))
+}
+
+/// A subject key: its JSON, and an id that matches the key.
+fn subject_key(b: &[u8]) -> std::result::Result<(), serde_json::Error> {
+    use serde::de::Error;
+    crate::erasure::SubjectKeyObject::parse("", b)
+        .map(|_| ())
+        .map_err(|e| serde_json::Error::custom(e.to_string()))
 }
 
 /// A key rotation: its JSON and every wrapping's hex.
@@ -317,6 +343,10 @@ fn record_kind(key: &str) -> Option<(&'static str, Check)> {
             "a legal hold event",
             parses::<crate::retention::holds::HoldEvent>,
         ))
+    } else if crate::erasure::is_subject_key_name(key) {
+        Some(("a subject key", subject_key))
+    } else if crate::erasure::is_proof_name(key) {
+        Some(("a forget proof", parses::<crate::erasure::ForgetProof>))
     } else if crate::repo::keys::is_rotation_key(key) {
         Some(("a key rotation", rotation))
     } else if key.starts_with("drills/") && key.ends_with(".json") {

@@ -1,7 +1,7 @@
 //! A chunk: the records of one partition, contiguous in offset order, encoded then
 //! zstd-compressed as one frame (FORMAT.md, "Chunk").
 
-use crate::wire::{put_opt_bytes, put_str, put_svarint, put_uvarint, Reader};
+use crate::wire::{put_bytes, put_opt_bytes, put_str, put_svarint, put_uvarint, Reader};
 use crate::{FormatError, Header, Record, TimestampType};
 
 /// Largest decompressed chunk a reader accepts; bounds memory on corrupt input.
@@ -97,13 +97,18 @@ impl ChunkEncoder {
         let out = &mut self.buf;
         put_uvarint(out, (r.offset - prev - 1) as u64);
         put_svarint(out, r.timestamp.wrapping_sub(self.base_timestamp));
-        out.push(r.timestamp_type.to_byte());
-        put_opt_bytes(out, r.key);
-        put_opt_bytes(out, r.value);
-        put_uvarint(out, r.headers.len() as u64);
-        for (name, value) in &r.headers {
-            put_str(out, name);
-            put_opt_bytes(out, *value);
+        match &r.sealed {
+            None => {
+                out.push(r.timestamp_type.to_byte());
+                put_tail(out, r);
+            }
+            Some(s) => {
+                out.push(r.timestamp_type.to_byte() | SEALED);
+                put_bytes(out, s.subject);
+                put_bytes(out, s.key_id);
+                put_bytes(out, s.nonce);
+                put_bytes(out, s.ciphertext);
+            }
         }
         self.last_offset = r.offset;
         self.count += 1;
@@ -177,6 +182,23 @@ pub fn encode_chunk(records: &[Record]) -> Result<Vec<u8>, FormatError> {
         .ok_or_else(|| FormatError::invalid("chunk", "a chunk holds at least one record"))
 }
 
+/// Bit 7 of a record's timestamp-type byte: the record is sealed for a data subject
+/// (format version 2).
+const SEALED: u8 = 0x80;
+
+/// The key, value and headers of a record sealed under a subject's key (FORMAT.md,
+/// "Erasure"); its offset and timestamp stay in clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRef<'a> {
+    /// The subject's keyed hash (32 bytes).
+    pub subject: &'a [u8],
+    /// The id of the subject key it was sealed with (8 bytes).
+    pub key_id: &'a [u8],
+    pub nonce: &'a [u8],
+    /// AES-256-GCM of the record's tail (see [`record_tail`]).
+    pub ciphertext: &'a [u8],
+}
+
 /// A record decoded in place: its byte fields borrow from the chunk body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordRef<'a> {
@@ -187,10 +209,86 @@ pub struct RecordRef<'a> {
     pub value: Option<&'a [u8]>,
     /// Empty (no allocation) for records without headers.
     pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    /// Set for a sealed record, whose `key`, `value` and `headers` are then empty: open
+    /// it with its subject's key.
+    pub sealed: Option<SealedRef<'a>>,
+}
+
+fn put_tail(out: &mut Vec<u8>, r: &RecordRef<'_>) {
+    put_opt_bytes(out, r.key);
+    put_opt_bytes(out, r.value);
+    put_uvarint(out, r.headers.len() as u64);
+    for (name, value) in &r.headers {
+        put_str(out, name);
+        put_opt_bytes(out, *value);
+    }
+}
+
+/// A record's key, value and headers as a chunk encodes them: what sealing encrypts.
+pub fn record_tail(r: &RecordRef<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ChunkEncoder::encoded_len(r));
+    put_tail(&mut out, r);
+    out
+}
+
+type Tail<'a> = (
+    Option<&'a [u8]>,
+    Option<&'a [u8]>,
+    Vec<(&'a str, Option<&'a [u8]>)>,
+);
+
+fn read_tail<'a>(r: &mut Reader<'a>) -> Result<Tail<'a>, FormatError> {
+    let key = r.opt_bytes()?;
+    let value = r.opt_bytes()?;
+    let nh = r.len()?;
+    let mut headers = Vec::with_capacity(nh);
+    for _ in 0..nh {
+        let name = std::str::from_utf8(r.bytes()?)
+            .map_err(|_| FormatError::invalid("chunk", "header name is not UTF-8"))?;
+        headers.push((name, r.opt_bytes()?));
+    }
+    Ok((key, value, headers))
+}
+
+/// The record a sealed one was, from its opened tail.
+pub fn unsealed(r: &RecordRef<'_>, tail: &[u8]) -> Result<Record, FormatError> {
+    let mut rd = Reader::new(tail, "sealed record");
+    let (key, value, headers) = read_tail(&mut rd)?;
+    if !rd.is_empty() {
+        return Err(FormatError::invalid(
+            "sealed record",
+            "trailing bytes after the headers",
+        ));
+    }
+    Ok(RecordRef {
+        offset: r.offset,
+        timestamp: r.timestamp,
+        timestamp_type: r.timestamp_type,
+        key,
+        value,
+        headers,
+        sealed: None,
+    }
+    .to_owned())
 }
 
 impl RecordRef<'_> {
+    /// An owned copy. A sealed record stays sealed: no key, no value, and one header
+    /// `haven-sealed` (open it first).
     pub fn to_owned(&self) -> Record {
+        if self.sealed.is_some() {
+            return Record {
+                offset: self.offset,
+                timestamp: self.timestamp,
+                timestamp_type: self.timestamp_type,
+                key: None,
+                value: None,
+                headers: vec![Header {
+                    name: "haven-sealed".into(),
+                    value: None,
+                }],
+            };
+        }
         Record {
             offset: self.offset,
             timestamp: self.timestamp,
@@ -229,17 +327,26 @@ where
         prev = offset;
         let timestamp = base_ts.wrapping_add(r.svarint()?);
         let tt = r.u8()?;
-        let timestamp_type = TimestampType::from_byte(tt)
+        let timestamp_type = TimestampType::from_byte(tt & !SEALED)
             .ok_or_else(|| FormatError::invalid("chunk", format!("timestamp type {tt}")))?;
-        let key = r.opt_bytes()?;
-        let value = r.opt_bytes()?;
-        let nh = r.len()?;
-        let mut headers = Vec::with_capacity(nh);
-        for _ in 0..nh {
-            let name = std::str::from_utf8(r.bytes()?)
-                .map_err(|_| FormatError::invalid("chunk", "header name is not UTF-8"))?;
-            headers.push((name, r.opt_bytes()?));
-        }
+        let (key, value, headers, sealed) = if tt & SEALED == 0 {
+            let (k, v, h) = read_tail(&mut r)?;
+            (k, v, h, None)
+        } else {
+            let sealed = SealedRef {
+                subject: r.bytes()?,
+                key_id: r.bytes()?,
+                nonce: r.bytes()?,
+                ciphertext: r.bytes()?,
+            };
+            if sealed.subject.len() != 32 || sealed.key_id.len() != 8 || sealed.nonce.len() != 12 {
+                return Err(FormatError::invalid(
+                    "chunk",
+                    "a sealed record's subject, key id or nonce has the wrong length",
+                ));
+            }
+            (None, None, Vec::new(), Some(sealed))
+        };
         f(RecordRef {
             offset,
             timestamp,
@@ -247,6 +354,7 @@ where
             key,
             value,
             headers,
+            sealed,
         })?;
     }
     if !r.is_empty() {
@@ -403,6 +511,54 @@ pub(crate) mod tests {
             let expected: Vec<Record> = records.iter().filter(|r| r.offset >= at).cloned().collect();
             prop_assert_eq!(decode_chunk(tail.body()).unwrap(), expected);
             prop_assert!(chunk.from_offset(records.last().unwrap().offset + 1).unwrap().is_none());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn sealed_records_round_trip_and_open_only_with_their_key(
+            records in arb_records(),
+            which in proptest::collection::vec(any::<bool>(), 40),
+        ) {
+            let key = crate::SubjectKey::generate();
+            let subject = [9u8; 32];
+            let id = key.id();
+            // Each sealed record's pieces, kept alive while the chunk is encoded.
+            let pieces: Vec<Option<([u8; 12], Vec<u8>)>> = records
+                .iter()
+                .zip(&which)
+                .map(|(r, &seal)| seal.then(|| key.seal(&subject, &record_tail(&r.as_ref()))))
+                .collect();
+            let mut enc = ChunkEncoder::new();
+            for (r, p) in records.iter().zip(&pieces) {
+                let mut rr = r.as_ref();
+                if let Some((nonce, ct)) = p {
+                    rr.key = None;
+                    rr.value = None;
+                    rr.headers.clear();
+                    rr.sealed = Some(SealedRef { subject: &subject, key_id: &id, nonce, ciphertext: ct });
+                }
+                enc.push(&rr).unwrap();
+            }
+            let chunk = enc.finish().unwrap();
+            let mut back = Vec::new();
+            let mut sealed = 0;
+            visit_chunk(chunk.body(), |r| {
+                match &r.sealed {
+                    Some(s) => {
+                        sealed += 1;
+                        assert!(r.key.is_none() && r.value.is_none() && r.headers.is_empty());
+                        assert_eq!(s.key_id, &id[..]);
+                        assert!(crate::SubjectKey::generate().open(s.subject, s.nonce, s.ciphertext).is_err());
+                        let tail = key.open(s.subject, s.nonce, s.ciphertext).unwrap();
+                        back.push(unsealed(&r, &tail).unwrap());
+                    }
+                    None => back.push(r.to_owned()),
+                }
+                Ok(())
+            }).unwrap();
+            prop_assert_eq!(sealed, pieces.iter().filter(|p| p.is_some()).count());
+            prop_assert_eq!(back, records);
         }
     }
 

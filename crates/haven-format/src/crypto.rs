@@ -188,6 +188,119 @@ fn rewrap_aad(seq: u64, digest: &[u8; 32]) -> [u8; 53] {
     aad
 }
 
+/// A data subject's key (crypto-shredding, FORMAT.md "Erasure"): seals the key, value and
+/// headers of that subject's records; destroying it erases them.
+#[derive(Clone)]
+pub struct SubjectKey {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SubjectKey({})", hex::encode(self.id()))
+    }
+}
+
+impl SubjectKey {
+    pub fn generate() -> Self {
+        SubjectKey {
+            key: random_data_key(),
+        }
+    }
+
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        SubjectKey { key }
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    /// First 8 bytes of SHA-256("haven-subject-key\0" || key): tells a destroyed key from
+    /// one made later for the same subject.
+    pub fn id(&self) -> [u8; 8] {
+        let mut h = Sha256::new();
+        h.update(b"haven-subject-key\0");
+        h.update(self.key);
+        let d = h.finalize();
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&d[..8]);
+        id
+    }
+
+    /// Seals `plain` for `subject` (AES-256-GCM, random nonce, additional data
+    /// `HAVENSUB` || subject). Returns (nonce, ciphertext).
+    pub fn seal(&self, subject: &[u8; 32], plain: &[u8]) -> ([u8; 12], Vec<u8>) {
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let cipher = Aes256Gcm::new((&self.key).into());
+        let ct = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: &subject_aad(subject),
+                },
+            )
+            .expect("AES-GCM encryption cannot fail for record-sized input");
+        (nonce, ct)
+    }
+
+    pub fn open(
+        &self,
+        subject: &[u8],
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, FormatError> {
+        let subject: &[u8; 32] = subject
+            .try_into()
+            .map_err(|_| FormatError::invalid("sealed record", "subject is not 32 bytes"))?;
+        if nonce.len() != 12 {
+            return Err(FormatError::invalid(
+                "sealed record",
+                "nonce is not 12 bytes",
+            ));
+        }
+        let cipher = Aes256Gcm::new((&self.key).into());
+        cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &subject_aad(subject),
+                },
+            )
+            .map_err(|_| FormatError::Tampered {
+                what: "sealed record".into(),
+            })
+    }
+}
+
+fn subject_aad(subject: &[u8; 32]) -> [u8; 40] {
+    let mut aad = [0u8; 40];
+    aad[..8].copy_from_slice(b"HAVENSUB");
+    aad[8..].copy_from_slice(subject);
+    aad
+}
+
+/// HMAC-SHA256 (RFC 2104) of a subject id under the repository's subject-hash key: the
+/// only form in which a subject id is stored.
+pub fn subject_hash(secret: &[u8], subject: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if secret.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(secret));
+    } else {
+        k[..secret.len()].copy_from_slice(secret);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(subject);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
 pub(crate) fn random_data_key() -> [u8; 32] {
     let mut k = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut k);
@@ -296,6 +409,36 @@ mod tests {
         // A rewrap is not a segment's own wrapping, nor the reverse.
         assert!(new.unwrap_key(&w).is_err());
         assert!(new.unwrap_rewrapped(&new.wrap(&dk), 3, &d).is_err());
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2.
+        let h = subject_hash(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(h),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block.
+        let h = subject_hash(
+            &[0xaa; 131],
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+        );
+        assert_eq!(
+            hex::encode(h),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn sealed_records_open_only_with_their_key_and_subject() {
+        let k = SubjectKey::generate();
+        let s = [1u8; 32];
+        let (n, ct) = k.seal(&s, b"alice");
+        assert_eq!(k.open(&s, &n, &ct).unwrap(), b"alice");
+        assert!(k.open(&[2u8; 32], &n, &ct).is_err());
+        assert!(SubjectKey::generate().open(&s, &n, &ct).is_err());
+        assert_ne!(k.id(), SubjectKey::generate().id());
     }
 
     #[test]

@@ -14,8 +14,11 @@ mod record;
 mod segment;
 mod wire;
 
-pub use chunk::{decode_chunk, encode_chunk, visit_chunk, ChunkEncoder, EncodedChunk, RecordRef};
-pub use crypto::{KeyId, MasterKey, WrappedKey};
+pub use chunk::{
+    decode_chunk, encode_chunk, record_tail, unsealed, visit_chunk, ChunkEncoder, EncodedChunk,
+    RecordRef, SealedRef,
+};
+pub use crypto::{subject_hash, KeyId, MasterKey, SubjectKey, WrappedKey};
 pub use error::FormatError;
 pub use record::{Header, Record, TimestampType};
 pub use segment::{
@@ -24,8 +27,9 @@ pub use segment::{
     SegmentTrailer, TopicMeta, HEADER_LEN, SEGMENT_MAGIC, TRAILER_LEN,
 };
 
-/// Version of the segment format this crate writes. Readers refuse newer versions.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the segment format this crate writes (2: records may be sealed for a data
+/// subject). Readers read every version up to it and refuse newer ones.
+pub const FORMAT_VERSION: u16 = 2;
 
 /// SHA-256 digest of an object's content, as used by the hash chain.
 pub type Digest = [u8; 32];

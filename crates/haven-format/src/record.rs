@@ -59,6 +59,7 @@ impl Record {
                 .iter()
                 .map(|h| (h.name.as_str(), h.value.as_deref()))
                 .collect(),
+            sealed: None,
         }
     }
 

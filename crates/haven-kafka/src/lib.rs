@@ -361,6 +361,7 @@ pub fn record_ref<'a>(m: &'a BorrowedMessage<'_>) -> haven_format::RecordRef<'a>
         key: m.key(),
         value: m.payload(),
         headers,
+        sealed: None,
     }
 }
 

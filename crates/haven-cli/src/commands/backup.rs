@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, env = "HAVEN_REPO", value_name = "NAME|URL")]
     repo: Option<String>,
 
-    /// File holding the repository's master key (64 hex digits). Also: HAVEN_KEY.
+    /// File holding the repository's keys (64 hex digits each, one per line; the first is current for a new repository). Also: HAVEN_KEY.
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
 

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod drill;
 pub mod failback;
 pub mod failover;
+pub mod forget;
 pub mod hold;
 pub mod impact;
 pub mod key;

@@ -5,6 +5,7 @@ mod backup;
 mod config;
 mod dashboard;
 mod drills;
+mod erasure;
 mod failback;
 mod failover;
 mod foundation;

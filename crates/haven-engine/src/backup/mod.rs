@@ -367,6 +367,12 @@ pub async fn run(
                 Some((_, Ok(m))) => {
                     apply_changes(&changes, &mut batch, &mut revoked, &mut report, observer);
                     let rec = haven_kafka::record_ref(&m);
+                    // A record of a data subject is sealed under the subject's key first.
+                    let sealed = repo.seal(m.topic(), &rec).await?;
+                    let rec = match &sealed {
+                        Some(s) => s.record(&rec),
+                        None => rec,
+                    };
                     batch
                         .push(m.topic(), m.partition(), &rec)
                         .map_err(|e| Error::format(&format!("{}/{}", m.topic(), m.partition()), e))?;
@@ -700,6 +706,15 @@ async fn flush(
                 what: "re-read keys/ for a rotation".into(),
                 error: e.to_string(),
             });
+        }
+        if repo.erasure().rules.is_some() {
+            // A subject forgotten while this backup runs gets a new key, never the old one.
+            if let Err(e) = repo.erasure().keys.refresh(repo.store()).await {
+                observer.event(&Event::Retrying {
+                    what: "re-read forgotten/".into(),
+                    error: e.to_string(),
+                });
+            }
         }
         let mut seg = repo.new_segment(state.head, &writer);
         // Compressed JSON-like payloads take about a third of their size: avoid regrowing.

@@ -57,6 +57,8 @@ pub struct Repository {
     /// it before each segment, so a running backup seals with a KEK rotated in meanwhile.
     key_log: std::sync::Arc<std::sync::RwLock<KeyLog>>,
     pub descriptor: Descriptor,
+    /// Erasure rules (for writers, from haven.toml) and the subject keys seen.
+    erasure: crate::erasure::Erasure,
     /// Recently read chunk bodies (decompressed), so that a restore's plan and run fetch
     /// each chunk once.
     cache: std::sync::Arc<std::sync::Mutex<ChunkCache>>,
@@ -164,6 +166,7 @@ impl Repository {
             keys,
             key_log: std::sync::Arc::new(std::sync::RwLock::new(key_log)),
             descriptor,
+            erasure: Default::default(),
         })
     }
 
@@ -197,6 +200,39 @@ impl Repository {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Seals the records of subjects as `rules` say (a writer's repository section).
+    pub fn with_erasure_rules(mut self, rules: Option<crate::erasure::rules::Rules>) -> Self {
+        self.erasure.rules = rules.map(std::sync::Arc::new);
+        self
+    }
+
+    pub fn erasure(&self) -> &crate::erasure::Erasure {
+        &self.erasure
+    }
+
+    /// Seals a record of `topic` for its subject when a rule says so (None: stored as is).
+    pub async fn seal(
+        &self,
+        topic: &str,
+        r: &haven_format::RecordRef<'_>,
+    ) -> Result<Option<crate::erasure::Sealed>> {
+        match self.erasure.rules.as_deref() {
+            Some(rules) if rules.applies_to(topic) => {
+                crate::erasure::seal(rules, &self.erasure.keys, &self.store, topic, r).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The subject keys a chunk body's sealed records need, fetched before decoding it;
+    /// open each record with [`crate::erasure::open`].
+    pub async fn subject_keys_for(
+        &self,
+        body: &[u8],
+    ) -> Result<std::collections::HashMap<[u8; 32], Option<haven_format::SubjectKey>>> {
+        crate::erasure::keys_for(&self.erasure.keys, &self.store, body).await
     }
 
     /// The keys this process was given.
@@ -490,12 +526,22 @@ impl Repository {
     /// Reads and decodes one chunk (one ranged read).
     pub async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<haven_format::Record>> {
         let body = self.chunk_body(chunk).await?;
+        let subjects = self.subject_keys_for(&body).await?;
         let mut out = Vec::with_capacity(chunk.meta.record_count.min(1 << 20) as usize);
+        let mut opened: Result<()> = Ok(());
         haven_format::visit_chunk(&body, |r| {
-            out.push(r.to_owned());
+            match crate::erasure::open(&r, &subjects) {
+                Ok(rec) => out.push(rec),
+                Err(e) => {
+                    if opened.is_ok() {
+                        opened = Err(e);
+                    }
+                }
+            }
             Ok(())
         })
         .map_err(|e| Error::format(&chunk.key, e))?;
+        opened.map_err(|e| Error::Damaged(format!("{}: {e}", chunk.key)))?;
         Ok(out)
     }
 
@@ -557,11 +603,13 @@ pub async fn open_configured(
     }
     let store = store_of(section)?;
     let keys = crate::load_keys(key_file.or(section.key_file.as_deref()))?;
-    if create {
-        Repository::open_or_create(store, keys).await
+    let rules = crate::erasure::rules::Rules::of(section)?;
+    let repo = if create {
+        Repository::open_or_create(store, keys).await?
     } else {
-        Repository::open(store, keys).await
-    }
+        Repository::open(store, keys).await?
+    };
+    Ok(repo.with_erasure_rules(rules))
 }
 
 /// The store a config section names, with its options (nothing is read or created).

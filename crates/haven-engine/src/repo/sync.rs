@@ -8,6 +8,9 @@
 //! audit chain, prune manifests, holds and key rotations, then segments in log order, then the rest. A
 //! re-run copies what is missing, so a killed sync resumes where it stopped.
 //!
+//! Erasure: a subject key the source's `forgotten/` proofs say was destroyed is deleted
+//! from the copy at the start of every pass.
+//!
 //! Residency: a segment or failback capture holding a topic pinned to regions the target
 //! is not in is never copied; the sync stops before it (the copy's log stays a prefix),
 //! records `repo-sync-refused` in the source's audit chain and says so.
@@ -48,6 +51,9 @@ pub struct SyncReport {
     pub target_head: Option<String>,
     /// Why the pass stopped before copying everything (a residency rule).
     pub refused: Option<String>,
+    /// Subject keys deleted from the copy because the source holds a proof they were
+    /// forgotten (`haven forget`).
+    pub erased_keys: u64,
 }
 
 /// Objects Haven never copies: the create-only probe is per store.
@@ -66,6 +72,8 @@ fn rank(key: &str) -> (u8, String) {
         2
     } else if key.starts_with(crate::retention::holds::HOLDS_PREFIX)
         || key.starts_with(super::keys::KEYS_PREFIX)
+        || key.starts_with(crate::erasure::FORGOTTEN_PREFIX)
+        || key.starts_with(crate::erasure::SUBJECTS_PREFIX)
     {
         3
     } else if key.starts_with(LOG_PREFIX) {
@@ -122,7 +130,7 @@ pub async fn sync_once(
 ) -> Result<SyncReport> {
     let mut report = SyncReport::default();
     let src = source.store();
-    let on_target: BTreeMap<String, u64> = target
+    let mut on_target: BTreeMap<String, u64> = target
         .store
         .list("")
         .await?
@@ -145,6 +153,21 @@ pub async fn sync_once(
              an empty location",
             target.name
         )));
+    }
+    // A subject forgotten on the source is forgotten on the copy too: its key goes before
+    // anything is copied (the proof itself is copied below).
+    let proofs = crate::erasure::proofs(src).await?;
+    if !proofs.is_empty() {
+        report.erased_keys = crate::erasure::apply_proofs(&proofs, target.store).await?;
+        if report.erased_keys > 0 {
+            on_target = target
+                .store
+                .list("")
+                .await?
+                .into_iter()
+                .map(|o| (o.key, o.size))
+                .collect();
+        }
     }
     let mut todo: Vec<ObjectInfo> = Vec::new();
     for o in src.list("").await? {

@@ -216,7 +216,26 @@ pub async fn run(
                 })
                 .map_err(|e| Error::format(&chunk.key, e))?;
                 seen += refs.len() as u64;
-                for r in &refs {
+                // Sealed records are opened (or redacted when their subject was forgotten).
+                let subjects = repo.subject_keys_for(&body).await?;
+                let opened = refs
+                    .iter()
+                    .map(|r| {
+                        r.sealed
+                            .as_ref()
+                            .map(|_| crate::erasure::open(r, &subjects))
+                            .transpose()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                for (r, o) in refs.iter().zip(&opened) {
+                    let owned;
+                    let r = match o {
+                        Some(rec) => {
+                            owned = rec.as_ref();
+                            &owned
+                        }
+                        None => r,
+                    };
                     let tp = topic.routing.target(r.key, pp.partition, topic.partitions);
                     let slot = usize::try_from(tp)
                         .ok()

@@ -172,6 +172,8 @@ mod tests {
                 ("logs\\.audit".to_string(), "10y".to_string()),
             ]
             .into(),
+            erasure_subjects: Default::default(),
+            subject_hash_key: None,
         };
         let p = Policy::of(&section, None).unwrap();
         assert_eq!(p.keep_for("payments", NOW).unwrap().text, "7y");
@@ -181,6 +183,8 @@ mod tests {
             &RepositorySection {
                 retention: None,
                 retention_topics: Default::default(),
+                erasure_subjects: Default::default(),
+                subject_hash_key: None,
                 ..section
             },
             None,
