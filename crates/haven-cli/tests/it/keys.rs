@@ -91,8 +91,9 @@ fn rotation_rewraps_keys_and_old_backups_restore_with_the_new_key_alone() {
         b.produce("pay", &batch(i * 20, 20)).unwrap();
         backup_once(&b, &repo, "pay", &["--key-file", &k1s], &[]);
     }
+    // Two segments or more: a backup under load may flush twice.
     let before = segment_bytes(&repo_dir);
-    assert_eq!(before.len(), 2);
+    assert!(before.len() >= 2, "{}", before.len());
 
     // A running writer holding both keys (k1 current) seals with k1, then with k2 after
     // the rotation, at its next segment.
@@ -145,9 +146,13 @@ fn rotation_rewraps_keys_and_old_backups_restore_with_the_new_key_alone() {
     let r = json(&rotate(&k1, &k2));
     assert_eq!(r["from"], id1.as_str());
     assert_eq!(r["to"], id2.as_str());
-    assert_eq!(r["rewrapped_segments"], 2, "{r}");
+    // Every segment so far (the running writer may have added one under k1).
+    assert!(
+        r["rewrapped_segments"].as_u64().unwrap() >= before.len() as u64,
+        "{r}"
+    );
     // No segment was rewritten.
-    assert_eq!(segment_bytes(&repo_dir)[..2], before[..]);
+    assert_eq!(segment_bytes(&repo_dir)[..before.len()], before[..]);
 
     // The running writer's next segment is sealed with k2.
     b.produce("pay", &batch(40, 20)).unwrap();
@@ -203,7 +208,7 @@ fn rotation_rewraps_keys_and_old_backups_restore_with_the_new_key_alone() {
     assert_eq!(opens(&s, &id1)["retirable"], true, "{s}");
     assert_eq!(opens(&s, &id2)["opens_segments"], stored, "{s}");
 
-    // k1 alone opens only the first two segments: refused before anything is printed or
+    // k1 alone opens only the first segments: refused before anything is printed or
     // produced (no partial plaintext), naming the key that would open the rest.
     let out = with_key(&["cat", "--repo", &repo, "--topic", "pay"], &k1);
     assert_eq!(code(&out), 2, "{}", stderr(&out));

@@ -205,29 +205,23 @@ pub async fn seal(
     }))
 }
 
-/// The keys of the subjects whose sealed records are in a chunk body, fetched before the
-/// body is decoded (decoding is synchronous).
+/// The keys of the subjects of the sealed records among `records` (fetched before they are
+/// opened: decoding is synchronous). Nothing is fetched when none is sealed.
 pub async fn keys_for(
     keys: &SubjectKeys,
     store: &Store,
-    body: &[u8],
+    records: &[RecordRef<'_>],
 ) -> Result<HashMap<[u8; 32], Option<SubjectKey>>> {
-    let mut subjects = Vec::new();
-    haven_format::visit_chunk(body, |r| {
-        if let Some(s) = &r.sealed {
-            if let Ok(h) = <[u8; 32]>::try_from(s.subject) {
-                if !subjects.contains(&h) {
-                    subjects.push(h);
-                }
-            }
-        }
-        Ok(())
-    })
-    .map_err(|e| Error::Damaged(format!("chunk: {e}")))?;
     let mut out = HashMap::new();
-    for h in subjects {
-        let k = keys.get(store, &h).await?;
-        out.insert(h, k);
+    for r in records {
+        let Some(s) = &r.sealed else { continue };
+        let Ok(h) = <[u8; 32]>::try_from(s.subject) else {
+            continue;
+        };
+        if !out.contains_key(&h) {
+            let k = keys.get(store, &h).await?;
+            out.insert(h, k);
+        }
     }
     Ok(out)
 }

@@ -226,13 +226,13 @@ impl Repository {
         }
     }
 
-    /// The subject keys a chunk body's sealed records need, fetched before decoding it;
-    /// open each record with [`crate::erasure::open`].
+    /// The subject keys the sealed records among `records` need (none fetched when none
+    /// is sealed); open each record with [`crate::erasure::open`].
     pub async fn subject_keys_for(
         &self,
-        body: &[u8],
+        records: &[haven_format::RecordRef<'_>],
     ) -> Result<std::collections::HashMap<[u8; 32], Option<haven_format::SubjectKey>>> {
-        crate::erasure::keys_for(&self.erasure.keys, &self.store, body).await
+        crate::erasure::keys_for(&self.erasure.keys, &self.store, records).await
     }
 
     /// The keys this process was given.
@@ -526,23 +526,17 @@ impl Repository {
     /// Reads and decodes one chunk (one ranged read).
     pub async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<haven_format::Record>> {
         let body = self.chunk_body(chunk).await?;
-        let subjects = self.subject_keys_for(&body).await?;
-        let mut out = Vec::with_capacity(chunk.meta.record_count.min(1 << 20) as usize);
-        let mut opened: Result<()> = Ok(());
+        let mut refs = Vec::with_capacity(chunk.meta.record_count.min(1 << 20) as usize);
         haven_format::visit_chunk(&body, |r| {
-            match crate::erasure::open(&r, &subjects) {
-                Ok(rec) => out.push(rec),
-                Err(e) => {
-                    if opened.is_ok() {
-                        opened = Err(e);
-                    }
-                }
-            }
+            refs.push(r);
             Ok(())
         })
         .map_err(|e| Error::format(&chunk.key, e))?;
-        opened.map_err(|e| Error::Damaged(format!("{}: {e}", chunk.key)))?;
-        Ok(out)
+        let subjects = self.subject_keys_for(&refs).await?;
+        refs.iter()
+            .map(|r| crate::erasure::open(r, &subjects))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| Error::Damaged(format!("{}: {e}", chunk.key)))
     }
 
     /// The decompressed body of a chunk (checked: CRC, authentication, what the index says),

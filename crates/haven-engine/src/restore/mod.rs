@@ -217,7 +217,7 @@ pub async fn run(
                 .map_err(|e| Error::format(&chunk.key, e))?;
                 seen += refs.len() as u64;
                 // Sealed records are opened (or redacted when their subject was forgotten).
-                let subjects = repo.subject_keys_for(&body).await?;
+                let subjects = repo.subject_keys_for(&refs).await?;
                 let opened = refs
                     .iter()
                     .map(|r| {
