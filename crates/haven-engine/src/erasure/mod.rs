@@ -218,9 +218,8 @@ pub async fn keys_for(
         let Ok(h) = <[u8; 32]>::try_from(s.subject) else {
             continue;
         };
-        if !out.contains_key(&h) {
-            let k = keys.get(store, &h).await?;
-            out.insert(h, k);
+        if let std::collections::hash_map::Entry::Vacant(e) = out.entry(h) {
+            e.insert(keys.get(store, &h).await?);
         }
     }
     Ok(out)
