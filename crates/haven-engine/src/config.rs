@@ -264,6 +264,9 @@ pub struct Config {
     /// Webhooks told about failover steps, fencing, RPO breaches and drill verdicts.
     #[serde(default)]
     pub notify: BTreeMap<String, crate::notify::NotifySection>,
+    /// Signed heads of the audit chains, written periodically by the agents.
+    #[serde(default)]
+    pub audit: Option<crate::recovery::audit_heads::AuditSection>,
 }
 
 pub const EXAMPLE: &str = r#"[clusters.us]
@@ -592,6 +595,9 @@ impl Config {
             return Err(invalid(key, message));
         }
         if let Some(Err((key, message))) = self.objectives.as_ref().map(|o| o.validate()) {
+            return Err(invalid(key, message));
+        }
+        if let Some(Err((key, message))) = self.audit.as_ref().map(|a| a.validate(self)) {
             return Err(invalid(key, message));
         }
         for (name, n) in &self.notify {

@@ -75,6 +75,12 @@ pub enum Event {
     GroupNeverSynced { group: String },
     /// A recoverable error (broker unreachable, ...); the engine retries.
     Retrying { what: String, error: String },
+    /// A signed head of a repository's audit chain was stored (and copied).
+    AuditHeadSigned {
+        repository: String,
+        seq: u64,
+        object: String,
+    },
     /// The standby's agent starts an automatic failover (every gate passed).
     AutomaticFailover {
         from: String,
@@ -197,6 +203,14 @@ impl std::fmt::Display for Event {
                  partitions of the source: nothing to sync; check the name"
             ),
             Event::Retrying { what, error } => write!(f, "{what} failed, retrying: {error}"),
+            Event::AuditHeadSigned {
+                repository,
+                seq,
+                object,
+            } => write!(
+                f,
+                "audit chain of {repository} signed at entry {seq} ({object})"
+            ),
             Event::LeaseAcquired { region, epoch } => {
                 write!(f, "region {region} took the lease: active with epoch {epoch}")
             }

@@ -42,6 +42,9 @@ use crate::Ctx;
 /// With --dashboard the same address also serves `haven serve`'s dashboard, API and
 /// posture metrics (see `haven serve --help`), so each region has one.
 ///
+/// With [audit] in haven.toml it also signs the end of the listed repositories' audit
+/// chains every sign_every_s and copies each head to copy_to (see `haven audit --help`).
+///
 /// SIGTERM or Ctrl-C stops it cleanly and releases the lease.
 ///
 /// Example:
@@ -130,7 +133,32 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let cli = crate::observer::CliObserver::new(ctx.json);
     let observer = haven_engine::events::Tee(&cli, &notifier);
     let stop = super::stop_on_signal();
-    agent::run(&cfg, &agent, &id, &state_dir, &observer, stop).await?;
+    // [audit]: signed heads of the audit chains, on schedule, beside the lease loop.
+    let heads = cfg
+        .audit
+        .as_ref()
+        .map(haven_engine::recovery::audit_heads::schedule)
+        .transpose()?;
+    let signer = async {
+        if let (Some(section), Some((key, every))) = (&cfg.audit, &heads) {
+            haven_engine::recovery::audit_heads::sign_every(
+                &cfg,
+                &section.repositories,
+                &section.copy_to,
+                key,
+                *every,
+                &observer,
+                stop.clone(),
+            )
+            .await;
+        }
+        // Never ends by itself: the agent's loop decides when the process stops.
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        ran = agent::run(&cfg, &agent, &id, &state_dir, &observer, stop.clone()) => ran?,
+        () = signer => {}
+    }
     Ok(0)
 }
 

@@ -22,6 +22,8 @@ use crate::{output, Ctx};
 ///   openssl rand -hex 32 > audit-signing.key
 ///   haven audit sign --repo main --key-file audit-signing.key     (prints the public key)
 ///   haven audit sign --repo main --signing-key-file audit-signing.key --copy-to main-eu
+///   haven audit sign --repo main --signing-key-file audit-signing.key --every 3600
+///   (or [audit] in haven.toml: every agent then signs on schedule)
 ///   haven audit verify --repo main --public-key audit-signing.pub --heads-from main-eu
 #[derive(Debug, clap::Args)]
 #[command(
@@ -75,6 +77,10 @@ struct SignArgs {
     /// those who can write to this one cannot remove it; repeatable.
     #[arg(long, value_name = "NAME|URL")]
     copy_to: Vec<String>,
+    /// Keep signing, every SECONDS, until Ctrl-C or SIGTERM (as an agent does with
+    /// [audit] in haven.toml).
+    #[arg(long, value_name = "SECONDS")]
+    every: Option<u64>,
     #[command(flatten)]
     repo: RepoArgs,
 }
@@ -175,6 +181,25 @@ async fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<u8> {
 async fn sign(ctx: &Ctx, a: SignArgs) -> anyhow::Result<u8> {
     let key = audit_verify::signing_key(&a.signing_key_file)?;
     let cfg = load_config(ctx)?;
+    if let Some(every) = a.every {
+        if every == 0 {
+            return Err(super::usage("--every 0: give a number of seconds above 0"));
+        }
+        // Fail at once on a repository that cannot be opened, then sign on schedule.
+        open_repo(&cfg, &a.repo, false).await?;
+        let observer = crate::observer::CliObserver::new(ctx.json);
+        haven_engine::recovery::audit_heads::sign_every(
+            &cfg,
+            std::slice::from_ref(&a.repo.repo),
+            &a.copy_to,
+            &key,
+            std::time::Duration::from_secs(every),
+            &observer,
+            super::stop_on_signal(),
+        )
+        .await;
+        return Ok(0);
+    }
     let repo = open_repo(&cfg, &a.repo, false).await?;
     let others = open_others(&cfg, &a.copy_to).await?;
     let others: Vec<&haven_engine::repo::Repository> = others.iter().collect();

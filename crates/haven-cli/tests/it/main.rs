@@ -1,6 +1,7 @@
 //! Haven's integration tests: one binary, real servers from the test bed.
 
 mod alerts;
+mod audit_heads;
 mod backup;
 mod config;
 mod dashboard;

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod audit;
+pub mod audit_heads;
 pub mod audit_verify;
 pub mod compensate;
 pub mod impact;
