@@ -75,9 +75,11 @@ impl Audit for crate::repo::Repository {
     }
 }
 
-/// An audit log in a local directory (one create-only JSON file per entry, the
-/// repository's format): for operations that must not depend on a repository in a region
-/// that may be gone.
+/// An audit log in a local directory, hash-chained like a repository's
+/// (`DIR/chain/{seq:012}.json`, each entry holding the SHA-256 of the one before; entries
+/// written before the chain, `DIR/{ms}-{hex}.json`, are read as unchained): for
+/// operations that must not depend on a repository in a region that may be gone.
+/// `dir` is `STATE/audit`; `haven audit verify-state --state-dir STATE` walks it.
 pub struct FileAudit {
     pub dir: PathBuf,
 }
@@ -92,34 +94,16 @@ impl Audit for FileAudit {
         details: serde_json::Value,
     ) -> Result<()> {
         let entry = crate::recovery::audit::entry(action, plan_sha256, epoch, details);
-        let body = serde_json::to_vec_pretty(&entry).map_err(|e| Error::Task(e.to_string()))?;
+        // The store's root is the state directory, so that the chain's keys (`audit/...`)
+        // are the repository's.
+        let root = self.dir.parent().unwrap_or(&self.dir).to_path_buf();
         let dir = self.dir.clone();
-        crate::blocking(move || {
-            std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-            for attempt in 0..5u32 {
-                let path = dir.join(format!(
-                    "{:013}-{:08x}.json",
-                    entry.at,
-                    rand::random::<u32>() ^ attempt
-                ));
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                {
-                    Ok(mut f) => {
-                        use std::io::Write;
-                        f.write_all(&body).map_err(|e| io_error(&path, e))?;
-                        f.sync_all().map_err(|e| io_error(&path, e))?;
-                        return Ok(());
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(io_error(&path, e)),
-                }
-            }
-            Err(Error::Task("could not find a free audit file name".into()))
-        })
-        .await
+        crate::blocking(move || std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e)))
+            .await?;
+        let store = haven_storage::Store::open(&root.display().to_string())
+            .map_err(|e| Error::Input(format!("{}: {e}", root.display())))?;
+        crate::recovery::audit::append(&store, entry).await?;
+        Ok(())
     }
 }
 

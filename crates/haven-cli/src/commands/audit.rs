@@ -50,6 +50,16 @@ enum Command {
     /// Sign the chain's end now (its length and last hash) and store the head in the
     /// repository, create-only.
     Sign(SignArgs),
+    /// Walk the chain of a state directory's local audit log (switchover and failover
+    /// steps, API requests: STATE/audit/): exit 0, or 1 naming the first bad entry.
+    VerifyState(VerifyStateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyStateArgs {
+    /// The state directory (of `haven agent`, `switchover`, `failover`, `serve`).
+    #[arg(long, value_name = "DIR", env = "HAVEN_STATE_DIR")]
+    state_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +99,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     match (a.command, a.repo) {
         (Some(Command::Verify(v)), _) => verify(ctx, v).await,
         (Some(Command::Sign(s)), _) => sign(ctx, s).await,
+        (Some(Command::VerifyState(v)), _) => verify_state(ctx, v).await,
         (None, Some(repo)) => {
             list(
                 ctx,
@@ -131,6 +142,35 @@ async fn list(ctx: &Ctx, args: RepoArgs) -> anyhow::Result<u8> {
         output::table(&["SEQ", "WHEN", "ACTION", "WHO", "SHA256"], &rows);
     }
     Ok(0)
+}
+
+async fn verify_state(ctx: &Ctx, a: VerifyStateArgs) -> anyhow::Result<u8> {
+    if !a.state_dir.join("audit").is_dir() {
+        return Err(super::usage(format!(
+            "{}: no audit/ in it; give the state directory of an agent or a switchover",
+            a.state_dir.display()
+        )));
+    }
+    let r = audit_verify::verify_state_dir(&a.state_dir).await?;
+    let ok = r.problems.is_empty();
+    if ctx.json {
+        output::json(&serde_json::json!({"ok": ok, "report": r}))?;
+    } else {
+        outln!(
+            "local audit chain: {} entries check out{}",
+            r.entries,
+            if r.unchained > 0 {
+                format!("; {} older entries written before the chain", r.unchained)
+            } else {
+                String::new()
+            }
+        );
+        for p in &r.problems {
+            outln!("  BROKEN: {p}");
+        }
+        outln!("{}", if ok { "OK" } else { "FAILED" });
+    }
+    Ok(if ok { 0 } else { 1 })
 }
 
 async fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<u8> {

@@ -128,3 +128,48 @@ fn heads_are_signed_on_schedule_and_copied_to_the_other_region() {
         assert!(stderr(&out).contains(says), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn a_state_directory_audit_log_is_a_chain_that_names_the_entry_edited() {
+    use haven_engine::executor::{Audit, FileAudit};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let audit = FileAudit {
+        dir: state.join("audit"),
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        for step in 1..=4 {
+            audit
+                .record(
+                    "switchover",
+                    "ab",
+                    Some(7),
+                    serde_json::json!({ "step": step }),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let verify = || {
+        haven(&[
+            "--json",
+            "audit",
+            "verify-state",
+            "--state-dir",
+            &path(&state),
+        ])
+    };
+    let v: serde_json::Value = serde_json::from_str(&ok(&verify())).unwrap();
+    assert_eq!(v["report"]["entries"], 4, "{v:#}");
+
+    let second = state.join("audit/chain/000000000002.json");
+    let text = std::fs::read_to_string(&second).unwrap();
+    std::fs::write(&second, text.replace("\"step\": 2", "\"step\": 9")).unwrap();
+    let out = verify();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("entry 2 "), "{text}");
+
+    let out = haven(&["audit", "verify-state", "--state-dir", &path(dir.path())]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+}

@@ -601,7 +601,7 @@ fn a_switchover_started_through_the_api_runs_the_engines_plan() {
         "{steps:#?}"
     );
     // Audited: who asked (the token's name), then every step with its epoch.
-    let audit: Vec<Value> = std::fs::read_dir(state.join("audit"))
+    let audit: Vec<Value> = std::fs::read_dir(state.join("audit/chain"))
         .unwrap()
         .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
         .collect();
@@ -611,6 +611,21 @@ fn a_switchover_started_through_the_api_runs_the_engines_plan() {
         .expect("the request is audited");
     assert_eq!(asked["details"]["by"], "olga", "{asked}");
     assert!(audit.iter().filter(|e| e["action"] == "switchover").count() >= 5);
+    // The local audit log is a hash chain that verifies.
+    let v: Value = serde_json::from_str(&crate::ok(&crate::haven(&[
+        "--json",
+        "audit",
+        "verify-state",
+        "--state-dir",
+        &crate::path(&state),
+    ])))
+    .unwrap();
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(
+        v["report"]["entries"].as_u64().unwrap(),
+        audit.len() as u64,
+        "{v:#}"
+    );
     // The next readings show EU active; asking again is refused by the engine.
     until("the API shows EU active", Duration::from_secs(30), || {
         get("/api/v1/regions").is_some_and(|v| v["active"] == "eu" && v["epoch"] == epoch + 1)

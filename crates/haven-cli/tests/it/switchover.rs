@@ -134,7 +134,7 @@ fn switchover_loses_no_acknowledged_write_and_one_region_takes_writes() {
     );
 
     // Every step is in the audit log with the epoch; a second run has nothing to do.
-    let audit = std::fs::read_dir(lab.dir.path().join("state/audit"))
+    let audit = std::fs::read_dir(lab.dir.path().join("state/audit/chain"))
         .unwrap()
         .count();
     assert!(audit >= 10, "{audit} audit entries");
@@ -287,7 +287,7 @@ fn the_standby_agent_fails_over_by_itself_in_automatic_mode() {
     let v = &done.violations;
     assert!(v.is_empty(), "{v:?}");
     // The agent ran the same plan: its audit log has every step with the new epoch.
-    let audit = lab.dir.path().join("agent-eu/audit");
+    let audit = lab.dir.path().join("agent-eu/audit/chain");
     let entries: Vec<serde_json::Value> = std::fs::read_dir(&audit)
         .unwrap()
         .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())

@@ -126,8 +126,13 @@ pub fn entry(
 /// The chain's last entry: its sequence number and the SHA-256 of its bytes (0 and
 /// [`GENESIS`] for an empty chain).
 pub async fn head(repo: &Repository) -> Result<(u64, String)> {
-    let last = repo
-        .store()
+    head_in(repo.store()).await
+}
+
+/// [`head`] of the chain under `audit/` in any store (a repository's, or a local state
+/// directory's).
+pub async fn head_in(store: &haven_storage::Store) -> Result<(u64, String)> {
+    let last = store
         .list(CHAIN_PREFIX)
         .await?
         .into_iter()
@@ -136,7 +141,7 @@ pub async fn head(repo: &Repository) -> Result<(u64, String)> {
     match last {
         None => Ok((0, GENESIS.to_string())),
         Some(seq) => {
-            let raw = repo.store().get(&chain_key(seq)).await?;
+            let raw = store.get(&chain_key(seq)).await?;
             Ok((seq, hex::encode(Sha256::digest(&raw))))
         }
     }
@@ -160,14 +165,18 @@ pub async fn record_with_epoch(
     epoch: Option<u64>,
     details: serde_json::Value,
 ) -> Result<String> {
-    let mut entry = entry(action, plan_sha256, epoch, details);
+    append(repo.store(), entry(action, plan_sha256, epoch, details)).await
+}
+
+/// Appends `entry` to the chain under `audit/` of `store`; returns its key.
+pub async fn append(store: &haven_storage::Store, mut entry: Entry) -> Result<String> {
     for _ in 0..50u32 {
-        let (seq, prev) = head(repo).await?;
+        let (seq, prev) = head_in(store).await?;
         entry.seq = Some(seq + 1);
         entry.prev_sha256 = Some(prev);
         let body = serde_json::to_vec_pretty(&entry).map_err(|e| Error::Task(e.to_string()))?;
         let key = chain_key(seq + 1);
-        match repo.store().put_new(&key, Bytes::from(body)).await {
+        match store.put_new(&key, Bytes::from(body)).await {
             Ok(()) => return Ok(key),
             // Another writer took this place: append after it.
             Err(haven_storage::StorageError::AlreadyExists { .. }) => continue,

@@ -120,18 +120,14 @@ pub async fn sign_head(
     Ok((object, h))
 }
 
-/// Walks the chain from its first entry and checks every head (their signatures against
-/// `trusted`, when given). Names the first entry that is missing, moved or changed.
-pub async fn verify_chain(
-    repo: &Repository,
-    trusted: Option<&VerifyingKey>,
-    copies: &[&Repository],
-) -> Result<ChainReport> {
+/// Walks the chain under `audit/` of any store (a repository's, or a local state
+/// directory's) from its first entry: the report and each good entry's SHA-256 by number.
+async fn walk(store: &haven_storage::Store) -> Result<(ChainReport, Vec<String>)> {
     let mut r = ChainReport {
         last_sha256: GENESIS.into(),
         ..Default::default()
     };
-    let objects = repo.store().list("audit/").await?;
+    let objects = store.list("audit/").await?;
     r.unchained = objects
         .iter()
         .filter(|o| !o.key.starts_with(CHAIN_PREFIX) && o.key.ends_with(".json"))
@@ -154,7 +150,7 @@ pub async fn verify_chain(
             ));
             break;
         }
-        let raw = repo.store().get(key).await?;
+        let raw = store.get(key).await?;
         let entry: Entry = match serde_json::from_slice(&raw) {
             Ok(e) => e,
             Err(e) => {
@@ -189,6 +185,25 @@ pub async fn verify_chain(
         r.entries = *seq;
         r.last_sha256 = sha;
     }
+    Ok((r, hashes))
+}
+
+/// The chain of a local state directory's audit log (`STATE/audit/`): the agents' and
+/// switchovers' steps, kept where no region's repository is needed.
+pub async fn verify_state_dir(state_dir: &std::path::Path) -> Result<ChainReport> {
+    let store = haven_storage::Store::open(&state_dir.display().to_string())
+        .map_err(|e| Error::Input(format!("{}: {e}", state_dir.display())))?;
+    Ok(walk(&store).await?.0)
+}
+
+/// Walks the chain from its first entry and checks every head (their signatures against
+/// `trusted`, when given). Names the first entry that is missing, moved or changed.
+pub async fn verify_chain(
+    repo: &Repository,
+    trusted: Option<&VerifyingKey>,
+    copies: &[&Repository],
+) -> Result<ChainReport> {
+    let (mut r, hashes) = walk(repo.store()).await?;
     let chain_broken = !r.problems.is_empty();
     // Its own heads, then the copies kept in other repositories.
     let mut heads = Vec::new();
