@@ -128,6 +128,15 @@ pub enum CreateOnly {
     NotEnforced,
 }
 
+/// Whether the store refuses to delete what was written (S3 Object Lock, WORM storage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// A delete of a fresh object failed or left it there.
+    Enforced,
+    /// A fresh object could be deleted: whoever holds the credentials can delete backups.
+    NotEnforced,
+}
+
 /// An object listed by [`Store::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -375,5 +384,17 @@ impl Store {
             tracing::debug!("could not delete probe object {key}: {e}");
         }
         Ok(result)
+    }
+
+    /// Measures whether the store keeps objects from deletion: writes a probe object, deletes
+    /// it, and looks whether it is gone.
+    pub async fn probe_retention(&self) -> Result<Retention> {
+        let key = format!("probe/{:016x}", rand::random::<u64>());
+        self.put_new(&key, Bytes::from_static(b"retain")).await?;
+        let deleted = self.delete(&key).await;
+        Ok(match deleted {
+            Ok(()) if !self.exists(&key).await? => Retention::NotEnforced,
+            _ => Retention::Enforced,
+        })
     }
 }

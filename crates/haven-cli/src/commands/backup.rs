@@ -160,6 +160,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             repo.store().url()
         );
     }
+    if repo.probe_retention().await == Some(false) {
+        tracing::info!(
+            "the store behind {} lets objects be deleted (no S3 Object Lock or WORM, measured): \
+             retention is kept by Haven (`haven prune`), not by the store; the hash chain, prune \
+             manifests and the audit chain make any deletion visible to `haven verify`",
+            repo.store().url()
+        );
+    }
 
     let rx = super::stop_on_signal();
     let observer = super::job_observer(ctx, a.metrics_addr.as_deref(), "backup").await?;

@@ -81,6 +81,12 @@ pub async fn run(ctx: &Ctx, c: Command) -> anyhow::Result<u8> {
                 output::bytes(g as u64)
             ))
     );
-    outln!("the store does not enforce retention itself (no S3 Object Lock is written)");
+    if r.store_enforces_retention == Some(true) {
+        outln!("the store refused to delete a probe object: it keeps objects itself (Object Lock or WORM)");
+    } else if r.store_enforces_retention.is_none() {
+        outln!("note: could not tell whether the store keeps objects from deletion (the probe object could not be written: read-only credentials?)");
+    } else {
+        outln!("the store does not enforce retention itself (measured: a probe object could be deleted; Haven writes no S3 Object Lock)");
+    }
     Ok(0)
 }

@@ -50,6 +50,16 @@ async fn conformance(store: &Store) {
     if actual == CreateOnly::Enforced {
         assert_eq!(&store.get("a/1").await.unwrap()[..], b"hello world");
     }
+
+    // The retention probe must tell the truth too: compare it with a real delete.
+    let probe = store.probe_retention().await.unwrap();
+    let _ = store.delete("a/2").await;
+    let actual = if store.exists("a/2").await.unwrap() {
+        haven_storage::Retention::Enforced
+    } else {
+        haven_storage::Retention::NotEnforced
+    };
+    assert_eq!(probe, actual, "the probe misreports retention");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -352,6 +352,18 @@ impl Repository {
         Ok(self.store.probe_create_only().await?)
     }
 
+    /// Measures whether the store keeps objects from deletion (S3 Object Lock, WORM); None
+    /// when it could not tell (read-only credentials: the probe writes an object).
+    pub async fn probe_retention(&self) -> Option<bool> {
+        match self.store.probe_retention().await {
+            Ok(r) => Some(r == haven_storage::Retention::Enforced),
+            Err(e) => {
+                tracing::debug!(error = %e, "retention probe failed");
+                None
+            }
+        }
+    }
+
     /// The segments of the log, in order.
     pub async fn segments(&self) -> Result<Vec<ObjectInfo>> {
         let mut v: Vec<ObjectInfo> = self

@@ -40,8 +40,9 @@ pub struct PrunePlan {
     /// Segments of an earlier prune recorded in its manifest but still stored (it stopped
     /// before deleting them): deleted first.
     pub unfinished: Vec<u64>,
-    /// The store does not enforce retention itself (no S3 Object Lock): say so.
-    pub store_enforces_retention: bool,
+    /// Whether the store keeps objects from deletion itself, as measured with a probe
+    /// object (None: could not tell).
+    pub store_enforces_retention: Option<bool>,
 }
 
 /// The due segments of `repo` at `now_ms`. Refuses a damaged log (prune only what
@@ -74,7 +75,7 @@ pub async fn plan(repo: &Repository, policy: &Policy, now_ms: i64) -> Result<Pru
         records: 0,
         held: Vec::new(),
         unfinished: Vec::new(),
-        store_enforces_retention: false,
+        store_enforces_retention: repo.probe_retention().await,
     };
     for obj in stored {
         let Some(seq) = crate::repo::segment_seq(&obj.key) else {

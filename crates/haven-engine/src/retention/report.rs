@@ -41,10 +41,11 @@ pub struct RetentionReport {
     /// Bytes a year at the rate of the last 30 days of segments; None with under an hour
     /// of history.
     pub growth_bytes_per_year: Option<f64>,
-    /// Whether the store itself refuses early deletion (S3 Object Lock). Haven does not
-    /// write Object Lock retention: deletion stays possible to whoever holds the store's
-    /// credentials, and prune manifests with the audit chain make every deletion visible.
-    pub store_enforces_retention: bool,
+    /// Whether the store itself refuses deletion (S3 Object Lock, WORM), measured with a
+    /// probe object (None: could not tell). Haven does not write Object Lock retention:
+    /// on other stores deletion stays possible to whoever holds the store's credentials,
+    /// and prune manifests with the audit chain make every deletion visible.
+    pub store_enforces_retention: Option<bool>,
     pub topics: Vec<TopicRetention>,
 }
 
@@ -108,7 +109,7 @@ pub async fn report(repo: &Repository, policy: &Policy, now_ms: i64) -> Result<R
         pruned_segments: state.pruned_segments,
         stored_bytes,
         growth_bytes_per_year: growth,
-        store_enforces_retention: false,
+        store_enforces_retention: repo.probe_retention().await,
         topics: topics.into_values().collect(),
     })
 }
