@@ -5,6 +5,7 @@ mod backup;
 mod dashboard;
 mod data;
 mod drill;
+mod erasure;
 mod failover;
 mod format;
 mod mirror;
@@ -35,6 +36,9 @@ pub enum Command {
     /// The drills (region outage, switchover, partition) at the seed's load, each on a
     /// fresh lab, against the same drill under a light load.
     Drill(drill::Args),
+    /// Backup with every record sealed per customer (crypto-shredding) against the same
+    /// backup without erasure rules.
+    Erasure(erasure::Args),
     /// Backup and mirror with `haven serve` watching them and a dashboard polling every
     /// second, against the same jobs alone.
     Dashboard(dashboard::Args),
@@ -126,6 +130,7 @@ pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
         Command::Failover(a) => failover::run(ctx, a).await,
         Command::Drill(a) => drill::run(ctx, a).await,
         Command::Dashboard(a) => dashboard::run(ctx, a).await,
+        Command::Erasure(a) => erasure::run(ctx, a).await,
     }
 }
 
