@@ -122,16 +122,109 @@ impl Rules {
                 .iter()
                 .find(|(n, _)| n == name)
                 .and_then(|(_, v)| v.map(<[u8]>::to_vec)),
-            Spec::Json(pointer) => {
-                let v: serde_json::Value = serde_json::from_slice(r.value?).ok()?;
-                match v.pointer(pointer)? {
-                    serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
-                    serde_json::Value::Number(n) => Some(n.to_string().into_bytes()),
-                    _ => None,
-                }
-            }
+            Spec::Json(pointer) => json_at(r.value?, pointer),
         };
         id.filter(|i| !i.is_empty())
+    }
+}
+
+/// The string or number at a JSON pointer (RFC 6901) of `doc`, found without building the
+/// document: what is off the path is skipped.
+fn json_at(doc: &[u8], pointer: &str) -> Option<Vec<u8>> {
+    use serde::de::DeserializeSeed as _;
+    let segs: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let mut de = serde_json::Deserializer::from_slice(doc);
+    let found = Path(&segs).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    found
+}
+
+/// Deserializes the rest of a pointer's path.
+struct Path<'a>(&'a [String]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Path<'_> {
+    type Value = Option<Vec<u8>>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Path<'_> {
+    type Value = Option<Vec<u8>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.is_empty().then(|| v.as_bytes().to_vec()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(self.0.is_empty().then(|| v.to_string().into_bytes()))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(self.0.is_empty().then(|| v.to_string().into_bytes()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(self
+            .0
+            .is_empty()
+            .then(|| serde_json::Number::from_f64(v).map(|n| n.to_string().into_bytes()))
+            .flatten())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut out = None;
+        while let Some(k) = m.next_key::<String>()? {
+            match self.0.split_first() {
+                Some((first, rest)) if out.is_none() && k == *first => {
+                    out = m.next_value_seed(Path(rest))?;
+                }
+                _ => {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+        let want = self
+            .0
+            .split_first()
+            .and_then(|(first, rest)| first.parse::<usize>().ok().map(|i| (i, rest)));
+        let mut out = None;
+        let mut i = 0usize;
+        loop {
+            match want {
+                Some((at, rest)) if at == i => match s.next_element_seed(Path(rest))? {
+                    Some(v) => out = v,
+                    None => break,
+                },
+                _ => {
+                    if s.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                        break;
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(out)
     }
 }
 
@@ -199,6 +292,23 @@ mod tests {
         assert_eq!(r.subject_of("other", &rec(b"k", v, vec![])), None);
         assert_eq!(r.hash(b"42"), r.hash(b"42"));
         assert_ne!(r.hash(b"42"), r.hash(b"43"));
+    }
+
+    #[test]
+    fn json_pointers_find_strings_and_numbers_only_on_their_path() {
+        let doc = br#"{"a": {"b": [10, {"c": "x", "d/e": 2.5, "f~g": -3}], "z": true}, "n": null}"#;
+        assert_eq!(json_at(doc, "/a/b/0"), Some(b"10".to_vec()));
+        assert_eq!(json_at(doc, "/a/b/1/c"), Some(b"x".to_vec()));
+        assert_eq!(json_at(doc, "/a/b/1/d~1e"), Some(b"2.5".to_vec()));
+        assert_eq!(json_at(doc, "/a/b/1/f~0g"), Some(b"-3".to_vec()));
+        for missing in ["/a/z", "/n", "/a/b", "/a/b/2", "/q", "/a/b/x"] {
+            assert_eq!(json_at(doc, missing), None, "{missing}");
+        }
+        // Agrees with serde_json's own pointer on what it finds.
+        let v: serde_json::Value = serde_json::from_slice(doc).unwrap();
+        assert_eq!(v.pointer("/a/b/1/c").unwrap(), "x");
+        assert_eq!(json_at(b"{\"a\": 1} trailing", "/a"), None);
+        assert_eq!(json_at(b"not json", "/a"), None);
     }
 
     #[test]
