@@ -231,7 +231,27 @@ pub async fn execute<S: Step, R: Runner<S>>(
         });
         let started = Instant::now();
         let started_ms = chrono::Utc::now().timestamp_millis();
-        let result = runner.run(index, step, progress).await.map_err(failed)?;
+        let result = match runner.run(index, step, progress).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A failed step is audited too (PCI DSS 10.2: every outcome).
+                let details = serde_json::json!({
+                    "step": index + 1, "what": what, "error": e.to_string(),
+                    "outcome": "failure",
+                });
+                if let Err(ae) = ex
+                    .audit
+                    .record(ex.action, ex.plan_sha256, runner.epoch(), details)
+                    .await
+                {
+                    ex.observer.event(&Event::Retrying {
+                        what: "audit a failed step".into(),
+                        error: ae.to_string(),
+                    });
+                }
+                return Err(failed(e));
+            }
+        };
         let ms = started.elapsed().as_millis() as u64;
         let details =
             serde_json::json!({"step": index + 1, "what": what, "result": result, "ms": ms});
@@ -289,7 +309,7 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Log(Mutex<Vec<(String, Option<u64>)>>);
+    struct Log(Mutex<Vec<(String, Option<u64>)>>, Mutex<Vec<serde_json::Value>>);
     #[async_trait::async_trait]
     impl Audit for Log {
         async fn record(
@@ -297,9 +317,10 @@ mod tests {
             a: &str,
             _: &str,
             e: Option<u64>,
-            _: serde_json::Value,
+            d: serde_json::Value,
         ) -> Result<()> {
             self.0.lock().unwrap().push((a.into(), e));
+            self.1.lock().unwrap().push(d);
             Ok(())
         }
     }
@@ -349,7 +370,12 @@ mod tests {
         assert_eq!(p.timings.len(), 3);
         assert!(p.timings.values().all(|t| t.started_ms <= t.done_ms));
         assert!(p.timings[&1].done_ms <= p.timings[&2].started_ms);
-        assert_eq!(log.0.lock().unwrap().len(), 3);
+        // Three steps done and the one failure, each audited.
+        assert_eq!(log.0.lock().unwrap().len(), 4);
+        let d = log.1.lock().unwrap();
+        assert_eq!(d[1]["outcome"], "failure", "{d:?}");
+        assert_eq!(d[1]["step"], 2, "{d:?}");
+        assert!(d[1]["error"].as_str().unwrap().contains("down"), "{d:?}");
         assert!(log
             .0
             .lock()

@@ -267,6 +267,20 @@ fn rotation_rewraps_keys_and_old_backups_restore_with_the_new_key_alone() {
         rotations,
         "{audit}"
     );
+    // PCI DSS 10.2.2 fields: who, what, when, where, outcome, object.
+    let entries: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    let e = &entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entry"]["action"] == "key-rotate")
+        .unwrap()["entry"];
+    assert_eq!(e["outcome"], "success", "{e}");
+    assert!(e["object"].as_str().unwrap().starts_with("keys/"), "{e}");
+    assert!(
+        e["user"].is_string() && e["host"].is_string() && e["at"].is_i64(),
+        "{e}"
+    );
 
     // Bad input: a garbage new key, an unencrypted repository.
     let junk = dir.path().join("junk.key");

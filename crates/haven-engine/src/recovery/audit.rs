@@ -37,6 +37,14 @@ pub struct Entry {
     /// SHA-256 (hex) of the previous entry's bytes ([`GENESIS`] for the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_sha256: Option<String>,
+    /// PCI DSS 10.2.2: `success`, `failure` (a step that failed: `details.error` says why)
+    /// or `refused` (absent on older entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// PCI DSS 10.2.2: the object acted on (a stored document's key, a topic, a plan),
+    /// when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// What the first entry of a chain names as its predecessor.
@@ -110,6 +118,18 @@ pub fn entry(
     details: serde_json::Value,
 ) -> Entry {
     let (user, host) = whoami();
+    let outcome = details["outcome"]
+        .as_str()
+        .unwrap_or(if action.ends_with("-refused") {
+            "refused"
+        } else {
+            "success"
+        })
+        .to_string();
+    let object = ["object", "topic", "target", "plan"]
+        .iter()
+        .find_map(|k| details[*k].as_str())
+        .map(str::to_string);
     Entry {
         at: chrono::Utc::now().timestamp_millis(),
         user,
@@ -120,6 +140,8 @@ pub fn entry(
         epoch,
         seq: None,
         prev_sha256: None,
+        outcome: Some(outcome),
+        object,
     }
 }
 
