@@ -309,7 +309,10 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Log(Mutex<Vec<(String, Option<u64>)>>, Mutex<Vec<serde_json::Value>>);
+    struct Log(
+        Mutex<Vec<(String, Option<u64>)>>,
+        Mutex<Vec<serde_json::Value>>,
+    );
     #[async_trait::async_trait]
     impl Audit for Log {
         async fn record(

@@ -250,7 +250,44 @@ fn read_tail<'a>(r: &mut Reader<'a>) -> Result<Tail<'a>, FormatError> {
     Ok((key, value, headers))
 }
 
-/// The record a sealed one was, from its opened tail.
+/// What a sealed record's ciphertext holds: the record's tail packed, so that sealed
+/// records still compress (ciphertext does not): a method byte, 0 = the tail as is,
+/// 1 = uvarint raw length then the tail as one zstd frame (level 3). The shorter is kept.
+pub fn pack_tail(tail: &[u8]) -> Vec<u8> {
+    if let Ok(z) = compress(tail, 3) {
+        let mut out = Vec::with_capacity(z.len() + 11);
+        out.push(1);
+        put_uvarint(&mut out, tail.len() as u64);
+        out.extend_from_slice(&z);
+        if out.len() < tail.len() + 1 {
+            return out;
+        }
+    }
+    let mut out = Vec::with_capacity(tail.len() + 1);
+    out.push(0);
+    out.extend_from_slice(tail);
+    out
+}
+
+/// The tail [`pack_tail`] packed.
+pub fn unpack_tail(packed: &[u8]) -> Result<Vec<u8>, FormatError> {
+    match packed.split_first() {
+        Some((0, rest)) => Ok(rest.to_vec()),
+        Some((1, rest)) => {
+            let mut r = Reader::new(rest, "sealed record");
+            let raw_len = r.uvarint()?;
+            let frame = r.take(r.remaining())?;
+            decompress(frame, raw_len)
+        }
+        Some((m, _)) => Err(FormatError::invalid(
+            "sealed record",
+            format!("packing method {m}"),
+        )),
+        None => Err(FormatError::invalid("sealed record", "empty")),
+    }
+}
+
+/// The record a sealed one was, from its opened (and unpacked) tail.
 pub fn unsealed(r: &RecordRef<'_>, tail: &[u8]) -> Result<Record, FormatError> {
     let mut rd = Reader::new(tail, "sealed record");
     let (key, value, headers) = read_tail(&mut rd)?;
@@ -527,7 +564,7 @@ pub(crate) mod tests {
             let pieces: Vec<Option<([u8; 12], Vec<u8>)>> = records
                 .iter()
                 .zip(&which)
-                .map(|(r, &seal)| seal.then(|| key.seal(&subject, &record_tail(&r.as_ref()))))
+                .map(|(r, &seal)| seal.then(|| key.seal(&subject, &pack_tail(&record_tail(&r.as_ref())))))
                 .collect();
             let mut enc = ChunkEncoder::new();
             for (r, p) in records.iter().zip(&pieces) {
@@ -550,8 +587,8 @@ pub(crate) mod tests {
                         assert!(r.key.is_none() && r.value.is_none() && r.headers.is_empty());
                         assert_eq!(s.key_id, &id[..]);
                         assert!(crate::SubjectKey::generate().open(s.subject, s.nonce, s.ciphertext).is_err());
-                        let tail = key.open(s.subject, s.nonce, s.ciphertext).unwrap();
-                        back.push(unsealed(&r, &tail).unwrap());
+                        let packed = key.open(s.subject, s.nonce, s.ciphertext).unwrap();
+                        back.push(unsealed(&r, &unpack_tail(&packed).unwrap()).unwrap());
                     }
                     None => back.push(r.to_owned()),
                 }
@@ -559,6 +596,27 @@ pub(crate) mod tests {
             }).unwrap();
             prop_assert_eq!(sealed, pieces.iter().filter(|p| p.is_some()).count());
             prop_assert_eq!(back, records);
+        }
+    }
+
+    #[test]
+    fn packed_tails_shrink_what_compresses_and_round_trip() {
+        let json = br#"{"customer":"c-1","amount":12.5,"note":"refund refund refund refund refund refund"}"#.repeat(8);
+        let p = pack_tail(&json);
+        assert_eq!(p[0], 1);
+        assert!(p.len() < json.len() / 2, "{} of {}", p.len(), json.len());
+        assert_eq!(unpack_tail(&p).unwrap(), json);
+        let tiny = b"ab";
+        assert_eq!(pack_tail(tiny), vec![0, b'a', b'b']);
+        assert_eq!(unpack_tail(&pack_tail(tiny)).unwrap(), tiny);
+        assert!(unpack_tail(&[7, 1]).is_err() && unpack_tail(&[]).is_err());
+        assert!(unpack_tail(&[1, 200, 1, 0]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn unpacking_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = unpack_tail(&bytes);
         }
     }
 

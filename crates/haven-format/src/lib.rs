@@ -15,8 +15,8 @@ mod segment;
 mod wire;
 
 pub use chunk::{
-    decode_chunk, encode_chunk, record_tail, unsealed, visit_chunk, ChunkEncoder, EncodedChunk,
-    RecordRef, SealedRef,
+    decode_chunk, encode_chunk, pack_tail, record_tail, unpack_tail, unsealed, visit_chunk,
+    ChunkEncoder, EncodedChunk, RecordRef, SealedRef,
 };
 pub use crypto::{subject_hash, KeyId, MasterKey, SubjectKey, WrappedKey};
 pub use error::FormatError;

@@ -96,6 +96,9 @@ pub struct SubjectKeys {
     cache: Mutex<HashMap<[u8; 32], Option<SubjectKey>>>,
     /// Proofs seen under `forgotten/` when the cache was last checked.
     forgotten_seen: Mutex<usize>,
+    /// The store was measured to refuse a second create of a key: a new subject's key is
+    /// then put first (one request), not looked up first (two).
+    create_only: std::sync::atomic::AtomicBool,
 }
 
 /// A sealed record's pieces, owned while its chunk is built.
@@ -147,11 +150,26 @@ impl SubjectKeys {
         Ok(k)
     }
 
+    /// Says whether the store enforces create-only puts (as measured by its probe).
+    pub fn set_create_only(&self, enforced: bool) {
+        self.create_only
+            .store(enforced, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The subject's key for sealing: the stored one, else a new one stored create-only
-    /// first (a segment never names a key that was not durable before it).
+    /// first (a segment never names a key that was not durable before it). On a store
+    /// that enforces create-only puts a new key is put at once (a subject already stored
+    /// makes it fail, and the stored key is read); on others it is looked up first, so
+    /// that a stored key is never replaced.
     pub async fn get_or_create(&self, store: &Store, hash: &[u8; 32]) -> Result<SubjectKey> {
-        if let Some(k) = self.get(store, hash).await? {
+        let cached = lock(&self.cache)?.get(hash).cloned().flatten();
+        if let Some(k) = cached {
             return Ok(k);
+        }
+        if !self.create_only.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(k) = self.get(store, hash).await? {
+                return Ok(k);
+            }
         }
         let name = subject_key_name(hash);
         let k = SubjectKey::generate();
@@ -196,7 +214,10 @@ pub async fn seal(
     };
     let subject = rules.hash(&id);
     let key = keys.get_or_create(store, &subject).await?;
-    let (nonce, ciphertext) = key.seal(&subject, &haven_format::record_tail(r));
+    let (nonce, ciphertext) = key.seal(
+        &subject,
+        &haven_format::pack_tail(&haven_format::record_tail(r)),
+    );
     Ok(Some(Sealed {
         subject,
         key_id: key.id(),
@@ -254,6 +275,7 @@ pub fn open(r: &RecordRef<'_>, keys: &HashMap<[u8; 32], Option<SubjectKey>>) -> 
         Some(k) if k.id()[..] == *s.key_id => {
             let tail = k
                 .open(s.subject, s.nonce, s.ciphertext)
+                .and_then(|packed| haven_format::unpack_tail(&packed))
                 .map_err(|e| Error::Damaged(format!("offset {}: {e}", r.offset)))?;
             haven_format::unsealed(r, &tail)
                 .map_err(|e| Error::Damaged(format!("offset {}: {e}", r.offset)))

@@ -349,7 +349,9 @@ impl Repository {
 
     /// Measures what the store guarantees about create-only writes.
     pub async fn probe(&self) -> Result<CreateOnly> {
-        Ok(self.store.probe_create_only().await?)
+        let r = self.store.probe_create_only().await?;
+        self.erasure.keys.set_create_only(r == CreateOnly::Enforced);
+        Ok(r)
     }
 
     /// Measures whether the store keeps objects from deletion (S3 Object Lock, WORM); None
