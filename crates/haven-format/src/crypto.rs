@@ -81,17 +81,16 @@ impl MasterKey {
     }
 
     pub fn wrap(&self, data_key: &[u8; 32]) -> WrappedKey {
+        self.wrap_with(data_key, b"haven-data-key")
+    }
+
+    /// AES-256-GCM of a data key under this key, random nonce, additional data `aad`.
+    fn wrap_with(&self, data_key: &[u8; 32], aad: &[u8]) -> WrappedKey {
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
         let cipher = Aes256Gcm::new((&self.key).into());
         let ciphertext = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: data_key,
-                    aad: b"haven-data-key",
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: data_key, aad })
             .expect("AES-GCM encryption of 32 bytes cannot fail");
         WrappedKey {
             key_id: self.id(),
@@ -100,61 +99,13 @@ impl MasterKey {
         }
     }
 
-    pub fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<[u8; 32], FormatError> {
-        if wrapped.key_id != self.id() {
-            return Err(FormatError::WrongKey {
-                expected: wrapped.key_id.0.clone(),
-                given: self.id().0,
-            });
-        }
-        let cipher = Aes256Gcm::new((&self.key).into());
-        let plain = cipher
-            .decrypt(
-                Nonce::from_slice(&wrapped.nonce),
-                Payload {
-                    msg: &wrapped.ciphertext,
-                    aad: b"haven-data-key",
-                },
-            )
-            .map_err(|_| FormatError::Tampered {
-                what: "wrapped data key".into(),
-            })?;
-        plain
-            .try_into()
-            .map_err(|_| FormatError::invalid("wrapped data key", "not 32 bytes"))
-    }
-}
-
-impl MasterKey {
-    /// Wraps a segment's data key again under this key, for a key rotation (FORMAT.md,
-    /// "Key rotation"). The wrapping is bound to the segment: additional data
-    /// `haven-rewrap\0` || seq (big-endian u64) || the segment's digest.
-    pub fn rewrap(&self, data_key: &[u8; 32], seq: u64, digest: &[u8; 32]) -> WrappedKey {
-        let mut nonce = [0u8; 12];
-        rand::thread_rng().fill_bytes(&mut nonce);
-        let cipher = Aes256Gcm::new((&self.key).into());
-        let ciphertext = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: data_key,
-                    aad: &rewrap_aad(seq, digest),
-                },
-            )
-            .expect("AES-GCM encryption of 32 bytes cannot fail");
-        WrappedKey {
-            key_id: self.id(),
-            nonce,
-            ciphertext,
-        }
-    }
-
-    /// Opens a wrapping made by [`MasterKey::rewrap`] for segment `seq` with `digest`.
-    pub fn unwrap_rewrapped(
+    /// Opens a wrapping made by [`MasterKey::wrap_with`] with the same `aad`; `what`
+    /// names it in errors.
+    fn unwrap_with(
         &self,
         wrapped: &WrappedKey,
-        seq: u64,
-        digest: &[u8; 32],
+        aad: &[u8],
+        what: &str,
     ) -> Result<[u8; 32], FormatError> {
         if wrapped.key_id != self.id() {
             return Err(FormatError::WrongKey {
@@ -168,15 +119,40 @@ impl MasterKey {
                 Nonce::from_slice(&wrapped.nonce),
                 Payload {
                     msg: &wrapped.ciphertext,
-                    aad: &rewrap_aad(seq, digest),
+                    aad,
                 },
             )
-            .map_err(|_| FormatError::Tampered {
-                what: format!("re-wrapped data key of segment {seq}"),
-            })?;
+            .map_err(|_| FormatError::Tampered { what: what.into() })?;
         plain
             .try_into()
-            .map_err(|_| FormatError::invalid("re-wrapped data key", "not 32 bytes"))
+            .map_err(|_| FormatError::invalid("wrapped data key", "not 32 bytes"))
+    }
+
+    pub fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<[u8; 32], FormatError> {
+        self.unwrap_with(wrapped, b"haven-data-key", "wrapped data key")
+    }
+}
+
+impl MasterKey {
+    /// Wraps a segment's data key again under this key, for a key rotation (FORMAT.md,
+    /// "Key rotation"). The wrapping is bound to the segment: additional data
+    /// `haven-rewrap\0` || seq (big-endian u64) || the segment's digest.
+    pub fn rewrap(&self, data_key: &[u8; 32], seq: u64, digest: &[u8; 32]) -> WrappedKey {
+        self.wrap_with(data_key, &rewrap_aad(seq, digest))
+    }
+
+    /// Opens a wrapping made by [`MasterKey::rewrap`] for segment `seq` with `digest`.
+    pub fn unwrap_rewrapped(
+        &self,
+        wrapped: &WrappedKey,
+        seq: u64,
+        digest: &[u8; 32],
+    ) -> Result<[u8; 32], FormatError> {
+        self.unwrap_with(
+            wrapped,
+            &rewrap_aad(seq, digest),
+            &format!("re-wrapped data key of segment {seq}"),
+        )
     }
 }
 

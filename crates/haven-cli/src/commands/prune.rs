@@ -89,12 +89,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             None => String::new(),
         }
     );
-    if plan.store_enforces_retention == Some(true) {
-        outln!("note: the store refused to delete a probe object (Object Lock or WORM): it keeps objects itself, and prune's deletions may be refused too");
-    } else if plan.store_enforces_retention.is_none() {
-        outln!("note: could not tell whether the store keeps objects from deletion (the probe object could not be written: read-only credentials?)");
-    } else {
-        outln!("note: the store does not enforce retention itself (measured: a probe object could be deleted; Haven writes no S3 Object Lock): whoever holds its credentials can delete; prune manifests and the audit chain make any deletion visible to `haven verify`");
-    }
+    outln!(
+        "note: {}",
+        haven_engine::retention::store_note(plan.store_enforces_retention)
+    );
     Ok(0)
 }

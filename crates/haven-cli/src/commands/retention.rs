@@ -81,12 +81,9 @@ pub async fn run(ctx: &Ctx, c: Command) -> anyhow::Result<u8> {
                 output::bytes(g as u64)
             ))
     );
-    if r.store_enforces_retention == Some(true) {
-        outln!("the store refused to delete a probe object: it keeps objects itself (Object Lock or WORM)");
-    } else if r.store_enforces_retention.is_none() {
-        outln!("note: could not tell whether the store keeps objects from deletion (the probe object could not be written: read-only credentials?)");
-    } else {
-        outln!("the store does not enforce retention itself (measured: a probe object could be deleted; Haven writes no S3 Object Lock)");
-    }
+    outln!(
+        "{}",
+        haven_engine::retention::store_note(r.store_enforces_retention)
+    );
     Ok(0)
 }

@@ -370,28 +370,34 @@ pub fn is_proof_name(name: &str) -> bool {
         })
 }
 
+/// The subject key object a proof says was destroyed, when `store` still holds that very
+/// key (not a later one of the same subject).
+async fn still_stored(store: &Store, p: &ForgetProof) -> Result<Option<String>> {
+    let Some(id) = &p.key_id else {
+        return Ok(None);
+    };
+    let Some(hash) = hex::decode(&p.subject)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+    else {
+        return Ok(None);
+    };
+    let name = subject_key_name(&hash);
+    match store.get(&name).await {
+        Ok(raw) => Ok(SubjectKeyObject::parse(&name, &raw)
+            .is_ok_and(|k| hex::encode(k.id()) == *id)
+            .then_some(name)),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Proofs whose key is still in `store` (a forget stopped before deleting it).
 pub async fn unfinished(store: &Store) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for (name, p) in proofs(store).await? {
-        let Some(id) = &p.key_id else { continue };
-        let Some(hash) = hex::decode(&p.subject)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        else {
-            continue;
-        };
-        let key_name = subject_key_name(&hash);
-        match store.get(&key_name).await {
-            Ok(raw) => {
-                if SubjectKeyObject::parse(&key_name, &raw)
-                    .is_ok_and(|k| hex::encode(k.id()) == *id)
-                {
-                    out.push(name);
-                }
-            }
-            Err(StorageError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+        if still_stored(store, &p).await?.is_some() {
+            out.push(name);
         }
     }
     Ok(out)
@@ -416,23 +422,9 @@ pub async fn proofs(store: &Store) -> Result<Vec<(String, ForgetProof)>> {
 pub async fn apply_proofs(proofs: &[(String, ForgetProof)], store: &Store) -> Result<u64> {
     let mut n = 0;
     for (_, p) in proofs {
-        let Some(id) = &p.key_id else { continue };
-        let Some(hash) = hex::decode(&p.subject)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        else {
-            continue;
-        };
-        let name = subject_key_name(&hash);
-        match store.get(&name).await {
-            Ok(raw) => {
-                if hex::encode(SubjectKeyObject::parse(&name, &raw)?.id()) == *id {
-                    store.delete(&name).await?;
-                    n += 1;
-                }
-            }
-            Err(StorageError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+        if let Some(name) = still_stored(store, p).await? {
+            store.delete(&name).await?;
+            n += 1;
         }
     }
     Ok(n)

@@ -122,6 +122,16 @@ fn topics_of(key: &str, bytes: &[u8]) -> Result<Option<BTreeSet<String>>> {
     Ok(None)
 }
 
+/// Every object of a store and its size.
+async fn listing(store: &Store) -> Result<BTreeMap<String, u64>> {
+    Ok(store
+        .list("")
+        .await?
+        .into_iter()
+        .map(|o| (o.key, o.size))
+        .collect())
+}
+
 /// Copies what the target lacks, in order, each object checked on arrival.
 pub async fn sync_once(
     source: &Repository,
@@ -130,13 +140,7 @@ pub async fn sync_once(
 ) -> Result<SyncReport> {
     let mut report = SyncReport::default();
     let src = source.store();
-    let mut on_target: BTreeMap<String, u64> = target
-        .store
-        .list("")
-        .await?
-        .into_iter()
-        .map(|o| (o.key, o.size))
-        .collect();
+    let mut on_target = listing(target.store).await?;
     if let Some(_size) = on_target.get(DESCRIPTOR_KEY) {
         let theirs = target.store.get(DESCRIPTOR_KEY).await?;
         let ours = src.get(DESCRIPTOR_KEY).await?;
@@ -160,13 +164,7 @@ pub async fn sync_once(
     if !proofs.is_empty() {
         report.erased_keys = crate::erasure::apply_proofs(&proofs, target.store).await?;
         if report.erased_keys > 0 {
-            on_target = target
-                .store
-                .list("")
-                .await?
-                .into_iter()
-                .map(|o| (o.key, o.size))
-                .collect();
+            on_target = listing(target.store).await?;
         }
     }
     let mut todo: Vec<ObjectInfo> = Vec::new();

@@ -47,6 +47,26 @@ pub struct PrunePlan {
 
 /// The due segments of `repo` at `now_ms`. Refuses a damaged log (prune only what
 /// verifies) and a policy that keeps everything.
+/// What the store's retention probe found, in words, for `prune` and `retention report`.
+pub fn store_note(enforced: Option<bool>) -> &'static str {
+    match enforced {
+        Some(true) => {
+            "the store refused to delete a probe object (Object Lock or WORM): it keeps objects \
+             itself, and prune's deletions may be refused too"
+        }
+        None => {
+            "could not tell whether the store keeps objects from deletion (the probe object \
+             could not be written: read-only credentials?)"
+        }
+        Some(false) => {
+            "the store does not enforce retention itself (measured: a probe object could be \
+             deleted; Haven writes no S3 Object Lock): whoever holds its credentials can \
+             delete; prune manifests and the audit chain make any deletion visible to \
+             `haven verify`"
+        }
+    }
+}
+
 pub async fn plan(repo: &Repository, policy: &Policy, now_ms: i64) -> Result<PrunePlan> {
     if !policy.is_set() {
         return Err(Error::Input(
