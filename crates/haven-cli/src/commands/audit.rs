@@ -152,19 +152,32 @@ async fn verify_state(ctx: &Ctx, a: VerifyStateArgs) -> anyhow::Result<u8> {
         )));
     }
     let r = audit_verify::verify_state_dir(&a.state_dir).await?;
+    report(ctx, &r, "local audit chain", |_| Ok(()))
+}
+
+/// Prints a chain's report (`--json`: `{"ok", "report"}`), `heads` adding its lines
+/// before the problems; exit 0 when it holds, 1 otherwise.
+fn report(
+    ctx: &Ctx,
+    r: &audit_verify::ChainReport,
+    title: &str,
+    heads: impl Fn(&audit_verify::ChainReport) -> anyhow::Result<()>,
+) -> anyhow::Result<u8> {
     let ok = r.problems.is_empty();
     if ctx.json {
         output::json(&serde_json::json!({"ok": ok, "report": r}))?;
     } else {
         outln!(
-            "local audit chain: {} entries check out{}",
+            "{title}: {} entries check out, last SHA-256 {}{}",
             r.entries,
+            &r.last_sha256[..16.min(r.last_sha256.len())],
             if r.unchained > 0 {
                 format!("; {} older entries written before the chain", r.unchained)
             } else {
                 String::new()
             }
         );
+        heads(r)?;
         for p in &r.problems {
             outln!("  BROKEN: {p}");
         }
@@ -184,20 +197,7 @@ async fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<u8> {
     let others = open_others(&cfg, &a.heads_from).await?;
     let others: Vec<&haven_engine::repo::Repository> = others.iter().collect();
     let r = audit_verify::verify_chain(&repo, trusted.as_ref(), &others).await?;
-    let ok = r.problems.is_empty();
-    if ctx.json {
-        output::json(&serde_json::json!({"ok": ok, "report": r}))?;
-    } else {
-        outln!(
-            "audit chain: {} entries check out, last SHA-256 {}{}",
-            r.entries,
-            &r.last_sha256[..16],
-            if r.unchained > 0 {
-                format!("; {} older entries written before the chain", r.unchained)
-            } else {
-                String::new()
-            }
-        );
+    report(ctx, &r, "audit chain", |r| {
         outln!(
             "signed heads: {} ({})",
             r.heads,
@@ -210,12 +210,8 @@ async fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<u8> {
                 "not authenticated: give --public-key".into()
             }
         );
-        for p in &r.problems {
-            outln!("  BROKEN: {p}");
-        }
-        outln!("{}", if ok { "OK" } else { "FAILED" });
-    }
-    Ok(if ok { 0 } else { 1 })
+        Ok(())
+    })
 }
 
 async fn sign(ctx: &Ctx, a: SignArgs) -> anyhow::Result<u8> {
