@@ -395,7 +395,7 @@ async fn still_stored(store: &Store, p: &ForgetProof) -> Result<Option<String>> 
 /// Proofs whose key is still in `store` (a forget stopped before deleting it).
 pub async fn unfinished(store: &Store) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for (name, p) in proofs(store).await? {
+    for (name, p) in proofs(store, &|_| false).await? {
         if still_stored(store, &p).await?.is_some() {
             out.push(name);
         }
@@ -403,9 +403,13 @@ pub async fn unfinished(store: &Store) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Every proof under `forgotten/`, by name.
-pub async fn proofs(store: &Store) -> Result<Vec<(String, ForgetProof)>> {
+/// The proofs under `forgotten/`, by name, but those `skip` names (they are not read).
+pub async fn proofs(
+    store: &Store,
+    skip: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<(String, ForgetProof)>> {
     let mut objects = store.list(FORGOTTEN_PREFIX).await?;
+    objects.retain(|o| !skip(&o.key));
     objects.sort_by(|a, b| a.key.cmp(&b.key));
     let mut out = Vec::new();
     for o in objects {

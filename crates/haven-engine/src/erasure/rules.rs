@@ -103,10 +103,6 @@ impl Rules {
         haven_format::subject_hash(&self.secret, subject)
     }
 
-    pub fn applies_to(&self, topic: &str) -> bool {
-        self.rules.iter().any(|(re, _)| re.is_match(topic))
-    }
-
     /// The subject id of a record of `topic` (None: the record has no subject, or the
     /// topic no rule).
     pub fn subject_of(&self, topic: &str, r: &haven_format::RecordRef<'_>) -> Option<Vec<u8>> {

@@ -219,10 +219,11 @@ impl Repository {
         r: &haven_format::RecordRef<'_>,
     ) -> Result<Option<crate::erasure::Sealed>> {
         match self.erasure.rules.as_deref() {
-            Some(rules) if rules.applies_to(topic) => {
+            // One rule match per record: `seal` finds the topic's rule, or none.
+            Some(rules) => {
                 crate::erasure::seal(rules, &self.erasure.keys, &self.store, topic, r).await
             }
-            _ => Ok(None),
+            None => Ok(None),
         }
     }
 

@@ -159,8 +159,9 @@ pub async fn sync_once(
         )));
     }
     // A subject forgotten on the source is forgotten on the copy too: its key goes before
-    // anything is copied (the proof itself is copied below).
-    let proofs = crate::erasure::proofs(src).await?;
+    // anything is copied. The proof itself is copied below, so a proof the copy holds was
+    // applied by an earlier pass and is not read again.
+    let proofs = crate::erasure::proofs(src, &|name| on_target.contains_key(name)).await?;
     if !proofs.is_empty() {
         report.erased_keys = crate::erasure::apply_proofs(&proofs, target.store).await?;
         if report.erased_keys > 0 {

@@ -218,18 +218,21 @@ pub async fn run(
                 seen += refs.len() as u64;
                 // Sealed records are opened (or redacted when their subject was forgotten).
                 let subjects = repo.subject_keys_for(&refs).await?;
-                let opened = refs
-                    .iter()
-                    .map(|r| {
-                        r.sealed
-                            .as_ref()
-                            .map(|_| crate::erasure::open(r, &subjects))
-                            .transpose()
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                for (r, o) in refs.iter().zip(&opened) {
+                let opened = if refs.iter().any(|r| r.sealed.is_some()) {
+                    refs.iter()
+                        .map(|r| {
+                            r.sealed
+                                .as_ref()
+                                .map(|_| crate::erasure::open(r, &subjects))
+                                .transpose()
+                        })
+                        .collect::<Result<Vec<_>>>()?
+                } else {
+                    Vec::new()
+                };
+                for (i, r) in refs.iter().enumerate() {
                     let owned;
-                    let r = match o {
+                    let r = match opened.get(i).and_then(Option::as_ref) {
                         Some(rec) => {
                             owned = rec.as_ref();
                             &owned
