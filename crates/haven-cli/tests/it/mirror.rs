@@ -536,3 +536,76 @@ fn processes_share_partitions_survive_a_kill_and_sync_groups_continuously() {
     }
     assert_eq!(assert_mirrored(&us, &eu, "shipments", 4, 0), 1600);
 }
+
+/// A bounded reading (the dashboard's) during a bulk copy takes the mirror's position from
+/// its last checkpoint instead of reading the target's large batches, and says so; a few
+/// records past the checkpoint are read and the position is exact. Built deterministically:
+/// a mirror that checkpoints only when it stops, then runs cut short (as a kill would).
+#[test]
+fn a_bounded_reading_during_a_bulk_copy_uses_the_checkpoint_and_says_so() {
+    use haven_engine::mirror::{self, status, MirrorOptions};
+    let us = Broker::start().unwrap();
+    let eu = Broker::start().unwrap();
+    us.create_topic("bulk", 1).unwrap();
+    let recs = |from: usize, n: usize| -> Vec<Rec> {
+        (from..from + n)
+            .map(|i| Rec::kv(&format!("k{i}"), &format!("v{i}")).to_partition(0))
+            .collect()
+    };
+    us.produce("bulk", &recs(0, 40)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = haven_engine::config::Config::parse(
+        &format!(
+            "[clusters.us]\nbootstrap = \"{}\"\n[clusters.eu]\nbootstrap = \"{}\"\n\
+             [mirrors.bulk]\nfrom = \"us\"\nto = \"eu\"\ntopics = \"bulk\"\n",
+            us.bootstrap(),
+            eu.bootstrap()
+        ),
+        &dir.path().join("haven.toml"),
+    )
+    .unwrap();
+    let mut opts = MirrorOptions::from_config(&cfg, "bulk").unwrap();
+    // Checkpoints only when a run ends by itself (`once`), never during one.
+    opts.checkpoint_interval = Duration::from_secs(3600);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let observer = haven_engine::events::LogObserver;
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let mut once = opts.clone();
+    once.once = true;
+    rt.block_on(mirror::run(&once, &observer, rx.clone()))
+        .unwrap();
+    // A continuous run copies `n` more records and is cut short before any checkpoint.
+    let copy_and_cut = |from: usize, n: usize| {
+        us.produce("bulk", &recs(from, n)).unwrap();
+        let (o, r) = (opts.clone(), rx.clone());
+        let task = rt.spawn(async move {
+            let observer = haven_engine::events::LogObserver;
+            let _ = mirror::run(&o, &observer, r).await;
+        });
+        let end = (from + n) as i64;
+        wait_for("the copy", 60, || high(&eu, "bulk", 0) >= end);
+        task.abort();
+        let _ = rt.block_on(task);
+        assert_eq!(high(&eu, "bulk", 0), end, "copied exactly once");
+    };
+    let limited = || {
+        let p = rt
+            .block_on(status::status_limited(&opts, Some(10_000)))
+            .unwrap();
+        (
+            p[0].mirrored_to,
+            p[0].lag_records,
+            p[0].position_from_checkpoint,
+        )
+    };
+    let exact = || rt.block_on(status::status(&opts)).unwrap()[0].mirrored_to;
+
+    // 30 records past the checkpoint: read, exact.
+    copy_and_cut(40, 30);
+    assert_eq!(limited(), (70, 0, false));
+    assert_eq!(exact(), 70);
+    // 300 more: the checkpoint (40), marked, the lag overstated (never understated).
+    copy_and_cut(70, 300);
+    assert_eq!(limited(), (40, 330, true));
+    assert_eq!(exact(), 370);
+}

@@ -148,6 +148,52 @@ pub fn load_map(
         .collect())
 }
 
+/// Where the mirror's last checkpoints put each partition of `source_cluster`, from the
+/// map topic's last `window` entries only (blocking): (topic, partition) -> (the first
+/// source offset not checkpointed, the target offset after the last checkpointed record).
+/// A lower bound of each position (a checkpoint names acknowledged records only), read in
+/// one small fetch: the mirror checkpoints every partition that moved every few seconds,
+/// so a partition being copied is always among the last entries. Partitions that did not
+/// move for a while may be missing.
+pub fn last_checkpoints(
+    target: &ClusterConfig,
+    inspector: &BaseConsumer,
+    mirror: &str,
+    source_cluster: &str,
+    window: i64,
+) -> Result<BTreeMap<(String, i32), (i64, i64)>> {
+    let topic = map_topic(mirror);
+    let mut out: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    let exists = haven_kafka::list_topics(inspector, &target.brokers, Duration::from_secs(10))?
+        .iter()
+        .any(|t| t.name == topic);
+    if !exists {
+        return Ok(out);
+    }
+    let (low, high) = haven_kafka::watermarks(inspector, &topic, 0, Duration::from_secs(10))?;
+    haven_kafka::scan(
+        target,
+        &topic,
+        0,
+        (high - window).max(low),
+        high,
+        STALL,
+        |m| {
+            if let Some(Ok(e)) = m.payload().map(serde_json::from_slice::<MapEntry>) {
+                if e.source_cluster == source_cluster {
+                    let end = (e.run.source + e.run.len, e.run.target + e.run.len);
+                    let at = out.entry((e.topic, e.partition)).or_insert(end);
+                    if end.0 > at.0 {
+                        *at = end;
+                    }
+                }
+            }
+            true
+        },
+    )?;
+    Ok(out)
+}
+
 /// How long a read may make no progress before the broker counts as unreachable.
 pub const STALL: Duration = Duration::from_secs(30);
 

@@ -39,6 +39,10 @@ pub struct PartitionStatus {
     /// Age of the oldest source record not on the target (0 when none).
     pub lag_seconds: f64,
     pub at_risk: Option<AtRisk>,
+    /// The mirror's position was taken from its last checkpoint (a bounded reading during a
+    /// bulk copy): at most one checkpoint interval behind, so the lag is overstated, never
+    /// understated.
+    pub position_from_checkpoint: bool,
 }
 
 /// A selected partition: its mirror position and the source's watermarks.
@@ -48,6 +52,8 @@ pub(super) struct View {
     pub(super) pos: Position,
     pub(super) low: i64,
     pub(super) high: i64,
+    /// The position is the mirror's last checkpoint, not read to the end (a bulk copy).
+    pub(super) from_checkpoint: bool,
 }
 
 /// Positions of every selected partition, read from the target (blocking).
@@ -101,63 +107,114 @@ fn positions_from(opts: &MirrorOptions, catch_up: bool) -> Result<Vec<View>> {
             pos,
             low,
             high,
+            // Without `catch_up`: the map's last checkpoint.
+            from_checkpoint: !catch_up,
         });
     }
     Ok(out)
 }
 
-/// Records read back from the end of each target partition by [`tail_positions`].
+/// Map entries read back from the end of the map topic by [`recent_positions`] (at least;
+/// more with many partitions).
+const MAP_WINDOW: i64 = 256;
+
+/// Records read back from a target partition by [`recent_positions`]: after the last
+/// checkpoint when fewer than this were written since, else the partition's last ones.
 const TAIL: i64 = 64;
 
-/// Positions read from the last [`TAIL`] records of each target partition only (blocking):
-/// the mirror copies a partition in order and exactly once (invariant 10), so the newest
-/// record there from this source carries the highest source offset copied, and every
-/// offset before it is on the target. O(1) per partition, where the map and the tail
-/// since its last checkpoint can be large during a bulk copy. None when a partition with
-/// records holds none of this source's in its last records (then read the map).
-fn tail_positions(opts: &MirrorOptions) -> Result<Option<Vec<View>>> {
+/// Positions for a bounded reading (blocking), reading at most a few records of each
+/// target partition, never a stretch of a large one:
+/// 1. the map topic's last entries give each partition's last checkpoint (a lower bound:
+///    a checkpoint names acknowledged records only);
+/// 2. when at most [`TAIL`] records were written to the target partition since, they are
+///    read and extend the checkpoint exactly (the mirror copies in order and exactly
+///    once, invariant 10, so the newest record from this source carries the highest
+///    source offset copied);
+/// 3. when more were, a bulk copy is in flight: the position is the checkpoint (at most
+///    one checkpoint interval behind: lag overstated, never understated). Reading the
+///    target there would make its broker assemble large batches while it takes the copy,
+///    and on a broker with one storage lock (tansu's sqlite) stall the mirror itself;
+/// 4. a partition without a recent checkpoint is positioned from its last [`TAIL`]
+///    records.
+///
+/// None when such a partition, with records, holds none of this source's in its last
+/// records (then read the whole map).
+fn recent_positions(opts: &MirrorOptions) -> Result<Option<Vec<View>>> {
     let s = opts.source.inspector("haven-inspector")?;
     let topics = haven_kafka::list_topics(&s, &opts.source.brokers, Duration::from_secs(10))?;
     let t = opts.target.inspector("haven-inspector")?;
     let target_topics =
         haven_kafka::list_topics(&t, &opts.target.brokers, Duration::from_secs(10))?;
+    let selected: Vec<_> = topics.iter().filter(|x| opts.selects(&x.name)).collect();
+    let partitions: i64 = selected.iter().map(|x| i64::from(x.partitions)).sum();
+    let checkpoints = position::last_checkpoints(
+        &opts.target,
+        &t,
+        &opts.name,
+        &opts.source_id,
+        MAP_WINDOW.max(8 * partitions),
+    )?;
     let mut out = Vec::new();
-    for topic in topics.iter().filter(|x| opts.selects(&x.name)) {
+    for topic in selected {
         let tt = opts.target_topic(&topic.name);
         for p in 0..topic.partitions {
             let (low, high) = haven_kafka::watermarks(&s, &topic.name, p, Duration::from_secs(10))?;
             let mut pos = Position::default();
+            let mut from_checkpoint = false;
             if target_topics
                 .iter()
                 .any(|x| x.name == tt && x.partitions > p)
             {
                 let (tlow, thigh) = haven_kafka::watermarks(&t, &tt, p, Duration::from_secs(10))?;
-                let mut newest: Option<(i64, i64)> = None;
-                haven_kafka::scan(
-                    &opts.target,
-                    &tt,
-                    p,
-                    (thigh - TAIL).max(tlow),
-                    thigh,
-                    position::STALL,
-                    |m| {
-                        if let Some(src) =
-                            header(m, provenance::SOURCE_HEADER).and_then(provenance::decode)
-                        {
-                            if src.cluster == opts.source_id
-                                && src.topic == topic.name
-                                && src.partition == p
-                            {
-                                newest = Some((src.offset, m.offset()));
-                            }
+                // A checkpoint past the partition's end belongs to a re-created topic.
+                let checkpoint = checkpoints
+                    .get(&(topic.name.clone(), p))
+                    .copied()
+                    .filter(|&(_, next_target)| next_target <= thigh);
+                let read_from = match checkpoint {
+                    Some((next_source, next_target)) => {
+                        pos.push(next_source - 1, next_target - 1);
+                        if thigh - next_target > TAIL {
+                            from_checkpoint = true;
+                            None
+                        } else {
+                            Some(next_target)
                         }
-                        true
-                    },
-                )?;
-                match newest {
-                    Some((source, target)) => pos.push(source, target),
-                    None if thigh > tlow => return Ok(None),
-                    None => {}
+                    }
+                    None => Some(thigh - TAIL),
+                };
+                if let Some(from) = read_from {
+                    let mut newest: Option<(i64, i64)> = None;
+                    haven_kafka::scan(
+                        &opts.target,
+                        &tt,
+                        p,
+                        from.max(tlow),
+                        thigh,
+                        position::STALL,
+                        |m| {
+                            if let Some(src) =
+                                header(m, provenance::SOURCE_HEADER).and_then(provenance::decode)
+                            {
+                                if src.cluster == opts.source_id
+                                    && src.topic == topic.name
+                                    && src.partition == p
+                                {
+                                    newest = Some((src.offset, m.offset()));
+                                }
+                            }
+                            true
+                        },
+                    )?;
+                    match newest {
+                        // Past the checkpoint (never behind it: it was acknowledged).
+                        Some((source, target)) if pos.next_source().is_none_or(|n| source >= n) => {
+                            pos.push(source, target);
+                        }
+                        Some(_) => {}
+                        None if checkpoint.is_none() && thigh > tlow => return Ok(None),
+                        None => {}
+                    }
                 }
             }
             out.push(View {
@@ -166,6 +223,7 @@ fn tail_positions(opts: &MirrorOptions) -> Result<Option<Vec<View>>> {
                 pos,
                 low,
                 high,
+                from_checkpoint,
             });
         }
     }
@@ -197,15 +255,11 @@ pub async fn status_limited(
     blocking(move || {
         let now = chrono::Utc::now().timestamp_millis();
         let mut out = Vec::new();
-        for View {
-            topic,
-            partition,
-            pos,
-            low,
-            high,
-        } in match limit {
-            // A bounded reading takes the position from the target's last records.
-            Some(_) => match tail_positions(&opts)? {
+        let started = std::time::Instant::now();
+        let views = match limit {
+            // A bounded reading takes the position from the map's and the target's last
+            // records.
+            Some(_) => match recent_positions(&opts)? {
                 Some(views) => views,
                 // No record of this source among the target's last ones (local writes
                 // on an active-active target, or a mirror run under another cluster
@@ -216,7 +270,17 @@ pub async fn status_limited(
                 }
             },
             None => positions(&opts)?,
-        } {
+        };
+        tracing::debug!(mirror = %opts.name, took_ms = started.elapsed().as_millis() as u64, "status: positions read");
+        for View {
+            topic,
+            partition,
+            pos,
+            low,
+            high,
+            from_checkpoint,
+        } in views
+        {
             let mirrored_to = pos.next_source().unwrap_or(low).max(low);
             // Records after `mirrored_to` that came from the target itself are not at risk.
             let mut risk: Option<AtRisk> = None;
@@ -258,6 +322,7 @@ pub async fn status_limited(
                     true
                 },
             )?;
+            tracing::debug!(mirror = %opts.name, partition, took_ms = started.elapsed().as_millis() as u64, "status: records at risk read");
             out.push(PartitionStatus {
                 target_topic: opts.target_topic(&topic),
                 topic,
@@ -269,6 +334,7 @@ pub async fn status_limited(
                     .as_ref()
                     .map_or(0.0, |r| (now - r.oldest_ms).max(0) as f64 / 1000.0),
                 at_risk: risk,
+                position_from_checkpoint: from_checkpoint,
             });
         }
         Ok(out)

@@ -365,6 +365,7 @@ mod tests {
             lag_records,
             lag_seconds,
             at_risk: None,
+            position_from_checkpoint: false,
         }
     }
 
