@@ -134,9 +134,9 @@ fn role_name(r: Role) -> &'static str {
 /// The query's parameters; unknown names and repeated ones are refused.
 fn params(q: Option<String>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
-    for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if !allowed.contains(&k) {
+    let q = q.unwrap_or_default();
+    for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+        if !allowed.contains(&k.as_ref()) {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 format!(
@@ -243,7 +243,7 @@ async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             "GET /api/v1/drills": "drills, newest first; GET /api/v1/drills/ID the report (?format=html)",
             "GET /api/v1/audit": "the audit log, newest first (?repository=NAME&before=SEQ&limit=N)",
             "GET /api/v1/alerts": "findings firing now, and the alert rules",
-            "GET /api/v1/history": "lag over the last hour, one point per reading",
+            "GET /api/v1/history": "lag over the last hour, one point per reading; ?partition=mirror:NAME:TOPIC/P or backup:JOB:TOPIC/P for one partition's",
             "GET /api/v1/operations": "operations started here (GET /api/v1/operations/ID)",
             "POST /api/v1/switchover": "operator: start a switchover, body {\"to\": REGION}",
             "POST /api/v1/refresh": "operator: read now instead of at the next refresh",
@@ -383,11 +383,35 @@ async fn history(
     if let Err(r) = authorize(&app, &headers, Role::Viewer) {
         return r.into_response();
     }
-    if let Err(r) = params(q, &[]) {
-        return r.into_response();
+    let p = match params(q, &["partition"]) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(h) = app.history.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the history is unreadable",
+        );
+    };
+    match p.get("partition") {
+        None => Json(json!({"points": h.points()})).into_response(),
+        Some(key) => match h.partition(key) {
+            Some(s) => {
+                let points: Vec<Value> = s
+                    .iter()
+                    .map(|&(at, lag)| json!({"at": at, "lag_s": lag}))
+                    .collect();
+                Json(json!({"partition": key, "points": points})).into_response()
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no lag on record for partition {key:?} in the last hour: keys are \
+                     mirror:NAME:TOPIC/P or backup:JOB:TOPIC/P, as in the dashboard's rows"
+                ),
+            ),
+        },
     }
-    let points = app.history.lock().map(|h| h.points()).unwrap_or_default();
-    Json(json!({"points": points})).into_response()
 }
 
 /// One drill's report, as stored (JSON), or its HTML page with `?format=html`.

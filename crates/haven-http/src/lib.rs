@@ -2,8 +2,9 @@
 //! `/api/v1`, the live dashboard at `/`, and `/metrics` for Prometheus.
 //!
 //! A face only: every figure comes from the engine's [`posture::Reader`], taken in the
-//! background every `refresh` (requests never touch a cluster, so a slow broker slows
-//! nothing but the next reading), and every operation (a switchover) is the engine's plan
+//! background every `refresh`, or after a pause as long as the last reading when that
+//! was slower (requests never touch a cluster, so a slow broker slows nothing but the
+//! next reading, and a busy one is read at most half the time), and every operation (a switchover) is the engine's plan
 //! run by the engine's executor, as from the CLI. Reads need a viewer token and changes an
 //! operator token once tokens are configured ([`auth`]); errors are JSON
 //! `{"error": {"status", "message"}}`.
@@ -101,7 +102,7 @@ impl App {
     pub async fn read_now(&self) -> Arc<Posture> {
         let p = Arc::new(self.reader.lock().await.read().await);
         if let Ok(mut h) = self.history.lock() {
-            h.push(history::Point::of(&p));
+            h.push(history::Point::of(&p), history::partition_lags(&p));
         }
         let before = self.last.write().await.replace(p.clone());
         let before = before.map(|b| b.findings.clone()).unwrap_or_default();
@@ -122,8 +123,12 @@ impl App {
                     verdict = p.readiness.verdict,
                     "posture read"
                 );
+                // A reading slower than `refresh` is followed by a pause as long as it
+                // took: the clusters are read at most half the time, so a busy broker
+                // that answers slowly is not made busier by the dashboard.
+                let pause = app.refresh.max(Duration::from_millis(p.took_ms));
                 tokio::select! {
-                    _ = tokio::time::sleep(app.refresh) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = app.wake.notified() => {}
                 }
             }

@@ -46,7 +46,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub tokens_file: Option<std::path::PathBuf>,
 
-    /// Seconds between two readings of the posture.
+    /// Seconds between two readings of the posture (the page polls the API every 2 s and
+    /// is answered from the last reading). A reading slower than this is followed by a
+    /// pause as long as it took, so the clusters are read at most half the time.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     pub refresh: f64,
 

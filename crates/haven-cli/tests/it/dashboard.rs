@@ -453,6 +453,82 @@ fn the_dashboard_shows_the_verdict_updates_live_and_turns_a_stopped_mirror_red()
         .unwrap();
     assert_eq!(browser.eval("return window.__sameDocument;").unwrap(), 1);
 
+    // A click on the row charts that partition's own lag, from its own history.
+    let key = "mirror:us-to-eu:orders/0";
+    browser
+        .eval(&format!(
+            "document.querySelector('tr[data-partition=\"{key}\"]').click(); return true;"
+        ))
+        .unwrap();
+    let charted = browser
+        .wait_for(
+            "the chart to show partition 0 alone",
+            Duration::from_secs(30),
+            "const f = document.getElementById('chart-for').textContent; const n = document.querySelectorAll('#chart polyline').length; return f.startsWith('mirror:') && n === 1 ? f : null;",
+        )
+        .unwrap();
+    assert_eq!(charted, key);
+    let series = call(
+        &s,
+        "GET",
+        &format!(
+            "/api/v1/history?partition={}",
+            key.replace(':', "%3A").replace('/', "%2F")
+        ),
+        Some(VIEWER),
+        None,
+    )
+    .1;
+    assert!(
+        series["points"].as_array().is_some_and(|p| !p.is_empty()),
+        "{series}"
+    );
+    assert!(series["points"][0]["lag_s"].is_number(), "{series}");
+    let (status, v) = call(
+        &s,
+        "GET",
+        "/api/v1/history?partition=mirror:nope:x/0",
+        Some(VIEWER),
+        None,
+    );
+    assert_error(status, &v, 404, "no lag on record for partition");
+    browser
+        .eval("document.getElementById('chart-all').click(); return true;")
+        .unwrap();
+    browser
+        .wait_for(
+            "the chart to show all partitions again",
+            Duration::from_secs(30),
+            "return document.getElementById('chart-for').textContent === 'all partitions' && document.querySelectorAll('#chart polyline').length === 4 ? true : null;",
+        )
+        .unwrap();
+
+    // A legal hold placed with the CLI shows in the compliance panel.
+    crate::ok(&crate::haven(&[
+        "--config",
+        &s.config,
+        "hold",
+        "add",
+        "case-17",
+        "--repo",
+        "main",
+        "--topics",
+        "orders",
+        "--reason",
+        "inquiry 17",
+    ]));
+    let holds = browser
+        .wait_for(
+            "the hold in the compliance panel",
+            Duration::from_secs(30),
+            "const r = document.querySelector('#compliance tr[data-repository=\"main\"]'); const t = r ? r.cells[2].textContent : ''; return t.startsWith('case-17') ? [...r.cells].map(c => c.textContent) : null;",
+        )
+        .unwrap();
+    assert!(holds[2].as_str().unwrap().contains("orders"), "{holds}");
+    assert_eq!(holds[1], "keep everything", "{holds}");
+    assert_eq!(holds[3], "not encrypted", "{holds}");
+    assert_eq!(holds[4], "none", "{holds}");
+
     // The mirror stops (SIGKILL); records keep coming: after the RPO target (3 s) the
     // partition turns red, behind the target, and the verdict becomes "not ready".
     let mut mirror = s.children.remove(1);

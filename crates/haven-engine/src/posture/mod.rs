@@ -10,6 +10,7 @@
 //! readings (repository catalogs, audit entries, drill reports) and reads only what is new.
 
 pub mod backups;
+pub mod compliance;
 pub mod metrics;
 pub mod readiness;
 
@@ -110,6 +111,8 @@ pub struct RepositoryRow {
     pub audit_last_at: Option<i64>,
     /// Broken segment chain, damaged audit chain, unreadable drill reports.
     pub problems: Vec<String>,
+    /// Retention, holds, keys and erasures (empty when the repository could not be read).
+    pub compliance: compliance::Compliance,
 }
 
 /// A drill, as the dashboard lists it (the report stays in its repository).
@@ -326,9 +329,16 @@ impl Reader {
                 audit_entries: 0,
                 audit_last_at: None,
                 problems: Vec::new(),
+                compliance: compliance::Compliance::default(),
             };
+            let section = self.cfg.repositories[name].clone();
             match self.cache(name).await {
                 Ok(c) => {
+                    let holds = crate::retention::holds::in_force(&c.repo)
+                        .await
+                        .map_err(|e| e.to_string());
+                    row.compliance =
+                        compliance::summarize(&section, &c.repo, &c.audit, holds, taken_at);
                     row.segments = c.state.segments;
                     row.last_segment_at = c.state.last_segment_at;
                     row.audit_entries = c.audit.len() as u64;

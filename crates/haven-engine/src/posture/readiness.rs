@@ -472,6 +472,7 @@ mod tests {
             problems: vec![
                 "audit/chain/000000000002.json: names a predecessor that is not entry 1".into(),
             ],
+            compliance: Default::default(),
         });
         let names = judge(&mut p);
         assert!(

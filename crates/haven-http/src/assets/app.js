@@ -9,6 +9,8 @@
   const headers = token ? { Authorization: "Bearer " + token } : {};
   let lastOk = 0;
   let target = 60;
+  // The partition whose own lag the chart shows (a row's data-partition), or null: all.
+  let charted = null;
 
   const $ = (id) => document.getElementById(id);
   function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined && text !== null) e.textContent = String(text); if (cls) e.className = cls; return e; }
@@ -67,19 +69,24 @@
     $("alert-count").textContent = p.findings.length ? "(" + p.findings.length + ")" : "";
   }
 
+  // A mirror position read from the last checkpoint (a bulk copy) is a lower bound.
+  function mirrorPos(r) { return (r.position_from_checkpoint ? "≥ " : "") + r.mirrored_to + " / " + r.source_high; }
+
   function partitions(p) {
     const all = [];
-    for (const r of (p.failover ? p.failover.ledger : [])) all.push({ kind: "mirror " + r.mirror + " → " + r.into, key: "mirror:" + r.mirror + ":" + r.topic + "/" + r.partition, part: r.topic + "/" + r.partition, lag_s: r.lag_seconds, lag_n: r.lag_records, pos: r.mirrored_to + " / " + r.source_high, err: null });
+    for (const r of (p.failover ? p.failover.ledger : [])) all.push({ kind: "mirror " + r.mirror + " → " + r.into, key: "mirror:" + r.mirror + ":" + r.topic + "/" + r.partition, part: r.topic + "/" + r.partition, lag_s: r.lag_seconds, lag_n: r.lag_records, pos: mirrorPos(r), err: null });
     for (const m of p.mirrors) {
       if (m.error) all.push({ kind: "mirror " + m.name, key: "mirror:" + m.name, part: "-", lag_s: null, lag_n: null, pos: "-", err: m.error });
-      for (const r of m.partitions) all.push({ kind: "mirror " + m.name, key: "mirror:" + m.name + ":" + r.topic + "/" + r.partition, part: r.topic + "/" + r.partition, lag_s: r.lag_seconds, lag_n: r.lag_records, pos: r.mirrored_to + " / " + r.source_high, err: null });
+      for (const r of m.partitions) all.push({ kind: "mirror " + m.name, key: "mirror:" + m.name + ":" + r.topic + "/" + r.partition, part: r.topic + "/" + r.partition, lag_s: r.lag_seconds, lag_n: r.lag_records, pos: mirrorPos(r), err: null });
     }
     for (const b of p.backups) for (const r of b.partitions) all.push({ kind: "backup " + b.job, key: "backup:" + b.job + ":" + r.topic + "/" + r.partition, part: r.topic + "/" + r.partition, lag_s: r.lag_seconds, lag_n: r.lag_records, pos: r.durable + " / " + r.high_watermark, err: null });
     all.sort((a, b) => (b.lag_s === null ? Infinity : b.lag_s) - (a.lag_s === null ? Infinity : a.lag_s));
     fill("partitions", all.map((x) => {
       const bad = x.err || x.lag_s > target;
       const state = x.err ? "unreadable: " + x.err : (x.lag_s > target ? "behind the RPO target" : (x.lag_n > 0 ? "copying" : "caught up"));
-      return row([x.kind, x.part, x.lag_s === null ? "?" : x.lag_s, x.lag_n === null ? "?" : x.lag_n, x.pos, state], bad ? "bad" : "", { "data-partition": x.key });
+      const tr = row([x.kind, x.part, x.lag_s === null ? "?" : x.lag_s, x.lag_n === null ? "?" : x.lag_n, x.pos, state], (bad ? "bad" : "") + (x.key === charted ? " charted" : ""), { "data-partition": x.key, title: "click: chart this partition's lag" });
+      tr.addEventListener("click", () => { charted = x.key; drawChart(); });
+      return tr;
     }), "no mirror or backup configured");
   }
 
@@ -116,12 +123,36 @@
     fill("repositories", p.repositories.map((r) => row([r.name, r.segments, r.last_segment_at ? age((now - r.last_segment_at) / 1000) : "never", r.audit_entries, r.problems.length ? r.problems.join("; ") : "intact"], r.problems.length ? "bad" : "")), "no repository");
   }
 
-  function chart(points) {
+  // The chart: every kind's worst lag, or the charted partition's own.
+  function drawChart() {
+    const one = charted;
+    $("chart-for").textContent = one ? one : "all partitions";
+    $("chart-all").hidden = !one; $("legend-all").hidden = !!one; $("legend-one").hidden = !one;
+    for (const tr of document.querySelectorAll("#partitions tbody tr")) tr.classList.toggle("charted", !!one && tr.dataset.partition === one);
+    if (!one) { get("/api/v1/history").then((h) => { if (!charted) chart(h.points, [["mirror_s", "#2f6fdf", 1.5], ["backup_s", "#8a3ffc", 1.5], ["database_s", "#0a8f7f", 1.5], ["rpo_s", "#000", 2.5]]); }).catch(() => {}); return; }
+    get("/api/v1/history?partition=" + encodeURIComponent(one))
+      .then((h) => { if (charted === one) chart(h.points, [["lag_s", "#000", 2.5]]); })
+      .catch((e) => { if (charted === one) { chart([], []); $("chart-for").textContent = one + ": " + e.message; } });
+  }
+
+  function compliance(p) {
+    const now = Date.now();
+    fill("compliance", p.repositories.map((r) => {
+      const c = r.compliance;
+      const retention = (c.retention || "keep everything") + c.retention_topics.map(([t, d]) => "; " + t + ": " + d).join("");
+      const holds = c.holds_error ? "unreadable: " + c.holds_error : (c.holds.length ? c.holds.map((h) => h.name + " (" + h.topics + ", since " + age((now - h.since) / 1000) + ", " + h.by + ")").join("; ") : "none");
+      const key = !c.encrypted ? "not encrypted" : (c.key_id + ", current since " + (c.key_since ? age((now - c.key_since) / 1000) : "?") + (c.key_rotation_due ? ": rotation due" : "") + " · " + c.key_rotations + " rotation" + (c.key_rotations === 1 ? "" : "s"));
+      const erased = c.erasures ? c.erasures + ", last " + age((now - c.last_erasure_at) / 1000) : "none";
+      return row([r.name, retention, holds, key, erased], c.holds_error ? "bad" : (c.key_rotation_due ? "warn" : ""), { "data-repository": r.name });
+    }), "no repository");
+  }
+
+  function chart(points, lines) {
     const svg = $("chart"), W = 800, H = 160, ns = "http://www.w3.org/2000/svg";
     svg.replaceChildren();
     if (!points.length) return;
     const t1 = points[points.length - 1].at, t0 = Math.min(points[0].at, t1 - 60000);
-    const ymax = Math.max(target * 1.2, ...points.map((p) => p.rpo_s)) || 1;
+    const ymax = Math.max(target * 1.2, ...points.map((p) => Math.max(...lines.map((l) => p[l[0]])))) || 1;
     const x = (t) => ((t - t0) / Math.max(1, t1 - t0)) * (W - 10) + 5, y = (v) => H - 5 - (v / ymax) * (H - 20);
     const line = (key, color, width) => {
       const pl = document.createElementNS(ns, "polyline");
@@ -133,7 +164,7 @@
     tl.setAttribute("x1", 0); tl.setAttribute("x2", W); tl.setAttribute("y1", y(target)); tl.setAttribute("y2", y(target));
     tl.setAttribute("stroke", "#b3261e"); tl.setAttribute("stroke-dasharray", "6 4");
     svg.appendChild(tl);
-    line("mirror_s", "#2f6fdf", 1.5); line("backup_s", "#8a3ffc", 1.5); line("database_s", "#0a8f7f", 1.5); line("rpo_s", "#000", 2.5);
+    for (const [key, color, width] of lines) line(key, color, width);
     const label = document.createElementNS(ns, "text");
     label.setAttribute("x", 8); label.setAttribute("y", 14); label.setAttribute("font-size", 12);
     label.textContent = "max " + ymax.toFixed(1) + " s";
@@ -153,19 +184,20 @@
   async function tick() {
     try {
       const p = await get("/api/v1/posture");
-      header(p); alerts(p); partitions(p); backups(p); postgres(p); drills(p); repositories(p);
+      header(p); alerts(p); partitions(p); backups(p); postgres(p); drills(p); repositories(p); compliance(p);
       const f = $("freshness");
       f.textContent = "data from " + age(p.reading.age_s) + " (read in " + p.reading.took_ms + " ms)";
       f.className = p.reading.stale ? "freshness stale" : "freshness";
       if (p.reading.stale) f.textContent = "STALE: " + f.textContent;
       lastOk = Date.now();
       document.body.dataset.takenAt = String(p.reading.taken_at);
-      get("/api/v1/history").then((h) => chart(h.points)).catch(() => {});
+      drawChart();
       if (p.repositories.length) get("/api/v1/audit?limit=10").then(audit).catch(() => {});
     } catch (e) {
       freshness(e.message);
     }
   }
+  $("chart-all").addEventListener("click", () => { charted = null; drawChart(); });
   tick();
   setInterval(tick, POLL_MS);
 })();
