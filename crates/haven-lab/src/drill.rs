@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use haven_engine::drill::{
-    config_hash, html, DrillReport, InvariantResult, Measured, Objectives, Second, Step, Verdict,
+    config_hash, html, latency_phases, DrillReport, InvariantResult, Measured, Objectives, Second,
+    Step, Verdict,
 };
 use tokio::sync::watch;
 
@@ -30,6 +31,12 @@ pub enum Scenario {
     /// US cut off from EU and the etcd quorum: US must fence itself, EU takes over, then
     /// the links heal.
     Partition,
+    /// US's Postgres primary crashes (immediate stop) and is started again after a while:
+    /// US stays active, and nothing it acknowledged is lost.
+    PgCrash,
+    /// US's broker is killed -9 and started again on its data after a while: transfers go
+    /// on (their events wait in the outbox), and every event arrives once.
+    BrokerCrash,
 }
 
 impl Scenario {
@@ -38,11 +45,13 @@ impl Scenario {
             "region-outage" => Scenario::RegionOutage,
             "switchover" => Scenario::Switchover,
             "partition" => Scenario::Partition,
+            "pg-crash" => Scenario::PgCrash,
+            "broker-crash" => Scenario::BrokerCrash,
             other => bail!(
-                "unknown scenario {other:?}: region-outage, switchover or partition \
-                 (Postgres or broker crash, object-store outage, corrupted backup, \
-                 segregated restore, database restored to an earlier point and failback \
-                 are not built yet)"
+                "unknown scenario {other:?}: region-outage, switchover, partition, pg-crash \
+                 or broker-crash (object-store outage, corrupted backup, segregated \
+                 restore, database restored to an earlier point and failback are not \
+                 built yet)"
             ),
         })
     }
@@ -52,7 +61,14 @@ impl Scenario {
             Scenario::RegionOutage => "region-outage",
             Scenario::Switchover => "switchover",
             Scenario::Partition => "partition",
+            Scenario::PgCrash => "pg-crash",
+            Scenario::BrokerCrash => "broker-crash",
         }
+    }
+
+    /// A crash of one server in the active region, recovered in place (no failover).
+    fn in_place(self) -> bool {
+        matches!(self, Scenario::PgCrash | Scenario::BrokerCrash)
     }
 
     fn description(self) -> &'static str {
@@ -65,6 +81,12 @@ impl Scenario {
             }
             Scenario::Partition => {
                 "US cut off from EU and from the etcd quorum under the ledger load: US must fence itself before EU takes writes (never two writable regions); then the links heal, and a failback capture must hold every acknowledged transfer EU lost."
+            }
+            Scenario::PgCrash => {
+                "US's Postgres primary crashes under the ledger load (immediate stop) and is started again: US stays the active region (no failover for a crash it recovers from), transfers resume, no acknowledged transfer is lost, EU's replica catches up."
+            }
+            Scenario::BrokerCrash => {
+                "US's Kafka broker is killed -9 under the ledger load and started again on its data: transfers go on meanwhile (their events wait in the outbox), every transfer's event reaches Kafka exactly once, nothing acknowledged is lost."
             }
         }
     }
@@ -83,7 +105,7 @@ impl Scenario {
                 _ => 1.0,
             },
             max_lost: match self {
-                Scenario::Switchover => Some(0),
+                Scenario::Switchover | Scenario::PgCrash | Scenario::BrokerCrash => Some(0),
                 _ => None,
             },
             max_two_writable: 0,
@@ -104,6 +126,8 @@ pub struct DrillOptions {
     pub after: Duration,
     /// How long a partition lasts.
     pub partition: Duration,
+    /// How long a crashed server stays down (pg-crash, broker-crash).
+    pub down: Duration,
     pub rate_per_min: u32,
     pub event_bytes: usize,
     pub reads_per_write: u32,
@@ -364,6 +388,80 @@ pub async fn run(
                     }
                 }
             }
+            Scenario::PgCrash | Scenario::BrokerCrash => {
+                let words: &[&str] = if o.scenario == Scenario::PgCrash {
+                    &["pg-crash", "us"]
+                } else {
+                    &["broker-crash", "us"]
+                };
+                fault_at = now_ms();
+                match inject(&o.lab_dir, words).await {
+                    Ok(d) => {
+                        timeline.push(Step {
+                            at_ms: fault_at,
+                            what: format!("fault: {d}"),
+                        });
+                        say(&format!("fault injected: {d}"));
+                        let pg = o.scenario == Scenario::PgCrash;
+                        let took = |t: i64, what: &str| {
+                            let secs = (t - fault_at) as f64 / 1000.0;
+                            say(&format!("US took a transfer {secs:.1} s after the fault"));
+                            (
+                                Some(secs),
+                                Step {
+                                    at_ms: t,
+                                    what: what.into(),
+                                },
+                            )
+                        };
+                        // A broker crash does not stop transfers (their events wait in
+                        // the outbox): its RTO is the fault to the next acknowledgement.
+                        if !pg {
+                            let first = wait_first_ack(&answered, "us", fault_at, o.down, &stop);
+                            if let Some(t) = first.await {
+                                let step;
+                                (rto, step) =
+                                    took(t, "transfer acknowledged by US with its broker down");
+                                timeline.push(step);
+                            }
+                        }
+                        interrupted = pause(
+                            o.down.saturating_sub(Duration::from_millis(
+                                (now_ms() - fault_at).max(0) as u64,
+                            )),
+                            &stop,
+                        )
+                        .await;
+                        match inject(&o.lab_dir, &["heal"]).await {
+                            Ok(d) => {
+                                let healed = now_ms();
+                                timeline.push(Step {
+                                    at_ms: healed,
+                                    what: format!("server started again: {d}"),
+                                });
+                                // A Postgres crash: recovered when US acknowledges a
+                                // transfer after the restart (an answer arriving after
+                                // the fault may be a commit from before it).
+                                if pg {
+                                    let first =
+                                        wait_first_ack(&answered, "us", healed, limit, &stop);
+                                    if let Some(t) = first.await {
+                                        let step;
+                                        (rto, step) = took(
+                                            t,
+                                            "first transfer acknowledged by US after the restart",
+                                        );
+                                        timeline.push(step);
+                                    }
+                                }
+                            }
+                            Err(e) => fault_err = Some(format!("heal: {e:#}")),
+                        }
+                    }
+                    Err(e) => fault_err = Some(format!("{e:#}")),
+                }
+                interrupted |= *stop.borrow();
+            }
             Scenario::Switchover => {
                 let state = dir.join("switchover-state");
                 fault_at = now_ms();
@@ -455,8 +553,9 @@ pub async fn run(
     let co = CheckOptions {
         dir: dir.clone(),
         region: None,
+        // A switchover and a crash recovered in place may lose nothing at all.
         fault_at_ms: match o.scenario {
-            Scenario::Switchover => None,
+            Scenario::Switchover | Scenario::PgCrash | Scenario::BrokerCrash => None,
             _ => Some(fault_at),
         },
         rpo_target_s: o.objectives.rpo_s,
@@ -472,6 +571,15 @@ pub async fn run(
         active_after: after_region,
         ..Measured::default()
     };
+    // Latency before the fault, to recovery, and after, from the acknowledgement log.
+    match crate::ledger::read_acks(&dir.join(crate::ledger::ACKS_FILE)) {
+        Ok(acks) => {
+            let acks: Vec<(i64, f64)> = acks.iter().map(|a| (a.at_ms, a.latency_ms)).collect();
+            let recovered = rto.map(|r| fault_at + (r * 1000.0).round() as i64);
+            measured.latency = latency_phases(&acks, fault_at, recovered);
+        }
+        Err(e) => not_measured.push(format!("transaction latency: {e:#}")),
+    }
     let mut invariants = Vec::new();
     let mut lost_ids = None;
     match check::check(&lab, &co).await {
@@ -492,6 +600,20 @@ pub async fn run(
                 .collect();
         }
         Err(e) => not_measured.push(format!("the workload's checker failed: {e:#}")),
+    }
+    if o.scenario.in_place() {
+        let after = measured.active_after.clone();
+        invariants.push(InvariantResult {
+            id: "A1".into(),
+            name: "the active region stays US (a crash recovered in place is no failover)".into(),
+            ok: Some(after.as_deref() == Some("us")),
+            detail: format!(
+                "active before: {}, after: {}",
+                before.as_deref().unwrap_or("none"),
+                after.as_deref().unwrap_or("none")
+            ),
+            first_example: None,
+        });
     }
     // After a partition US is back (fenced): what it acknowledged and EU lost must be in
     // a failback capture.
@@ -537,7 +659,12 @@ pub async fn run(
         objectives: o.objectives.clone(),
         stop_conditions: vec![
             format!(
-                "no transfer acknowledged by the new region within {:.0} s (twice the RTO objective): stop, heal, FAIL",
+                "no transfer acknowledged by the {} within {:.0} s (twice the RTO objective): stop, heal, FAIL",
+                if o.scenario.in_place() {
+                    "restarted region"
+                } else {
+                    "new region"
+                },
                 o.objectives.rto_s * 2.0
             ),
             "Ctrl-C: stop the load, heal the lab, FAIL (interrupted)".into(),

@@ -20,6 +20,10 @@ pub enum Command {
     ///   switchover     a planned switchover to EU under load, then back to US (0 lost)
     ///   partition      US cut off from EU and the etcd quorum: US fences itself, EU
     ///                  takes over, never two writable regions; then the links heal
+    ///   pg-crash       US's Postgres primary crashes and is started again after
+    ///                  --down-s: US stays active, nothing acknowledged is lost
+    ///   broker-crash   US's broker is killed -9 and started again after --down-s:
+    ///                  transfers go on (events wait in the outbox), none lost
     ///
     /// Measured: RTO (the fault to the first transfer EU acknowledges), RPO (acknowledged
     /// transfers missing afterwards, in count and seconds), samples every 100 ms of
@@ -28,7 +32,8 @@ pub enum Command {
     /// PASS, 1 on FAIL. Ctrl-C stops the load, heals the lab and reports FAIL.
     ///
     /// The lab must have US active and EU standby: after a region-outage or a partition
-    /// drill EU stays active; start a fresh lab for the next one.
+    /// drill EU stays active; start a fresh lab for the next one (after a switchover,
+    /// pg-crash or broker-crash drill US is active again).
     ///
     /// Examples:
     ///   haven drill run region-outage --lab /tmp/lab
@@ -41,7 +46,7 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// region-outage, switchover or partition.
+    /// region-outage, switchover, partition, pg-crash or broker-crash.
     #[arg(value_name = "SCENARIO")]
     scenario: String,
     /// The lab's directory (`haven lab up --dir DIR`).
@@ -56,6 +61,10 @@ pub struct RunArgs {
     /// How long a partition lasts (it must outlast the lease for EU to take over).
     #[arg(long, default_value_t = 15)]
     partition_s: u64,
+    /// How long a crashed server stays down before it is started again (pg-crash,
+    /// broker-crash).
+    #[arg(long, default_value_t = 5)]
+    down_s: u64,
     /// Transfers a minute (the seed: 10,000).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=600_000))]
     rate: u32,
@@ -132,6 +141,7 @@ async fn run_drill(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
         warmup: Duration::from_secs(a.warmup_s),
         after: Duration::from_secs(a.after_s),
         partition: Duration::from_secs(a.partition_s),
+        down: Duration::from_secs(a.down_s),
         rate_per_min: a.rate,
         event_bytes: a.event_bytes,
         reads_per_write: a.reads_per_write,
@@ -218,6 +228,17 @@ fn print_report(r: &DrillReport) {
         m.active_before.as_deref().unwrap_or("?"),
         m.active_after.as_deref().unwrap_or("?")
     );
+    for p in &m.latency {
+        outln!(
+            "  latency {}: {} transfers, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {:.1}% under 100 ms",
+            p.phase,
+            p.transfers,
+            p.p50_ms,
+            p.p99_ms,
+            p.max_ms,
+            p.under_100ms_pct
+        );
+    }
     for i in &r.invariants {
         let mark = match i.ok {
             Some(true) => "ok",

@@ -1,5 +1,5 @@
-//! `haven drill run` on the real lab, shortened: the region-outage, switchover and
-//! partition drills must PASS, and their evidence must say so, in JSON and in a page a
+//! `haven drill run` on the real lab, shortened: the region-outage, switchover, partition,
+//! Postgres-crash and broker-crash drills must PASS, and their evidence must say so, in JSON and in a page a
 //! browser shows.
 
 use std::process::Command;
@@ -95,6 +95,24 @@ fn a_region_outage_drill_fails_over_automatically_and_passes_with_its_evidence()
     let rto = m["rto_s"].as_f64().unwrap();
     assert!(rto > 2.0 && rto <= 30.0, "RTO {rto}");
     assert!(m["lost_seconds"].as_f64().unwrap() <= 1.0, "{m}");
+    // Latency per phase, each transfer counted once, in the phase it was answered in.
+    let phases = m["latency"].as_array().unwrap();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["before the fault", "fault to recovery", "after recovery"],
+        "{m}"
+    );
+    let counted: u64 = phases
+        .iter()
+        .map(|p| p["transfers"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, m["acknowledged"].as_u64().unwrap(), "{m}");
+    assert!(phases[0]["transfers"].as_u64().unwrap() > 0, "{m}");
+    assert!(phases[2]["transfers"].as_u64().unwrap() > 0, "{m}");
 
     // The evidence: create-only files, listed in the history.
     let base = lab.0.path().join("drills").join(r["id"].as_str().unwrap());
@@ -121,6 +139,10 @@ fn a_region_outage_drill_fails_over_automatically_and_passes_with_its_evidence()
         &dom[..dom.len().min(2000)]
     );
     assert!(dom.contains("<svg"), "no chart");
+    assert!(
+        dom.contains("<table id=\"latency\">") && dom.contains("fault to recovery"),
+        "no latency per phase"
+    );
 
     // A second outage drill is refused: EU is active now.
     let out = haven(&["drill", "run", "region-outage", "--lab", &lab.d()]);
@@ -140,6 +162,40 @@ fn a_switchover_drill_there_and_back_loses_nothing() {
     assert_eq!(r["measured"]["lost"], 0);
     assert_eq!(r["measured"]["active_after"], "us");
     assert_eq!(r["objectives"]["max_lost"], 0);
+}
+
+/// A Postgres crash and a broker crash in US, each recovered in place on one lab: US
+/// stays active, transfers resume, nothing acknowledged is lost, every event arrives once.
+#[test]
+fn crashes_recovered_in_place_lose_nothing_and_fail_nothing_over() {
+    let lab = LabDir::up();
+    for scenario in ["pg-crash", "broker-crash"] {
+        let (rc, r) = drill(&lab, scenario, &["--down-s", "3"]);
+        // W1-W9, and A1: US stays the active region.
+        assert_pass_with(rc, &r, 10);
+        let m = &r["measured"];
+        assert_eq!(m["lost"], 0, "{scenario}: {m}");
+        assert_eq!(r["objectives"]["max_lost"], 0, "{scenario}");
+        assert_eq!(m["active_after"], "us", "{scenario}: {m}");
+        let rto = m["rto_s"].as_f64().unwrap();
+        if scenario == "pg-crash" {
+            // Down for 3 s: transfers resume only after the restart.
+            assert!((3.0..=30.0).contains(&rto), "{scenario}: RTO {rto}");
+        } else {
+            // Transfers never depended on the broker: one is taken while it is down.
+            assert!(rto < 3.0, "{scenario}: RTO {rto}");
+        }
+        let steps: Vec<&str> = r["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["what"].as_str().unwrap())
+            .collect();
+        assert!(
+            steps.iter().any(|s| s.starts_with("server started again")),
+            "{scenario}: {steps:?}"
+        );
+    }
 }
 
 #[test]

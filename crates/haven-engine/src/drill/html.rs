@@ -213,6 +213,8 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.35em 0.5em; text-align: left
 <h2>The workload around the fault</h2>
 <p>Transfers acknowledged per second (blue: US answered, orange: EU); red lines: the steps below. {acked} acknowledged in all, p99 latency {p99:.1} ms. Active region before: {before}, after: {after}.</p>
 {chart}
+<h3>Transaction latency (target: under 100 ms)</h3>
+{latency}
 <h2>Invariants</h2>
 <table><tr><th></th><th>invariant</th><th></th><th>detail</th></tr>{inv}</table>
 <h2>Stop conditions</h2>{stops}
@@ -235,6 +237,35 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.35em 0.5em; text-align: left
         before = esc(m.active_before.as_deref().unwrap_or("unknown")),
         after = esc(m.active_after.as_deref().unwrap_or("unknown")),
         chart = chart(r),
+        latency = latency_table(m),
         stops = list(&r.stop_conditions),
+    )
+}
+
+/// Latency per phase of the drill, as a table (a note for reports without it).
+fn latency_table(m: &super::Measured) -> String {
+    if m.latency.is_empty() {
+        return "<p>Not measured per phase in this report.</p>".into();
+    }
+    let mut rows = String::new();
+    for p in &m.latency {
+        let class = if p.transfers > 0 && p.p99_ms > super::latency::TARGET_MS {
+            " class=\"bad\""
+        } else {
+            ""
+        };
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{:.1} ms</td><td{class}>{:.1} ms</td><td>{:.1} ms</td><td>{:.1}%</td></tr>",
+            esc(&p.phase),
+            p.transfers,
+            p.p50_ms,
+            p.p99_ms,
+            p.max_ms,
+            p.under_100ms_pct
+        );
+    }
+    format!(
+        "<table id=\"latency\"><tr><th>phase</th><th>transfers</th><th>p50</th><th>p99</th><th>max</th><th>under 100 ms</th></tr>{rows}</table>"
     )
 }

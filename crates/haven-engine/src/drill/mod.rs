@@ -8,8 +8,10 @@
 
 pub mod evidence;
 pub mod html;
+pub mod latency;
 
 pub use evidence::{evidence_key, store, stored};
+pub use latency::{latency_phases, LatencyPhase};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -66,6 +68,10 @@ pub struct Measured {
     pub samples: u64,
     pub acknowledged: u64,
     pub latency_p99_ms: f64,
+    /// Transaction latency before the fault, from the fault to recovery, and after (the
+    /// seed's target: under 100 ms). Empty in reports written before it was measured.
+    #[serde(default)]
+    pub latency: Vec<LatencyPhase>,
     /// The active region before and after.
     pub active_before: Option<String>,
     pub active_after: Option<String>,
