@@ -552,7 +552,6 @@ fn a_bounded_reading_during_a_bulk_copy_uses_the_checkpoint_and_says_so() {
             .map(|i| Rec::kv(&format!("k{i}"), &format!("v{i}")).to_partition(0))
             .collect()
     };
-    us.produce("bulk", &recs(0, 40)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = haven_engine::config::Config::parse(
         &format!(
@@ -570,10 +569,6 @@ fn a_bounded_reading_during_a_bulk_copy_uses_the_checkpoint_and_says_so() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let observer = haven_engine::events::LogObserver;
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let mut once = opts.clone();
-    once.once = true;
-    rt.block_on(mirror::run(&once, &observer, rx.clone()))
-        .unwrap();
     // A continuous run copies `n` more records and is cut short before any checkpoint.
     let copy_and_cut = |from: usize, n: usize| {
         us.produce("bulk", &recs(from, n)).unwrap();
@@ -600,12 +595,24 @@ fn a_bounded_reading_during_a_bulk_copy_uses_the_checkpoint_and_says_so() {
     };
     let exact = || rt.block_on(status::status(&opts)).unwrap()[0].mirrored_to;
 
+    // A first bulk copy, never checkpointed: nothing counts as mirrored yet, marked.
+    copy_and_cut(0, 100);
+    assert_eq!(limited(), (0, 100, true));
+    assert_eq!(exact(), 100);
+    // A run that ends by itself checkpoints what it copied.
+    us.produce("bulk", &recs(100, 40)).unwrap();
+    let mut once = opts.clone();
+    once.once = true;
+    rt.block_on(mirror::run(&once, &observer, rx.clone()))
+        .unwrap();
+    assert_eq!(high(&eu, "bulk", 0), 140, "copied exactly once");
+    assert_eq!(limited(), (140, 0, false));
     // 30 records past the checkpoint: read, exact.
-    copy_and_cut(40, 30);
-    assert_eq!(limited(), (70, 0, false));
-    assert_eq!(exact(), 70);
-    // 300 more: the checkpoint (40), marked, the lag overstated (never understated).
-    copy_and_cut(70, 300);
-    assert_eq!(limited(), (40, 330, true));
-    assert_eq!(exact(), 370);
+    copy_and_cut(140, 30);
+    assert_eq!(limited(), (170, 0, false));
+    assert_eq!(exact(), 170);
+    // 300 more: the checkpoint (140), marked, the lag overstated (never understated).
+    copy_and_cut(170, 300);
+    assert_eq!(limited(), (140, 330, true));
+    assert_eq!(exact(), 470);
 }

@@ -154,23 +154,25 @@ pub fn load_map(
 /// A lower bound of each position (a checkpoint names acknowledged records only), read in
 /// one small fetch: the mirror checkpoints every partition that moved every few seconds,
 /// so a partition being copied is always among the last entries. Partitions that did not
-/// move for a while may be missing.
+/// move for a while may be missing, unless the window held the whole map (the second
+/// value): then a partition missing was never checkpointed.
 pub fn last_checkpoints(
     target: &ClusterConfig,
     inspector: &BaseConsumer,
     mirror: &str,
     source_cluster: &str,
     window: i64,
-) -> Result<BTreeMap<(String, i32), (i64, i64)>> {
+) -> Result<(BTreeMap<(String, i32), (i64, i64)>, bool)> {
     let topic = map_topic(mirror);
     let mut out: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
     let exists = haven_kafka::list_topics(inspector, &target.brokers, Duration::from_secs(10))?
         .iter()
         .any(|t| t.name == topic);
     if !exists {
-        return Ok(out);
+        return Ok((out, true));
     }
     let (low, high) = haven_kafka::watermarks(inspector, &topic, 0, Duration::from_secs(10))?;
+    let whole = high - window <= low;
     haven_kafka::scan(
         target,
         &topic,
@@ -191,7 +193,7 @@ pub fn last_checkpoints(
             true
         },
     )?;
-    Ok(out)
+    Ok((out, whole))
 }
 
 /// How long a read may make no progress before the broker counts as unreachable.

@@ -134,7 +134,9 @@ const TAIL: i64 = 64;
 ///    one checkpoint interval behind: lag overstated, never understated). Reading the
 ///    target there would make its broker assemble large batches while it takes the copy,
 ///    and on a broker with one storage lock (tansu's sqlite) stall the mirror itself;
-/// 4. a partition without a recent checkpoint is positioned from its last [`TAIL`]
+/// 4. a partition never checkpointed (the window held the whole map) with more than
+///    [`TAIL`] records is a first bulk copy: nothing counts as mirrored yet, marked as 3;
+/// 5. a partition without a recent checkpoint is positioned from its last [`TAIL`]
 ///    records.
 ///
 /// None when such a partition, with records, holds none of this source's in its last
@@ -147,7 +149,7 @@ fn recent_positions(opts: &MirrorOptions) -> Result<Option<Vec<View>>> {
         haven_kafka::list_topics(&t, &opts.target.brokers, Duration::from_secs(10))?;
     let selected: Vec<_> = topics.iter().filter(|x| opts.selects(&x.name)).collect();
     let partitions: i64 = selected.iter().map(|x| i64::from(x.partitions)).sum();
-    let checkpoints = position::last_checkpoints(
+    let (checkpoints, whole_map) = position::last_checkpoints(
         &opts.target,
         &t,
         &opts.name,
@@ -180,6 +182,13 @@ fn recent_positions(opts: &MirrorOptions) -> Result<Option<Vec<View>>> {
                         } else {
                             Some(next_target)
                         }
+                    }
+                    // Never checkpointed (the whole map was read) and more than a few
+                    // records: a first bulk copy, at most one checkpoint interval old.
+                    // Nothing is known mirrored yet (lag overstated, never understated).
+                    None if whole_map && thigh - tlow > TAIL => {
+                        from_checkpoint = true;
+                        None
                     }
                     None => Some(thigh - TAIL),
                 };
