@@ -148,6 +148,10 @@ pub fn load_map(
         .collect())
 }
 
+/// (topic, partition) -> (the first source offset not checkpointed, the target offset
+/// after the last checkpointed record).
+pub type Checkpoints = BTreeMap<(String, i32), (i64, i64)>;
+
 /// Where the mirror's last checkpoints put each partition of `source_cluster`, from the
 /// map topic's last `window` entries only (blocking): (topic, partition) -> (the first
 /// source offset not checkpointed, the target offset after the last checkpointed record).
@@ -162,9 +166,9 @@ pub fn last_checkpoints(
     mirror: &str,
     source_cluster: &str,
     window: i64,
-) -> Result<(BTreeMap<(String, i32), (i64, i64)>, bool)> {
+) -> Result<(Checkpoints, bool)> {
     let topic = map_topic(mirror);
-    let mut out: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    let mut out = Checkpoints::new();
     let exists = haven_kafka::list_topics(inspector, &target.brokers, Duration::from_secs(10))?
         .iter()
         .any(|t| t.name == topic);
