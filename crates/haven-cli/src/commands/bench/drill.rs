@@ -11,12 +11,13 @@ use serde_json::Value;
 use super::Ratio;
 use crate::Ctx;
 
-/// Runs region-outage, switchover and partition (each on a lab of its own, started and
-/// stopped here) at the seed's load and at a light load, and reports RTO, acknowledged
+/// Runs region-outage, switchover and partition (and, when named, pg-crash and
+/// broker-crash; each on a lab of its own, started and stopped here) at the seed's load and at a light load, and reports RTO, acknowledged
 /// transfers lost, samples with two writable regions and the verdicts.
 ///
 /// Targets (issue #14): region outage RTO <= 60 s and RPO <= 1 s of acknowledged
-/// transfers; switchover 0 lost; partition 0 samples with two writable regions.
+/// transfers; switchover 0 lost; partition 0 samples with two writable regions; a crash
+/// recovered in place (pg-crash, broker-crash) 0 lost.
 ///
 /// Examples:
 ///   haven bench drill                               (about 6 minutes)
@@ -123,7 +124,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         rto.met = f(loaded, "rto_s") <= 60.0;
         ratios.push(rto);
         let lost_target = match scenario.as_str() {
-            "switchover" => "0",
+            "switchover" | "pg-crash" | "broker-crash" => "0",
             "partition" => "the self-fencing window",
             _ => "<= 1 s of writes",
         };
@@ -136,7 +137,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             |_| true,
         );
         lost.met = match scenario.as_str() {
-            "switchover" => f(loaded, "lost") == 0.0,
+            "switchover" | "pg-crash" | "broker-crash" => f(loaded, "lost") == 0.0,
             "partition" => {
                 f(loaded, "lost_seconds") <= loaded["objectives"]["rpo_s"].as_f64().unwrap_or(0.0)
             }
