@@ -183,6 +183,31 @@ async fn inject(dir: &Path, words: &[&str]) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || control::fault(&dir, &words)).await?
 }
 
+/// Injects the scenario's fault and puts it on the timeline: when, or why it failed.
+async fn start_fault(
+    o: &DrillOptions,
+    timeline: &mut Vec<Step>,
+    say: &impl Fn(&str),
+) -> Result<i64, String> {
+    let words: &[&str] = match o.scenario {
+        Scenario::RegionOutage => &["region-down", "us"],
+        Scenario::Partition => &["link-cut"],
+        Scenario::PgCrash => &["pg-crash", "us"],
+        Scenario::BrokerCrash => &["broker-crash", "us"],
+        Scenario::Switchover => return Err("a switchover injects no fault".into()),
+    };
+    let at = now_ms();
+    let d = inject(&o.lab_dir, words)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    timeline.push(Step {
+        at_ms: at,
+        what: format!("fault: {d}"),
+    });
+    say(&format!("fault injected: {d}"));
+    Ok(at)
+}
+
 /// `haven --config CFG switchover --to REGION --yes`.
 async fn switchover(
     o: &DrillOptions,
@@ -343,21 +368,9 @@ pub async fn run(
     if !interrupted {
         match o.scenario {
             Scenario::RegionOutage | Scenario::Partition => {
-                let words: &[&str] = if o.scenario == Scenario::RegionOutage {
-                    &["region-down", "us"]
-                } else {
-                    &["link-cut"]
-                };
-                fault_at = now_ms();
-                match inject(&o.lab_dir, words).await {
-                    Ok(d) => {
-                        timeline.push(Step {
-                            at_ms: fault_at,
-                            what: format!("fault: {d}"),
-                        });
-                        say(&format!("fault injected: {d}"));
-                    }
-                    Err(e) => fault_err = Some(format!("{e:#}")),
+                match start_fault(o, &mut timeline, &say).await {
+                    Ok(at) => fault_at = at,
+                    Err(e) => fault_err = Some(e),
                 }
                 if fault_err.is_none() {
                     let first = wait_first_ack(&answered, "eu", fault_at, limit, &stop).await;
@@ -389,19 +402,9 @@ pub async fn run(
                 }
             }
             Scenario::PgCrash | Scenario::BrokerCrash => {
-                let words: &[&str] = if o.scenario == Scenario::PgCrash {
-                    &["pg-crash", "us"]
-                } else {
-                    &["broker-crash", "us"]
-                };
-                fault_at = now_ms();
-                match inject(&o.lab_dir, words).await {
-                    Ok(d) => {
-                        timeline.push(Step {
-                            at_ms: fault_at,
-                            what: format!("fault: {d}"),
-                        });
-                        say(&format!("fault injected: {d}"));
+                match start_fault(o, &mut timeline, &say).await {
+                    Ok(at) => {
+                        fault_at = at;
                         let pg = o.scenario == Scenario::PgCrash;
                         let took = |t: i64, what: &str| {
                             let secs = (t - fault_at) as f64 / 1000.0;
@@ -458,7 +461,7 @@ pub async fn run(
                             Err(e) => fault_err = Some(format!("heal: {e:#}")),
                         }
                     }
-                    Err(e) => fault_err = Some(format!("{e:#}")),
+                    Err(e) => fault_err = Some(e),
                 }
                 interrupted |= *stop.borrow();
             }
