@@ -2,8 +2,8 @@
 //! force, the key new segments are sealed with and how long it has been current, erasures.
 //!
 //! Read from what a reading already holds (the configuration, the audit chain, the
-//! descriptor) plus the hold objects (a few small ones): never every segment, so it costs
-//! nothing per refresh. `haven key status`, `haven hold ls` and `haven verify` are the
+//! descriptor) plus the hold objects, re-read only when the audit chain records a hold
+//! placed or lifted: never every segment, so it costs nothing per refresh. `haven key status`, `haven hold ls` and `haven verify` are the
 //! full answers.
 
 use serde::Serialize;
@@ -16,24 +16,13 @@ use crate::retention::holds::Hold;
 /// a defined cryptoperiod; a year is the common one).
 pub const KEY_ROTATION_DAYS: f64 = 365.0;
 
-/// A hold in force, as listed.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct HoldRow {
-    pub name: String,
-    pub topics: String,
-    /// Unix ms it was placed.
-    pub since: i64,
-    pub by: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Compliance {
     /// The retention the config sets (`repositories.NAME.retention`), None = keep all.
     pub retention: Option<String>,
     /// Topics with their own retention (pattern, period).
     pub retention_topics: Vec<(String, String)>,
-    pub holds: Vec<HoldRow>,
+    pub holds: Vec<Hold>,
     /// Why the holds could not be read (then `holds` is empty: shown as unknown).
     pub holds_error: Option<String>,
     pub encrypted: bool,
@@ -91,18 +80,7 @@ pub fn summarize(
     let key_rotation_due =
         key_since.is_some_and(|s| (now - s) as f64 / 86_400_000.0 > KEY_ROTATION_DAYS);
     let (holds, holds_error) = match holds {
-        Ok(h) => (
-            h.into_iter()
-                .map(|h| HoldRow {
-                    name: h.name,
-                    topics: h.topics,
-                    since: h.since,
-                    by: h.by,
-                    reason: h.reason,
-                })
-                .collect(),
-            None,
-        ),
+        Ok(h) => (h, None),
         Err(e) => (Vec::new(), Some(e)),
     };
     Compliance {

@@ -198,6 +198,8 @@ struct RepoCache {
     drills: Vec<DrillSummary>,
     /// Why the drill reports could not be read.
     drill_problem: Option<String>,
+    /// The holds in force, read when this many `hold-*` audit entries were on record.
+    holds: Option<(usize, Vec<crate::retention::holds::Hold>)>,
 }
 
 /// Takes readings of one configuration, reusing what it read before.
@@ -253,6 +255,7 @@ impl Reader {
                     drill_keys: Vec::new(),
                     drills: Vec::new(),
                     drill_problem: None,
+                    holds: None,
                 },
             );
         }
@@ -334,9 +337,21 @@ impl Reader {
             let section = self.cfg.repositories[name].clone();
             match self.cache(name).await {
                 Ok(c) => {
-                    let holds = crate::retention::holds::in_force(&c.repo)
-                        .await
-                        .map_err(|e| e.to_string());
+                    let events = c
+                        .audit
+                        .iter()
+                        .filter(|(_, e)| e.action.starts_with("hold-"))
+                        .count();
+                    let holds = match &c.holds {
+                        Some((n, h)) if *n == events => Ok(h.clone()),
+                        _ => match crate::retention::holds::in_force(&c.repo).await {
+                            Ok(h) => {
+                                c.holds = Some((events, h.clone()));
+                                Ok(h)
+                            }
+                            Err(e) => Err(e.to_string()),
+                        },
+                    };
                     row.compliance =
                         compliance::summarize(&section, &c.repo, &c.audit, holds, taken_at);
                     row.segments = c.state.segments;
