@@ -95,6 +95,39 @@ pub fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
         .and_then(|h| h.value)
 }
 
+/// Calls `f` with each of `source_cluster`'s entries among the map topic's last `window`
+/// entries (all when None), in order (blocking); whether that was the whole map (true
+/// when there is no map topic yet). An entry Haven did not write is named and skipped.
+fn each_entry(
+    target: &ClusterConfig,
+    inspector: &BaseConsumer,
+    mirror: &str,
+    source_cluster: &str,
+    window: Option<i64>,
+    mut f: impl FnMut(MapEntry),
+) -> Result<bool> {
+    let topic = map_topic(mirror);
+    let exists = haven_kafka::list_topics(inspector, &target.brokers, Duration::from_secs(10))?
+        .iter()
+        .any(|t| t.name == topic);
+    if !exists {
+        return Ok(true);
+    }
+    let (low, high) = haven_kafka::watermarks(inspector, &topic, 0, Duration::from_secs(10))?;
+    let from = window.map_or(low, |w| (high - w).max(low));
+    haven_kafka::scan(target, &topic, 0, from, high, STALL, |m| {
+        match m.payload().map(serde_json::from_slice::<MapEntry>) {
+            Some(Ok(e)) if e.source_cluster == source_cluster => f(e),
+            Some(Err(err)) => {
+                tracing::warn!("{topic}@{}: not a map entry ({err}); ignored", m.offset())
+            }
+            _ => {}
+        }
+        true
+    })?;
+    Ok(from == low)
+}
+
 /// Reads the map topic: the checkpointed runs of `source_cluster`'s partitions (blocking).
 pub fn load_map(
     target: &ClusterConfig,
@@ -102,31 +135,15 @@ pub fn load_map(
     mirror: &str,
     source_cluster: &str,
 ) -> Result<BTreeMap<(String, i32), Position>> {
-    let topic = map_topic(mirror);
-    let exists = haven_kafka::list_topics(inspector, &target.brokers, Duration::from_secs(10))?
-        .iter()
-        .any(|t| t.name == topic);
     let mut runs: BTreeMap<(String, i32), BTreeMap<(i64, i64), i64>> = BTreeMap::new();
-    if exists {
-        let (low, high) = haven_kafka::watermarks(inspector, &topic, 0, Duration::from_secs(10))?;
-        haven_kafka::scan(target, &topic, 0, low, high, STALL, |m| {
-            match m.payload().map(serde_json::from_slice::<MapEntry>) {
-                Some(Ok(e)) if e.source_cluster == source_cluster => {
-                    let len = runs
-                        .entry((e.topic, e.partition))
-                        .or_default()
-                        .entry((e.run.source, e.run.target))
-                        .or_insert(0);
-                    *len = (*len).max(e.run.len);
-                }
-                Some(Err(err)) => {
-                    tracing::warn!("{topic}@{}: not a map entry ({err}); ignored", m.offset())
-                }
-                _ => {}
-            }
-            true
-        })?;
-    }
+    each_entry(target, inspector, mirror, source_cluster, None, |e| {
+        let len = runs
+            .entry((e.topic, e.partition))
+            .or_default()
+            .entry((e.run.source, e.run.target))
+            .or_insert(0);
+        *len = (*len).max(e.run.len);
+    })?;
     Ok(runs
         .into_iter()
         .map(|(k, rs)| {
@@ -153,13 +170,12 @@ pub fn load_map(
 pub type Checkpoints = BTreeMap<(String, i32), (i64, i64)>;
 
 /// Where the mirror's last checkpoints put each partition of `source_cluster`, from the
-/// map topic's last `window` entries only (blocking): (topic, partition) -> (the first
-/// source offset not checkpointed, the target offset after the last checkpointed record).
-/// A lower bound of each position (a checkpoint names acknowledged records only), read in
-/// one small fetch: the mirror checkpoints every partition that moved every few seconds,
-/// so a partition being copied is always among the last entries. Partitions that did not
-/// move for a while may be missing, unless the window held the whole map (the second
-/// value): then a partition missing was never checkpointed.
+/// map topic's last `window` entries only (blocking). A lower bound of each position (a
+/// checkpoint names acknowledged records only), read in one small fetch: the mirror
+/// checkpoints every partition that moved every few seconds, so a partition being copied
+/// is always among the last entries. Partitions that did not move for a while may be
+/// missing, unless the window held the whole map (the second value): then a partition
+/// missing was never checkpointed.
 pub fn last_checkpoints(
     target: &ClusterConfig,
     inspector: &BaseConsumer,
@@ -167,34 +183,19 @@ pub fn last_checkpoints(
     source_cluster: &str,
     window: i64,
 ) -> Result<(Checkpoints, bool)> {
-    let topic = map_topic(mirror);
     let mut out = Checkpoints::new();
-    let exists = haven_kafka::list_topics(inspector, &target.brokers, Duration::from_secs(10))?
-        .iter()
-        .any(|t| t.name == topic);
-    if !exists {
-        return Ok((out, true));
-    }
-    let (low, high) = haven_kafka::watermarks(inspector, &topic, 0, Duration::from_secs(10))?;
-    let whole = high - window <= low;
-    haven_kafka::scan(
+    let whole = each_entry(
         target,
-        &topic,
-        0,
-        (high - window).max(low),
-        high,
-        STALL,
-        |m| {
-            if let Some(Ok(e)) = m.payload().map(serde_json::from_slice::<MapEntry>) {
-                if e.source_cluster == source_cluster {
-                    let end = (e.run.source + e.run.len, e.run.target + e.run.len);
-                    let at = out.entry((e.topic, e.partition)).or_insert(end);
-                    if end.0 > at.0 {
-                        *at = end;
-                    }
-                }
+        inspector,
+        mirror,
+        source_cluster,
+        Some(window),
+        |e| {
+            let end = (e.run.source + e.run.len, e.run.target + e.run.len);
+            let at = out.entry((e.topic, e.partition)).or_insert(end);
+            if end.0 > at.0 {
+                *at = end;
             }
-            true
         },
     )?;
     Ok((out, whole))

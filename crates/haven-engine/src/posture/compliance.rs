@@ -49,19 +49,17 @@ pub fn summarize(
     holds: Result<Vec<Hold>, String>,
     now: i64,
 ) -> Compliance {
-    let done = |e: &&Entry| e.outcome.as_deref().is_none_or(|o| o == "success");
-    let rotations: Vec<&Entry> = audit
-        .iter()
-        .map(|(_, e)| e)
-        .filter(|e| e.action == "key-rotate")
-        .filter(done)
-        .collect();
-    let erasures: Vec<&Entry> = audit
-        .iter()
-        .map(|(_, e)| e)
-        .filter(|e| e.action == "forget")
-        .filter(done)
-        .collect();
+    // The entries of `action` that succeeded (older entries carry no outcome).
+    let done = |action: &str| -> Vec<&Entry> {
+        audit
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.action == action)
+            .filter(|e| e.outcome.as_deref().is_none_or(|o| o == "success"))
+            .collect()
+    };
+    let rotations = done("key-rotate");
+    let erasures = done("forget");
     let created = chrono::DateTime::parse_from_rfc3339(&repo.descriptor.created_at)
         .ok()
         .map(|t| t.timestamp_millis());
