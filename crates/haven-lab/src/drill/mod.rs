@@ -4,114 +4,31 @@
 //! and the evidence written ([`haven_engine::drill::DrillReport`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use haven_engine::drill::{
-    config_hash, html, latency_phases, DrillReport, InvariantResult, Measured, Objectives, Second,
-    Step, Verdict,
+    config_hash, latency_phases, DrillReport, InvariantResult, Measured, Objectives, Step, Verdict,
 };
 use tokio::sync::watch;
 
-use crate::control::{self, LabState};
+use crate::control::LabState;
 use crate::ledger::check::{self, CheckOptions};
 use crate::ledger::workload::{self, now_ms, Tick, WorkloadOptions};
 use crate::ledger::LATENCY_FILE;
-use crate::traffic::writes_directly;
 
-/// The drills built so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scenario {
-    /// US lost at once (agent, broker killed -9, Postgres crashed): EU's agent fails over.
-    RegionOutage,
-    /// A planned switchover to EU under load, and back to US.
-    Switchover,
-    /// US cut off from EU and the etcd quorum: US must fence itself, EU takes over, then
-    /// the links heal.
-    Partition,
-    /// US's Postgres primary crashes (immediate stop) and is started again after a while:
-    /// US stays active, and nothing it acknowledged is lost.
-    PgCrash,
-    /// US's broker is killed -9 and started again on its data after a while: transfers go
-    /// on (their events wait in the outbox), and every event arrives once.
-    BrokerCrash,
-}
+mod report;
+mod scenario;
+mod steps;
 
-impl Scenario {
-    pub fn parse(name: &str) -> anyhow::Result<Scenario> {
-        Ok(match name {
-            "region-outage" => Scenario::RegionOutage,
-            "switchover" => Scenario::Switchover,
-            "partition" => Scenario::Partition,
-            "pg-crash" => Scenario::PgCrash,
-            "broker-crash" => Scenario::BrokerCrash,
-            other => bail!(
-                "unknown scenario {other:?}: region-outage, switchover, partition, pg-crash \
-                 or broker-crash (object-store outage, corrupted backup, segregated \
-                 restore, database restored to an earlier point and failback are not \
-                 built yet)"
-            ),
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::RegionOutage => "region-outage",
-            Scenario::Switchover => "switchover",
-            Scenario::Partition => "partition",
-            Scenario::PgCrash => "pg-crash",
-            Scenario::BrokerCrash => "broker-crash",
-        }
-    }
-
-    /// A crash of one server in the active region, recovered in place (no failover).
-    fn in_place(self) -> bool {
-        matches!(self, Scenario::PgCrash | Scenario::BrokerCrash)
-    }
-
-    fn description(self) -> &'static str {
-        match self {
-            Scenario::RegionOutage => {
-                "US lost at once under the ledger load (its agent and broker killed -9, its Postgres crashed); EU's agent fails over automatically."
-            }
-            Scenario::Switchover => {
-                "A planned switchover from US to EU under the ledger load, then back to US: no acknowledged transfer may be lost."
-            }
-            Scenario::Partition => {
-                "US cut off from EU and from the etcd quorum under the ledger load: US must fence itself before EU takes writes (never two writable regions); then the links heal, and a failback capture must hold every acknowledged transfer EU lost."
-            }
-            Scenario::PgCrash => {
-                "US's Postgres primary crashes under the ledger load (immediate stop) and is started again: US stays the active region (no failover for a crash it recovers from), transfers resume, no acknowledged transfer is lost, EU's replica catches up."
-            }
-            Scenario::BrokerCrash => {
-                "US's Kafka broker is killed -9 under the ledger load and started again on its data: transfers go on meanwhile (their events wait in the outbox), every transfer's event reaches Kafka exactly once, nothing acknowledged is lost."
-            }
-        }
-    }
-
-    /// The default objectives: the seed's RPO < 1 min, RTO < 15 min, tightened to the
-    /// issue's targets (RTO <= 60 s, RPO <= 1 s; a switchover loses nothing). A partition
-    /// is different by design: US keeps acknowledging writes until it fences itself, at
-    /// most TTL/2 after its last renewal (renewals every TTL/5), and with the replication
-    /// link cut those writes never reach EU; its RPO objective is that window,
-    /// 0.7 x TTL + 0.5 s, and what it must never do is let two regions take writes.
-    pub fn objectives(self, lease_ttl_s: u64) -> Objectives {
-        Objectives {
-            rto_s: 60.0,
-            rpo_s: match self {
-                Scenario::Partition => 0.7 * lease_ttl_s as f64 + 0.5,
-                _ => 1.0,
-            },
-            max_lost: match self {
-                Scenario::Switchover | Scenario::PgCrash | Scenario::BrokerCrash => Some(0),
-                _ => None,
-            },
-            max_two_writable: 0,
-        }
-    }
-}
+pub use report::write_report;
+use report::{captured_transfers, read_seconds};
+pub use scenario::Scenario;
+use steps::{
+    active_region, inject, pause, start_fault, start_sampler, switchover, wait_first_ack, Answered,
+};
 
 /// How to run a drill.
 #[derive(Debug, Clone)]
@@ -138,142 +55,6 @@ pub struct DrillOptions {
 /// log, switchover state).
 pub fn drills_dir(lab_dir: &Path) -> PathBuf {
     lab_dir.join("drills")
-}
-
-fn active_region(lab: &LabState) -> Option<String> {
-    lab.active().map(|(region, _)| region)
-}
-
-fn pg_port(url: &str) -> u16 {
-    control::port_of(url).unwrap_or(0)
-}
-
-/// Samples every 100 ms whether each region's database takes an application write
-/// directly; counts the samples where both do.
-fn start_sampler(
-    lab: &LabState,
-    stop: Arc<AtomicBool>,
-) -> (Arc<AtomicU64>, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
-    let both = Arc::new(AtomicU64::new(0));
-    let samples = Arc::new(AtomicU64::new(0));
-    let (us, eu) = (
-        pg_port(&lab.endpoints.postgres_us),
-        pg_port(&lab.endpoints.postgres_eu),
-    );
-    let (b, s) = (both.clone(), samples.clone());
-    let handle = tokio::spawn(async move {
-        while !stop.load(Ordering::SeqCst) {
-            let t = Instant::now();
-            let (a, e) = tokio::join!(writes_directly(us), writes_directly(eu));
-            s.fetch_add(1, Ordering::SeqCst);
-            if a && e {
-                b.fetch_add(1, Ordering::SeqCst);
-            }
-            tokio::time::sleep(Duration::from_millis(100).saturating_sub(t.elapsed())).await;
-        }
-    });
-    (both, samples, handle)
-}
-
-async fn inject(dir: &Path, words: &[&str]) -> anyhow::Result<String> {
-    let (dir, words): (PathBuf, Vec<String>) = (
-        dir.to_path_buf(),
-        words.iter().map(|w| w.to_string()).collect(),
-    );
-    tokio::task::spawn_blocking(move || control::fault(&dir, &words)).await?
-}
-
-/// Injects the scenario's fault and puts it on the timeline: when, or why it failed.
-async fn start_fault(
-    o: &DrillOptions,
-    timeline: &mut Vec<Step>,
-    say: &impl Fn(&str),
-) -> Result<i64, String> {
-    let words: &[&str] = match o.scenario {
-        Scenario::RegionOutage => &["region-down", "us"],
-        Scenario::Partition => &["link-cut"],
-        Scenario::PgCrash => &["pg-crash", "us"],
-        Scenario::BrokerCrash => &["broker-crash", "us"],
-        Scenario::Switchover => return Err("a switchover injects no fault".into()),
-    };
-    let at = now_ms();
-    let d = inject(&o.lab_dir, words)
-        .await
-        .map_err(|e| format!("{e:#}"))?;
-    timeline.push(Step {
-        at_ms: at,
-        what: format!("fault: {d}"),
-    });
-    say(&format!("fault injected: {d}"));
-    Ok(at)
-}
-
-/// `haven --config CFG switchover --to REGION --yes`.
-async fn switchover(
-    o: &DrillOptions,
-    lab: &LabState,
-    to: &str,
-    state: &Path,
-) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new(&o.haven)
-        .arg("--config")
-        .arg(&lab.config)
-        .args(["switchover", "--to", to, "--yes", "--state-dir"])
-        .arg(state)
-        .output()
-        .await
-        .with_context(|| format!("run {}", o.haven.display()))?;
-    if !out.status.success() {
-        bail!(
-            "switchover to {to} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Waits `d`, or less if `stop` turns true; whether it did.
-async fn pause(d: Duration, stop: &watch::Receiver<bool>) -> bool {
-    let mut stop = stop.clone();
-    tokio::select! {
-        _ = tokio::time::sleep(d) => {}
-        _ = stop.wait_for(|s| *s) => {}
-    }
-    let stopped = *stop.borrow();
-    stopped
-}
-
-/// The acknowledgements seen so far: who answered, and when (ms since the Unix epoch).
-type Answered = Arc<std::sync::Mutex<Vec<(String, i64)>>>;
-
-/// The first acknowledgement by `region` at or after `since_ms`.
-fn first_ack_by(acks: &Answered, region: &str, since_ms: i64) -> Option<i64> {
-    acks.lock()
-        .ok()?
-        .iter()
-        .filter(|(r, at)| r == region && *at >= since_ms)
-        .map(|(_, at)| *at)
-        .min()
-}
-
-/// Waits until `region` acknowledges a transfer after `since_ms`, or `limit` passes, or
-/// `stop`.
-async fn wait_first_ack(
-    acks: &Answered,
-    region: &str,
-    since_ms: i64,
-    limit: Duration,
-    stop: &watch::Receiver<bool>,
-) -> Option<i64> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline && !*stop.borrow() {
-        if let Some(t) = first_ack_by(acks, region, since_ms) {
-            return Some(t);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    first_ack_by(acks, region, since_ms)
 }
 
 /// The default operator name: the user running the drill.
@@ -684,62 +465,4 @@ pub async fn run(
     report.judge();
     write_report(&o.lab_dir, &report)?;
     Ok(report)
-}
-
-/// Captures US's divergence into the lab's repository; the stored object and the ids of
-/// the transfers it holds.
-async fn captured_transfers(
-    lab: &LabState,
-) -> anyhow::Result<(String, std::collections::HashSet<String>)> {
-    use haven_engine::failback;
-    let (cfg, _) = haven_engine::config::Config::load(Some(&lab.config))?;
-    let c = failback::capture::capture(&cfg, "us", &haven_engine::events::LogObserver).await?;
-    let store = haven_storage::Store::open(&cfg.repository("lab").url)?;
-    let repo = haven_engine::repo::Repository::open_or_create(store, Default::default()).await?;
-    let object = failback::store(&repo, &c).await?;
-    let ids = c
-        .databases
-        .iter()
-        .flat_map(|d| &d.divergence.transactions)
-        .flat_map(|t| &t.changes)
-        .filter(|ch| ch.table == "ledger_transfers" && ch.op == haven_pg::divergence::Op::Insert)
-        .filter_map(|ch| ch.new.iter().find(|col| col.name == "id")?.value.clone())
-        .collect();
-    Ok((object, ids))
-}
-
-fn read_seconds(path: &Path) -> Vec<Second> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| Second {
-            at_ms: v["at_ms"].as_i64().unwrap_or(0),
-            acknowledged: v["in_second"].as_u64().unwrap_or(0),
-            p99_ms: v["p99_ms"].as_f64().unwrap_or(0.0),
-            errors: v["errors"].as_u64().unwrap_or(0),
-            region: v["region"].as_str().unwrap_or("").to_string(),
-        })
-        .collect()
-}
-
-/// Writes `DIR/drills/ID.json` and `ID.html`, create-only (evidence is never
-/// overwritten).
-pub fn write_report(lab_dir: &Path, r: &DrillReport) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = drills_dir(lab_dir);
-    std::fs::create_dir_all(&dir)?;
-    for (ext, bytes) in [
-        ("json", serde_json::to_vec_pretty(r)?),
-        ("html", html::render(r).into_bytes()),
-    ] {
-        let p = dir.join(format!("{}.{ext}", r.id));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&p)
-            .with_context(|| format!("create {} (evidence is never overwritten)", p.display()))?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    Ok(())
 }
