@@ -17,6 +17,7 @@ pub struct S3Server {
     dir: TempDir,
     exe: PathBuf,
     port: u16,
+    rpc: u16,
     pub key_id: String,
     pub secret: String,
 }
@@ -54,29 +55,64 @@ admin_token = "{token}"
         );
         std::fs::write(dir.path().join("garage.toml"), config)?;
         let log = dir.path().join("garage.log");
-        let logf = std::fs::File::create(&log)?;
-        let mut child = Command::new(&exe)
+        let mut s = S3Server {
+            child: None,
+            dir,
+            exe,
+            port,
+            rpc,
+            key_id: format!("GK{}", &hex32()[..24]),
+            secret: hex32(),
+        };
+        s.spawn()?;
+        s.setup()
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&log)))?;
+        Ok(s)
+    }
+
+    /// Starts the server process on the config and data in its directory.
+    fn spawn(&mut self) -> Result<()> {
+        let log = self.dir.path().join("garage.log");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut child = Command::new(&self.exe)
             .arg("-c")
-            .arg(dir.path().join("garage.toml"))
+            .arg(self.dir.path().join("garage.toml"))
             .arg("server")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf)
             .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        wait_for_port(rpc, &mut child, &log, Duration::from_secs(30))?;
-        let mut s = S3Server {
-            child: Some(child),
-            dir,
-            exe,
-            port,
-            key_id: format!("GK{}", &hex32()[..24]),
-            secret: hex32(),
-        };
-        s.setup()
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&log)))?;
-        Ok(s)
+            .with_context(|| format!("starting {}", self.exe.display()))?;
+        wait_for_port(self.rpc, &mut child, &log, Duration::from_secs(30))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the server (-9): an object store outage. Its data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+    }
+
+    /// Starts the server again on the same ports and data (buckets and keys kept), and
+    /// waits until its S3 port answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()?;
+        if let Some(child) = self.child.as_mut() {
+            wait_for_port(
+                self.port,
+                child,
+                &self.dir.path().join("garage.log"),
+                Duration::from_secs(30),
+            )?;
+        }
+        Ok(())
     }
 
     fn garage(&self, args: &[&str]) -> Result<String> {

@@ -67,7 +67,7 @@ fn cat(repo: &str, topic: &str, partition: i32, env: &[(&str, String)]) -> Vec<C
         .collect()
 }
 
-fn assert_same(
+pub(crate) fn assert_same(
     b: &Broker,
     repo: &str,
     topic: &str,
@@ -316,7 +316,7 @@ fn bad_input_gives_clear_errors() {
     );
 }
 
-fn scrape(port: u16) -> Option<String> {
+pub(crate) fn scrape(port: u16) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -25,6 +25,7 @@ use haven_kafka::rdkafka::message::Message;
 use haven_kafka::rdkafka::types::RDKafkaErrorCode;
 use haven_kafka::rdkafka::{Offset, TopicPartitionList};
 use haven_kafka::ClusterConfig;
+use haven_storage::StorageError;
 use regex::Regex;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -436,7 +437,29 @@ pub async fn run(
                 || !batch.topics.is_empty()
                 || since_flush >= idle_flush && batch.has_progress());
         if due || batch.bytes >= opts.max_buffer_bytes || !revoked.is_empty() {
-            flush(repo, &mut state, &mut batch, opts, observer, &mut report).await?;
+            if opts.once {
+                flush(repo, &mut state, &mut batch, opts, observer, &mut report).await?;
+            } else {
+                let mut w = Waiting {
+                    inspector: &inspector,
+                    caught_up: &mut caught_up,
+                    stop: &mut stop,
+                };
+                if !flush_holding_on(
+                    repo,
+                    &mut state,
+                    &mut batch,
+                    opts,
+                    observer,
+                    &mut report,
+                    &mut w,
+                )
+                .await?
+                {
+                    interrupted = true;
+                    break;
+                }
+            }
             last_flush = Instant::now();
             // Partitions given away: what we read of them is durable now; forget them.
             for k in revoked.drain(..) {
@@ -683,6 +706,68 @@ async fn check_retention_loss<C: haven_kafka::rdkafka::consumer::ConsumerContext
         }
     }
     Ok(())
+}
+
+/// What a backup waiting for its repository keeps doing: measuring its lag (so the RPO
+/// alarm fires), and listening for a stop.
+struct Waiting<'a> {
+    inspector: &'a Arc<BaseConsumer>,
+    caught_up: &'a mut BTreeMap<(String, i32), Instant>,
+    stop: &'a mut watch::Receiver<bool>,
+}
+
+/// The longest pause between two attempts to write to a repository that does not answer.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// A continuous backup holds on through an object-store outage: a flush the store
+/// refuses (it does not answer, or answers with an error: [`StorageError::Backend`]) is
+/// retried, with pauses growing from 1 s to [`STORE_RETRY_MAX`], until it succeeds or the
+/// backup is stopped (then false). Meanwhile nothing more is read (memory stays bounded by
+/// what was pending), what was read stays pending (a retry writes the same records), and
+/// the lag keeps being measured, so the RPO and stall alarms fire during the outage.
+/// Other errors end the backup as before.
+async fn flush_holding_on(
+    repo: &Repository,
+    state: &mut RepoState,
+    batch: &mut Batch,
+    opts: &BackupOptions,
+    observer: &dyn Observer,
+    report: &mut BackupReport,
+    w: &mut Waiting<'_>,
+) -> Result<bool> {
+    let mut pause = Duration::from_secs(1);
+    let mut since: Option<Instant> = None;
+    loop {
+        match flush(repo, state, batch, opts, observer, report).await {
+            Ok(()) => {
+                if let Some(t) = since {
+                    tracing::warn!(
+                        "the repository answers again after {:.1} s: pending records written",
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(true);
+            }
+            Err(Error::Storage(e @ StorageError::Backend { .. })) => {
+                let t = *since.get_or_insert_with(Instant::now);
+                observer.event(&Event::Retrying {
+                    what: format!(
+                        "write a segment (the repository has not answered for {:.0} s; \
+                         nothing more is read until it does)",
+                        t.elapsed().as_secs_f64()
+                    ),
+                    error: e.to_string(),
+                });
+                report_lag(w.inspector, batch, w.caught_up, observer).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = until_stopped(w.stop) => return Ok(false),
+                }
+                pause = (pause * 2).min(STORE_RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Writes everything pending as one segment. On a concurrent append, reloads the log,
