@@ -34,8 +34,9 @@ pub enum Event {
     TopicChanged { topic: String, partitions: i32 },
     /// How far a partition's backup (or mirror) is behind the source: `records` not yet
     /// durable (high watermark minus durable offset) and `seconds`, the age of its oldest
-    /// non-durable record (or an upper bound of it: the time since the partition was last
-    /// fully durable).
+    /// non-durable record (or an upper bound of it: for a backup, the time since the first
+    /// lag sample that saw that record in the partition; for a mirror, the time since the
+    /// partition was last fully durable).
     PartitionLag {
         topic: String,
         partition: i32,

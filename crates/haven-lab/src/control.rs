@@ -60,6 +60,16 @@ pub struct Endpoints {
     pub kafka_us: Option<String>,
     pub kafka_eu: Option<String>,
     pub topic: Option<String>,
+    /// Each region's object store (S3 endpoint) and the `/metrics` of its backup job
+    /// (repository `backup-REGION` in the config).
+    #[serde(default)]
+    pub s3_us: Option<String>,
+    #[serde(default)]
+    pub s3_eu: Option<String>,
+    #[serde(default)]
+    pub backup_metrics_us: Option<String>,
+    #[serde(default)]
+    pub backup_metrics_eu: Option<String>,
 }
 
 impl LabState {
@@ -104,6 +114,10 @@ impl LabState {
                 .map(|p| format!("http://127.0.0.1:{p}"))
                 .unwrap_or_default()
         };
+        let metrics = |r: &str| {
+            let port = lab.backups.as_ref()?.metrics_port(r)?;
+            Some(format!("http://127.0.0.1:{port}/metrics"))
+        };
         LabState {
             pid: std::process::id(),
             started_at: chrono_now(),
@@ -124,6 +138,10 @@ impl LabState {
                 kafka_us: lab.kafka.as_ref().map(|k| k.us.bootstrap()),
                 kafka_eu: lab.kafka.as_ref().map(|k| k.eu.bootstrap()),
                 topic: lab.kafka.as_ref().map(|_| TRANSFERS_TOPIC.to_string()),
+                s3_us: lab.backups.as_ref().map(|b| b.us.endpoint()),
+                s3_eu: lab.backups.as_ref().map(|b| b.eu.endpoint()),
+                backup_metrics_us: metrics("us"),
+                backup_metrics_eu: metrics("eu"),
             },
         }
     }
@@ -443,6 +461,16 @@ pub fn status(dir: &Path) -> anyhow::Result<Status> {
     }
     if let Some(k) = &e.kafka_eu {
         named.push(("kafka-eu".into(), k.clone()));
+    }
+    for (name, address) in [
+        ("s3-us", &e.s3_us),
+        ("s3-eu", &e.s3_eu),
+        ("backup-us", &e.backup_metrics_us),
+        ("backup-eu", &e.backup_metrics_eu),
+    ] {
+        if let Some(a) = address {
+            named.push((name.into(), a.clone()));
+        }
     }
     let parts = named
         .into_iter()

@@ -17,6 +17,9 @@ pub enum Fault {
     PgCrash(String),
     /// The region's broker is killed -9; `heal` starts it again on the same data.
     BrokerCrash(String),
+    /// The region's object store (Garage) is killed -9: its backup must hold on;
+    /// `heal` starts the store again on its data.
+    S3Down(String),
     /// The agent alone is killed -9.
     AgentCrash(String),
     /// US cut off: the replication link and US's links to every etcd member go down.
@@ -36,7 +39,7 @@ fn region(arg: Option<&str>, what: &str) -> anyhow::Result<String> {
 }
 
 impl Fault {
-    /// Parses `region-down us`, `pg-crash eu`, `broker-crash us`, `agent-crash us`,
+    /// Parses `region-down us`, `pg-crash eu`, `broker-crash us`, `agent-crash us`, `s3-down us`,
     /// `link-cut`, `link-flap [MS]`, `heal`.
     pub fn parse(words: &[String]) -> anyhow::Result<Fault> {
         let name = words.first().map(String::as_str).unwrap_or("");
@@ -54,10 +57,10 @@ impl Fault {
                     .map_err(|_| anyhow::anyhow!("link-flap: {ms:?} is not milliseconds"))?,
             }),
             "heal" => Fault::Heal,
-            "s3-down" => bail!("s3-down: the lab has no object store yet"),
+            "s3-down" => Fault::S3Down(region(arg, name)?),
             other => bail!(
                 "unknown fault {other:?}: region-down REGION, pg-crash REGION, broker-crash REGION, \
-                 agent-crash REGION, link-cut, link-flap [MS], heal"
+                 agent-crash REGION, s3-down REGION, link-cut, link-flap [MS], heal"
             ),
         })
     }
@@ -131,6 +134,14 @@ impl Lab {
                 self.stopped.insert(format!("broker-{r}"));
                 Ok(format!("{r}'s broker killed -9"))
             }
+            Fault::S3Down(r) => {
+                let Some(b) = self.backups.as_mut() else {
+                    bail!("the lab has no object stores (started with --no-backups or --no-kafka)");
+                };
+                b.store(r).kill();
+                self.stopped.insert(format!("s3-{r}"));
+                Ok(format!("{r}'s object store killed -9"))
+            }
             Fault::AgentCrash(r) => {
                 self.kill_agent(r);
                 self.stopped.insert(format!("agent-{r}"));
@@ -173,6 +184,12 @@ impl Lab {
                 } else {
                     k.eu.restart()?
                 }
+            }
+            done.push(format!("{part} started"));
+        }
+        for part in stopped.iter().filter(|p| p.starts_with("s3-")) {
+            if let Some(b) = self.backups.as_mut() {
+                b.store(&part[3..]).restart()?;
             }
             done.push(format!("{part} started"));
         }

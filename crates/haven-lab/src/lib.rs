@@ -16,6 +16,7 @@
 //! Used by the integration tests, `haven bench failover` and `haven lab`.
 
 mod agent;
+pub mod backups;
 pub mod control;
 pub mod drill;
 mod faults;

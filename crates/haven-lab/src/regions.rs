@@ -9,6 +9,7 @@ use haven_pg::Pg;
 use testbed::{Broker, DelayProxy, EtcdCluster, Haproxy, HaproxyBackend, Knot, Postgres};
 
 use crate::agent::{lease_epoch_of, lease_status, spawn_agent};
+use crate::backups::{self, JobProcess, RegionBackups};
 use crate::traffic::write_via_route;
 
 /// The TSIG key (base64) of the lab's DNS server.
@@ -43,6 +44,9 @@ pub struct LabOptions {
     /// A Kafka broker (tansu) per region, the topic `ledger.transfers` on US and a
     /// continuous mirror US -> EU (`[mirrors.us-to-eu]`, `regions.eu.mirror_in`).
     pub kafka: bool,
+    /// With `kafka`: a Garage S3 server per region and a continuous backup of each
+    /// region's `ledger.*` topics into its own store (`[jobs.backup-REGION]`).
+    pub backups: bool,
 }
 
 /// The topic of the lab's transfer events, and its partitions.
@@ -75,11 +79,7 @@ pub struct RegionKafka {
 }
 
 /// One mirror job and its process.
-pub struct MirrorProcess {
-    pub job: String,
-    pub child: Option<Child>,
-    pub started: Instant,
-}
+pub type MirrorProcess = JobProcess;
 
 impl LabOptions {
     pub fn new(haven: impl Into<PathBuf>) -> Self {
@@ -91,6 +91,7 @@ impl LabOptions {
             failed_checks: 2,
             dir: None,
             kafka: false,
+            backups: false,
             link_delay: Duration::ZERO,
         }
     }
@@ -106,6 +107,8 @@ pub struct Lab {
     pub dir: LabDir,
     /// Kafka per region and the mirror, with [`LabOptions::kafka`].
     pub kafka: Option<RegionKafka>,
+    /// Object stores and backup jobs, with [`LabOptions::backups`].
+    pub backups: Option<RegionBackups>,
     /// The `haven.toml` describing the lab.
     pub cfg: String,
     /// Per agent: its region, its HTTP port (`/lease`, `/metrics`), its process.
@@ -124,6 +127,11 @@ impl Drop for Lab {
         for (_, _, c) in &mut self.agents {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(b) = self.backups.as_mut() {
+            for (j, _) in &mut b.jobs {
+                j.stop();
+            }
         }
         if let Some(k) = self.kafka.as_mut() {
             for m in &mut k.mirrors {
@@ -218,6 +226,13 @@ impl Lab {
         if let Some(k) = &kafka {
             text = with_kafka(&text, &k.us.bootstrap(), &k.eu.bootstrap());
         }
+        let stores = if options.backups && kafka.is_some() {
+            let (us, eu) = RegionBackups::start_stores()?;
+            text.push_str(&backups::config_sections(dir.path(), &us, &eu)?);
+            Some((us, eu))
+        } else {
+            None
+        };
         // Where drills keep their evidence (and, later, the lab's backups).
         text.push_str(&format!(
             "\n[repositories.lab]\nurl = \"file://{}\"\n",
@@ -234,6 +249,7 @@ impl Lab {
             dns,
             dir,
             kafka,
+            backups: None,
             cfg,
             agents: vec![],
             us_links: vec![],
@@ -271,40 +287,44 @@ impl Lab {
             let mut mirrors = vec![];
             for job in ["us-to-eu", "eu-to-us"] {
                 let log = lab.dir.path().join(format!("mirror-{job}.log"));
-                mirrors.push(MirrorProcess {
-                    job: job.into(),
-                    child: Some(spawn_mirror(&options.haven, &lab.cfg, job, &log)?),
-                    started: Instant::now(),
-                });
+                let args = vec!["mirror".into(), "--job".into(), job.into()];
+                mirrors.push(JobProcess::start(&options.haven, &lab.cfg, job, args, &log));
             }
             if let Some(k) = lab.kafka.as_mut() {
                 k.mirrors = mirrors;
             }
             lab.wait_mirrored(Duration::from_secs(30))?;
         }
+        // The backups start once EU has the topic, so each sees its region's topics.
+        if let Some((us, eu)) = stores {
+            let mut jobs = vec![];
+            for region in ["us", "eu"] {
+                let port = testbed::free_port()?;
+                let job = backups::repository(region);
+                let log = lab.dir.path().join(format!("{job}.log"));
+                let args = backups::backup_args(region, port);
+                jobs.push((
+                    JobProcess::start(&options.haven, &lab.cfg, &job, args, &log),
+                    port,
+                ));
+            }
+            lab.backups = Some(RegionBackups { us, eu, jobs });
+        }
         Ok(lab)
     }
 
-    /// Starts again every mirror that ended (its target became active, or it failed),
-    /// at most every 3 s each. Called by the lab's supervisor.
+    /// Starts again every mirror that ended (its target became active, or it failed) and
+    /// every backup that ended, at most every 3 s each. Called by the lab's supervisor.
     pub fn keep_mirrors(&mut self) {
-        let (haven, cfg, dir) = (
-            self.options.haven.clone(),
-            self.cfg.clone(),
-            self.dir.path().to_path_buf(),
-        );
-        let Some(k) = self.kafka.as_mut() else {
-            return;
-        };
-        for m in &mut k.mirrors {
-            let ended = match m.child.as_mut() {
-                Some(c) => !matches!(c.try_wait(), Ok(None)),
-                None => true,
-            };
-            if ended && m.started.elapsed() > Duration::from_secs(3) {
-                let log = dir.join(format!("mirror-{}.log", m.job));
-                m.child = spawn_mirror(&haven, &cfg, &m.job, &log).ok();
-                m.started = Instant::now();
+        let (haven, cfg) = (self.options.haven.clone(), self.cfg.clone());
+        if let Some(k) = self.kafka.as_mut() {
+            for m in &mut k.mirrors {
+                m.keep(&haven, &cfg);
+            }
+        }
+        if let Some(b) = self.backups.as_mut() {
+            for (j, _) in &mut b.jobs {
+                j.keep(&haven, &cfg);
             }
         }
     }
@@ -380,21 +400,6 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-/// Starts `haven --config CFG mirror --job NAME`, its log appended to `log`.
-fn spawn_mirror(haven: &Path, cfg: &str, job: &str, log: &Path) -> anyhow::Result<Child> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("{}", log.display()))?;
-    std::process::Command::new(haven)
-        .args(["--config", cfg, "mirror", "--job", job])
-        .stdout(std::process::Stdio::null())
-        .stderr(file)
-        .spawn()
-        .with_context(|| format!("cannot start {}", haven.display()))
 }
 
 /// The config with real brokers for both regions and the mirrors each way.

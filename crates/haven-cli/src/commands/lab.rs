@@ -20,9 +20,10 @@ pub enum Command {
     /// are up and a region holds the lease).
     Status(DirArg),
     /// Inject a fault by hand: region-down REGION (agent and broker killed -9, Postgres
-    /// crashed), pg-crash REGION, broker-crash REGION, agent-crash REGION, link-cut (US
-    /// cut off from EU, the witness and its own etcd member), link-flap [MS], heal
-    /// (everything up again, on the same data).
+    /// crashed), pg-crash REGION, broker-crash REGION, agent-crash REGION, s3-down REGION
+    /// (its object store killed -9: its backup holds on), link-cut (US cut off from EU,
+    /// the witness and its own etcd member), link-flap [MS], heal (everything up again,
+    /// on the same data).
     Fault(FaultArgs),
 }
 
@@ -62,6 +63,10 @@ pub struct UpArgs {
     /// Leave Kafka out (no brokers, no mirror): Postgres, etcd and routes only.
     #[arg(long)]
     no_kafka: bool,
+    /// Leave the object stores and backups out (by default each region has a Garage S3
+    /// server and a continuous backup of its ledger topics into it).
+    #[arg(long)]
+    no_backups: bool,
     /// Give up (and stop what started) when the lab is not ready after this many seconds.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     timeout_s: u64,
@@ -103,6 +108,7 @@ async fn foreground(a: UpArgs) -> anyhow::Result<u8> {
     o.lease_ttl_s = a.lease_ttl_s;
     o.failed_checks = a.failed_checks;
     o.kafka = !a.no_kafka;
+    o.backups = !a.no_kafka && !a.no_backups;
     o.link_delay = Duration::from_millis(a.link_ms);
     o.cut_links = true;
     let stop = super::stop_on_signal();
@@ -125,6 +131,9 @@ async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<u8> {
     ];
     if a.no_kafka {
         args.push("--no-kafka".into());
+    }
+    if a.no_backups {
+        args.push("--no-backups".into());
     }
     if !ctx.json {
         eprintln!(
@@ -179,6 +188,12 @@ fn print_endpoints(s: &LabState) {
             "  kafka         us {us}, eu {eu} (topic {}, mirrored us -> eu)",
             e.topic.as_deref().unwrap_or("-")
         );
+    }
+    if let (Some(us), Some(eu)) = (&e.s3_us, &e.s3_eu) {
+        outln!("  object store  us {us}, eu {eu} (repositories backup-us, backup-eu)");
+    }
+    if let (Some(us), Some(eu)) = (&e.backup_metrics_us, &e.backup_metrics_eu) {
+        outln!("  backups       us {us}, eu {eu}");
     }
     outln!("  etcd          {}", e.etcd.join(", "));
     outln!("  agents        us {}, eu {}", e.agent_us, e.agent_eu);

@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod groups;
+mod lag;
 pub mod readers;
 pub mod rebalance;
 
@@ -351,7 +352,7 @@ pub async fn run(
     );
     let mut next_sample = Instant::now();
     let mut next_lag = Instant::now();
-    let mut caught_up: BTreeMap<(String, i32), Instant> = BTreeMap::new();
+    let mut caught_up = lag::LagClock::default();
     let mut tick = tokio::time::interval(opts.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = Instant::now();
@@ -463,6 +464,7 @@ pub async fn run(
             last_flush = Instant::now();
             // Partitions given away: what we read of them is durable now; forget them.
             for k in revoked.drain(..) {
+                caught_up.forget(&k.0, k.1);
                 batch.parts.remove(&k);
             }
         }
@@ -549,20 +551,20 @@ const LAG_INTERVAL: Duration = Duration::from_secs(2);
 async fn report_lag(
     inspector: &Arc<BaseConsumer>,
     batch: &Batch,
-    caught_up: &mut BTreeMap<(String, i32), Instant>,
+    caught_up: &mut lag::LagClock,
     observer: &dyn Observer,
 ) {
-    let parts: Vec<(String, i32, i64)> = batch
+    let parts: Vec<(String, i32, i64, Option<i64>)> = batch
         .parts
         .iter()
-        .map(|(k, p)| (k.0.clone(), k.1, p.durable))
+        .map(|(k, p)| (k.0.clone(), k.1, p.durable, p.oldest_timestamp))
         .collect();
     let c = inspector.clone();
     let highs = blocking(move || {
         let mut out = Vec::new();
-        for (t, p, durable) in parts {
+        for (t, p, durable, oldest) in parts {
             let (_, high) = haven_kafka::watermarks(&c, &t, p, Duration::from_secs(5))?;
-            out.push((t, p, durable, high));
+            out.push((t, p, durable, high, oldest));
         }
         Ok(out)
     })
@@ -578,22 +580,20 @@ async fn report_lag(
         }
     };
     let now = Instant::now();
-    for (topic, partition, durable, high) in highs {
-        let key = (topic.clone(), partition);
+    let wall = chrono::Utc::now().timestamp_millis();
+    for (topic, partition, durable, high, oldest) in highs {
         let records = (high - durable).max(0);
-        if records == 0 {
-            caught_up.insert(key, now);
+        let mut seconds = caught_up.sample(&topic, partition, durable, high, now);
+        // The oldest record held (read, not yet durable) is the oldest waiting: its
+        // timestamp narrows the bound, unless it lies in the future (a producer's clock).
+        if let Some(age) = oldest.map(|ts| wall - ts).filter(|a| *a >= 0) {
+            seconds = seconds.min(age as f64 / 1000.0);
         }
-        let since = *caught_up.entry((topic.clone(), partition)).or_insert(now);
         observer.event(&Event::PartitionLag {
             topic,
             partition,
             records,
-            seconds: if records == 0 {
-                0.0
-            } else {
-                now.duration_since(since).as_secs_f64()
-            },
+            seconds,
             durable_offset: durable,
         });
     }
@@ -712,7 +712,7 @@ async fn check_retention_loss<C: haven_kafka::rdkafka::consumer::ConsumerContext
 /// alarm fires), and listening for a stop.
 struct Waiting<'a> {
     inspector: &'a Arc<BaseConsumer>,
-    caught_up: &'a mut BTreeMap<(String, i32), Instant>,
+    caught_up: &'a mut lag::LagClock,
     stop: &'a mut watch::Receiver<bool>,
 }
 
@@ -738,6 +738,7 @@ async fn flush_holding_on(
     let mut pause = Duration::from_secs(1);
     let mut since: Option<Instant> = None;
     loop {
+        let attempt = Instant::now();
         match flush(repo, state, batch, opts, observer, report).await {
             Ok(()) => {
                 if let Some(t) = since {
@@ -749,7 +750,8 @@ async fn flush_holding_on(
                 return Ok(true);
             }
             Err(Error::Storage(e @ StorageError::Backend { .. })) => {
-                let t = *since.get_or_insert_with(Instant::now);
+                // Counted from the start of the first attempt that failed.
+                let t = *since.get_or_insert(attempt);
                 observer.event(&Event::Retrying {
                     what: format!(
                         "write a segment (the repository has not answered for {:.0} s; \
