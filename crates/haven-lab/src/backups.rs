@@ -134,7 +134,7 @@ pub fn config_sections(dir: &Path, us: &S3Server, eu: &S3Server) -> anyhow::Resu
             r#"
 [repositories.{repo}]
 url = "s3://{bucket}/ledger"
-options = {{ aws_endpoint = "{endpoint}", aws_access_key_id = "{key}", aws_region = "garage", aws_allow_http = "true", timeout = "5s" }}
+options = {{ aws_endpoint = "{endpoint}", aws_access_key_id = "{key}", aws_region = "garage", aws_allow_http = "true", timeout = "2s" }}
 secret_options = {{ aws_secret_access_key = "file:{secret}" }}
 
 [jobs.{repo}]

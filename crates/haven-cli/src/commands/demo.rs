@@ -162,7 +162,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     };
     let plan = haven_engine::restore::plan(&repo, &state, &opts).await?;
     let observer = CliObserver::new(ctx.json);
-    let restored = haven_engine::restore::run(&repo, &state, &plan, &opts.cluster, &observer).await;
+    let restored =
+        haven_engine::restore::run(&repo, &state, &plan, &opts.cluster, &observer, &[]).await;
     observer.finish();
     let restored = restored?;
     let offsets = haven_engine::restore::load_offsets(&repo, &plan.id).await?;

@@ -24,16 +24,27 @@ pub enum Command {
     ///                  --down-s: US stays active, nothing acknowledged is lost
     ///   broker-crash   US's broker is killed -9 and started again after --down-s:
     ///                  transfers go on (events wait in the outbox), none lost
+    ///   object-store-outage
+    ///                  US's object store is killed -9 for --down-s: its backup holds
+    ///                  on, its RPO alarm fires, and afterwards the backup holds every
+    ///                  record (restored into a segregated cluster, compared one by one)
+    ///   corrupted-backup
+    ///                  one segment of US's backup damaged at rest: verify names it, a
+    ///                  restore refuses it, --skip-damaged works around it, repaired
+    ///   segregated-restore
+    ///                  US's backup restored into a cluster of the drill's own under
+    ///                  load, reconciled record by record and against the database
     ///
-    /// Measured: RTO (the fault to the first transfer EU acknowledges), RPO (acknowledged
+    /// Measured: RTO (the fault to the first transfer EU acknowledges; for the backup
+    /// drills, the fault to the backup caught up or the restore reconciled), RPO (acknowledged
     /// transfers missing afterwards, in count and seconds), samples every 100 ms of
     /// whether both regions take writes, and the ledger's invariants W1-W9. The verdict
     /// is PASS only when every objective is met and everything was measured. Exit 0 on
     /// PASS, 1 on FAIL. Ctrl-C stops the load, heals the lab and reports FAIL.
     ///
     /// The lab must have US active and EU standby: after a region-outage or a partition
-    /// drill EU stays active; start a fresh lab for the next one (after a switchover,
-    /// pg-crash or broker-crash drill US is active again).
+    /// drill EU stays active; start a fresh lab for the next one (after any other drill
+    /// US is active again). The backup drills need the lab's backups (not --no-backups).
     ///
     /// Examples:
     ///   haven drill run region-outage --lab /tmp/lab
@@ -46,7 +57,8 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// region-outage, switchover, partition, pg-crash or broker-crash.
+    /// region-outage, switchover, partition, pg-crash, broker-crash, object-store-outage,
+    /// corrupted-backup or segregated-restore.
     #[arg(value_name = "SCENARIO")]
     scenario: String,
     /// The lab's directory (`haven lab up --dir DIR`).
@@ -62,7 +74,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 15)]
     partition_s: u64,
     /// How long a crashed server stays down before it is started again (pg-crash,
-    /// broker-crash).
+    /// broker-crash, object-store-outage).
     #[arg(long, default_value_t = 5)]
     down_s: u64,
     /// Transfers a minute (the seed: 10,000).

@@ -219,8 +219,30 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             "the selection is empty: no record matches the topics and window",
         ));
     }
+    // Every chunk is read and checked before anything is written: a damaged backup is
+    // refused while the target is untouched, or (--skip-damaged) restored around.
+    let damaged = restore::preflight(&repo, &state, &plan).await?;
+    if !damaged.is_empty() {
+        if !a.damage.skip_damaged {
+            return Err(restore::refusal(&damaged).into());
+        }
+        for d in &damaged {
+            eprintln!(
+                "warning: damaged: {} chunk {}: {}",
+                d.object, d.ordinal, d.what
+            );
+            eprintln!(
+                "warning: missing: {}/{} offsets {}..{} (a damaged chunk of {}, left out)",
+                d.topic,
+                d.partition,
+                d.first_offset,
+                d.last_offset + 1,
+                d.object
+            );
+        }
+    }
     let observer = crate::observer::CliObserver::new(ctx.json);
-    let report = restore::run(&repo, &state, &plan, &cl, &observer).await;
+    let report = restore::run(&repo, &state, &plan, &cl, &observer, &damaged).await;
     observer.finish();
     let report = report?;
     if ctx.json {

@@ -118,7 +118,14 @@ fn lab_comes_up_in_the_background_mirrors_and_goes_down_leaving_nothing_running(
     assert_eq!(code(&out), 0, "status: {status}");
     assert_eq!(status["active"], "us");
     let parts = status["parts"].as_array().expect("parts");
-    assert!(parts.len() >= 11, "{parts:?}");
+    assert!(parts.len() >= 15, "{parts:?}");
+    // Each region's object store and backup job are parts of the default lab.
+    for name in ["s3-us", "s3-eu", "backup-us", "backup-eu"] {
+        assert!(
+            parts.iter().any(|p| p["name"] == name),
+            "no {name}: {parts:?}"
+        );
+    }
     assert!(
         parts.iter().all(|p| p["up"] == Value::Bool(true)),
         "{parts:?}"

@@ -729,6 +729,7 @@ async fn a_window_reads_only_its_chunks_and_gaps_translate_exactly() {
         &plan,
         &opts.cluster,
         &haven_engine::events::Collect::default(),
+        &[],
     )
     .await
     .unwrap();

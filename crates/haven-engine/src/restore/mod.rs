@@ -14,6 +14,7 @@
 //! The offset map (`restores/{id}/offsets.json`) is written when the restore completes.
 
 mod plan;
+mod preflight;
 pub(crate) use plan::CARRIED_CONFIGS;
 
 use std::collections::VecDeque;
@@ -31,6 +32,7 @@ use crate::{blocking, Error, Result};
 pub use plan::{
     plan, PlannedGroup, PlannedPartition, PlannedTopic, RestoreOptions, RestorePlan, Routing,
 };
+pub use preflight::{preflight, refusal, DamagedChunk};
 
 /// Where a restore's objects live in the repository.
 pub fn plan_key(id: &str) -> String {
@@ -93,6 +95,9 @@ pub struct RestoreReport {
     pub groups_skipped: Vec<(String, String)>,
     /// The audit entry recording this restore (None when the repository is read-only).
     pub audit_entry: Option<String>,
+    /// Damaged chunks left out (`--skip-damaged`): their records were not restored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<DamagedChunk>,
 }
 
 /// Loads the plan of an earlier restore (for `--resume` and `offsets translate`).
@@ -140,6 +145,7 @@ pub async fn run(
     plan: &RestorePlan,
     cluster: &ClusterConfig,
     observer: &dyn crate::events::Observer,
+    skip: &[DamagedChunk],
 ) -> Result<RestoreReport> {
     let started = Instant::now();
     put_json(repo, &plan_key(&plan.id), plan).await?;
@@ -155,6 +161,7 @@ pub async fn run(
     let mut progress = Progress { observer, done: 0 };
     let mut report = RestoreReport {
         id: plan.id.clone(),
+        left_out: skip.to_vec(),
         ..Default::default()
     };
     let mut offsets = RestoreOffsets {
@@ -205,7 +212,13 @@ pub async fn run(
             };
             // One chunk at a time: memory does not grow with the restore's size.
             let mut seen: u64 = 0;
+            let mut left_out = false;
             for chunk in plan::chunks_of(state, pp)? {
+                // A damaged chunk the caller chose to leave out (`--skip-damaged`).
+                if skip.iter().any(|d| d.is(chunk)) {
+                    left_out = true;
+                    continue;
+                }
                 let body = repo.chunk_body(chunk).await?;
                 let mut refs = Vec::with_capacity(chunk.meta.record_count as usize);
                 haven_format::visit_chunk(&body, |r| {
@@ -324,7 +337,7 @@ pub async fn run(
                     result.restored += 1;
                 }
             }
-            if seen != pp.records {
+            if seen != pp.records && !(left_out && seen < pp.records) {
                 return Err(Error::Input(format!(
                     "{}/{}: the repository now yields {seen} records for the plan's {}",
                     pp.source_topic, pp.partition, pp.records

@@ -19,6 +19,8 @@ use crate::ledger::check::{self, CheckOptions};
 use crate::ledger::workload::{self, now_ms, Tick, WorkloadOptions};
 use crate::ledger::LATENCY_FILE;
 
+mod backups;
+mod reconcile;
 mod report;
 mod scenario;
 mod steps;
@@ -70,6 +72,9 @@ pub async fn run(
     say: impl Fn(&str) + Send + Sync + Clone + 'static,
 ) -> anyhow::Result<DrillReport> {
     let lab = LabState::require(&o.lab_dir)?;
+    if backups::is_backup_drill(o.scenario) {
+        backups::require_backups(&lab)?;
+    }
     let before = active_region(&lab);
     if before.as_deref() != Some("us") {
         bail!(
@@ -146,6 +151,7 @@ pub async fn run(
     let mut fault_at = now_ms();
     let mut rto = None;
     let mut fault_err = None;
+    let mut phase_invariants: Vec<InvariantResult> = Vec::new();
     if !interrupted {
         match o.scenario {
             Scenario::RegionOutage | Scenario::Partition => {
@@ -246,6 +252,27 @@ pub async fn run(
                 }
                 interrupted |= *stop.borrow();
             }
+            Scenario::ObjectStoreOutage
+            | Scenario::CorruptedBackup
+            | Scenario::SegregatedRestore => {
+                let outcome = match o.scenario {
+                    Scenario::ObjectStoreOutage => {
+                        backups::object_store_outage(o, &lab, &mut timeline, &say, &stop).await
+                    }
+                    Scenario::CorruptedBackup => {
+                        backups::corrupted_backup(o, &lab, &dir, &mut timeline, &say).await
+                    }
+                    _ => backups::segregated_restore(o, &lab, &dir, &mut timeline, &say).await,
+                };
+                if let Some(t) = outcome.fault_at {
+                    fault_at = t;
+                }
+                rto = outcome.rto;
+                fault_err = outcome.err;
+                phase_invariants = outcome.invariants;
+                not_measured.extend(outcome.not_measured);
+                interrupted |= *stop.borrow();
+            }
             Scenario::Switchover => {
                 let state = dir.join("switchover-state");
                 fault_at = now_ms();
@@ -337,10 +364,11 @@ pub async fn run(
     let co = CheckOptions {
         dir: dir.clone(),
         region: None,
-        // A switchover and a crash recovered in place may lose nothing at all.
+        // Only a failover may lose what the RPO allows; a switchover and a fault
+        // recovered in place may lose nothing at all.
         fault_at_ms: match o.scenario {
-            Scenario::Switchover | Scenario::PgCrash | Scenario::BrokerCrash => None,
-            _ => Some(fault_at),
+            Scenario::RegionOutage | Scenario::Partition => Some(fault_at),
+            _ => None,
         },
         rpo_target_s: o.objectives.rpo_s,
         retry_probe: true,
@@ -384,6 +412,13 @@ pub async fn run(
                 .collect();
         }
         Err(e) => not_measured.push(format!("the workload's checker failed: {e:#}")),
+    }
+    invariants.append(&mut phase_invariants);
+    if o.scenario == Scenario::ObjectStoreOutage && fault_err.is_none() && !interrupted {
+        match backups::nothing_lost_after_outage(o, &lab, &dir, &say).await {
+            Ok(mut found) => invariants.append(&mut found),
+            Err(e) => not_measured.push(format!("B3, the backup after the outage: {e:#}")),
+        }
     }
     if o.scenario.in_place() {
         let after = measured.active_after.clone();
@@ -443,11 +478,13 @@ pub async fn run(
         objectives: o.objectives.clone(),
         stop_conditions: vec![
             format!(
-                "no transfer acknowledged by the {} within {:.0} s (twice the RTO objective): stop, heal, FAIL",
-                if o.scenario.in_place() {
-                    "restarted region"
-                } else {
-                    "new region"
+                "{} within {:.0} s (twice the RTO objective): stop, heal, FAIL",
+                match o.scenario {
+                    Scenario::ObjectStoreOutage => "US's backup not caught up",
+                    Scenario::CorruptedBackup | Scenario::SegregatedRestore =>
+                        "the restore not reconciled",
+                    s if s.in_place() => "no transfer acknowledged by the restarted region",
+                    _ => "no transfer acknowledged by the new region",
                 },
                 o.objectives.rto_s * 2.0
             ),

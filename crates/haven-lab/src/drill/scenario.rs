@@ -19,6 +19,15 @@ pub enum Scenario {
     /// US's broker is killed -9 and started again on its data after a while: transfers go
     /// on (their events wait in the outbox), and every event arrives once.
     BrokerCrash,
+    /// US's object store is killed -9 and started again after a while: its backup holds
+    /// on, its RPO alarm fires, and once the store is back the backup holds every record.
+    ObjectStoreOutage,
+    /// One object of US's backup damaged at rest: verify names it, a restore refuses it,
+    /// `--skip-damaged` works around it, and it is repaired from a good copy.
+    CorruptedBackup,
+    /// US's backup restored into a segregated cluster under load and reconciled with the
+    /// source and the database (non-disruptive: the drill `drill schedule` runs).
+    SegregatedRestore,
 }
 
 impl Scenario {
@@ -29,11 +38,13 @@ impl Scenario {
             "partition" => Scenario::Partition,
             "pg-crash" => Scenario::PgCrash,
             "broker-crash" => Scenario::BrokerCrash,
+            "object-store-outage" => Scenario::ObjectStoreOutage,
+            "corrupted-backup" => Scenario::CorruptedBackup,
+            "segregated-restore" => Scenario::SegregatedRestore,
             other => bail!(
-                "unknown scenario {other:?}: region-outage, switchover, partition, pg-crash \
-                 or broker-crash (object-store outage, corrupted backup, segregated \
-                 restore, database restored to an earlier point and failback are not \
-                 built yet)"
+                "unknown scenario {other:?}: region-outage, switchover, partition, pg-crash, \
+                 broker-crash, object-store-outage, corrupted-backup or segregated-restore \
+                 (database restored to an earlier point and failback are not built yet)"
             ),
         })
     }
@@ -45,12 +56,18 @@ impl Scenario {
             Scenario::Partition => "partition",
             Scenario::PgCrash => "pg-crash",
             Scenario::BrokerCrash => "broker-crash",
+            Scenario::ObjectStoreOutage => "object-store-outage",
+            Scenario::CorruptedBackup => "corrupted-backup",
+            Scenario::SegregatedRestore => "segregated-restore",
         }
     }
 
-    /// A crash of one server in the active region, recovered in place (no failover).
+    /// A fault recovered in place (no failover): US must stay active and lose nothing.
     pub fn in_place(self) -> bool {
-        matches!(self, Scenario::PgCrash | Scenario::BrokerCrash)
+        !matches!(
+            self,
+            Scenario::RegionOutage | Scenario::Switchover | Scenario::Partition
+        )
     }
 
     pub fn description(self) -> &'static str {
@@ -70,6 +87,15 @@ impl Scenario {
             Scenario::BrokerCrash => {
                 "US's Kafka broker is killed -9 under the ledger load and started again on its data: transfers go on meanwhile (their events wait in the outbox), every transfer's event reaches Kafka exactly once, nothing acknowledged is lost."
             }
+            Scenario::ObjectStoreOutage => {
+                "US's object store is killed -9 under the ledger load and started again: US's continuous backup holds on (no restart, nothing more read until the store answers), its RPO alarm fires while the store is down, and once it is back the backup holds every record of the topic (restored into a segregated cluster and compared record by record)."
+            }
+            Scenario::CorruptedBackup => {
+                "One segment of US's backup is damaged at rest (a byte flipped) under the ledger load: verify must name it, a restore must refuse it and write nothing, a restore with --skip-damaged must restore everything else equal to the source and say what it left out, and after the object is put back from a good copy verify passes."
+            }
+            Scenario::SegregatedRestore => {
+                "US's backup is restored into a segregated cluster (a broker of the drill's own) under the ledger load and reconciled: record by record with the source, and every restored transfer event against the database. Non-disruptive: US stays active and loses nothing; its RTO is the restore and the reconciliation."
+            }
         }
     }
 
@@ -87,8 +113,8 @@ impl Scenario {
                 _ => 1.0,
             },
             max_lost: match self {
-                Scenario::Switchover | Scenario::PgCrash | Scenario::BrokerCrash => Some(0),
-                _ => None,
+                Scenario::RegionOutage | Scenario::Partition => None,
+                _ => Some(0),
             },
             max_two_writable: 0,
         }

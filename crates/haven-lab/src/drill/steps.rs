@@ -70,6 +70,7 @@ pub(super) async fn start_fault(
         Scenario::PgCrash => &["pg-crash", "us"],
         Scenario::BrokerCrash => &["broker-crash", "us"],
         Scenario::Switchover => return Err("a switchover injects no fault".into()),
+        _ => return Err("a backup drill injects its fault itself".into()),
     };
     let at = now_ms();
     let d = inject(&o.lab_dir, words)

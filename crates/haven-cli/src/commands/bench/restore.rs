@@ -187,12 +187,18 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         )
     };
     let plan = restore::plan(&repo, &state, &opts).await?;
+    // What `haven restore` does: every chunk checked before anything is written.
+    let damaged = restore::preflight(&repo, &state, &plan).await?;
+    if !damaged.is_empty() {
+        return Err(restore::refusal(&damaged).into());
+    }
     let report = restore::run(
         &repo,
         &state,
         &plan,
         &opts.cluster,
         &haven_engine::events::Collect::default(),
+        &[],
     )
     .await?;
     let read = store.traffic().bytes_read.load(Ordering::Relaxed) - before;

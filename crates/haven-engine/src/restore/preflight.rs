@@ -1,0 +1,84 @@
+//! Before a restore writes anything, it reads every chunk it will write and checks it
+//! (checksum, decryption): a backup damaged at rest is found while the target is still
+//! untouched. A plain restore then refuses, naming each damaged object; with
+//! `--skip-damaged` it leaves those chunks out and says exactly which offsets.
+
+use serde::Serialize;
+
+use super::{plan, RestorePlan};
+use crate::repo::{RepoState, Repository};
+use crate::{Error, Result};
+
+/// A chunk the restore cannot read: where it is, what it held, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedChunk {
+    pub object: String,
+    /// The chunk's place in its segment.
+    pub ordinal: u32,
+    pub topic: String,
+    pub partition: i32,
+    /// The offsets it held (inclusive).
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub what: String,
+}
+
+impl DamagedChunk {
+    /// Whether `chunk` is this one.
+    pub(crate) fn is(&self, chunk: &crate::repo::ChunkRef) -> bool {
+        self.object == chunk.key && self.ordinal == chunk.meta.ordinal
+    }
+}
+
+/// Reads every chunk of the plan; the damaged ones. A store that does not answer is an
+/// error (not damage): nothing is concluded about the backup from an outage.
+pub async fn preflight(
+    repo: &Repository,
+    state: &RepoState,
+    plan: &RestorePlan,
+) -> Result<Vec<DamagedChunk>> {
+    let mut out = Vec::new();
+    for pp in &plan.partitions {
+        for chunk in plan::chunks_of(state, pp)? {
+            let what = match repo.chunk_body(chunk).await {
+                Ok(_) => continue,
+                Err(Error::Format { source, .. }) => source.to_string(),
+                Err(Error::Storage(haven_storage::StorageError::NotFound { key })) => {
+                    format!("{key} is missing")
+                }
+                Err(Error::Key(e)) => e,
+                Err(e) => return Err(e),
+            };
+            out.push(DamagedChunk {
+                object: chunk.key.clone(),
+                ordinal: chunk.meta.ordinal,
+                topic: pp.source_topic.clone(),
+                partition: pp.partition,
+                first_offset: chunk.meta.first_offset,
+                last_offset: chunk.meta.last_offset,
+                what,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The refusal of a restore from a damaged backup: every damaged object named, nothing
+/// written.
+pub fn refusal(damaged: &[DamagedChunk]) -> Error {
+    let list: Vec<String> = damaged
+        .iter()
+        .map(|d| {
+            format!(
+                "{} (chunk {}, {}/{} offsets {}..={}): {}",
+                d.object, d.ordinal, d.topic, d.partition, d.first_offset, d.last_offset, d.what
+            )
+        })
+        .collect();
+    Error::Damaged(format!(
+        "{} chunk(s) the restore would write cannot be read, so nothing was written: {}. \
+         Restore everything else with --skip-damaged, or repair the objects from a copy first",
+        damaged.len(),
+        list.join("; ")
+    ))
+}
