@@ -267,6 +267,9 @@ pub struct Config {
     /// Signed heads of the audit chains, written periodically by the agents.
     #[serde(default)]
     pub audit: Option<crate::recovery::audit_heads::AuditSection>,
+    /// Scheduled restore tests, run by the agents (`haven drill schedule`).
+    #[serde(default)]
+    pub drills: BTreeMap<String, crate::drill::schedule::RestoreTestSection>,
 }
 
 pub const EXAMPLE: &str = r#"[clusters.us]
@@ -599,6 +602,11 @@ impl Config {
         }
         if let Some(Err((key, message))) = self.audit.as_ref().map(|a| a.validate(self)) {
             return Err(invalid(key, message));
+        }
+        for (name, d) in &self.drills {
+            if let Err((key, message)) = d.validate(name, self) {
+                return Err(invalid(key, message));
+            }
         }
         for (name, n) in &self.notify {
             if let Err((key, message)) = n.validate(name) {

@@ -45,6 +45,9 @@ use crate::Ctx;
 /// With [audit] in haven.toml it also signs the end of the listed repositories' audit
 /// chains every sign_every_s and copies each head to copy_to (see `haven audit --help`).
 ///
+/// With [drills.NAME] sections whose region is this one, it runs each restore test when
+/// it is due: every_s after the last report stored (see `haven drill schedule --help`).
+///
 /// SIGTERM or Ctrl-C stops it cleanly and releases the lease.
 ///
 /// Example:
@@ -155,9 +158,15 @@ pub async fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         // Never ends by itself: the agent's loop decides when the process stops.
         std::future::pending::<()>().await
     };
+    // [drills.NAME] of this region: restore tests, each when it is due.
+    let restore_tests = async {
+        haven_engine::drill::schedule::run_due(&cfg, &a.region, &id, &observer, stop.clone()).await;
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         ran = agent::run(&cfg, &agent, &id, &state_dir, &observer, stop.clone()) => ran?,
         () = signer => {}
+        () = restore_tests => {}
     }
     Ok(0)
 }

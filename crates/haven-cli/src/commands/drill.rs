@@ -53,6 +53,39 @@ pub enum Command {
     Run(RunArgs),
     /// Past drills in the lab with their verdicts.
     History(HistoryArgs),
+    /// The scheduled restore tests of haven.toml (`[drills.NAME]`): when each last ran,
+    /// its verdict, and when it is next due; with --run NAME, run one now.
+    ///
+    /// A restore test is the non-disruptive drill the agents run on their own: the
+    /// repository's backup restored into a segregated cluster (never a region's; the
+    /// config is refused otherwise), every chunk checked before anything is written, and
+    /// the restored records reconciled with the source cluster record by record. Its
+    /// report is stored in the repository like any drill's evidence. Exit 0 on PASS, 1
+    /// on FAIL.
+    ///
+    ///   [drills.nightly]
+    ///   region = "us"             # whose agent runs it
+    ///   repository = "main"
+    ///   source = "us"             # the cluster backed up
+    ///   target = "restore-test"   # a segregated cluster of [clusters]
+    ///   topics = "payments\\..*"
+    ///   every_s = 86400
+    ///
+    /// Examples:
+    ///   haven drill schedule
+    ///   haven drill schedule --run nightly --json
+    #[command(verbatim_doc_comment)]
+    Schedule(ScheduleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScheduleArgs {
+    /// Run this restore test now (a name of [drills]).
+    #[arg(long, value_name = "NAME")]
+    run: Option<String>,
+    /// Who runs it (in the evidence) [default: the login].
+    #[arg(long)]
+    operator: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +166,7 @@ async fn evidence_repo(
 pub async fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<u8> {
     match cmd {
         Command::Run(a) => run_drill(ctx, a).await,
+        Command::Schedule(a) => schedule(ctx, a).await,
         Command::History(a) => history(ctx, a).await,
     }
 }
@@ -219,19 +253,23 @@ fn print_report(r: &DrillReport) {
             .unwrap_or("not measured".into()),
         r.objectives.rto_s
     );
-    outln!(
-        "  RPO {} (objective <= {:.1} s{})",
-        match (m.lost_seconds, m.lost) {
-            (Some(s), Some(n)) => format!("{s:.2} s, {n} acknowledged transfers lost"),
-            _ => "not measured".into(),
-        },
-        r.objectives.rpo_s,
-        r.objectives
-            .max_lost
-            .map(|x| format!(", at most {x} lost"))
-            .unwrap_or_default()
-    );
-    outln!(
+    if !r.objectives.workload {
+        outln!("  (no workload: RPO and two writable regions are not in its scope)");
+    }
+    if r.objectives.workload {
+        outln!(
+            "  RPO {} (objective <= {:.1} s{})",
+            match (m.lost_seconds, m.lost) {
+                (Some(s), Some(n)) => format!("{s:.2} s, {n} acknowledged transfers lost"),
+                _ => "not measured".into(),
+            },
+            r.objectives.rpo_s,
+            r.objectives
+                .max_lost
+                .map(|x| format!(", at most {x} lost"))
+                .unwrap_or_default()
+        );
+        outln!(
         "  two writable regions: {} of {} samples; {} transfers acknowledged, p99 {:.1} ms; active {} -> {}",
         m.two_writable.map(|n| n.to_string()).unwrap_or("not sampled".into()),
         m.samples,
@@ -240,6 +278,7 @@ fn print_report(r: &DrillReport) {
         m.active_before.as_deref().unwrap_or("?"),
         m.active_after.as_deref().unwrap_or("?")
     );
+    }
     for p in &m.latency {
         outln!(
             "  latency {}: {} transfers, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {:.1}% under 100 ms",
@@ -301,6 +340,94 @@ async fn history(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<u8> {
                 .map(|x| format!("{x:.1}"))
                 .unwrap_or("-".into()),
             r.measured.lost.map(|n| n.to_string()).unwrap_or("-".into())
+        );
+    }
+    Ok(0)
+}
+
+async fn schedule(ctx: &Ctx, a: ScheduleArgs) -> anyhow::Result<u8> {
+    use haven_engine::drill::schedule;
+    let cfg = super::load_config(ctx)?;
+    if let Some(name) = &a.run {
+        let Some(s) = cfg.drills.get(name) else {
+            let known: Vec<&str> = cfg.drills.keys().map(String::as_str).collect();
+            return Err(super::usage(format!(
+                "no restore test {name:?} in [drills]; the config has: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        let operator = a.operator.clone().unwrap_or_else(drill::default_operator);
+        let observer = crate::observer::CliObserver::new(ctx.json);
+        let r = schedule::run(&cfg, name, s, &operator, &observer).await;
+        observer.finish();
+        let r = r?;
+        if ctx.json {
+            crate::output::json(&r)?;
+        } else {
+            print_report(&r);
+        }
+        return Ok(if r.verdict == Verdict::Pass { 0 } else { 1 });
+    }
+    let all = schedule::due(&cfg, None).await?;
+    if ctx.json {
+        let v: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(name, (last, next))| {
+                serde_json::json!({
+                    "name": name,
+                    "section": cfg.drills.get(name),
+                    "last": last.as_ref().map(|r| serde_json::json!({
+                        "id": r.id, "started_at": r.started_at, "verdict": r.verdict,
+                        "rto_s": r.measured.rto_s,
+                    })),
+                    "next_due": next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                })
+            })
+            .collect();
+        crate::output::json(&v)?;
+        return Ok(0);
+    }
+    if all.is_empty() {
+        outln!("no restore test is scheduled: add a [drills.NAME] section (see --help)");
+        return Ok(0);
+    }
+    outln!(
+        "{:<16} {:<8} {:<22} {:<7} {:<22}",
+        "NAME",
+        "REGION",
+        "LAST RUN",
+        "VERDICT",
+        "NEXT DUE"
+    );
+    for (name, (last, next)) in &all {
+        let region = cfg
+            .drills
+            .get(name)
+            .map(|s| s.region.as_str())
+            .unwrap_or("-");
+        outln!(
+            "{:<16} {:<8} {:<22} {:<7} {:<22}",
+            name,
+            region,
+            last.as_ref()
+                .map(|r| r.started_at.as_str())
+                .unwrap_or("never"),
+            last.as_ref()
+                .map(|r| if r.verdict == Verdict::Pass {
+                    "PASS"
+                } else {
+                    "FAIL"
+                })
+                .unwrap_or("-"),
+            if *next <= chrono::Utc::now() {
+                "now".to_string()
+            } else {
+                next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            }
         );
     }
     Ok(0)

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use haven_engine::drill::config_hash;
+use haven_engine::drill::reconcile;
 use haven_kafka::rdkafka::Message;
 use haven_kafka::ClusterConfig;
 use testbed::Broker;
@@ -86,50 +86,21 @@ fn missing_ranges(stderr: &str) -> Missing {
     out
 }
 
-/// A record's identity for comparison: a digest of its key, value, headers and timestamp.
-fn digest(m: &haven_kafka::rdkafka::message::BorrowedMessage<'_>) -> String {
-    let r = haven_kafka::record_ref(m);
-    let mut bytes = Vec::new();
-    let mut field = |b: Option<&[u8]>| match b {
-        None => bytes.extend_from_slice(&u64::MAX.to_be_bytes()),
-        Some(b) => {
-            bytes.extend_from_slice(&(b.len() as u64).to_be_bytes());
-            bytes.extend_from_slice(b);
-        }
-    };
-    field(r.key);
-    field(r.value);
-    for (k, v) in &r.headers {
-        field(Some(k.as_bytes()));
-        field(*v);
-    }
-    bytes.extend_from_slice(&r.timestamp.to_be_bytes());
-    config_hash(&bytes)
-}
-
-/// The digests of `[from, until)` of a partition, with their offsets (blocking).
+/// The digests of `[from, until)` of a partition of the transfers topic (blocking).
 fn read_digests(
     bootstrap: &str,
     partition: i32,
     from: i64,
     until: i64,
 ) -> anyhow::Result<Vec<(i64, String)>> {
-    let mut out = Vec::new();
-    let cluster = ClusterConfig::new(bootstrap);
-    haven_kafka::scan(
-        &cluster,
+    reconcile::digests(
+        &ClusterConfig::new(bootstrap),
         TRANSFERS_TOPIC,
         partition,
         from,
         until,
-        Duration::from_secs(20),
-        |m| {
-            out.push((m.offset(), digest(m)));
-            true
-        },
     )
-    .with_context(|| format!("read {TRANSFERS_TOPIC}/{partition} on {bootstrap}"))?;
-    Ok(out)
+    .with_context(|| format!("read {TRANSFERS_TOPIC}/{partition} on {bootstrap}"))
 }
 
 fn high_watermark(bootstrap: &str, partition: i32) -> anyhow::Result<i64> {
@@ -194,7 +165,8 @@ pub(super) async fn reconcile(
                 .collect();
             r.compared += want.len() as u64;
             if r.first_difference.is_none() {
-                r.first_difference = first_difference(p, &want, &got);
+                r.first_difference =
+                    reconcile::first_difference(&format!("partition {p}"), &want, &got);
             }
         }
         Ok(r)
@@ -202,31 +174,6 @@ pub(super) async fn reconcile(
     .await??;
     business(lab, &target_events(&target).await?, &mut r).await?;
     Ok(r)
-}
-
-/// Where two sequences of (offset, digest) first differ: the source's and the restored.
-fn first_difference(p: i32, want: &[(i64, String)], got: &[(i64, String)]) -> Option<String> {
-    for (i, (w, g)) in want.iter().zip(got).enumerate() {
-        if w.1 != g.1 {
-            return Some(format!(
-                "partition {p}: restored record {i} (offset {}) differs from the source's offset {}",
-                g.0, w.0
-            ));
-        }
-    }
-    match want.len().cmp(&got.len()) {
-        std::cmp::Ordering::Greater => Some(format!(
-            "partition {p}: the source's offset {} is not in the restore ({} of {} records restored)",
-            want[got.len()].0,
-            got.len(),
-            want.len()
-        )),
-        std::cmp::Ordering::Less => Some(format!(
-            "partition {p}: {} records restored that the source does not hold",
-            got.len() - want.len()
-        )),
-        std::cmp::Ordering::Equal => None,
-    }
 }
 
 /// The transfer ids of the segregated cluster's events.
@@ -304,23 +251,5 @@ mod tests {
         assert_eq!(m.get(&2), Some(&vec![(40, 90)]));
         assert_eq!(m.get(&0), Some(&vec![(7, 9)]));
         assert_eq!(m.len(), 2);
-    }
-
-    #[test]
-    fn finds_the_first_difference_or_none() {
-        let a = |o: i64, d: &str| (o, d.to_string());
-        let want = vec![a(0, "x"), a(1, "y"), a(3, "z")];
-        assert_eq!(
-            first_difference(0, &want, &[a(0, "x"), a(1, "y"), a(2, "z")]),
-            None
-        );
-        assert!(
-            first_difference(0, &want, &[a(0, "x"), a(1, "q"), a(2, "z")])
-                .unwrap()
-                .contains("restored record 1")
-        );
-        assert!(first_difference(0, &want, &[a(0, "x")])
-            .unwrap()
-            .contains("offset 1 is not in the restore"));
     }
 }

@@ -117,6 +117,7 @@ impl Scenario {
                 _ => Some(0),
             },
             max_two_writable: 0,
+            workload: true,
         }
     }
 }
