@@ -167,6 +167,9 @@ impl Lab {
     /// Starts every server, replicates US to EU (EU's application role fenced), writes
     /// the config and starts both agents.
     pub fn start(options: &LabOptions) -> anyhow::Result<Lab> {
+        // The object stores take the longest to set up: they start first, beside the rest.
+        let stores = (options.backups && options.kafka)
+            .then(|| std::thread::spawn(RegionBackups::start_stores));
         let etcd = EtcdCluster::start(3)?;
         let (us, eu) = (Postgres::start()?, Postgres::start()?);
         let replication = DelayProxy::start(0, us.port(), options.link_delay)?;
@@ -226,12 +229,15 @@ impl Lab {
         if let Some(k) = &kafka {
             text = with_kafka(&text, &k.us.bootstrap(), &k.eu.bootstrap());
         }
-        let stores = if options.backups && kafka.is_some() {
-            let (us, eu) = RegionBackups::start_stores()?;
-            text.push_str(&backups::config_sections(dir.path(), &us, &eu)?);
-            Some((us, eu))
-        } else {
-            None
+        let stores = match stores {
+            Some(h) => {
+                let (us, eu) = h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("starting the object stores panicked"))??;
+                text.push_str(&backups::config_sections(dir.path(), &us, &eu)?);
+                Some((us, eu))
+            }
+            None => None,
         };
         // Where drills keep their evidence (and, later, the lab's backups).
         text.push_str(&format!(
