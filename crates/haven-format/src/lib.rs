@@ -22,9 +22,10 @@ pub use crypto::{subject_hash, KeyId, MasterKey, SubjectKey, WrappedKey};
 pub use error::FormatError;
 pub use record::{Header, Record, TimestampType};
 pub use segment::{
-    decode_header, index_of, open_stored_chunk, read_stored_chunk, verify_object,
-    visit_stored_chunk, ChunkMeta, GroupCommit, Loss, PartitionEntry, SegmentBuilder, SegmentIndex,
-    SegmentTrailer, TopicMeta, HEADER_LEN, SEGMENT_MAGIC, TRAILER_LEN,
+    check_stored_chunk, decode_header, index_of, open_stored_chunk, read_stored_chunk,
+    verify_object, visit_stored_chunk, ChunkMeta, GroupCommit, Loss, PartitionEntry,
+    SegmentBuilder, SegmentIndex, SegmentTrailer, TopicMeta, HEADER_LEN, SEGMENT_MAGIC,
+    TRAILER_LEN,
 };
 
 /// Version of the segment format this crate writes (2: records may be sealed for a data

@@ -554,6 +554,28 @@ impl Repository {
             .map_err(|e| Error::Damaged(format!("{}: {e}", chunk.key)))
     }
 
+    /// Checks a chunk without decoding it (one ranged read: CRC, authentication), for a
+    /// restore's check before it writes anything.
+    pub async fn check_chunk(&self, chunk: &ChunkRef) -> Result<()> {
+        let m = &chunk.meta;
+        let bytes = self
+            .store
+            .get_range(&chunk.key, m.byte_offset..m.byte_offset + m.byte_len)
+            .await?;
+        let dk = match &chunk.wrapped_key {
+            None => None,
+            Some(w) => Some(self.data_key(chunk.seq, w, &chunk.key)?),
+        };
+        haven_format::check_stored_chunk(
+            chunk.seq,
+            chunk.wrapped_key.is_some(),
+            m,
+            &bytes,
+            dk.as_ref(),
+        )
+        .map_err(|e| Error::format(&chunk.key, e))
+    }
+
     /// The decompressed body of a chunk (checked: CRC, authentication, what the index says),
     /// from the cache or with one ranged read. Decode it with `haven_format::visit_chunk`.
     pub async fn chunk_body(&self, chunk: &ChunkRef) -> Result<std::sync::Arc<Vec<u8>>> {

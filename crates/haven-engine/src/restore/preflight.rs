@@ -1,5 +1,6 @@
 //! Before a restore writes anything, it reads every chunk it will write and checks it
-//! (checksum, decryption): a backup damaged at rest is found while the target is still
+//! (checksum, authentication; not decoded: the restore decodes and checks the rest as it
+//! writes): a backup damaged at rest is found while the target is still
 //! untouched. A plain restore then refuses, naming each damaged object; with
 //! `--skip-damaged` it leaves those chunks out and says exactly which offsets.
 
@@ -40,7 +41,7 @@ pub async fn preflight(
     let mut out = Vec::new();
     for pp in &plan.partitions {
         for chunk in plan::chunks_of(state, pp)? {
-            let what = match repo.chunk_body(chunk).await {
+            let what = match repo.check_chunk(chunk).await {
                 Ok(_) => continue,
                 Err(Error::Format { source, .. }) => source.to_string(),
                 Err(Error::Storage(haven_storage::StorageError::NotFound { key })) => {
