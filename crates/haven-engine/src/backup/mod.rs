@@ -547,6 +547,17 @@ async fn until_stopped(stop: &mut watch::Receiver<bool>) {
 /// How often per-partition lag is measured (one watermark query per owned partition).
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Per owned partition: topic, partition, durable offset, oldest timestamp held.
+type LagParts = Vec<(String, i32, i64, Option<i64>)>;
+
+fn lag_parts(batch: &Batch) -> LagParts {
+    batch
+        .parts
+        .iter()
+        .map(|(k, p)| (k.0.clone(), k.1, p.durable, p.oldest_timestamp))
+        .collect()
+}
+
 /// Measures how far each owned partition is behind its high watermark.
 async fn report_lag(
     inspector: &Arc<BaseConsumer>,
@@ -554,11 +565,16 @@ async fn report_lag(
     caught_up: &mut lag::LagClock,
     observer: &dyn Observer,
 ) {
-    let parts: Vec<(String, i32, i64, Option<i64>)> = batch
-        .parts
-        .iter()
-        .map(|(k, p)| (k.0.clone(), k.1, p.durable, p.oldest_timestamp))
-        .collect();
+    report_lag_of(inspector, lag_parts(batch), caught_up, observer).await
+}
+
+/// [`report_lag`] from a snapshot of the batch (taken before a flush that may hang).
+async fn report_lag_of(
+    inspector: &Arc<BaseConsumer>,
+    parts: LagParts,
+    caught_up: &mut lag::LagClock,
+    observer: &dyn Observer,
+) {
     let c = inspector.clone();
     let highs = blocking(move || {
         let mut out = Vec::new();
@@ -739,7 +755,24 @@ async fn flush_holding_on(
     let mut since: Option<Instant> = None;
     loop {
         let attempt = Instant::now();
-        match flush(repo, state, batch, opts, observer, report).await {
+        // A store that hangs holds a flush up to its timeout: the lag is measured
+        // meanwhile too (from the batch as it was), so the alarms do not wait for it.
+        let parts = lag_parts(batch);
+        let result = {
+            let flushing = flush(repo, state, batch, opts, observer, report);
+            tokio::pin!(flushing);
+            let start = tokio::time::Instant::now() + LAG_INTERVAL;
+            let mut tick = tokio::time::interval_at(start, LAG_INTERVAL);
+            loop {
+                tokio::select! {
+                    r = &mut flushing => break r,
+                    _ = tick.tick() => {
+                        report_lag_of(w.inspector, parts.clone(), w.caught_up, observer).await
+                    }
+                }
+            }
+        };
+        match result {
             Ok(()) => {
                 if let Some(t) = since {
                     tracing::warn!(
