@@ -57,6 +57,19 @@ pub struct InvariantResult {
     pub first_example: Option<String>,
 }
 
+impl InvariantResult {
+    /// A result without a first example.
+    pub fn new(id: &str, name: &str, ok: Option<bool>, detail: String) -> Self {
+        InvariantResult {
+            id: id.into(),
+            name: name.into(),
+            ok,
+            detail,
+            first_example: None,
+        }
+    }
+}
+
 /// One second of the workload around the fault.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Second {

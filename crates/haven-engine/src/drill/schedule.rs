@@ -110,16 +110,6 @@ impl RestoreTestSection {
     }
 }
 
-fn invariant(id: &str, name: &str, ok: Option<bool>, detail: String) -> InvariantResult {
-    InvariantResult {
-        id: id.into(),
-        name: name.into(),
-        ok,
-        detail,
-        first_example: None,
-    }
-}
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -221,7 +211,7 @@ async fn restore_and_compare(
         )));
     }
     let damaged = restore::preflight(repo, &state, &plan).await?;
-    let r0 = invariant(
+    let r0 = InvariantResult::new(
         "R0",
         "every chunk of the backup restored is readable (checksums, keys)",
         Some(damaged.is_empty()),
@@ -310,7 +300,7 @@ async fn restore_and_compare(
         at_ms: now_ms(),
         what: format!("reconciled {compared} records with {}", s.source),
     });
-    let mut r1 = invariant(
+    let mut r1 = InvariantResult::new(
         "R1",
         "the restore equals the source record by record (key, value, headers, timestamp, order)",
         Some(differences.is_empty() && compared > 0),

@@ -557,6 +557,19 @@ impl Repository {
     /// Checks a chunk without decoding it (one ranged read: CRC, authentication), for a
     /// restore's check before it writes anything.
     pub async fn check_chunk(&self, chunk: &ChunkRef) -> Result<()> {
+        let (bytes, dk) = self.stored_chunk(chunk).await?;
+        haven_format::check_stored_chunk(
+            chunk.seq,
+            chunk.wrapped_key.is_some(),
+            &chunk.meta,
+            &bytes,
+            dk.as_ref(),
+        )
+        .map_err(|e| Error::format(&chunk.key, e))
+    }
+
+    /// A chunk's stored bytes (one ranged read) and its data key when encrypted.
+    async fn stored_chunk(&self, chunk: &ChunkRef) -> Result<(bytes::Bytes, Option<[u8; 32]>)> {
         let m = &chunk.meta;
         let bytes = self
             .store
@@ -566,14 +579,7 @@ impl Repository {
             None => None,
             Some(w) => Some(self.data_key(chunk.seq, w, &chunk.key)?),
         };
-        haven_format::check_stored_chunk(
-            chunk.seq,
-            chunk.wrapped_key.is_some(),
-            m,
-            &bytes,
-            dk.as_ref(),
-        )
-        .map_err(|e| Error::format(&chunk.key, e))
+        Ok((bytes, dk))
     }
 
     /// The decompressed body of a chunk (checked: CRC, authentication, what the index says),
@@ -584,14 +590,7 @@ impl Repository {
             return Ok(b);
         }
         let m = &chunk.meta;
-        let bytes = self
-            .store
-            .get_range(&chunk.key, m.byte_offset..m.byte_offset + m.byte_len)
-            .await?;
-        let dk = match &chunk.wrapped_key {
-            None => None,
-            Some(w) => Some(self.data_key(chunk.seq, w, &chunk.key)?),
-        };
+        let (bytes, dk) = self.stored_chunk(chunk).await?;
         let body = haven_format::open_stored_chunk(
             chunk.seq,
             chunk.wrapped_key.is_some(),

@@ -29,16 +29,6 @@ pub(super) struct Outcome {
     pub err: Option<String>,
 }
 
-fn invariant(id: &str, name: &str, ok: Option<bool>, detail: String) -> InvariantResult {
-    InvariantResult {
-        id: id.into(),
-        name: name.into(),
-        ok,
-        detail,
-        first_example: None,
-    }
-}
-
 /// What a backup's `/metrics` says.
 #[derive(Debug, Clone, Copy, Default)]
 struct BackupMetrics {
@@ -125,7 +115,7 @@ async fn source_ends(lab: &LabState) -> anyhow::Result<BTreeMap<i32, i64>> {
 
 /// The two invariants of a reconciliation: record by record, and against the database.
 fn reconciled(ids: [&str; 2], r: &Reconciliation, what: &str) -> Vec<InvariantResult> {
-    let mut record = invariant(
+    let mut record = InvariantResult::new(
         ids[0],
         "the segregated restore equals the source record by record (key, value, headers, timestamp, order)",
         Some(r.first_difference.is_none() && r.restored > 0),
@@ -146,7 +136,7 @@ fn reconciled(ids: [&str; 2], r: &Reconciliation, what: &str) -> Vec<InvariantRe
         ),
     );
     record.first_example = r.first_difference.clone();
-    let mut business = invariant(
+    let mut business = InvariantResult::new(
         ids[1],
         "every restored transfer event is a committed transfer in the database, none twice",
         Some(r.not_in_database == 0 && r.duplicates == 0),
@@ -254,7 +244,7 @@ pub(super) async fn object_store_outage(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    out.invariants.push(invariant(
+    out.invariants.push(InvariantResult::new(
         "B1",
         "the backup held on through the outage (answered throughout, its counters never reset)",
         Some(samples > 0 && answered == samples && !went_back),
@@ -267,7 +257,7 @@ pub(super) async fn object_store_outage(
             }
         ),
     ));
-    out.invariants.push(invariant(
+    out.invariants.push(InvariantResult::new(
         "B2",
         "the RPO alarm fired during the outage (backup lag above the RPO objective)",
         Some(alarm_at.is_some()),
@@ -400,7 +390,7 @@ pub(super) async fn corrupted_backup(
         let v = haven(o, lab, &["verify", "--repo", &repository("us")]).await?;
         keep(dir, "verify.out", &v.1);
         let named = !v.0 && v.1.contains(&key);
-        out.invariants.push(invariant(
+        out.invariants.push(InvariantResult::new(
             "C1",
             "verify finds the damaged object and names it",
             Some(named),
@@ -430,7 +420,7 @@ pub(super) async fn corrupted_backup(
         let plain = reconcile::restore(o, lab, &repository("us"), &target, &[]).await?;
         keep(dir, "restore-refused.stderr", &plain.stderr);
         let written = ends_of(&target).await.unwrap_or_default();
-        out.invariants.push(invariant(
+        out.invariants.push(InvariantResult::new(
             "C2",
             "a restore refuses the damaged backup, naming the object, and writes nothing",
             Some(!plain.ok && plain.stderr.contains(&key) && written == 0),
@@ -478,7 +468,7 @@ pub(super) async fn corrupted_backup(
     // Repair whatever happened: the original bytes back, then verify again.
     let repaired = repair(&store, &key, original).await;
     let v = haven(o, lab, &["verify", "--repo", &repository("us")]).await;
-    out.invariants.push(invariant(
+    out.invariants.push(InvariantResult::new(
         "C5",
         "after the object is put back from a good copy, verify passes",
         Some(repaired.is_ok() && matches!(v, Ok((true, _)))),
