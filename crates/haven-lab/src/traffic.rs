@@ -200,11 +200,15 @@ pub fn writer(
                         let by = row.get::<_, Option<i32>>(0).unwrap_or(0) as u16;
                         acked.push((owner, Instant::now(), by))
                     }
-                    Ok(Err(_)) => {
+                    // The server refused it (an SQLSTATE): the autocommit insert was
+                    // rolled back.
+                    Ok(Err(e)) if e.as_db_error().is_some() => {
                         client = None;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    Err(_) => {
+                    // The connection broke with the insert in flight (a fence closes
+                    // sessions): it may have committed before the answer was lost.
+                    Ok(Err(_)) | Err(_) => {
                         if let Ok(mut u) = unknown.lock() {
                             u.push(owner);
                         }
