@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use haven_engine::drill::reconcile;
-use haven_kafka::rdkafka::Message;
 use haven_kafka::ClusterConfig;
 use testbed::Broker;
 
@@ -176,34 +175,14 @@ pub(super) async fn reconcile(
     Ok(r)
 }
 
-/// The transfer ids of the segregated cluster's events.
+/// The transfer ids of the segregated cluster's events (the checker's reader).
 async fn target_events(target: &str) -> anyhow::Result<Vec<String>> {
     let target = target.to_string();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let mut ids = Vec::new();
-        let cluster = ClusterConfig::new(&target);
-        for p in 0..TRANSFERS_PARTITIONS {
-            let n = high_watermark(&target, p)?;
-            haven_kafka::scan(
-                &cluster,
-                TRANSFERS_TOPIC,
-                p,
-                0,
-                n,
-                Duration::from_secs(20),
-                |m| {
-                    let v: serde_json::Value = m
-                        .payload()
-                        .and_then(|b| serde_json::from_slice(b).ok())
-                        .unwrap_or_default();
-                    ids.push(v["transfer_id"].as_str().unwrap_or("").to_string());
-                    true
-                },
-            )?;
-        }
-        Ok(ids)
+    let events = tokio::task::spawn_blocking(move || {
+        crate::ledger::check::read_topic(&target, TRANSFERS_TOPIC)
     })
-    .await?
+    .await??;
+    Ok(events.into_iter().map(|e| e.id).collect())
 }
 
 /// Every restored event's transfer committed in US's database, and none twice.
