@@ -60,6 +60,8 @@ pub enum Event {
     RestoreProgress { records: u64 },
     /// A mirror session started with this many partitions selected.
     MirrorStarted { partitions: usize },
+    /// A mirror rebuilt its target topics as exact copies of the source's (failback).
+    MirrorRebuilt { epoch: u64, topics: Vec<String> },
     /// Totals of a mirror process so far (sent with each lag measure).
     MirrorProgress {
         records: u64,
@@ -181,6 +183,11 @@ impl std::fmt::Display for Event {
             ),
             Event::RestoreStarted { records } => write!(f, "restore started: {records} records"),
             Event::RestoreProgress { records } => write!(f, "restored {records} records"),
+            Event::MirrorRebuilt { epoch, topics } => write!(
+                f,
+                "mirror rebuilt its target topics {} (epoch {epoch}): copying the source's again from its start",
+                topics.join(", ")
+            ),
             Event::MirrorStarted { partitions } => {
                 write!(f, "mirror session started: {partitions} partitions")
             }

@@ -303,6 +303,34 @@ pub async fn create_topic(
     create_topics(admin, &[(topic.to_string(), partitions, configs.to_vec())]).await
 }
 
+/// Deletes topics in one request (async). A topic that does not exist is not an error.
+pub async fn delete_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[String],
+) -> Result<()> {
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let res = admin
+        .delete_topics(
+            &names,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(op("delete topic"))?;
+    for r in res {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((t, code)) => {
+                return Err(KafkaError::Topic {
+                    topic: t,
+                    reason: format!("delete: {code}"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A topic to create: name, partition count, configuration entries.
 pub type NewTopicSpec = (String, i32, Vec<(String, String)>);
 

@@ -47,6 +47,8 @@ pub struct LabOptions {
     /// With `kafka`: a Garage S3 server per region and a continuous backup of each
     /// region's `ledger.*` topics into its own store (`[jobs.backup-REGION]`).
     pub backups: bool,
+    /// With `kafka`: consumer groups the mirrors keep in sync each way (`groups`).
+    pub mirror_groups: Vec<String>,
 }
 
 /// The topic of the lab's transfer events, and its partitions.
@@ -92,6 +94,7 @@ impl LabOptions {
             dir: None,
             kafka: false,
             backups: false,
+            mirror_groups: vec![],
             link_delay: Duration::ZERO,
         }
     }
@@ -227,7 +230,12 @@ impl Lab {
         std::fs::write(&key_file, TSIG_B64)?;
         let mut text = config_text(options, &etcd, &us, &eu, &proxy, &dns, &key_file);
         if let Some(k) = &kafka {
-            text = with_kafka(&text, &k.us.bootstrap(), &k.eu.bootstrap());
+            text = with_kafka(
+                &text,
+                &k.us.bootstrap(),
+                &k.eu.bootstrap(),
+                &options.mirror_groups,
+            );
         }
         let stores = match stores {
             Some(h) => {
@@ -409,7 +417,7 @@ impl Lab {
 }
 
 /// The config with real brokers for both regions and the mirrors each way.
-fn with_kafka(text: &str, us: &str, eu: &str) -> String {
+fn with_kafka(text: &str, us: &str, eu: &str, groups: &[String]) -> String {
     let text = text
         .replace(
             "bootstrap = \"127.0.0.1:1\"",
@@ -432,6 +440,9 @@ fn with_kafka(text: &str, us: &str, eu: &str) -> String {
         out.push_str(&format!(
             "\n[mirrors.{from}-to-{to}]\nfrom = \"{from}\"\nto = \"{to}\"\ntopics = \"ledger\\\\..*\"\n"
         ));
+        if !groups.is_empty() {
+            out.push_str(&format!("groups = {groups:?}\n"));
+        }
     }
     out
 }

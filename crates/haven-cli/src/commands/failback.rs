@@ -23,7 +23,9 @@ use crate::{output, Ctx};
 ///      haven-reconciled header naming the original coordinates). Every run stores a
 ///      Markdown and a JSON report.
 ///   3. `haven failback reseed --region us`: US's databases emptied and subscribed to
-///      EU's again, then `haven switchover --to us` when ready.
+///      EU's again, and US's mirrored topics rebuilt as exact copies of EU's (records
+///      that first came from US included, in EU's order; the mirror EU -> US does it and
+///      must be running), then `haven switchover --to us` when ready.
 ///
 /// With no subcommand: where the failback stands and the next step.
 ///
@@ -82,7 +84,9 @@ pub enum Command {
     /// Refused (exit 2) without a verified capture of REGION under the active tenure:
     /// nothing on REGION is deleted before what it wrote is captured. A capture never
     /// applied is allowed (it stays in the repository) and said. Re-running continues.
-    /// Kafka topics are not rebuilt yet (the reverse mirror copies what EU writes).
+    /// Then REGION's mirrored topics are rebuilt as exact copies of the active region's
+    /// (in its order, at its offsets, records that first came from REGION included) by
+    /// the mirror into REGION, which must be running; synced consumer groups follow.
     Reseed(ReseedArgs),
 }
 
@@ -91,7 +95,7 @@ pub struct ReseedArgs {
     /// The old primary's region.
     #[arg(long, value_name = "REGION")]
     region: String,
-    /// How long to wait for the copy, in seconds.
+    /// How long to wait for each copy (tables synchronised, topics rebuilt), in seconds.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
     #[command(flatten)]
@@ -377,6 +381,18 @@ async fn reseed(ctx: &Ctx, a: ReseedArgs) -> anyhow::Result<u8> {
                 ""
             },
             d.seconds
+        );
+    }
+    for t in &r.topics {
+        let records: i64 = t.partitions.iter().map(|p| p.records).sum();
+        outln!(
+            "{}: {} rebuilt as exact copies of {}'s ({records} records in {} partitions, by mirror {}) in {:.1} s",
+            r.region,
+            t.topics.join(", "),
+            r.active,
+            t.partitions.len(),
+            t.mirror,
+            t.seconds
         );
     }
     outln!(

@@ -5,7 +5,11 @@
 //! capture must hold exactly what the test wrote to US after the cut and nothing else,
 //! the verdicts must find the two conflicts, `--apply` must write the rest to EU once
 //! (checked row by row, and record by record with an independent Kafka client), and a
-//! second `--apply` must be refused with EU unchanged.
+//! second `--apply` must be refused with EU unchanged. The re-seed must leave US's rows
+//! equal to EU's and US's topic equal to EU's record by record at the same offsets
+//! (records that first came from US included), with the synced group at EU's commit;
+//! after the switchover back, US's new records reach EU once and a US commit inside the
+//! rebuilt range translates exactly.
 
 use std::time::Duration;
 
@@ -59,12 +63,67 @@ fn us_exec(lab: &Lab, sql: &str) {
 }
 
 const TOPIC: &str = "ledger.transfers";
+const GROUP: &str = "billing";
+
+/// Commits `GROUP` at `offsets` (partition, offset) on a cluster.
+fn commit(bootstrap: &str, offsets: &[(i32, i64)]) {
+    let c = haven_kafka::ClusterConfig::new(bootstrap)
+        .inspector(GROUP)
+        .unwrap();
+    let moves: Vec<(String, i32, i64)> = offsets
+        .iter()
+        .map(|(p, o)| (TOPIC.to_string(), *p, *o))
+        .collect();
+    haven_kafka::commit_as(&c, &moves).unwrap();
+}
+
+/// `GROUP`'s commit on a partition of a cluster (None: none).
+fn committed(bootstrap: &str, partition: i32) -> Option<i64> {
+    let c = haven_kafka::ClusterConfig::new(bootstrap)
+        .inspector(GROUP)
+        .ok()?;
+    haven_kafka::committed(
+        &c,
+        &[(TOPIC.to_string(), partition)],
+        Duration::from_secs(5),
+    )
+    .ok()?
+    .into_iter()
+    .next()
+    .map(|(_, _, o)| o)
+}
+
+/// A partition as an independent client reads it: (offset, key, value, timestamp, the
+/// record's own headers), Haven's mirror headers left out.
+type Shown = (
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    i64,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+fn shown(bootstrap: &str, partition: i32) -> Vec<Shown> {
+    testbed::independent_read(bootstrap, TOPIC, partition)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            let own = m
+                .headers
+                .into_iter()
+                .filter(|(n, _)| n != "haven-mirror-source" && n != "haven-origin")
+                .collect();
+            (m.offset, m.key, m.value, m.timestamp, own)
+        })
+        .collect()
+}
 
 #[test]
 fn failback_captures_reconciles_and_applies_once() {
     let mut o = LabOptions::new(env!("CARGO_BIN_EXE_haven"));
     o.mode = "automatic".into();
     o.kafka = true;
+    o.mirror_groups = vec![GROUP.into()];
     let mut lab = Lab::start(&o).expect("start the lab");
     lab.wait_us_active(Duration::from_secs(30)).unwrap();
     std::fs::write(
@@ -132,6 +191,8 @@ fn failback_captures_reconciles_and_applies_once() {
         })
         .collect();
     let landed = k.us.produce(TOPIC, &divergent).unwrap();
+    // A consumer on US read all of partition 0 (4 records) before US was lost.
+    commit(&k.us.bootstrap(), &[(0, 4)]);
 
     // US is lost; EU takes over by itself.
     lab.inject(&haven_lab::Fault::RegionDown("us".into()))
@@ -158,6 +219,8 @@ fn failback_captures_reconciles_and_applies_once() {
     let k = lab.kafka.as_ref().unwrap();
     k.eu.produce(TOPIC, &[Rec::kv("d4", "eu-wrote-d4").to_partition(0)])
         .unwrap();
+    // The consumer, now on EU, read EU's partition 0 (3 records).
+    commit(&k.eu.bootstrap(), &[(0, 3)]);
 
     // US comes back fenced: its agent sees the newer epoch.
     lab.heal().unwrap();
@@ -381,11 +444,45 @@ fn failback_captures_reconciles_and_applies_once() {
     );
     assert_eq!(rs["databases"][0]["slot_dropped"], true, "{rs:#}");
     assert_eq!(pg_rows(&lab.us), pg_rows(&lab.eu));
+    // US's topic is EU's, record by record at the same offsets (kafka-python): the 8
+    // records that first came from US are back, the 6 US wrote alone are gone (the
+    // capture holds them, and 5 came back through the reconciliation).
+    assert_eq!(rs["topics"][0]["requested"], true, "{rs:#}");
+    let k = lab.kafka.as_ref().unwrap();
+    let eu_records: Vec<Vec<Shown>> = (0..4).map(|p| shown(&k.eu.bootstrap(), p)).collect();
+    let us_records: Vec<Vec<Shown>> = (0..4).map(|p| shown(&k.us.bootstrap(), p)).collect();
+    assert_eq!(
+        eu_records.iter().map(Vec::len).sum::<usize>(),
+        14,
+        "{eu_records:?}"
+    );
+    assert_eq!(us_records, eu_records);
+    let rebuilt: i64 = rs["topics"][0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["records"].as_i64().unwrap())
+        .sum();
+    assert_eq!(rebuilt, 14, "{rs:#}");
+    // The synced group is where it is on EU, not where it was on the old topic.
+    until(
+        "the group's commit translated onto the rebuilt topic",
+        Duration::from_secs(30),
+        || committed(&k.us.bootstrap(), 0) == Some(3),
+    );
     let again = json(
         &lab,
         &["failback", "reseed", "--region", "us", "--repo", "lab"],
     );
     assert_eq!(again["databases"][0]["slot_dropped"], false, "{again:#}");
+    assert_eq!(again["topics"][0]["requested"], false, "{again:#}");
+    assert_eq!(
+        (0..4)
+            .map(|p| shown(&k.us.bootstrap(), p))
+            .collect::<Vec<_>>(),
+        eu_records,
+        "a second re-seed changes nothing"
+    );
     assert_eq!(
         again["databases"][0]["emptied"],
         serde_json::json!([]),
@@ -398,7 +495,7 @@ fn failback_captures_reconciles_and_applies_once() {
     );
     assert_eq!(code(&out), 0, "{}", crate::stderr(&out));
     assert!(
-        crate::stderr(&out).contains("[1/1] make ledger-us a standby of ledger-eu again"),
+        crate::stderr(&out).contains("[1/2] make ledger-us a standby of ledger-eu again"),
         "{}",
         crate::stderr(&out)
     );
@@ -440,6 +537,44 @@ fn failback_captures_reconciles_and_applies_once() {
     until("EU follows US", Duration::from_secs(30), || {
         pg_rows(&lab.us) == pg_rows(&lab.eu)
     });
+    // Kafka back: US's new records reach EU once (the rebuilt ones are not copied back),
+    // and a commit on US inside the rebuilt range lands on the same record on EU.
+    let k = lab.kafka.as_ref().unwrap();
+    let fresh: Vec<Rec> = (0..4)
+        .map(|p| Rec::kv(&format!("n{p}"), "us-after-switchback").to_partition(p))
+        .collect();
+    k.us.produce(TOPIC, &fresh).unwrap();
+    let eu_highs: Vec<i64> = eu_records.iter().map(|r| r.len() as i64).collect();
+    until("EU gets US's new records", Duration::from_secs(60), || {
+        lab.keep_mirrors();
+        let k = lab.kafka.as_ref().unwrap();
+        (0..4).all(|p| k.eu.high_watermark(TOPIC, p).unwrap_or(0) > eu_highs[p as usize])
+    });
+    let k = lab.kafka.as_ref().unwrap();
+    commit(&k.us.bootstrap(), &[(1, 1)]);
+    until(
+        "the commit on US translated exactly",
+        Duration::from_secs(30),
+        || {
+            lab.keep_mirrors();
+            committed(&lab.kafka.as_ref().unwrap().eu.bootstrap(), 1) == Some(1)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let k = lab.kafka.as_ref().unwrap();
+    for (p, before) in eu_records.iter().enumerate() {
+        let now = shown(&k.eu.bootstrap(), p as i32);
+        assert_eq!(now[..before.len()], before[..], "partition {p}");
+        let added: Vec<_> = now[before.len()..]
+            .iter()
+            .map(|r| r.2.clone().unwrap())
+            .collect();
+        assert_eq!(
+            added,
+            vec![b"us-after-switchback".to_vec()],
+            "partition {p}"
+        );
+    }
     let owners_now = owners(&pg_rows(&lab.us));
     for o in ["after-reseed", "us-again", "eu-new", "us-1", "d5"] {
         assert!(owners_now.contains(&o.to_string()), "{o}: {owners_now:?}");

@@ -8,7 +8,8 @@
 //! - `reconcile`: a verdict per captured change (`already present`, `re-appliable`,
 //!   `conflict`), the policy's outcome, and `--apply` (exactly once across re-runs);
 //! - `reseed`: the old region's databases emptied and subscribed to the active region's
-//!   again (only once a verified capture exists);
+//!   again, and its mirrored topics rebuilt as exact copies of the active region's (only
+//!   once a verified capture exists);
 //! - `status`: where a failback stands and the next step.
 //!
 //! The invariant: nothing the old primary wrote is discarded before it is captured and
@@ -18,6 +19,7 @@ pub mod capture;
 pub mod reconcile;
 pub mod reseed;
 pub mod status;
+pub mod topics;
 
 use std::collections::BTreeMap;
 

@@ -7,6 +7,9 @@
 //! `copy_data = true`, and the command waits until every table is synchronised. Each step
 //! is idempotent and a re-run continues: once the subscription exists nothing is emptied
 //! again.
+//!
+//! Then the old region's mirrored topics are rebuilt as exact copies of the active
+//! region's (`topics`), by the mirror into it.
 
 use std::time::Duration;
 
@@ -42,6 +45,8 @@ pub struct ReseedReport {
     /// lives on in the repository only).
     pub applied: bool,
     pub databases: Vec<DatabaseReseed>,
+    /// The old region's topics rebuilt, per mirror into it.
+    pub topics: Vec<super::topics::TopicsReseed>,
 }
 
 /// The latest capture of `region` under the active tenure `epoch`, verified.
@@ -82,6 +87,7 @@ pub async fn reseed(
         capture: capture.id.clone(),
         applied,
         databases: vec![],
+        topics: vec![],
     };
     let pairs = super::pairs(cfg, region, &active);
     // Every database must be in the capture before any of them is touched.
@@ -95,7 +101,20 @@ pub async fn reseed(
             capture.id
         )));
     }
-    let total = pairs.len();
+    // Every mirror the other way too: rebuilding the topics discards what they held.
+    let forward = super::topics::mirrors_between(cfg, &active, region);
+    let reverse = super::topics::mirrors_between(cfg, region, &active);
+    if let Some(name) = reverse
+        .iter()
+        .find(|m| !capture.kafka.iter().any(|k| &k.mirror == *m))
+    {
+        return Err(Error::Input(format!(
+            "capture {} does not hold mirror {name}'s partitions: capture again (`haven              failback capture --region {region}`) before rebuilding {region}'s topics",
+            capture.id
+        )));
+    }
+    let total = pairs.len() + forward.len();
+    let databases = pairs.len();
     for (i, (name, d, peer_name, peer)) in pairs.into_iter().enumerate() {
         let what = format!("make {name} a standby of {peer_name} again (copy and sync)");
         let work = async {
@@ -155,15 +174,30 @@ pub async fn reseed(
         let item = super::step(observer, "failback reseed", (i + 1, total), what, work).await?;
         report.databases.push(item);
     }
+    for (i, name) in forward.iter().enumerate() {
+        let what =
+            format!("rebuild {region}'s topics as exact copies of {active}'s (mirror {name})");
+        let work = super::topics::rebuild(cfg, name, &reverse, epoch, timeout);
+        let item = super::step(
+            observer,
+            "failback reseed",
+            (databases + i + 1, total),
+            what,
+            work,
+        )
+        .await?;
+        report.topics.push(item);
+    }
     crate::recovery::audit::record_with_epoch(
         repo,
         RESEED_ACTION,
-        &crate::recovery::audit::sha256_of(&report.databases),
+        &crate::recovery::audit::sha256_of(&(&report.databases, &report.topics)),
         Some(epoch),
         serde_json::json!({
             "capture": report.capture,
             "region": region,
             "databases": report.databases.iter().map(|d| d.database.clone()).collect::<Vec<_>>(),
+            "topics": report.topics.iter().flat_map(|t| t.topics.clone()).collect::<Vec<_>>(),
         }),
     )
     .await?;

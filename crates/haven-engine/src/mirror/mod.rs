@@ -14,6 +14,7 @@
 pub mod groups;
 pub mod handover;
 pub mod position;
+pub mod rebuild;
 pub use haven_format::provenance;
 pub mod status;
 mod target;
@@ -248,6 +249,16 @@ struct InFlight {
     /// Key + value bytes (what librdkafka's queue holds for it).
     bytes: usize,
     delivery: Option<DeliveryFuture>,
+    /// A skipped copy of the target's record at this target offset (see `map_back`).
+    mapped: Option<i64>,
+}
+
+/// Maps a skipped source record that is a copy of the target's record `target`, when the
+/// map stays increasing (it always does on a source rebuilt from the target).
+fn map_back(pos: &mut Position, source: i64, target: i64) {
+    if pos.next_target().is_none_or(|n| target >= n) {
+        pos.push(source, target);
+    }
 }
 
 struct Session<'a> {
@@ -282,11 +293,21 @@ async fn session(
         .iter()
         .flat_map(|t| (0..t.partitions).map(move |p| (t.name.clone(), p)))
         .collect();
+    let load = || {
+        let (o, ti) = (opts.clone(), target_inspector.clone());
+        blocking(move || position::load_state(&o.target, &ti, &o.name, &o.source_id))
+    };
+    let mut state = load().await?;
+    if let Some(request) = rebuild::pending(&state.markers).cloned() {
+        rebuild::perform(opts, &request, observer).await?;
+        state = load().await?;
+    }
+    let mut map_end = state.map_end;
     let o = opts.clone();
     let ps = parts.clone();
     let ti = target_inspector.clone();
     let known = blocking(move || {
-        let mut map = position::load_map(&o.target, &ti, &o.name, &o.source_id)?;
+        let mut map = state.positions;
         let items: Vec<(String, i32, String)> = ps
             .iter()
             .map(|(t, p)| (t.clone(), *p, o.target_topic(t)))
@@ -420,6 +441,12 @@ async fn session(
             if now >= next_checkpoint {
                 next_checkpoint = now + opts.checkpoint_interval;
                 s.start_checkpoint()?;
+                if let Some(m) = s.marker_since(&target_inspector, &mut map_end).await {
+                    return Err(Error::Task(format!(
+                        "a {:?} marker (epoch {}) is in the mirror's map: a new session acts on it",
+                        m.marker, m.epoch
+                    )));
+                }
             }
         }
         Ok(())
@@ -549,13 +576,28 @@ impl Session<'_> {
             return Ok(());
         }
         let origin_header = position::header(m, provenance::ORIGIN_HEADER);
-        let origin = provenance::origin(
-            origin_header,
-            position::header(m, provenance::SOURCE_HEADER),
-        );
-        if origin == Some(opts.target_id.as_bytes()) {
+        let source_header = position::header(m, provenance::SOURCE_HEADER);
+        let origin = provenance::origin(origin_header, source_header);
+        // A copy of one of the target's own records (it came back after a rebuild).
+        let back = source_header
+            .and_then(provenance::decode)
+            .filter(|s| s.cluster == opts.target_id);
+        let copy_all = part.pos.copy_all_below.is_some_and(|b| offset < b);
+        if !copy_all && (origin == Some(opts.target_id.as_bytes()) || back.is_some()) {
+            // Once the source was rebuilt from the target, its copies map exactly onto the
+            // records they copy (a group there translates to where it really is).
+            let mapped = back
+                .filter(|s| {
+                    part.pos.generation > 0
+                        && s.topic == part.target_topic
+                        && s.partition == part.partition
+                })
+                .map(|s| s.offset);
             self.report.skipped_origin += 1;
             if part.pending.is_empty() {
+                if let Some(t) = mapped {
+                    map_back(&mut part.pos, offset, t);
+                }
                 part.durable_next = offset + 1;
             } else {
                 part.pending.push_back((offset, -1));
@@ -564,6 +606,7 @@ impl Session<'_> {
                     offset,
                     bytes: 0,
                     delivery: None,
+                    mapped,
                 });
             }
             return Ok(());
@@ -628,6 +671,7 @@ impl Session<'_> {
             offset,
             bytes,
             delivery: Some(delivery),
+            mapped: None,
         });
         Ok(())
     }
@@ -688,6 +732,8 @@ impl Session<'_> {
             }
             part.pos.push(f.offset, d.offset);
             self.report.records += 1;
+        } else if let Some(t) = f.mapped {
+            map_back(&mut part.pos, f.offset, t);
         }
         part.durable_next = part.durable_next.max(f.offset + 1);
         if part.durable_next >= part.high {
@@ -787,6 +833,7 @@ impl Session<'_> {
                     partition: p.partition,
                     target_topic: p.target_topic.clone(),
                     run: *r,
+                    generation: p.pos.generation,
                 });
             }
             p.checkpointed = runs.len();
@@ -863,6 +910,29 @@ impl Session<'_> {
         self.poll_checkpoint(true).await?;
         self.start_checkpoint()?;
         self.poll_checkpoint(true).await
+    }
+
+    /// A rebuild marker written into the map since `from` (read every checkpoint; a failed
+    /// read is reported and tried again at the next one).
+    async fn marker_since(
+        &self,
+        inspector: &Arc<BaseConsumer>,
+        from: &mut i64,
+    ) -> Option<position::Marker> {
+        let (o, ti, mut at) = (self.opts.clone(), inspector.clone(), *from);
+        match blocking(move || Ok((rebuild::asked_since(&o, &ti, &mut at)?, at))).await {
+            Ok((m, end)) => {
+                *from = end;
+                m
+            }
+            Err(e) => {
+                self.observer.event(&Event::Retrying {
+                    what: "read the mirror's map for rebuild markers".into(),
+                    error: e.to_string(),
+                });
+                None
+            }
+        }
     }
 
     async fn sync_groups(&mut self, sync: &mut groups::GroupSync) {

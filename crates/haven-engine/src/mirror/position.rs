@@ -42,15 +42,45 @@ pub struct MapEntry {
     pub target_topic: String,
     #[serde(flatten)]
     pub run: Run,
+    /// The rebuild this run belongs to (0: none yet): a run of an older generation than
+    /// the partition's last rebuild marker describes a topic that no longer exists.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl MapEntry {
     /// Entries of the same run share a key (a longer run supersedes a shorter one).
     pub fn key(&self) -> String {
-        format!(
+        let key = format!(
             "{}/{}/{}/{}",
             self.source_cluster, self.topic, self.partition, self.run.source
-        )
+        );
+        match self.generation {
+            0 => key,
+            g => format!("{key}/g{g}"),
+        }
+    }
+}
+
+/// One record of a map topic: a run, or a rebuild marker.
+#[derive(Debug, Clone)]
+pub enum MapRecord {
+    Run(MapEntry),
+    Marker(Marker),
+}
+
+impl MapRecord {
+    pub fn parse(payload: &[u8]) -> std::result::Result<Self, serde_json::Error> {
+        let v: serde_json::Value = serde_json::from_slice(payload)?;
+        if v.get("marker").is_some() {
+            serde_json::from_value(v).map(MapRecord::Marker)
+        } else {
+            serde_json::from_value(v).map(MapRecord::Run)
+        }
     }
 }
 
@@ -63,6 +93,11 @@ pub struct Position {
     pub scanned_to: i64,
     /// Records found on the target twice (must stay 0; reported, never hidden).
     pub duplicates: u64,
+    /// The generation of the partition's map (see [`Marker`]); its runs are written with it.
+    pub generation: u64,
+    /// The target was rebuilt: source records before this offset are copied even when
+    /// they came from the target (the rebuilt target no longer holds them).
+    pub copy_all_below: Option<i64>,
 }
 
 impl Position {
@@ -87,6 +122,179 @@ impl Position {
     }
 }
 
+/// What a marker says (see [`Marker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MarkerKind {
+    /// Asked (by `haven failback reseed`): rebuild these target topics as exact copies of
+    /// the source's. The mirror that reads it does so at its next session start.
+    RebuildRequested,
+    /// Done by the mirror: the target topics were deleted and created again; from here on
+    /// the partitions' runs are of generation `epoch`, and source records before
+    /// `offsets[TOPIC/PARTITION]` are copied even when they came from the target.
+    Rebuilt,
+    /// The source topics were rebuilt (by the reverse mirror): runs of older generations
+    /// name offsets that no longer exist; the target holds records of the new generation
+    /// from `offsets[TOPIC/PARTITION]` on.
+    SourceRebuilt,
+}
+
+/// A rebuild marker in a mirror's map topic, beside its runs (FORMAT.md, "Mirror
+/// metadata"). `epoch` is the fencing epoch of the tenure the rebuild happened in, so a
+/// later rebuild always has a larger generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    pub source_cluster: String,
+    pub marker: MarkerKind,
+    pub epoch: u64,
+    /// Source topic names.
+    pub topics: Vec<String>,
+    /// `TOPIC/PARTITION` -> offset (see [`MarkerKind`]).
+    #[serde(default)]
+    pub offsets: BTreeMap<String, i64>,
+    /// When it was written (RFC 3339).
+    pub at: String,
+}
+
+impl Marker {
+    pub fn key(&self) -> String {
+        // `~` cannot be in a topic name, so this never collides with a run's key.
+        let kind = serde_json::to_value(self.marker)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        format!("{}/~{kind}/{}", self.source_cluster, self.epoch)
+    }
+
+    /// The partitions the marker names offsets for.
+    pub fn partitions(&self) -> Vec<(String, i32)> {
+        self.offsets
+            .keys()
+            .filter_map(|k| {
+                let (t, p) = k.rsplit_once('/')?;
+                Some((t.to_string(), p.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod generation_tests {
+    use super::*;
+
+    fn run(topic: &str, source: i64, target: i64, len: i64, generation: u64) -> MapRecord {
+        MapRecord::Run(MapEntry {
+            source_cluster: "eu".into(),
+            topic: topic.into(),
+            partition: 0,
+            target_topic: topic.into(),
+            run: Run {
+                source,
+                target,
+                len,
+            },
+            generation,
+        })
+    }
+
+    fn marker(kind: MarkerKind, epoch: u64, topic: &str, at: i64) -> MapRecord {
+        MapRecord::Marker(Marker {
+            source_cluster: "eu".into(),
+            marker: kind,
+            epoch,
+            topics: vec![topic.into()],
+            offsets: BTreeMap::from([(format!("{topic}/0"), at)]),
+            at: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_rebuild_starts_a_generation_and_older_runs_no_longer_count() {
+        let records = vec![
+            run("t", 0, 0, 10, 0),
+            run("u", 0, 0, 5, 0),
+            marker(MarkerKind::RebuildRequested, 7, "t", 0),
+            // Until the rebuild is done, the old runs still describe the topic.
+            run("t", 10, 10, 2, 0),
+            marker(MarkerKind::Rebuilt, 7, "t", 12),
+            run("t", 0, 0, 4, 7),
+            run("t", 0, 0, 3, 7),
+        ];
+        let before = state_of(records[..4].to_vec(), 4);
+        let t = &before.positions[&("t".to_string(), 0)];
+        assert_eq!((t.generation, t.next_source()), (0, Some(12)));
+        let s = state_of(records, 7);
+        let t = &s.positions[&("t".to_string(), 0)];
+        assert_eq!(t.generation, 7);
+        assert_eq!(t.copy_all_below, Some(12));
+        assert_eq!(
+            t.map.runs,
+            vec![Run {
+                source: 0,
+                target: 0,
+                len: 4
+            }]
+        );
+        let u = &s.positions[&("u".to_string(), 0)];
+        assert_eq!(
+            (u.generation, u.next_source(), u.copy_all_below),
+            (0, Some(5), None)
+        );
+    }
+
+    proptest::proptest! {
+        /// The map topic's decoder: any bytes give a record or an error, never a panic;
+        /// what Haven writes reads back as written.
+        #[test]
+        fn map_records_decode_without_panics_and_round_trip(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            epoch in 0u64..1000, at in 0i64..1 << 40, source in 0i64..1 << 40,
+            generation in 0u64..5,
+        ) {
+            let _ = MapRecord::parse(&junk);
+            let m = Marker {
+                source_cluster: "eu".into(),
+                marker: MarkerKind::Rebuilt,
+                epoch,
+                topics: vec!["t".into()],
+                offsets: BTreeMap::from([("t/3".to_string(), at)]),
+                at: String::new(),
+            };
+            let back = MapRecord::parse(&serde_json::to_vec(&m).unwrap()).unwrap();
+            proptest::prop_assert!(matches!(back, MapRecord::Marker(x) if x == m));
+            let MapRecord::Run(e) = run("t", source, source + 1, 9, generation) else {
+                unreachable!()
+            };
+            let back = MapRecord::parse(&serde_json::to_vec(&e).unwrap()).unwrap();
+            proptest::prop_assert!(matches!(back, MapRecord::Run(x) if x == e));
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_source_starts_over_reading_the_target_from_the_marker() {
+        let s = state_of(
+            vec![
+                run("t", 0, 0, 100, 0),
+                marker(MarkerKind::SourceRebuilt, 3, "t", 140),
+            ],
+            2,
+        );
+        let t = &s.positions[&("t".to_string(), 0)];
+        assert_eq!((t.generation, t.next_source()), (3, None));
+        assert_eq!((t.scanned_to, t.copy_all_below), (140, None));
+        // A later generation's run, once written, is the position.
+        let s = state_of(
+            vec![
+                run("t", 0, 0, 100, 0),
+                marker(MarkerKind::SourceRebuilt, 3, "t", 140),
+                run("t", 0, 0, 150, 3),
+            ],
+            3,
+        );
+        assert_eq!(s.positions[&("t".to_string(), 0)].next_source(), Some(150));
+    }
+}
+
 /// A header's value.
 pub fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
     m.headers()?
@@ -95,29 +303,51 @@ pub fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
         .and_then(|h| h.value)
 }
 
-/// Calls `f` with each of `source_cluster`'s entries among the map topic's last `window`
-/// entries (all when None), in order (blocking); whether that was the whole map (true
-/// when there is no map topic yet). An entry Haven did not write is named and skipped.
+/// Calls `f` with each of `source_cluster`'s records among the map topic's last `window`
+/// records (all when None), in order (blocking); whether that was the whole map (true
+/// when there is no map topic yet). A record Haven did not write is named and skipped.
 fn each_entry(
     target: &ClusterConfig,
     inspector: &BaseConsumer,
     mirror: &str,
     source_cluster: &str,
     window: Option<i64>,
-    mut f: impl FnMut(MapEntry),
+    f: impl FnMut(MapRecord),
 ) -> Result<bool> {
+    Ok(each_record_from(target, inspector, mirror, source_cluster, window, None, f)?.0)
+}
+
+/// [`each_entry`] from map offset `from` when given; also returns the map's end.
+pub fn each_record_from(
+    target: &ClusterConfig,
+    inspector: &BaseConsumer,
+    mirror: &str,
+    source_cluster: &str,
+    window: Option<i64>,
+    start: Option<i64>,
+    mut f: impl FnMut(MapRecord),
+) -> Result<(bool, i64)> {
     let topic = map_topic(mirror);
     let exists = haven_kafka::list_topics(inspector, &target.brokers, Duration::from_secs(10))?
         .iter()
         .any(|t| t.name == topic);
     if !exists {
-        return Ok(true);
+        return Ok((true, 0));
     }
     let (low, high) = haven_kafka::watermarks(inspector, &topic, 0, Duration::from_secs(10))?;
     let from = window.map_or(low, |w| (high - w).max(low));
+    let from = start.map_or(from, |s| s.max(low));
+    if from >= high {
+        return Ok((from == low, high));
+    }
     haven_kafka::scan(target, &topic, 0, from, high, STALL, |m| {
-        match m.payload().map(serde_json::from_slice::<MapEntry>) {
-            Some(Ok(e)) if e.source_cluster == source_cluster => f(e),
+        match m.payload().map(MapRecord::parse) {
+            Some(Ok(MapRecord::Run(e))) if e.source_cluster == source_cluster => {
+                f(MapRecord::Run(e))
+            }
+            Some(Ok(MapRecord::Marker(k))) if k.source_cluster == source_cluster => {
+                f(MapRecord::Marker(k))
+            }
             Some(Err(err)) => {
                 tracing::warn!("{topic}@{}: not a map entry ({err}); ignored", m.offset())
             }
@@ -125,7 +355,7 @@ fn each_entry(
         }
         true
     })?;
-    Ok(from == low)
+    Ok((from == low, high))
 }
 
 /// Reads the map topic: the checkpointed runs of `source_cluster`'s partitions (blocking).
@@ -135,34 +365,115 @@ pub fn load_map(
     mirror: &str,
     source_cluster: &str,
 ) -> Result<BTreeMap<(String, i32), Position>> {
-    let mut runs: BTreeMap<(String, i32), BTreeMap<(i64, i64), i64>> = BTreeMap::new();
-    each_entry(target, inspector, mirror, source_cluster, None, |e| {
-        let len = runs
-            .entry((e.topic, e.partition))
-            .or_default()
-            .entry((e.run.source, e.run.target))
-            .or_insert(0);
-        *len = (*len).max(e.run.len);
-    })?;
-    Ok(runs
-        .into_iter()
-        .map(|(k, rs)| {
-            let mut pos = Position::default();
-            for ((source, target), len) in rs {
-                // Runs come sorted by source; a shorter copy of a run is already merged.
-                if pos.next_source().is_some_and(|n| source < n) {
-                    continue;
-                }
-                pos.map.runs.push(Run {
-                    source,
-                    target,
-                    len,
-                });
+    Ok(load_state(target, inspector, mirror, source_cluster)?.positions)
+}
+
+/// A mirror's whole state on the target: positions under the latest generation, the
+/// markers, and where the map topic ended when read.
+#[derive(Debug, Clone, Default)]
+pub struct MapState {
+    pub positions: BTreeMap<(String, i32), Position>,
+    pub markers: Vec<Marker>,
+    pub map_end: i64,
+}
+
+/// Reads the map topic (blocking): runs, and the rebuild markers that decide which of
+/// them still describe the topics (see [`Marker`]).
+pub fn load_state(
+    target: &ClusterConfig,
+    inspector: &BaseConsumer,
+    mirror: &str,
+    source_cluster: &str,
+) -> Result<MapState> {
+    let mut records = Vec::new();
+    let (_, map_end) =
+        each_record_from(target, inspector, mirror, source_cluster, None, None, |r| {
+            records.push(r)
+        })?;
+    Ok(state_of(records, map_end))
+}
+
+/// The state the map's records (in order) describe.
+fn state_of(records: Vec<MapRecord>, map_end: i64) -> MapState {
+    // (topic, partition) -> generation -> (source, target) -> len
+    type Runs = BTreeMap<(String, i32), BTreeMap<u64, BTreeMap<(i64, i64), i64>>>;
+    let mut runs: Runs = BTreeMap::new();
+    let mut markers = Vec::new();
+    for r in records {
+        match r {
+            MapRecord::Run(e) => {
+                let len = runs
+                    .entry((e.topic, e.partition))
+                    .or_default()
+                    .entry(e.generation)
+                    .or_default()
+                    .entry((e.run.source, e.run.target))
+                    .or_insert(0);
+                *len = (*len).max(e.run.len);
             }
-            pos.scanned_to = pos.next_target().unwrap_or(0);
-            (k, pos)
-        })
-        .collect())
+            MapRecord::Marker(m) => markers.push(m),
+        }
+    }
+    let mut positions = BTreeMap::new();
+    let mut keys: Vec<(String, i32)> = runs.keys().cloned().collect();
+    for m in &markers {
+        for k in m.partitions() {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    for k in keys {
+        let (generation, copy_all_below, target_from) = generation_of(&markers, &k.0, k.1);
+        let rs = runs
+            .get(&k)
+            .and_then(|g| g.get(&generation))
+            .cloned()
+            .unwrap_or_default();
+        let mut pos = Position {
+            generation,
+            copy_all_below,
+            ..Position::default()
+        };
+        for ((source, target), len) in rs {
+            // Runs come sorted by source; a shorter copy of a run is already merged.
+            if pos.next_source().is_some_and(|n| source < n) {
+                continue;
+            }
+            pos.map.runs.push(Run {
+                source,
+                target,
+                len,
+            });
+        }
+        pos.scanned_to = pos.next_target().unwrap_or(0).max(target_from);
+        positions.insert(k, pos);
+    }
+    MapState {
+        positions,
+        markers,
+        map_end,
+    }
+}
+
+/// A partition's generation from the markers: (generation, copy every record below,
+/// the target offset the generation starts at).
+fn generation_of(markers: &[Marker], topic: &str, partition: i32) -> (u64, Option<i64>, i64) {
+    let mut out = (0, None, 0);
+    for m in markers {
+        if m.marker == MarkerKind::RebuildRequested || !m.topics.iter().any(|t| t == topic) {
+            continue;
+        }
+        if m.epoch < out.0 {
+            continue;
+        }
+        let at = m.offsets.get(&format!("{topic}/{partition}")).copied();
+        out = match m.marker {
+            MarkerKind::Rebuilt => (m.epoch, at, 0),
+            _ => (m.epoch, None, at.unwrap_or(0)),
+        };
+    }
+    out
 }
 
 /// (topic, partition) -> (the first source offset not checkpointed, the target offset
@@ -183,22 +494,26 @@ pub fn last_checkpoints(
     source_cluster: &str,
     window: i64,
 ) -> Result<(Checkpoints, bool)> {
-    let mut out = Checkpoints::new();
+    // (generation, end) per partition: a newer generation's entries win.
+    let mut ends: BTreeMap<(String, i32), (u64, (i64, i64))> = BTreeMap::new();
     let whole = each_entry(
         target,
         inspector,
         mirror,
         source_cluster,
         Some(window),
-        |e| {
+        |r| {
+            let MapRecord::Run(e) = r else { return };
             let end = (e.run.source + e.run.len, e.run.target + e.run.len);
-            let at = out.entry((e.topic, e.partition)).or_insert(end);
-            if end.0 > at.0 {
-                *at = end;
+            let at = ends
+                .entry((e.topic, e.partition))
+                .or_insert((e.generation, end));
+            if e.generation > at.0 || (e.generation == at.0 && end.0 > at.1 .0) {
+                *at = (e.generation, end);
             }
         },
     )?;
-    Ok((out, whole))
+    Ok((ends.into_iter().map(|(k, (_, e))| (k, e)).collect(), whole))
 }
 
 /// How long a read may make no progress before the broker counts as unreachable.
@@ -221,7 +536,11 @@ pub fn catch_up(
         tracing::warn!(
             "{target_topic}/{partition} ends at {high}, before the mirror's map: the target topic was re-created; mirroring it again from the start"
         );
-        *pos = Position::default();
+        *pos = Position {
+            generation: pos.generation,
+            copy_all_below: pos.copy_all_below,
+            ..Position::default()
+        };
     }
     let from = pos.scanned_to.max(pos.next_target().unwrap_or(0)).max(low);
     haven_kafka::scan(target, target_topic, partition, from, high, STALL, |m| {
