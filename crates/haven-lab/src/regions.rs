@@ -215,7 +215,15 @@ impl Lab {
             None => LabDir::Temp(tempfile::tempdir()?),
         };
         let kafka = if options.kafka {
-            let (us, eu) = (Broker::start()?, Broker::start()?);
+            // EU's broker is across the link: every client reaches it through a proxy that
+            // delays each direction by the link's delay (tansu advertises one address, so
+            // EU's own clients pay it too; the mirrors cross it as they would).
+            let eu = if options.link_delay.is_zero() {
+                Broker::start()?
+            } else {
+                Broker::start_remote(options.link_delay)?
+            };
+            let us = Broker::start()?;
             us.create_topic(TRANSFERS_TOPIC, TRANSFERS_PARTITIONS)?;
             Some(RegionKafka {
                 us,

@@ -56,8 +56,8 @@ pub struct UpArgs {
     /// `[failover] failed_checks`: rounds the lease must be free before EU takes it.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
     failed_checks: u32,
-    /// One-way delay in ms of the links between regions (replication, and US's links to
-    /// EU's and the witness's etcd members).
+    /// One-way delay in ms of the links between regions (replication, US's links to EU's
+    /// and the witness's etcd members, and every connection to EU's Kafka broker).
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u64).range(0..=2000))]
     link_ms: u64,
     /// Leave Kafka out (no brokers, no mirror): Postgres, etcd and routes only.
