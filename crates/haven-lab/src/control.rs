@@ -182,6 +182,15 @@ pub fn supervise(options: &LabOptions, stopped: impl Fn() -> bool) -> anyhow::Re
     let started = Instant::now();
     let mut lab = Lab::start(options)?;
     lab.wait_us_active(Duration::from_secs(60))?;
+    if options.kafka {
+        // The failback policy of the lab's payment service: a transfer event US
+        // published that never crossed is re-produced on EU (its transfer crossed with
+        // the database; the event's key is the transfer's id, which nobody writes
+        // twice); database changes are left for review (the default).
+        let mut text = std::fs::read_to_string(&lab.cfg)?;
+        text.push_str("\n[failback]\ntopics = { \"ledger\\\\..*\" = \"reapply-if-untouched\" }\n");
+        std::fs::write(&lab.cfg, text)?;
+    }
     let sock = dir.join(SOCKET_FILE);
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).with_context(|| {

@@ -173,9 +173,20 @@ impl Lab {
         self.set_links_down(false);
         let stopped: Vec<String> = std::mem::take(&mut self.stopped).into_iter().collect();
         let mut done = vec!["links up".to_string()];
+        // A database whose agent is down too comes back refusing application logins
+        // until its agent is back and has decided (fenced it, or holds the lease): an old
+        // primary must never take a write meanwhile.
+        let mut refusing = Vec::new();
         for part in stopped.iter().filter(|p| p.starts_with("pg-")) {
-            self.pg(&part[3..]).restart()?;
-            done.push(format!("{part} started"));
+            let region = &part[3..];
+            if stopped.contains(&format!("agent-{region}")) {
+                self.pg(region).restart_refusing()?;
+                refusing.push(region.to_string());
+                done.push(format!("{part} started (refusing application logins)"));
+            } else {
+                self.pg(region).restart()?;
+                done.push(format!("{part} started"));
+            }
         }
         for part in stopped.iter().filter(|p| p.starts_with("broker-")) {
             if let Some(k) = self.kafka.as_mut() {
@@ -203,6 +214,58 @@ impl Lab {
             }
             done.push(format!("{part} started"));
         }
+        for region in refusing {
+            done.push(self.admit_when_decided(&region)?);
+        }
         Ok(done.join(", "))
     }
+
+    /// Lets applications log in to `region`'s database again once its agent has fenced
+    /// it or holds the lease (30 s at most; otherwise it stays refusing, and says so).
+    fn admit_when_decided(&self, region: &str) -> anyhow::Result<String> {
+        let port = self.agents.iter().find(|a| a.0 == region).map(|a| a.1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let holds = port.and_then(crate::lease_status) == Some(200);
+            if holds || roles_fenced(self.pg(region)) {
+                self.pg(region).admit()?;
+                return Ok(format!(
+                    "pg-{region} admits application logins ({})",
+                    if holds {
+                        "its agent holds the lease"
+                    } else {
+                        "its agent fenced it"
+                    }
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(format!(
+            "pg-{region} still refuses application logins: its agent neither fenced it nor took the lease within 30 s"
+        ))
+    }
+}
+
+/// Whether the lab's application role may not log in (its agent fenced the database),
+/// read as the superuser.
+fn roles_fenced(pg: &testbed::Postgres) -> bool {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            crate::rt().block_on(async {
+                let c = pg.connect().await.ok()?;
+                let row = c
+                    .query_opt(
+                        "SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = 'app'",
+                        &[],
+                    )
+                    .await
+                    .ok()??;
+                Some(row.get::<_, bool>(0))
+            })
+        })
+        .join()
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    })
 }

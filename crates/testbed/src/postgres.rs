@@ -119,6 +119,41 @@ impl Postgres {
         self.serve()
     }
 
+    /// Starts a stopped cluster again with every login but the superuser's refused over
+    /// TCP (pg_hba), as an old primary is brought back: nothing of the application can
+    /// write to it before its agent has decided whether to fence it. [`Postgres::admit`]
+    /// lifts the refusal.
+    pub fn restart_refusing(&self) -> Result<()> {
+        self.set_refusing(true)?;
+        self.serve()
+    }
+
+    /// Lifts [`Postgres::restart_refusing`]'s refusal (a reload, no restart).
+    pub fn admit(&self) -> Result<()> {
+        self.set_refusing(false)?;
+        let data = self.data_dir();
+        self.run("pg_ctl", &["-D", &data, "reload"])
+    }
+
+    fn set_refusing(&self, refuse: bool) -> Result<()> {
+        const TAG: &str = "# testbed: refusing";
+        let path = std::path::Path::new(&self.data_dir()).join("pg_hba.conf");
+        let text = std::fs::read_to_string(&path)?;
+        let mut out: String = text
+            .lines()
+            .filter(|l| !l.ends_with(TAG))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if refuse {
+            out = format!(
+                "host all postgres 127.0.0.1/32 trust {TAG}\nhost all all 127.0.0.1/32 reject {TAG}\n{out}"
+            );
+        }
+        // Written in place: the file keeps its owner.
+        std::fs::write(&path, out)?;
+        Ok(())
+    }
+
     fn data_dir(&self) -> String {
         self.dir.path().join("data").display().to_string()
     }

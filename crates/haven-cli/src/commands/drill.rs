@@ -34,6 +34,11 @@ pub enum Command {
     ///   segregated-restore
     ///                  US's backup restored into a cluster of the drill's own under
     ///                  load, reconciled record by record and against the database
+    ///   failback       a region outage, then with EU taking the load: US back fenced,
+    ///                  captured (every transfer EU lost must be in it), reconciled by
+    ///                  the [failback] policies, re-seeded from EU (databases, topics
+    ///                  rebuilt), and switched back to US; both regions' topics then
+    ///                  hold the same records in the same order
     ///
     /// Measured: RTO (the fault to the first transfer EU acknowledges; for the backup
     /// drills, the fault to the backup caught up or the restore reconciled), RPO (acknowledged
@@ -43,8 +48,8 @@ pub enum Command {
     /// PASS, 1 on FAIL. Ctrl-C stops the load, heals the lab and reports FAIL.
     ///
     /// The lab must have US active and EU standby: after a region-outage or a partition
-    /// drill EU stays active; start a fresh lab for the next one (after any other drill
-    /// US is active again). The backup drills need the lab's backups (not --no-backups).
+    /// drill EU stays active; start a fresh lab for the next one (after any other drill,
+    /// failback included, US is active again). The backup drills need the lab's backups (not --no-backups).
     ///
     /// Examples:
     ///   haven drill run region-outage --lab /tmp/lab
@@ -91,7 +96,7 @@ pub struct ScheduleArgs {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// region-outage, switchover, partition, pg-crash, broker-crash, object-store-outage,
-    /// corrupted-backup or segregated-restore.
+    /// corrupted-backup, segregated-restore or failback.
     #[arg(value_name = "SCENARIO")]
     scenario: String,
     /// The lab's directory (`haven lab up --dir DIR`).

@@ -13,6 +13,18 @@ use crate::Result;
 
 /// A record's identity for comparison: a digest of its key, value, headers and timestamp.
 pub fn digest(m: &BorrowedMessage<'_>) -> String {
+    digest_of(m, false)
+}
+
+/// [`digest`] of the record as its producer wrote it: a mirror's provenance headers
+/// (`haven-mirror-source`, `haven-origin`) left out, so copies in two regions compare
+/// equal.
+pub fn digest_own(m: &BorrowedMessage<'_>) -> String {
+    digest_of(m, true)
+}
+
+fn digest_of(m: &BorrowedMessage<'_>, own: bool) -> String {
+    use haven_format::provenance::{ORIGIN_HEADER, SOURCE_HEADER};
     let r = haven_kafka::record_ref(m);
     let mut bytes = Vec::new();
     let mut field = |b: Option<&[u8]>| match b {
@@ -25,6 +37,9 @@ pub fn digest(m: &BorrowedMessage<'_>) -> String {
     field(r.key);
     field(r.value);
     for (k, v) in &r.headers {
+        if own && (*k == SOURCE_HEADER || *k == ORIGIN_HEADER) {
+            continue;
+        }
         field(Some(k.as_bytes()));
         field(*v);
     }
@@ -39,6 +54,17 @@ pub fn digests(
     partition: i32,
     from: i64,
     until: i64,
+) -> Result<Vec<(i64, String)>> {
+    digests_with(cluster, topic, partition, (from, until), digest)
+}
+
+/// [`digests`] with another record identity (e.g. [`digest_own`]).
+pub fn digests_with(
+    cluster: &ClusterConfig,
+    topic: &str,
+    partition: i32,
+    (from, until): (i64, i64),
+    digest: fn(&BorrowedMessage<'_>) -> String,
 ) -> Result<Vec<(i64, String)>> {
     let mut out = Vec::new();
     haven_kafka::scan(

@@ -31,7 +31,8 @@ use crate::config::Config;
 use crate::events::{Event, Observer};
 
 /// How old (in lease TTLs) the last good measurement of data at risk may be at the
-/// gate: the mirror is measured every 5 rounds (one TTL, each bounded to TTL/2) and
+/// gate: the mirror is measured every 5 rounds (one TTL; in the background, each bounded
+/// to 2 TTL, and counted from its start) and
 /// detection takes about 1.4 TTL after a crash, so a measurement taken just before the
 /// crash is about 2.4 TTL old at the gate; 6 leaves room for slow rounds.
 pub const MAX_MEASURE_AGE_TTLS: u32 = 6;
@@ -44,6 +45,8 @@ pub struct Standby {
     /// The last good measurements, and when they were taken.
     lag_s: Option<(f64, Instant)>,
     records: Option<(i64, Instant)>,
+    /// The mirror's measurement running in the background, and when it started.
+    measuring: Option<(Instant, tokio::task::JoinHandle<Option<i64>>)>,
     blocked: Option<String>,
 }
 
@@ -59,6 +62,9 @@ fn ttl(cfg: &Config) -> Duration {
 fn fresh<T: Copy>(m: Option<(T, Instant)>, max_age: Duration) -> Option<T> {
     m.filter(|(_, at)| at.elapsed() <= max_age).map(|(v, _)| v)
 }
+
+/// Records at risk the standby reads per partition when it measures (see `measure`).
+const STANDBY_SCAN_LIMIT: i64 = 1_000;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct LastAutomatic {
@@ -130,23 +136,48 @@ impl Standby {
             }
         }
         let mirrored = cfg.regions.get(region).and_then(|r| r.mirror_in.clone());
-        if mirrored.is_some() && (self.records.is_none() || self.rounds % 5 == 1) {
-            // Bounded: a primary that just died keeps its lease for up to a TTL, and
-            // asking its dead broker must not stall the standby's rounds.
-            let limit = (ttl(cfg) / 2).max(Duration::from_secs(1));
-            match tokio::time::timeout(limit, super::status::status(cfg)).await {
-                Err(_) => tracing::info!(
-                    "data at risk not measured this round: no answer within {limit:?}"
-                ),
-                Ok(Ok(s)) if s.unknown.is_empty() => {
-                    self.records = Some((s.records_at_risk, Instant::now()));
-                }
-                Ok(Ok(s)) => tracing::info!(
-                    "data at risk not measured this round: unknown {:?}",
-                    s.unknown
-                ),
-                Ok(Err(e)) => tracing::info!("data at risk not measured this round: {e}"),
+        if mirrored.is_none() {
+            return;
+        }
+        // The mirror is measured in the background: across a slow link (or with a
+        // backlog to read back after a switchover) a measurement can take longer than a
+        // round, and the rounds must go on meanwhile. It counts from when it started.
+        if let Some((started, h)) = self.measuring.take() {
+            if !h.is_finished() {
+                self.measuring = Some((started, h));
+                return;
             }
+            if let Ok(Some(n)) = h.await {
+                self.records = Some((n, started));
+            }
+        }
+        if self.records.is_none() || self.rounds % 5 == 1 {
+            let cfg = cfg.clone();
+            // Bounded: a primary that just died keeps its lease for up to a TTL, and a
+            // measurement stuck on its dead broker must end before it could count.
+            let limit = (ttl(&cfg) * 2).max(Duration::from_secs(5));
+            let task = tokio::spawn(async move {
+                // A bounded reading (as the dashboard's): past the scan limit records at
+                // risk are counted by offsets, overstated and never understated, so the
+                // gate errs towards not failing over.
+                let reading = super::status::status_limited(&cfg, Some(STANDBY_SCAN_LIMIT));
+                match tokio::time::timeout(limit, reading).await {
+                    Err(_) => {
+                        tracing::info!("data at risk not measured: no answer within {limit:?}");
+                        None
+                    }
+                    Ok(Ok(s)) if s.unknown.is_empty() => Some(s.records_at_risk),
+                    Ok(Ok(s)) => {
+                        tracing::info!("data at risk not measured: unknown {:?}", s.unknown);
+                        None
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!("data at risk not measured: {e}");
+                        None
+                    }
+                }
+            });
+            self.measuring = Some((Instant::now(), task));
         }
     }
 

@@ -20,6 +20,7 @@ use crate::ledger::workload::{self, now_ms, Tick, WorkloadOptions};
 use crate::ledger::LATENCY_FILE;
 
 mod backups;
+mod failback;
 mod reconcile;
 mod report;
 mod scenario;
@@ -100,6 +101,16 @@ pub async fn run(
         ),
     }];
     let mut not_measured = Vec::new();
+    if matches!(
+        o.scenario,
+        Scenario::RegionOutage | Scenario::Partition | Scenario::Failback
+    ) {
+        let ready = steps::standby_ready(&lab).await;
+        timeline.push(Step {
+            at_ms: now_ms(),
+            what: ready,
+        });
+    }
 
     // The load, and the sampler.
     let wl = WorkloadOptions {
@@ -154,7 +165,7 @@ pub async fn run(
     let mut phase_invariants: Vec<InvariantResult> = Vec::new();
     if !interrupted {
         match o.scenario {
-            Scenario::RegionOutage | Scenario::Partition => {
+            Scenario::RegionOutage | Scenario::Partition | Scenario::Failback => {
                 match start_fault(o, &mut timeline, &say).await {
                     Ok(at) => fault_at = at,
                     Err(e) => fault_err = Some(e),
@@ -305,7 +316,15 @@ pub async fn run(
     if !interrupted && fault_err.is_none() {
         pause(o.after, &stop).await;
     }
-    if o.scenario == Scenario::Switchover && fault_err.is_none() && !*stop.borrow() {
+    let mut captured = None;
+    if o.scenario == Scenario::Failback && fault_err.is_none() && !*stop.borrow() {
+        let fb = failback::fail_back(o, &lab, &mut timeline, &say, &stop).await;
+        captured = fb.captured;
+        phase_invariants.extend(fb.invariants);
+        fault_err = fb.err.map(|e| format!("failback: {e}"));
+    }
+    let back_to_us = matches!(o.scenario, Scenario::Switchover | Scenario::Failback);
+    if back_to_us && fault_err.is_none() && !*stop.borrow() {
         let back = now_ms();
         timeline.push(Step {
             at_ms: back,
@@ -343,7 +362,7 @@ pub async fn run(
     let after_region = active_region(&lab);
     if interrupted {
         // Leave the lab whole: a half-injected fault is healed.
-        if o.scenario != Scenario::Switchover {
+        if !back_to_us || o.scenario == Scenario::Failback {
             let _ = inject(&o.lab_dir, &["heal"]).await;
         }
         not_measured.push("the drill was interrupted (Ctrl-C) before it finished".into());
@@ -367,7 +386,7 @@ pub async fn run(
         // Only a failover may lose what the RPO allows; a switchover and a fault
         // recovered in place may lose nothing at all.
         fault_at_ms: match o.scenario {
-            Scenario::RegionOutage | Scenario::Partition => Some(fault_at),
+            Scenario::RegionOutage | Scenario::Partition | Scenario::Failback => Some(fault_at),
             _ => None,
         },
         rpo_target_s: o.objectives.rpo_s,
@@ -434,19 +453,34 @@ pub async fn run(
             first_example: None,
         });
     }
-    // After a partition US is back (fenced): what it acknowledged and EU lost must be in
-    // a failback capture.
-    if o.scenario == Scenario::Partition && fault_err.is_none() && !interrupted {
+    if o.scenario == Scenario::Failback && fault_err.is_none() && !interrupted {
+        match failback::topics_agree(&lab).await {
+            Ok(r) => invariants.push(r),
+            Err(e) => not_measured.push(format!("F3, the topics after the failback: {e:#}")),
+        }
+    }
+    // After a partition US is back (fenced), and after a failback it was captured: what
+    // it acknowledged and EU lost must be in the capture.
+    let capture_checked = matches!(o.scenario, Scenario::Partition | Scenario::Failback);
+    if capture_checked && fault_err.is_none() && !interrupted {
         if let Some(lost) = &lost_ids {
-            say("capturing what US wrote that EU never got (failback)");
-            match captured_transfers(&lab).await {
+            let found = match captured.take() {
+                Some(c) => Ok(c),
+                None => {
+                    say("capturing what US wrote that EU never got (failback)");
+                    captured_transfers(&lab).await
+                }
+            };
+            match found {
                 Ok((object, ids)) => {
                     let missed: Vec<&String> =
                         lost.iter().filter(|id| !ids.contains(*id)).collect();
-                    timeline.push(Step {
-                        at_ms: now_ms(),
-                        what: format!("failback capture stored: {object}"),
-                    });
+                    if o.scenario == Scenario::Partition {
+                        timeline.push(Step {
+                            at_ms: now_ms(),
+                            what: format!("failback capture stored: {object}"),
+                        });
+                    }
                     invariants.push(InvariantResult {
                         id: "F1".into(),
                         name: "every acknowledged transfer EU lost is in the failback capture".into(),

@@ -13,21 +13,8 @@ use crate::control::LabState;
 pub(super) async fn captured_transfers(
     lab: &LabState,
 ) -> anyhow::Result<(String, std::collections::HashSet<String>)> {
-    use haven_engine::failback;
-    let (cfg, _) = haven_engine::config::Config::load(Some(&lab.config))?;
-    let c = failback::capture::capture(&cfg, "us", &haven_engine::events::LogObserver).await?;
-    let store = haven_storage::Store::open(&cfg.repository("lab").url)?;
-    let repo = haven_engine::repo::Repository::open_or_create(store, Default::default()).await?;
-    let object = failback::store(&repo, &c).await?;
-    let ids = c
-        .databases
-        .iter()
-        .flat_map(|d| &d.divergence.transactions)
-        .flat_map(|t| &t.changes)
-        .filter(|ch| ch.table == "ledger_transfers" && ch.op == haven_pg::divergence::Op::Insert)
-        .filter_map(|ch| ch.new.iter().find(|col| col.name == "id")?.value.clone())
-        .collect();
-    Ok((object, ids))
+    let (c, object) = super::failback::capture(lab).await?;
+    Ok((object, super::failback::transfer_ids(&c)))
 }
 
 pub(super) fn read_seconds(path: &Path) -> Vec<Second> {

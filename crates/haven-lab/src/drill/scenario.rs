@@ -28,6 +28,10 @@ pub enum Scenario {
     /// US's backup restored into a segregated cluster under load and reconciled with the
     /// source and the database (non-disruptive: the drill `drill schedule` runs).
     SegregatedRestore,
+    /// A region outage (as `RegionOutage`), then the failback under the load: US back
+    /// fenced, captured, reconciled by policy, re-seeded from EU (databases and topics),
+    /// and a planned switchover back to US.
+    Failback,
 }
 
 impl Scenario {
@@ -41,10 +45,11 @@ impl Scenario {
             "object-store-outage" => Scenario::ObjectStoreOutage,
             "corrupted-backup" => Scenario::CorruptedBackup,
             "segregated-restore" => Scenario::SegregatedRestore,
+            "failback" => Scenario::Failback,
             other => bail!(
                 "unknown scenario {other:?}: region-outage, switchover, partition, pg-crash, \
-                 broker-crash, object-store-outage, corrupted-backup or segregated-restore \
-                 (database restored to an earlier point and failback are not built yet)"
+                 broker-crash, object-store-outage, corrupted-backup, segregated-restore or \
+                 failback (a database restored to an earlier point is not built yet)"
             ),
         })
     }
@@ -59,6 +64,7 @@ impl Scenario {
             Scenario::ObjectStoreOutage => "object-store-outage",
             Scenario::CorruptedBackup => "corrupted-backup",
             Scenario::SegregatedRestore => "segregated-restore",
+            Scenario::Failback => "failback",
         }
     }
 
@@ -66,7 +72,10 @@ impl Scenario {
     pub fn in_place(self) -> bool {
         !matches!(
             self,
-            Scenario::RegionOutage | Scenario::Switchover | Scenario::Partition
+            Scenario::RegionOutage
+                | Scenario::Switchover
+                | Scenario::Partition
+                | Scenario::Failback
         )
     }
 
@@ -93,6 +102,9 @@ impl Scenario {
             Scenario::CorruptedBackup => {
                 "One segment of US's backup is damaged at rest (a byte flipped) under the ledger load: verify must name it, a restore must refuse it and write nothing, a restore with --skip-damaged must restore everything else equal to the source and say what it left out, and after the object is put back from a good copy verify passes."
             }
+            Scenario::Failback => {
+                "US lost at once under the ledger load and EU fails over automatically (as in the region outage); then, with EU taking the load, US comes back fenced and is failed back: what it wrote that EU never got is captured (every transfer EU lost must be in it) and reconciled under the [failback] policies, its databases are re-seeded and its topics rebuilt from EU's, and a planned switchover brings the load back to US, losing nothing more. Afterwards both regions' transfer topics hold the same records in the same order."
+            }
             Scenario::SegregatedRestore => {
                 "US's backup is restored into a segregated cluster (a broker of the drill's own) under the ledger load and reconciled: record by record with the source, and every restored transfer event against the database. Non-disruptive: US stays active and loses nothing; its RTO is the restore and the reconciliation."
             }
@@ -113,7 +125,7 @@ impl Scenario {
                 _ => 1.0,
             },
             max_lost: match self {
-                Scenario::RegionOutage | Scenario::Partition => None,
+                Scenario::RegionOutage | Scenario::Partition | Scenario::Failback => None,
                 _ => Some(0),
             },
             max_two_writable: 0,

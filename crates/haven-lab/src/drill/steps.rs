@@ -65,7 +65,7 @@ pub(super) async fn start_fault(
     say: &impl Fn(&str),
 ) -> Result<i64, String> {
     let words: &[&str] = match o.scenario {
-        Scenario::RegionOutage => &["region-down", "us"],
+        Scenario::RegionOutage | Scenario::Failback => &["region-down", "us"],
         Scenario::Partition => &["link-cut"],
         Scenario::PgCrash => &["pg-crash", "us"],
         Scenario::BrokerCrash => &["broker-crash", "us"],
@@ -150,4 +150,31 @@ pub(super) async fn wait_first_ack(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     first_ack_by(acks, region, since_ms)
+}
+
+/// Waits (30 s at most) until EU could vouch for what a failover would lose: the RPO
+/// ledger reads every mirror and replica without an unknown (right after a switchover
+/// EU is briefly not a replica, and its agent would rightly refuse an automatic
+/// failover). What it found goes on the timeline either way.
+pub(super) async fn standby_ready(lab: &LabState) -> String {
+    let Ok((cfg, _)) = haven_engine::config::Config::load(Some(&lab.config)) else {
+        return "standby readiness not read: the lab's config does not load".into();
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match haven_engine::failover::status::status_limited(&cfg, Some(100)).await {
+            Ok(s) if s.unknown.is_empty() => {
+                return format!(
+                    "standby ready: {} records at risk, RPO now {:.1} s",
+                    s.records_at_risk, s.rpo_seconds
+                )
+            }
+            Ok(s) => s.unknown.join("; "),
+            Err(e) => format!("{e}"),
+        };
+        if Instant::now() > deadline {
+            return format!("standby not ready after 30 s (the drill goes on): {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

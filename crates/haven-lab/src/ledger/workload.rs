@@ -674,6 +674,10 @@ async fn relay_once(
         })
         .await??;
         producers.current = Some(bootstrap.clone());
+        // A fresh producer, as a service moving regions starts one: an idempotent
+        // producer's sequence numbers do not survive its partitions being re-created (a
+        // failback rebuilds the old region's topics).
+        producers.producers.remove(&bootstrap);
     }
     if !producers.producers.contains_key(&bootstrap) {
         let producer = ClusterConfig::new(&bootstrap).producer()?;
