@@ -303,6 +303,40 @@ pub async fn create_topic(
     create_topics(admin, &[(topic.to_string(), partitions, configs.to_vec())]).await
 }
 
+/// [`delete_topics`], then which other topics vanished with them (blocking reads around
+/// it): tansu 0.6 deletes every topic on a DeleteTopics request (measured), and a caller
+/// must be able to say so rather than discover it later.
+pub async fn delete_topics_checked(
+    cluster: &ClusterConfig,
+    topics: &[String],
+) -> Result<Vec<String>> {
+    let list = || {
+        let cluster = cluster.clone();
+        async move {
+            tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+                let c = cluster.inspector("haven-inspector")?;
+                Ok(list_topics(&c, &cluster.brokers, Duration::from_secs(10))?
+                    .into_iter()
+                    .map(|t| t.name)
+                    .collect())
+            })
+            .await
+            .map_err(|e| KafkaError::Topic {
+                topic: String::new(),
+                reason: format!("list topics: {e}"),
+            })?
+        }
+    };
+    let before = list().await?;
+    delete_topics(&cluster.admin()?, topics).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = list().await?;
+    Ok(before
+        .into_iter()
+        .filter(|t| !topics.contains(t) && !after.contains(t))
+        .collect())
+}
+
 /// Deletes topics in one request (async). A topic that does not exist is not an error.
 pub async fn delete_topics(
     admin: &AdminClient<DefaultClientContext>,

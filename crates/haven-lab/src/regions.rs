@@ -330,6 +330,22 @@ impl Lab {
                     port,
                 ));
             }
+            // Ready means answering: a backup's metrics endpoint opens once it has read
+            // its repository and its cluster (across the link for EU's).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for (j, port) in jobs.iter_mut() {
+                while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                    j.keep(&options.haven, &lab.cfg);
+                    if Instant::now() > deadline {
+                        bail!(
+                            "backup job {} did not open its metrics endpoint within 60 s: see {}",
+                            j.job,
+                            lab.dir.path().join(format!("{}.log", j.job)).display()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
             lab.backups = Some(RegionBackups { us, eu, jobs });
         }
         Ok(lab)

@@ -23,7 +23,21 @@ pub struct S3Server {
 }
 
 impl S3Server {
+    /// Starts a server on free ports. A port taken between choosing and binding (tests
+    /// run side by side) makes Garage exit: then it is tried again on other ports.
     pub fn start() -> Result<S3Server> {
+        let mut tries = 0;
+        loop {
+            match Self::start_once() {
+                Err(e) if tries < 3 && format!("{e:#}").contains("Address already in use") => {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once() -> Result<S3Server> {
         let exe = find_tool("garage", GARAGE_INSTALL, &[])?;
         let dir = tempfile::Builder::new().prefix("haven-garage-").tempdir()?;
         let port = free_port()?;

@@ -344,9 +344,10 @@ fn backup_drills_reconcile_hold_on_through_an_outage_and_find_the_damage() {
 }
 
 /// `haven drill schedule`: a restore test of a real backup into a segregated broker,
-/// reconciled record by record (PASS, evidence stored, the schedule shows it ran); a
-/// segment damaged at rest fails it naming the object with nothing restored; a target
-/// that is a region's cluster is refused when the config is read.
+/// reconciled record by record (PASS, evidence stored, the schedule shows it ran; its
+/// topics kept with `keep_topics`, deleted by default); a segment damaged at rest fails
+/// it naming the object with nothing restored; a target that is a region's cluster is
+/// refused when the config is read.
 #[test]
 fn a_scheduled_restore_test_reconciles_a_segregated_restore_and_finds_damage() {
     use testbed::Broker;
@@ -364,18 +365,18 @@ fn a_scheduled_restore_test_reconciles_a_segregated_restore_and_finds_damage() {
         &[],
     );
     let cfg = dir.path().join("haven.toml");
-    let config = |target: &str| {
+    let config = |target: &str, keep: bool| {
         format!(
             "[clusters.us]\nbootstrap = \"{}\"\n[clusters.scratch]\nbootstrap = \"{}\"\n\
              [repositories.main]\nurl = \"{}\"\n[regions.us]\ncluster = \"us\"\n\
              [drills.nightly]\nregion = \"us\"\nrepository = \"main\"\nsource = \"us\"\n\
-             target = \"{target}\"\ntopics = \"payments\"\nevery_s = 3600\n",
+             target = \"{target}\"\ntopics = \"payments\"\nevery_s = 3600\nkeep_topics = {keep}\n",
             src.bootstrap(),
             seg.bootstrap(),
             path(&repo)
         )
     };
-    std::fs::write(&cfg, config("scratch")).unwrap();
+    std::fs::write(&cfg, config("scratch", true)).unwrap();
     let c = path(&cfg);
     let schedule = |extra: &[&str]| {
         let mut args = vec!["--config", &c, "--json", "drill", "schedule"];
@@ -424,6 +425,32 @@ fn a_scheduled_restore_test_reconciles_a_segregated_restore_and_finds_damage() {
     assert_eq!(list[0]["last"]["verdict"], "PASS", "{list}");
     assert_ne!(list[0]["next_due"], Value::Null);
 
+    // By default a run's topics are deleted once reconciled. (tansu 0.6 deletes every
+    // topic on a DeleteTopics request, the first run's kept one too: the timeline must
+    // say so, since Haven did not ask for it.)
+    std::fs::write(&cfg, config("scratch", false)).unwrap();
+    let kept = topics_of(&seg);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (rc, r) = schedule(&["--run", "nightly"]);
+    assert_eq!((rc, &r["verdict"]), (0, &Value::from("PASS")), "{r:#}");
+    let now = topics_of(&seg);
+    assert!(
+        now.iter().all(|t| kept.contains(t)),
+        "the second run's topics are gone: {now:?}"
+    );
+    let steps = r["timeline"].to_string();
+    assert!(
+        steps.contains("restored topics deleted from scratch"),
+        "{steps}"
+    );
+    let vanished: Vec<&String> = kept.iter().filter(|t| !now.contains(t)).collect();
+    if !vanished.is_empty() {
+        assert!(
+            steps.contains("which Haven did not ask for") && steps.contains(vanished[0].as_str()),
+            "{steps}"
+        );
+    }
+
     // One byte flipped in a segment: FAIL, the object named, nothing restored.
     let seg_file = std::fs::read_dir(repo.join("log"))
         .unwrap()
@@ -446,7 +473,7 @@ fn a_scheduled_restore_test_reconciles_a_segregated_restore_and_finds_damage() {
     assert_eq!(topics_of(&seg).len(), before, "nothing restored");
 
     // A target that is a region's cluster: refused before anything runs.
-    std::fs::write(&cfg, config("us")).unwrap();
+    std::fs::write(&cfg, config("us", false)).unwrap();
     let out = haven(&["--config", &c, "drill", "schedule"]);
     assert_eq!(code(&out), 2, "{}", crate::stderr(&out));
     assert!(

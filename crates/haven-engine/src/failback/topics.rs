@@ -120,8 +120,19 @@ pub async fn rebuild(
     // session within a checkpoint interval).
     let deadline = Instant::now() + timeout;
     let done = loop {
-        if let Some(m) = rebuild::find(&markers(&opts).await?, MarkerKind::Rebuilt, epoch) {
-            break m.clone();
+        // A cluster that does not answer for a moment is asked again until the deadline.
+        let last = match markers(&opts).await {
+            Ok(known) => match rebuild::find(&known, MarkerKind::Rebuilt, epoch) {
+                Some(m) => break m.clone(),
+                None => None,
+            },
+            Err(e) => Some(e),
+        };
+        if let (Some(e), true) = (&last, Instant::now() > deadline) {
+            return Err(Error::Unreachable(format!(
+                "mirror {name}'s map on {} could not be read: {e}",
+                opts.target_id
+            )));
         }
         if Instant::now() > deadline {
             return Err(Error::Unreachable(format!(
@@ -166,7 +177,7 @@ async fn await_copied(
     loop {
         let o = opts.clone();
         let hs = highs.clone();
-        let (behind, out) = blocking(move || {
+        let read = blocking(move || {
             let t = o.target.inspector("haven-inspector")?;
             let s = o.source.inspector("haven-inspector")?;
             let mut map = position::load_map(&o.target, &t, &o.name, &o.source_id)?;
@@ -216,10 +227,15 @@ async fn await_copied(
             }
             Ok((behind, out))
         })
-        .await?;
-        if behind.is_empty() {
-            return Ok(out);
-        }
+        .await;
+        let behind = match read {
+            Ok((behind, out)) if behind.is_empty() => return Ok(out),
+            Ok((behind, _)) => behind,
+            // Not an exact copy: no waiting mends that.
+            Err(e @ Error::Task(_)) => return Err(e),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(e) => vec![format!("not read ({e})")],
+        };
         if Instant::now() > deadline {
             return Err(Error::Unreachable(format!(
                 "mirror {} is still copying the rebuilt topics: {} (run this again to go on \

@@ -115,7 +115,22 @@ pub async fn perform(
         .cloned()
         .collect();
     let targets: Vec<String> = topics.iter().map(|t| opts.target_topic(t)).collect();
-    haven_kafka::delete_topics(&opts.target.admin()?, &targets).await?;
+    let others = haven_kafka::delete_topics_checked(&opts.target, &targets).await?;
+    if !others.is_empty() {
+        // Nothing Haven can undo: said as loudly as it can.
+        tracing::error!(
+            "the target cluster deleted {} topics Haven did not ask it to delete, with {targets:?}: {} (tansu 0.6 deletes every topic on a DeleteTopics request)",
+            others.len(),
+            others.join(", ")
+        );
+        observer.event(&Event::Retrying {
+            what: format!("rebuild of {targets:?}"),
+            error: format!(
+                "the target cluster also deleted {}: a broker that deletes more than it is asked",
+                others.join(", ")
+            ),
+        });
+    }
     let o = opts.clone();
     let gone = targets.clone();
     blocking(move || {

@@ -159,9 +159,24 @@ async fn steps(
     ));
 
     say("re-seeding US from EU (databases, and topics rebuilt by the mirror)");
-    let r = failback::reseed::reseed(&cfg, &repo, "us", Duration::from_secs(120), &LogObserver)
-        .await
-        .context("failback reseed")?;
+    // As an operator would: a re-run continues where the last one stopped (a cluster
+    // that did not answer for a moment), at most three times.
+    let mut tries = 0;
+    let r = loop {
+        tries += 1;
+        match failback::reseed::reseed(&cfg, &repo, "us", Duration::from_secs(120), &LogObserver)
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) if tries < 3 && !*stop.borrow() => {
+                timeline.push(Step {
+                    at_ms: now_ms(),
+                    what: format!("failback reseed stopped ({e}); running it again"),
+                });
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context("failback reseed")),
+        }
+    };
     let rebuilt: i64 = r
         .topics
         .iter()

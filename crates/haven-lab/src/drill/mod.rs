@@ -76,7 +76,13 @@ pub async fn run(
     if backups::is_backup_drill(o.scenario) {
         backups::require_backups(&lab)?;
     }
-    let before = active_region(&lab);
+    // Right after a switchover the new holder's agent may take a moment to answer.
+    let mut before = active_region(&lab);
+    let asked = Instant::now();
+    while before.is_none() && asked.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        before = active_region(&lab);
+    }
     if before.as_deref() != Some("us") {
         bail!(
             "the drill needs US active and EU standby; the lab's active region is {}. \

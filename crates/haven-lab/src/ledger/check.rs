@@ -323,6 +323,23 @@ pub async fn check(lab: &LabState, o: &CheckOptions) -> anyhow::Result<Report> {
             .collect(),
         _ => HashSet::new(),
     };
+    // The other way round: transfers whose events the old region published within the
+    // RPO target of the fault and its mirror had not copied yet (the database crossed,
+    // the event did not): behind in the topic, named apart (failback re-produces them).
+    let published_lately: HashSet<String> = match o.fault_at_ms {
+        Some(f) => c
+            .query(
+                "SELECT transfer_id FROM ledger_outbox WHERE published_at IS NOT NULL
+                   AND published_at >= to_timestamp($1::float8 / 1000)
+                   AND published_at <= to_timestamp($2::float8 / 1000)",
+                &[&(cutoff as f64), &(f as f64)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+        None => HashSet::new(),
+    };
     let events = match (kafka, &e.topic) {
         (Some(b), Some(t)) => {
             let (b, t) = (b.clone(), t.clone());
@@ -371,12 +388,15 @@ pub async fn check(lab: &LabState, o: &CheckOptions) -> anyhow::Result<Report> {
             missing.sort();
             let (unpublished, lost): (Vec<&String>, Vec<&String>) =
                 missing.into_iter().partition(|id| pending.contains(*id));
+            let (behind, lost): (Vec<&String>, Vec<&String>) = lost
+                .into_iter()
+                .partition(|id| published_lately.contains(*id));
             let (ahead, mut extra): (Vec<&&str>, Vec<&&str>) = seen
                 .keys()
                 .filter(|id| !db.contains_key(**id))
                 .partition(|id| within_rpo.contains(**id));
             extra.sort();
-            let ahead_note = if ahead.is_empty() {
+            let mut ahead_note = if ahead.is_empty() {
                 String::new()
             } else {
                 format!(
@@ -384,6 +404,13 @@ pub async fn check(lab: &LabState, o: &CheckOptions) -> anyhow::Result<Report> {
                     ahead.len()
                 )
             };
+            if !behind.is_empty() {
+                ahead_note.push_str(&format!(
+                    "; {} events behind the database, published on the old region within the RPO target and not mirrored before the fault (failback re-produces them; first {})",
+                    behind.len(),
+                    behind[0]
+                ));
+            }
             out.push(if lost.is_empty() && unpublished.is_empty() && extra.is_empty() {
                 pass(w5, format!("{} transfers on both sides{ahead_note}", db.len()))
             } else {
@@ -415,6 +442,13 @@ pub async fn check(lab: &LabState, o: &CheckOptions) -> anyhow::Result<Report> {
                 if !within_rpo.contains(&ev.id) && once.insert(ev.id.as_str()) {
                     *folded.entry(ev.src).or_default() -= ev.amount;
                     *folded.entry(ev.dst).or_default() += ev.amount;
+                }
+            }
+            // The events behind (named apart above) as the database holds them.
+            for id in &behind {
+                if let Some((src, dst, amount)) = db.get(*id) {
+                    *folded.entry(*src).or_default() -= amount;
+                    *folded.entry(*dst).or_default() += amount;
                 }
             }
             let balances: BTreeMap<i32, i64> = c
