@@ -157,23 +157,13 @@ pub async fn perform(
     .await?;
     // Created again as the source's (partitions, carried configs).
     super::target::prepare(opts).await?;
-    let o = opts.clone();
-    let ts = topics.clone();
-    let offsets = blocking(move || {
-        let s = o.source.inspector("haven-inspector")?;
-        let mut out = BTreeMap::new();
-        for t in haven_kafka::list_topics(&s, &o.source.brokers, Duration::from_secs(10))? {
-            if !ts.contains(&t.name) {
-                continue;
-            }
-            for p in 0..t.partitions {
-                let (_, high) = haven_kafka::watermarks(&s, &t.name, p, Duration::from_secs(10))?;
-                out.insert(format!("{}/{p}", t.name), high);
-            }
-        }
-        Ok(out)
-    })
-    .await?;
+    // The source's high watermarks now (the barrier a handover reads too).
+    let offsets: BTreeMap<String, i64> = super::handover::source_highs(opts)
+        .await?
+        .into_iter()
+        .filter(|((t, _), _)| topics.contains(t))
+        .map(|((t, p), high)| (format!("{t}/{p}"), high))
+        .collect();
     reset_groups(opts, &offsets, observer).await;
     let done = Marker {
         source_cluster: opts.source_id.clone(),
