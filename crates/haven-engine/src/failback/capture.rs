@@ -58,14 +58,7 @@ pub async fn capture(cfg: &Config, region: &str, observer: &dyn Observer) -> Res
     // The database pairs (old region -> active region) and the mirrors between their
     // clusters.
     let pairs = super::pairs(cfg, region, &active);
-    let cluster_of = |r: &str| cfg.regions.get(r).map(|s| s.cluster.clone());
-    let (from, to) = (cluster_of(region), cluster_of(&active));
-    let mirrors: Vec<&String> = cfg
-        .mirrors
-        .iter()
-        .filter(|(_, m)| Some(&m.from) == from.as_ref() && Some(&m.to) == to.as_ref())
-        .map(|(name, _)| name)
-        .collect();
+    let mirrors = super::topics::mirrors_between(cfg, region, &active);
     let total = pairs.len() + mirrors.len();
     let mut databases = Vec::new();
     for (i, (name, d, peer_name, peer)) in pairs.into_iter().enumerate() {
@@ -106,7 +99,7 @@ pub async fn capture(cfg: &Config, region: &str, observer: &dyn Observer) -> Res
         databases.push(step(observer, "failback capture", (i + 1, total), what, work).await?);
     }
     let mut kafka = Vec::new();
-    for (i, name) in mirrors.into_iter().enumerate() {
+    for (i, name) in mirrors.iter().map(String::as_str).enumerate() {
         let opts = MirrorOptions::from_config(cfg, name)?;
         let what = format!(
             "read {}'s records past what mirror {name} brought to {}",
