@@ -168,11 +168,13 @@ enum Command {
     ///   haven --config /tmp/lab/haven.toml switchover --to eu --yes
     ///   haven lab status --dir /tmp/lab             (exit 0 only when every part answers)
     ///   haven lab down --dir /tmp/lab
+    ///   haven lab up --dir /tmp/lab                 (again: on the data it had)
     ///
     /// The lab runs under a supervisor process in its own session (its log: DIR/lab.log),
-    /// described in DIR/lab.json. `lab down` stops every server; the servers' data lives in
-    /// temporary directories and does not survive it (the config and the agents' plans,
-    /// audit and logs in DIR do).
+    /// described in DIR/lab.json. `lab down` stops every server and keeps its data in
+    /// DIR/servers (databases, topics, etcd's leases and epochs, object stores, the DNS
+    /// zone) on the same ports (DIR/servers/ports.json): the next `lab up` in DIR starts
+    /// on it, with the region that was active active again. Remove DIR to start afresh.
     #[command(subcommand, verbatim_doc_comment)]
     Lab(commands::lab::Command),
     /// The reference ledger workload on the lab (`workload ledger`) and its invariants

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use testbed::S3Server;
 
+use crate::regions::Places;
+
 /// The bucket of a region's backups.
 pub fn bucket(region: &str) -> String {
     format!("haven-{region}")
@@ -100,11 +102,14 @@ pub struct RegionBackups {
 impl RegionBackups {
     /// Starts both object stores (side by side: each takes seconds to set up its
     /// layout) and makes each region's bucket.
-    pub fn start_stores() -> anyhow::Result<(S3Server, S3Server)> {
+    pub fn start_stores(places: &Places) -> anyhow::Result<(S3Server, S3Server)> {
         let start = |region: &'static str| {
+            let place = places.part(&format!("s3-{region}"));
             std::thread::spawn(move || -> anyhow::Result<S3Server> {
-                let s = S3Server::start()?;
-                s.create_bucket(&bucket(region))?;
+                let s = S3Server::start_in(place?)?;
+                if !s.reused() {
+                    s.create_bucket(&bucket(region))?;
+                }
                 Ok(s)
             })
         };

@@ -37,6 +37,12 @@ pub struct LabState {
     /// One-way delay of the links between regions.
     #[serde(default)]
     pub link_ms: u64,
+    /// Started on the data an earlier `lab up` left in DIR (`DIR/servers`).
+    #[serde(default)]
+    pub reused: bool,
+    /// The region that held the lease when the lab became ready.
+    #[serde(default)]
+    pub active: String,
     pub endpoints: Endpoints,
 }
 
@@ -108,7 +114,7 @@ impl LabState {
             .with_context(|| format!("write {}", dir.join(STATE_FILE).display()))
     }
 
-    fn of(lab: &Lab, startup: Duration) -> LabState {
+    fn of(lab: &Lab, startup: Duration, active: &str) -> LabState {
         let agent = |r: &str| {
             lab.agent_port(r)
                 .map(|p| format!("http://127.0.0.1:{p}"))
@@ -126,6 +132,8 @@ impl LabState {
             mode: lab.options.mode.clone(),
             lease_ttl_s: lab.options.lease_ttl_s,
             link_ms: lab.options.link_delay.as_millis() as u64,
+            reused: lab.reused,
+            active: active.to_string(),
             endpoints: Endpoints {
                 etcd: lab.etcd.endpoints(),
                 postgres_us: lab.us.url("postgres"),
@@ -181,7 +189,15 @@ pub fn supervise(options: &LabOptions, stopped: impl Fn() -> bool) -> anyhow::Re
     };
     let started = Instant::now();
     let mut lab = Lab::start(options)?;
-    lab.wait_us_active(Duration::from_secs(60))?;
+    let active = if lab.reused {
+        // Started again on its data: whichever region was active takes the lease again.
+        let (region, epoch) = lab.wait_active(&["us", "eu"], Duration::from_secs(60))?;
+        eprintln!("the lab's data was kept: {region} is active again, epoch {epoch}");
+        region
+    } else {
+        lab.wait_us_active(Duration::from_secs(60))?;
+        "us".to_string()
+    };
     if options.kafka {
         // The failback policy of the lab's payment service: a transfer event US
         // published that never crossed is re-produced on EU (its transfer crossed with
@@ -200,7 +216,7 @@ pub fn supervise(options: &LabOptions, stopped: impl Fn() -> bool) -> anyhow::Re
         )
     })?;
     listener.set_nonblocking(true)?;
-    let state = LabState::of(&lab, started.elapsed());
+    let state = LabState::of(&lab, started.elapsed(), &active);
     state.write(&dir)?;
     eprintln!("lab ready in {:.1} s", state.startup_s);
     while !stopped() {

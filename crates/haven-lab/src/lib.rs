@@ -27,8 +27,8 @@ mod traffic;
 pub use agent::{lease_epoch_of, lease_status, spawn_agent};
 pub use faults::Fault;
 pub use regions::{
-    admin, rt, Lab, LabDir, LabOptions, MirrorProcess, RegionKafka, SCHEMA, TRANSFERS_PARTITIONS,
-    TRANSFERS_TOPIC, TSIG_B64,
+    admin, rt, Lab, LabDir, LabOptions, MirrorProcess, Places, RegionKafka, SCHEMA, SERVERS_DIR,
+    TRANSFERS_PARTITIONS, TRANSFERS_TOPIC, TSIG_B64,
 };
 pub use traffic::{
     owners, sampler, write_via_route, writer, writes_directly, Ack, Load, Sample, Seen, Traffic,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use haven_pg::Pg;
-use testbed::{Broker, DelayProxy, EtcdCluster, Haproxy, HaproxyBackend, Knot, Postgres};
+use testbed::{Broker, DelayProxy, EtcdCluster, Haproxy, HaproxyBackend, Knot, Place, Postgres};
 
 use crate::agent::{lease_epoch_of, lease_status, spawn_agent};
 use crate::backups::{self, JobProcess, RegionBackups};
@@ -54,6 +54,37 @@ pub struct LabOptions {
 /// The topic of the lab's transfer events, and its partitions.
 pub const TRANSFERS_TOPIC: &str = "ledger.transfers";
 pub const TRANSFERS_PARTITIONS: i32 = 4;
+
+/// Where the lab's servers live: in `DIR/servers/PART` when the lab has a directory
+/// (their data and ports kept across `lab down` / `lab up`), else in temporary ones.
+#[derive(Debug, Clone)]
+pub struct Places(Option<PathBuf>);
+
+/// The folder of a lab directory holding its servers' data (and `ports.json`, the ports
+/// of the lab's links, agents and backup jobs).
+pub const SERVERS_DIR: &str = "servers";
+
+impl Places {
+    pub fn of(options: &LabOptions) -> Places {
+        Places(options.dir.as_ref().map(|d| d.join(SERVERS_DIR)))
+    }
+
+    /// The place of one part (`pg-us`, `etcd`, ...).
+    pub fn part(&self, name: &str) -> anyhow::Result<Place> {
+        match &self.0 {
+            Some(root) => Place::kept(root.join(name)),
+            None => Place::temp(&format!("haven-lab-{name}-")),
+        }
+    }
+
+    /// The ports of what the lab runs itself (links, agents, backup jobs' metrics).
+    pub fn own(&self) -> anyhow::Result<Place> {
+        match &self.0 {
+            Some(root) => Place::kept(root),
+            None => Place::temp("haven-lab-"),
+        }
+    }
+}
 
 /// Where a lab keeps its files.
 pub enum LabDir {
@@ -123,6 +154,8 @@ pub struct Lab {
     pub options: LabOptions,
     /// Parts a fault stopped (`pg-us`, `broker-eu`, `agent-us`): what `heal` starts.
     pub stopped: std::collections::BTreeSet<String>,
+    /// The lab was started on the data of an earlier one (`lab down` then `lab up`).
+    pub reused: bool,
 }
 
 impl Drop for Lab {
@@ -136,12 +169,12 @@ impl Drop for Lab {
                 j.stop();
             }
         }
+        // SIGTERM: a mirror settles what it copied and leaves its consumer group. Killed
+        // -9, its member stayed in the group (tansu keeps groups across a restart), and
+        // after `lab down` / `lab up` the next mirror waited to join for minutes.
         if let Some(k) = self.kafka.as_mut() {
             for m in &mut k.mirrors {
-                if let Some(c) = m.child.as_mut() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
+                m.stop();
             }
         }
     }
@@ -171,16 +204,36 @@ impl Lab {
     /// the config and starts both agents.
     pub fn start(options: &LabOptions) -> anyhow::Result<Lab> {
         // The object stores take the longest to set up: they start first, beside the rest.
-        let stores = (options.backups && options.kafka)
-            .then(|| std::thread::spawn(RegionBackups::start_stores));
-        let etcd = EtcdCluster::start(3)?;
-        let (us, eu) = (Postgres::start()?, Postgres::start()?);
-        let replication = DelayProxy::start(0, us.port(), options.link_delay)?;
+        let places = Places::of(options);
+        let mut own = places.own()?;
+        let stores = (options.backups && options.kafka).then(|| {
+            let places = places.clone();
+            std::thread::spawn(move || RegionBackups::start_stores(&places))
+        });
+        let etcd = EtcdCluster::start_in(places.part("etcd")?, 3)?;
+        let (us, eu) = (
+            Postgres::start_in(places.part("pg-us")?)?,
+            Postgres::start_in(places.part("pg-eu")?)?,
+        );
+        let reused = us.reused();
+        if eu.reused() != reused {
+            bail!(
+                "{} holds one region's database and not the other's: remove the directory to start afresh",
+                options.dir.as_deref().unwrap_or(Path::new("?")).display()
+            );
+        }
+        let replication =
+            DelayProxy::start(own.port("replication")?, us.port(), options.link_delay)?;
         let via_link = format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres",
             replication.port()
         );
+        // A lab started again keeps its schemas, its subscription (through the same link
+        // port) and its fences: whichever region was active stays so.
         rt().block_on(async {
+            if reused {
+                return anyhow::Ok(());
+            }
             let (u, e) = (
                 admin(&us, "ledger-us").await?,
                 admin(&eu, "ledger-eu").await?,
@@ -199,14 +252,17 @@ impl Lab {
             e.fence(&["app".into()]).await?;
             anyhow::Ok(())
         })?;
-        let proxy = Haproxy::start(&[HaproxyBackend {
-            name: "be_write".into(),
-            servers: vec![
-                ("us".into(), format!("127.0.0.1:{}", us.port())),
-                ("eu".into(), format!("127.0.0.1:{}", eu.port())),
-            ],
-            disabled: true,
-        }])?;
+        let proxy = Haproxy::start_in(
+            places.part("haproxy")?,
+            &[HaproxyBackend {
+                name: "be_write".into(),
+                servers: vec![
+                    ("us".into(), format!("127.0.0.1:{}", us.port())),
+                    ("eu".into(), format!("127.0.0.1:{}", eu.port())),
+                ],
+                disabled: true,
+            }],
+        )?;
         let dir = match &options.dir {
             Some(p) => {
                 std::fs::create_dir_all(p).with_context(|| format!("create {}", p.display()))?;
@@ -218,13 +274,12 @@ impl Lab {
             // EU's broker is across the link: every client reaches it through a proxy that
             // delays each direction by the link's delay (tansu advertises one address, so
             // EU's own clients pay it too; the mirrors cross it as they would).
-            let eu = if options.link_delay.is_zero() {
-                Broker::start()?
-            } else {
-                Broker::start_remote(options.link_delay)?
-            };
-            let us = Broker::start()?;
-            us.create_topic(TRANSFERS_TOPIC, TRANSFERS_PARTITIONS)?;
+            let remote = (!options.link_delay.is_zero()).then_some(options.link_delay);
+            let eu = Broker::start_in(places.part("kafka-eu")?, remote)?;
+            let us = Broker::start_in(places.part("kafka-us")?, None)?;
+            if !us.reused() {
+                us.create_topic(TRANSFERS_TOPIC, TRANSFERS_PARTITIONS)?;
+            }
             Some(RegionKafka {
                 us,
                 eu,
@@ -233,7 +288,13 @@ impl Lab {
         } else {
             None
         };
-        let dns = Knot::start("dr.example.", &["kafka A 10.0.0.1"], "haven", TSIG_B64)?;
+        let dns = Knot::start_in(
+            places.part("dns")?,
+            "dr.example.",
+            &["kafka A 10.0.0.1"],
+            "haven",
+            TSIG_B64,
+        )?;
         let key_file = dir.path().join("tsig.key");
         std::fs::write(&key_file, TSIG_B64)?;
         let mut text = config_text(options, &etcd, &us, &eu, &proxy, &dns, &key_file);
@@ -278,6 +339,7 @@ impl Lab {
             replication,
             options: options.clone(),
             stopped: Default::default(),
+            reused,
         };
         if options.cut_links {
             let mut text = std::fs::read_to_string(&lab.cfg)?;
@@ -289,7 +351,7 @@ impl Lab {
                 } else {
                     options.link_delay
                 };
-                let link = DelayProxy::start(0, port, delay)?;
+                let link = DelayProxy::start(own.port(&format!("us-link-{i}"))?, port, delay)?;
                 text = text.replace(
                     &format!("127.0.0.1:{port}\""),
                     &format!("127.0.0.1:{}\"", link.port()),
@@ -299,7 +361,7 @@ impl Lab {
             std::fs::write(lab.dir.path().join("haven-us.toml"), text)?;
         }
         for region in ["us", "eu"] {
-            let port = testbed::free_port()?;
+            let port = own.port(&format!("agent-{region}"))?;
             let state = lab.state_dir(region);
             let cfg = lab.agent_config(region);
             let child = spawn_agent(&options.haven, &cfg, region, port, &state)?;
@@ -321,7 +383,7 @@ impl Lab {
         if let Some((us, eu)) = stores {
             let mut jobs = vec![];
             for region in ["us", "eu"] {
-                let port = testbed::free_port()?;
+                let port = own.port(&format!("backup-metrics-{region}"))?;
                 let job = backups::repository(region);
                 let log = lab.dir.path().join(format!("{job}.log"));
                 let args = backups::backup_args(region, port);
@@ -420,20 +482,36 @@ impl Lab {
     /// Waits until US's agent holds the lease and US takes writes through the route (the
     /// primary of a fresh deployment); returns the epoch.
     pub fn wait_us_active(&self, timeout: Duration) -> anyhow::Result<u64> {
-        let Some(port) = self.agent_port("us") else {
-            bail!("the lab has no US agent");
-        };
+        self.wait_active(&["us"], timeout).map(|(_, epoch)| epoch)
+    }
+
+    /// Waits until the agent of one of `regions` holds the lease and its region takes
+    /// writes through the route; returns that region and the epoch.
+    pub fn wait_active(
+        &self,
+        regions: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<(String, u64)> {
         let deadline = Instant::now() + timeout;
         loop {
-            if lease_status(port) == Some(200)
-                && rt().block_on(write_via_route(self.write_port())) == Some(self.us.port())
-            {
-                if let Some(epoch) = lease_epoch_of(port) {
-                    return Ok(epoch);
+            for &region in regions {
+                let Some(port) = self.agent_port(region) else {
+                    bail!("the lab has no {region} agent");
+                };
+                let db = if region == "us" { &self.us } else { &self.eu };
+                if lease_status(port) == Some(200)
+                    && rt().block_on(write_via_route(self.write_port())) == Some(db.port())
+                {
+                    if let Some(epoch) = lease_epoch_of(port) {
+                        return Ok((region.to_string(), epoch));
+                    }
                 }
             }
             if Instant::now() > deadline {
-                bail!("US did not take the lease and open its route within {timeout:?}");
+                bail!(
+                    "no region of {} took the lease and opened its route within {timeout:?}",
+                    regions.join(", ")
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

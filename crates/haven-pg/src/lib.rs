@@ -608,7 +608,9 @@ impl Pg {
 
     /// Subscribes this database to `publication` at `conninfo`, if not subscribed yet.
     /// `copy_data = false` for a reverse subscription (both sides already hold the same
-    /// rows); errors disable it instead of retrying forever.
+    /// rows). Errors are retried (Postgres's default): with `disable_on_error`, a dropped
+    /// connection (a restart of the source, a cut link) disabled the subscription for
+    /// good. A conflict that keeps failing shows as growing lag (`replica_lag`).
     pub async fn ensure_subscription(
         &self,
         subscription: &str,
@@ -622,7 +624,7 @@ impl Pg {
         self.exec(
             "create the subscription",
             &format!(
-                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = {copy_data}, disable_on_error = true)",
+                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = {copy_data})",
                 ident(subscription),
                 literal(conninfo),
                 ident(publication)

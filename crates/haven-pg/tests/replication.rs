@@ -209,3 +209,44 @@ async fn errors_name_the_database() {
     let e = Pg::connect("x", "not a url", None, T).await.err().unwrap();
     assert!(e.to_string().contains("database x"), "{e}");
 }
+
+/// A standby keeps replicating through a restart of its source (a crash, a maintenance
+/// restart, a dropped link): the subscription Haven makes retries instead of disabling
+/// itself. With `disable_on_error = true` (which the lab measured), the first dropped
+/// connection disabled it for good, and the standby silently fell behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_resumes_after_the_source_restarts() {
+    let (us_pg, eu_pg, us, _eu) = pair(SCHEMA).await;
+    us.exec(
+        "before",
+        "INSERT INTO accounts (owner, balance) VALUES ('before', 1)",
+    )
+    .await
+    .unwrap();
+    until("EU has the row written before the restart", async || {
+        rows(&eu_pg).await.len() == 1
+    })
+    .await;
+    us_pg.stop().unwrap();
+    // The subscriber notices the lost connection before the source is back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    us_pg.restart().unwrap();
+    let us = admin(&us_pg, "ledger-us").await;
+    us.exec(
+        "after",
+        "INSERT INTO accounts (owner, balance) VALUES ('after', 2)",
+    )
+    .await
+    .unwrap();
+    until("EU has the row written after the restart", async || {
+        rows(&eu_pg).await.iter().any(|r| r.1 == "after")
+    })
+    .await;
+    let eu = admin(&eu_pg, "ledger-eu").await;
+    let sub = eu
+        .subscription("haven")
+        .await
+        .unwrap()
+        .expect("the subscription");
+    assert!(sub.enabled, "{sub:?}");
+}

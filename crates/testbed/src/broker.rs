@@ -3,6 +3,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::place::Place;
+use crate::process::{find_tool, kill, tail, wait_for_port};
+use crate::proxy::DelayProxy;
 use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -13,10 +16,6 @@ use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tempfile::TempDir;
-
-use crate::process::{find_tool, free_port, kill, tail, wait_for_port};
-use crate::proxy::DelayProxy;
 
 const TANSU_INSTALL: &str = "cargo install tansu --version 0.6.0 --features libsql --locked";
 
@@ -85,10 +84,11 @@ impl Consumed {
     }
 }
 
-/// A tansu broker on a free loopback port, with sqlite storage in a temporary directory.
+/// A tansu broker on a free loopback port, with sqlite storage in a temporary directory
+/// (or in a kept [`Place`], [`Broker::start_in`]).
 pub struct Broker {
     child: Option<Child>,
-    dir: TempDir,
+    dir: Place,
     port: u16,
     log: PathBuf,
     /// When set, the broker is "in another region": clients reach it (and it advertises
@@ -99,34 +99,31 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker and waits until it answers metadata requests.
     pub fn start() -> Result<Broker> {
-        let dir = tempfile::Builder::new().prefix("haven-tansu-").tempdir()?;
-        let port = free_port()?;
-        let log = dir.path().join("tansu.log");
-        let mut b = Broker {
-            child: None,
-            dir,
-            port,
-            log,
-            proxy: None,
-        };
-        b.spawn()?;
-        Ok(b)
+        Broker::start_in(Place::temp("haven-tansu-")?, None)
     }
 
     /// Starts a broker in a "remote region": every client connection, including the
     /// ones the broker advertises in metadata, goes through a proxy that delays each
     /// direction by `one_way` (80 ms in the seed's US-EU setup).
     pub fn start_remote(one_way: Duration) -> Result<Broker> {
-        let dir = tempfile::Builder::new().prefix("haven-tansu-").tempdir()?;
-        let port = free_port()?;
-        let proxy = DelayProxy::start(0, port, one_way)?;
+        Broker::start_in(Place::temp("haven-tansu-")?, Some(one_way))
+    }
+
+    /// Starts a broker in `place` (on the topics and ports it had there, or new ones);
+    /// `remote`: behind a delaying proxy as [`Broker::start_remote`].
+    pub fn start_in(mut dir: Place, remote: Option<Duration>) -> Result<Broker> {
+        let port = dir.port("kafka")?;
+        let proxy = match remote {
+            Some(one_way) => Some(DelayProxy::start(dir.port("link")?, port, one_way)?),
+            None => None,
+        };
         let log = dir.path().join("tansu.log");
         let mut b = Broker {
             child: None,
             dir,
             port,
             log,
-            proxy: Some(proxy),
+            proxy,
         };
         b.spawn()?;
         Ok(b)
@@ -202,6 +199,11 @@ impl Broker {
 
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// Whether the broker was started on the data of an earlier one (a kept place).
+    pub fn reused(&self) -> bool {
+        self.dir.reused()
     }
 
     /// The broker's log so far.

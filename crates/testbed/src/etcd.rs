@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::place::Place;
+use crate::process::{find_tool, kill, tail, wait_for_port};
 use anyhow::{bail, Context, Result};
-use tempfile::TempDir;
-
-use crate::process::{find_tool, free_port, kill, tail, wait_for_port};
 
 const ETCD_INSTALL: &str = "apt-get install -y etcd-server";
 
@@ -25,7 +24,7 @@ struct Member {
 }
 
 pub struct EtcdCluster {
-    _root: TempDir,
+    root: Option<Place>,
     bin: PathBuf,
     initial_cluster: String,
     members: Vec<Member>,
@@ -37,54 +36,93 @@ impl EtcdCluster {
     /// and binding it by a test running in parallel, a slow machine) is tried again with
     /// fresh ports, up to three times.
     pub fn start(n: usize) -> Result<EtcdCluster> {
-        let mut last = None;
+        Self::start_in(Place::temp("haven-etcd-")?, n)
+    }
+
+    /// Starts `n` members in `place`: on the data and ports they had there (the cluster
+    /// keeps its keys, leases and revisions), or new ones. A first start that fails is
+    /// tried again on other ports; a cluster started before keeps its ports.
+    pub fn start_in(mut place: Place, n: usize) -> Result<EtcdCluster> {
         for attempt in 1..=3 {
-            match Self::try_start(n) {
+            match Self::try_start(place, n) {
                 Ok(c) => return Ok(c),
-                Err(e) => {
+                Err((p, e)) => {
                     eprintln!("etcd cluster start, attempt {attempt} of 3, failed: {e:#}");
-                    last = Some(e);
+                    if p.reused() || attempt == 3 {
+                        return Err(e);
+                    }
+                    place = p;
+                    place.reset()?;
                 }
             }
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd cluster did not start")))
+        bail!("etcd cluster did not start")
     }
 
-    fn try_start(n: usize) -> Result<EtcdCluster> {
-        let bin = find_tool("etcd", ETCD_INSTALL, &["/usr/bin"])?;
-        let root = tempfile::Builder::new().prefix("haven-etcd-").tempdir()?;
-        let mut members = Vec::new();
-        for i in 0..n {
-            let dir = root.path().join(format!("m{i}"));
-            std::fs::create_dir_all(&dir)?;
-            members.push(Member {
-                name: format!("m{i}"),
-                client_port: free_port()?,
-                peer_port: free_port()?,
-                log: root.path().join(format!("m{i}.log")),
-                dir,
-                child: None,
-            });
-        }
+    fn try_start(
+        place: Place,
+        n: usize,
+    ) -> std::result::Result<EtcdCluster, (Place, anyhow::Error)> {
+        let mut root = place;
+        let members = match Self::members(&mut root, n) {
+            Ok(m) => m,
+            Err(e) => return Err((root, e)),
+        };
+        let bin = match find_tool("etcd", ETCD_INSTALL, &["/usr/bin"]) {
+            Ok(b) => b,
+            Err(e) => return Err((root, e)),
+        };
         let initial_cluster = members
             .iter()
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let mut c = EtcdCluster {
-            _root: root,
+            root: Some(root),
             bin,
             initial_cluster,
             members,
         };
+        match c.spawn_all(n) {
+            Ok(()) => Ok(c),
+            Err(e) => {
+                // The members die here, before their directory is reset for a retry.
+                for i in 0..n {
+                    c.kill(i);
+                }
+                match c.root.take() {
+                    Some(root) => Err((root, e)),
+                    None => unreachable!("the place is taken only here"),
+                }
+            }
+        }
+    }
+
+    fn spawn_all(&mut self, n: usize) -> Result<()> {
         for i in 0..n {
-            c.spawn(i)?;
+            self.spawn(i)?;
         }
         for i in 0..n {
-            c.wait_member(i)?;
+            self.wait_member(i)?;
         }
-        c.wait_healthy(Duration::from_secs(30))?;
-        Ok(c)
+        self.wait_healthy(Duration::from_secs(30))
+    }
+
+    fn members(root: &mut Place, n: usize) -> Result<Vec<Member>> {
+        let mut members = Vec::new();
+        for i in 0..n {
+            let dir = root.path().join(format!("m{i}"));
+            std::fs::create_dir_all(&dir)?;
+            members.push(Member {
+                name: format!("m{i}"),
+                client_port: root.port(&format!("m{i}-client"))?,
+                peer_port: root.port(&format!("m{i}-peer"))?,
+                log: root.path().join(format!("m{i}.log")),
+                dir,
+                child: None,
+            });
+        }
+        Ok(members)
     }
 
     fn spawn(&mut self, i: usize) -> Result<()> {

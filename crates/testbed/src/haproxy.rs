@@ -3,10 +3,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::place::Place;
+use crate::process::{find_tool, kill, tail, wait_for_port};
 use anyhow::{Context, Result};
-use tempfile::TempDir;
-
-use crate::process::{find_tool, free_port, kill, tail, wait_for_port};
 
 /// One TCP backend behind its own frontend port.
 #[derive(Debug, Clone)]
@@ -21,18 +20,24 @@ pub struct HaproxyBackend {
 /// A throwaway HAProxy 2.6 in TCP mode: one frontend per backend on a free loopback port,
 /// and the runtime API on an admin unix socket. Stopped on drop.
 pub struct Haproxy {
-    dir: TempDir,
+    dir: Place,
     child: Option<Child>,
     ports: BTreeMap<String, u16>,
 }
 
 impl Haproxy {
     pub fn start(backends: &[HaproxyBackend]) -> Result<Haproxy> {
+        Haproxy::start_in(Place::temp("haven-haproxy-")?, backends)
+    }
+
+    /// [`Haproxy::start`] in `place`, each frontend on the port it had there. HAProxy
+    /// keeps no state: servers start as `backends` say (disabled ones stay so until the
+    /// runtime API readies them).
+    pub fn start_in(mut dir: Place, backends: &[HaproxyBackend]) -> Result<Haproxy> {
         let bin = find_tool("haproxy", "apt-get install -y haproxy", &["/usr/sbin"])?;
-        let dir = tempfile::Builder::new()
-            .prefix("haven-haproxy-")
-            .tempdir()?;
         let socket = dir.path().join("admin.sock");
+        // An old socket would read as this server's before it made its own.
+        let _ = std::fs::remove_file(&socket);
         let mut cfg = format!(
             "global\n  stats socket {} mode 600 level admin\n  stats timeout 2m\n\
              defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n",
@@ -40,7 +45,7 @@ impl Haproxy {
         );
         let mut ports = BTreeMap::new();
         for b in backends {
-            let port = free_port()?;
+            let port = dir.port(&b.name)?;
             ports.insert(b.name.clone(), port);
             cfg.push_str(&format!(
                 "frontend fe_{0}\n  bind 127.0.0.1:{port}\n  default_backend {0}\nbackend {0}\n",

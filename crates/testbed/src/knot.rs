@@ -2,15 +2,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::place::Place;
+use crate::process::{find_tool, kill, tail};
 use anyhow::{bail, Context, Result};
-use tempfile::TempDir;
-
-use crate::process::{find_tool, free_port, kill, tail};
 
 /// A throwaway Knot DNS 3.2 server, authoritative for one zone, that accepts RFC 2136
 /// updates signed with one TSIG key (hmac-sha256). Stopped on drop.
 pub struct Knot {
-    dir: TempDir,
+    dir: Place,
     child: Option<Child>,
     port: u16,
 }
@@ -19,9 +18,20 @@ impl Knot {
     /// Serves `zone` (e.g. `dr.example.`) with `records` (zone-file lines, relative names
     /// allowed) and accepts updates signed with key `key_name` / base64 `secret`.
     pub fn start(zone: &str, records: &[&str], key_name: &str, secret: &str) -> Result<Knot> {
+        Knot::start_in(Place::temp("haven-knot-")?, zone, records, key_name, secret)
+    }
+
+    /// [`Knot::start`] in `place`: a zone served there before keeps its records and the
+    /// updates it took (`records` only make a new zone).
+    pub fn start_in(
+        mut dir: Place,
+        zone: &str,
+        records: &[&str],
+        key_name: &str,
+        secret: &str,
+    ) -> Result<Knot> {
         let bin = find_tool("knotd", "apt-get install -y knot", &["/usr/sbin"])?;
-        let dir = tempfile::Builder::new().prefix("haven-knot-").tempdir()?;
-        let port = free_port()?;
+        let port = dir.port("dns")?;
         let d = dir.path().display();
         let conf = format!(
             "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\n\
@@ -34,6 +44,7 @@ impl Knot {
         std::fs::write(dir.path().join("knot.conf"), conf)?;
         // The journal (where updates go first) lives there.
         std::fs::create_dir_all(dir.path().join("db"))?;
+        let zone_path = dir.path().join("zone.db");
         let mut zonefile = format!(
             "$ORIGIN {zone}\n$TTL 5\n@ SOA ns.{zone} admin.{zone} 1 60 60 3600 5\n@ NS ns.{zone}\nns A 127.0.0.1\n"
         );
@@ -41,7 +52,9 @@ impl Knot {
             zonefile.push_str(r);
             zonefile.push('\n');
         }
-        std::fs::write(dir.path().join("zone.db"), zonefile)?;
+        if !zone_path.exists() {
+            std::fs::write(&zone_path, zonefile)?;
+        }
         let log = dir.path().join("knot.log");
         let mut child = Command::new(&bin)
             .arg("-c")

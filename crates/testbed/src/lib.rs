@@ -6,6 +6,8 @@
 //! [`Haproxy::start`] (HAProxy 2.6 with its runtime API), [`Knot::start`] (Knot DNS with TSIG
 //! updates), [`Browser::start`] (headless Chromium through ChromeDriver). Dropping the handle stops the server and removes its
 //! directory, also when a test panics; if the test is panicking, the server's log is printed.
+//! Each also starts in a kept [`Place`] (`start_in`): its data and ports stay for the next
+//! start, which is how `haven lab down` / `haven lab up` keep a lab's data.
 //! A missing server binary is an error that names the command installing it.
 
 mod broker;
@@ -14,6 +16,7 @@ mod etcd;
 mod haproxy;
 mod independent;
 mod knot;
+mod place;
 mod postgres;
 mod process;
 mod proxy;
@@ -25,6 +28,7 @@ pub use etcd::EtcdCluster;
 pub use haproxy::{Haproxy, HaproxyBackend};
 pub use independent::independent_read;
 pub use knot::Knot;
+pub use place::{Place, PORTS_FILE};
 pub use postgres::Postgres;
 pub use process::{find_tool, free_port};
 pub use proxy::DelayProxy;

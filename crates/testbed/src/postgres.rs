@@ -1,15 +1,15 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use crate::place::Place;
+use crate::process::{is_root, tail};
 use anyhow::{bail, Context, Result};
-use tempfile::TempDir;
-
-use crate::process::{free_port, is_root, tail};
 
 const PG_INSTALL: &str = "apt-get install -y postgresql";
 
 /// A throwaway Postgres cluster (initdb + pg_ctl) on a free loopback port, trust auth,
-/// superuser `postgres`, `wal_level = logical` (it can publish). Stopped and deleted on drop.
+/// superuser `postgres`, `wal_level = logical` (it can publish). Stopped and deleted on drop
+/// ([`Postgres::start_in`] a kept [`Place`]: stopped, kept, and started again on its data).
 ///
 /// fsync and full-page writes are off (only an operating-system crash would need them, and
 /// none is simulated), but `synchronous_commit` is on: a commit's WAL reaches the kernel
@@ -17,8 +17,10 @@ const PG_INSTALL: &str = "apt-get install -y postgresql";
 /// kill -9) keeps every acknowledged transaction, as a bank's would. With it off, the
 /// pg-crash drill measured an acknowledged transfer lost.
 pub struct Postgres {
-    dir: TempDir,
+    dir: Place,
     port: u16,
+    /// The data was there before this start.
+    reused: bool,
     bin: PathBuf,
     as_postgres_user: bool,
 }
@@ -51,12 +53,42 @@ fn pg_bin_dir() -> Result<PathBuf> {
     )
 }
 
+/// Lets the `postgres` user reach a kept cluster under `dir` (run as root, a lab directory
+/// may sit under a private one, as a test's temporary directory does): every ancestor
+/// without search permission for others gets it (`o+x`: entering, not listing), and the
+/// change is said on stderr.
+fn traversable(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for a in dir.ancestors().skip(1) {
+        let meta = std::fs::metadata(a)?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(a, std::fs::Permissions::from_mode(mode | 0o001))?;
+            eprintln!(
+                "testbed: {} made enterable by others (o+x) so that the postgres user reaches its cluster",
+                a.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Postgres {
     pub fn start() -> Result<Postgres> {
+        Postgres::start_in(Place::temp("haven-pg-")?)
+    }
+
+    /// Starts a cluster in `place`: on the data already there (and its recorded port), or
+    /// a new one.
+    pub fn start_in(mut place: Place) -> Result<Postgres> {
         let bin = pg_bin_dir()?;
-        let dir = tempfile::Builder::new().prefix("haven-pg-").tempdir()?;
+        let port = place.port("postgres")?;
+        let dir = place;
         let as_postgres_user = is_root();
         if as_postgres_user {
+            if dir.is_kept() {
+                let _ = traversable(dir.path());
+            }
             // initdb refuses to run as root: the cluster belongs to the `postgres` user.
             let st = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -69,14 +101,19 @@ impl Postgres {
                 );
             }
         }
-        let port = free_port()?;
-        let pg = Postgres {
+        let mut pg = Postgres {
             dir,
             port,
+            reused: false,
             bin,
             as_postgres_user,
         };
         let data = pg.data_dir();
+        if std::path::Path::new(&data).join("PG_VERSION").is_file() {
+            pg.reused = true;
+            pg.serve()?;
+            return Ok(pg);
+        }
         pg.run(
             "initdb",
             &[
@@ -152,6 +189,12 @@ impl Postgres {
         // Written in place: the file keeps its owner.
         std::fs::write(&path, out)?;
         Ok(())
+    }
+
+    /// Whether the cluster's data was there before this start (a kept place): its
+    /// schemas, roles and subscriptions are the ones it had.
+    pub fn reused(&self) -> bool {
+        self.reused
     }
 
     fn data_dir(&self) -> String {

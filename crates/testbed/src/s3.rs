@@ -2,10 +2,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::place::Place;
+use crate::process::{find_tool, kill, tail, wait_for_port};
 use anyhow::{bail, Context, Result};
-use tempfile::TempDir;
-
-use crate::process::{find_tool, free_port, kill, tail, wait_for_port};
 
 const GARAGE_INSTALL: &str =
     "cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite";
@@ -14,7 +13,7 @@ const GARAGE_INSTALL: &str =
 /// key allowed on every bucket made through [`S3Server::create_bucket`].
 pub struct S3Server {
     child: Option<Child>,
-    dir: TempDir,
+    dir: Place,
     exe: PathBuf,
     port: u16,
     rpc: u16,
@@ -26,23 +25,67 @@ impl S3Server {
     /// Starts a server on free ports. A port taken between choosing and binding (tests
     /// run side by side) makes Garage exit: then it is tried again on other ports.
     pub fn start() -> Result<S3Server> {
+        Self::start_in(Place::temp("haven-garage-")?)
+    }
+
+    /// Starts a server in `place`: on the buckets, key and ports it had there, or new
+    /// ones (tried again on other ports when one is taken before Garage binds it).
+    pub fn start_in(mut place: Place) -> Result<S3Server> {
+        if place.reused() {
+            return Self::start_again(place);
+        }
         let mut tries = 0;
         loop {
-            match Self::start_once() {
+            match Self::start_once(&mut place) {
                 Err(e) if tries < 3 && format!("{e:#}").contains("Address already in use") => {
                     tries += 1;
+                    place.reset()?;
                 }
-                other => return other,
+                Err(e) => return Err(e),
+                Ok((child, port, rpc, key_id, secret)) => {
+                    return Ok(S3Server {
+                        child: Some(child),
+                        dir: place,
+                        exe: find_tool("garage", GARAGE_INSTALL, &[])?,
+                        port,
+                        rpc,
+                        key_id,
+                        secret,
+                    })
+                }
             }
         }
     }
 
-    fn start_once() -> Result<S3Server> {
+    /// A kept server started again: its config, key and data are in its place.
+    fn start_again(mut place: Place) -> Result<S3Server> {
         let exe = find_tool("garage", GARAGE_INSTALL, &[])?;
-        let dir = tempfile::Builder::new().prefix("haven-garage-").tempdir()?;
-        let port = free_port()?;
-        let rpc = free_port()?;
-        let admin = free_port()?;
+        let (port, rpc) = (place.port("s3")?, place.port("rpc")?);
+        place.port("admin")?;
+        let key_file = place.path().join(KEY_FILE);
+        let key: (String, String) = serde_json::from_slice(
+            &std::fs::read(&key_file).with_context(|| format!("read {}", key_file.display()))?,
+        )
+        .with_context(|| format!("{} is not a key", key_file.display()))?;
+        let mut s = S3Server {
+            child: None,
+            dir: place,
+            exe,
+            port,
+            rpc,
+            key_id: key.0,
+            secret: key.1,
+        };
+        s.restart()?;
+        Ok(s)
+    }
+
+    fn start_once(place: &mut Place) -> Result<(Child, u16, u16, String, String)> {
+        let exe = find_tool("garage", GARAGE_INSTALL, &[])?;
+        let port = place.port("s3")?;
+        let rpc = place.port("rpc")?;
+        let admin = place.port("admin")?;
+        let dir = place.path().to_path_buf();
         let secret = hex32();
         let config = format!(
             r#"metadata_dir = "{d}/meta"
@@ -64,14 +107,16 @@ root_domain = ".s3.garage.localhost"
 api_bind_addr = "127.0.0.1:{admin}"
 admin_token = "{token}"
 "#,
-            d = dir.path().display(),
+            d = dir.display(),
             token = hex32(),
         );
-        std::fs::write(dir.path().join("garage.toml"), config)?;
-        let log = dir.path().join("garage.log");
+        std::fs::write(dir.join("garage.toml"), config)?;
+        let log = dir.join("garage.log");
+        // A handle on the same directory (kept: dropping it removes nothing) stops the
+        // server if its setup fails; the caller's place owns the files.
         let mut s = S3Server {
             child: None,
-            dir,
+            dir: Place::kept(&dir)?,
             exe,
             port,
             rpc,
@@ -81,7 +126,10 @@ admin_token = "{token}"
         s.spawn()?;
         s.setup()
             .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&log)))?;
-        Ok(s)
+        let key = serde_json::to_vec(&(&s.key_id, &s.secret))?;
+        std::fs::write(dir.join(KEY_FILE), key)?;
+        let child = s.child.take().context("the server stopped")?;
+        Ok((child, port, rpc, s.key_id.clone(), s.secret.clone()))
     }
 
     /// Starts the server process on the config and data in its directory.
@@ -195,6 +243,11 @@ admin_token = "{token}"
         Ok(())
     }
 
+    /// Whether the server was started on the buckets of an earlier one (a kept place).
+    pub fn reused(&self) -> bool {
+        self.dir.reused()
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -232,6 +285,9 @@ impl Drop for S3Server {
         }
     }
 }
+
+/// Where a kept server's access key is (`[key id, secret]`).
+const KEY_FILE: &str = "key.json";
 
 fn hex32() -> String {
     let bytes: [u8; 32] = rand::random();

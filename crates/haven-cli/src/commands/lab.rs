@@ -14,7 +14,8 @@ use crate::Ctx;
 pub enum Command {
     /// Start the lab in the background (nothing happens if it already runs).
     Up(UpArgs),
-    /// Stop the lab and every server in it.
+    /// Stop the lab and every server in it; their data stays in DIR/servers for the next
+    /// `up` in DIR (remove DIR to start afresh).
     Down(DownArgs),
     /// Every part of the lab, whether it answers, and the active region (exit 1 unless all
     /// are up and a region holds the lease).
@@ -159,6 +160,16 @@ async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<u8> {
                 "the lab in {} already runs (pid {})",
                 dir.display(),
                 state.pid
+            );
+        } else if state.reused {
+            outln!(
+                "lab up in {:.1} s on the data kept in {}: {} active ({} failover, lease TTL {} s, {} ms between regions)",
+                state.startup_s,
+                dir.join(haven_lab::SERVERS_DIR).display(),
+                state.active.to_uppercase(),
+                state.mode,
+                state.lease_ttl_s,
+                state.link_ms
             );
         } else {
             outln!(

@@ -43,7 +43,11 @@ fn produce(bootstrap: &str, topic: &str) -> String {
         .set("enable.idempotence", "true")
         .create()
         .expect("a producer");
-    let key = format!("transfer-{}", std::process::id());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let key = format!("transfer-{}-{nanos}", std::process::id());
     p.send(
         BaseRecord::to(topic)
             .partition(2)
@@ -88,7 +92,8 @@ fn arrives(bootstrap: &str, topic: &str, key: &str) -> bool {
 }
 
 #[test]
-fn lab_comes_up_in_the_background_mirrors_and_goes_down_leaving_nothing_running() {
+fn lab_comes_up_in_the_background_mirrors_goes_down_leaving_nothing_running_and_comes_back_on_its_data(
+) {
     let dir = tempfile::tempdir().unwrap();
     let d = path(dir.path());
     let _down = Down(d.clone());
@@ -172,6 +177,15 @@ fn lab_comes_up_in_the_background_mirrors_and_goes_down_leaving_nothing_running(
         2
     );
 
+    // Data to keep: a row in US's database (replicated to EU), the epoch.
+    let (pg_us_url, pg_eu_url) = (
+        e["postgres_us"].as_str().unwrap().to_string(),
+        e["postgres_eu"].as_str().unwrap().to_string(),
+    );
+    sql(&pg_us_url, "INSERT INTO accounts (owner) VALUES ('kept-1')");
+    until_rows(&pg_eu_url, "kept-1", 1);
+    let epoch = status["epoch"].as_u64().expect("an epoch");
+
     // Down: the supervisor and every server are gone.
     let pg_us = port(e["postgres_us"].as_str().unwrap());
     let etcd = port(e["etcd"][0].as_str().unwrap());
@@ -189,6 +203,70 @@ fn lab_comes_up_in_the_background_mirrors_and_goes_down_leaving_nothing_running(
     // Down again: nothing to do, not an error.
     let again = json(&haven(&["--json", "lab", "down", "--dir", &d]));
     assert_eq!(again["stopped"], Value::Bool(false));
+
+    // Up again: on the same data and ports, US active again, its epoch never lower.
+    let back = json(&haven(&[
+        "--json",
+        "lab",
+        "up",
+        "--dir",
+        &d,
+        "--lease-ttl-s",
+        "3",
+    ]));
+    assert_eq!(back["reused"], Value::Bool(true), "{back}");
+    assert_eq!(back["endpoints"], state["endpoints"], "the endpoints moved");
+    assert_eq!(back["active"], "us", "{back}");
+    let out = haven(&["--json", "lab", "status", "--dir", &d]);
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(code(&out), 0, "status after up again: {status}");
+    assert!(
+        status["epoch"].as_u64().expect("an epoch") >= epoch,
+        "{status}"
+    );
+    // The row is in both databases, the record in both clusters, and both links work
+    // again: replication (a new row reaches EU) and the mirror (a new record reaches EU).
+    assert_eq!(rows(&pg_us_url, "kept-1"), 1);
+    assert_eq!(rows(&pg_eu_url, "kept-1"), 1);
+    assert!(arrives(us, topic, &key), "{key} is no longer on US");
+    assert!(arrives(eu, topic, &key), "{key} is no longer on EU");
+    sql(&pg_us_url, "INSERT INTO accounts (owner) VALUES ('kept-2')");
+    until_rows(&pg_eu_url, "kept-2", 1);
+    let key2 = produce(us, topic);
+    assert_ne!(key2, key);
+    assert!(
+        arrives(eu, topic, &key2),
+        "{key2} did not reach EU after up again"
+    );
+    let down = json(&haven(&["--json", "lab", "down", "--dir", &d]));
+    assert_eq!(down["stopped"], Value::Bool(true));
+}
+
+/// Rows of `accounts` owned by `owner`.
+fn rows(url: &str, owner: &str) -> i64 {
+    let (url, owner) = (url.to_string(), owner.to_string());
+    haven_lab::rt().block_on(async move {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        c.query_one("SELECT count(*) FROM accounts WHERE owner = $1", &[&owner])
+            .await
+            .expect("count")
+            .get(0)
+    })
+}
+
+/// Waits (30 s at most) until `accounts` holds `n` rows owned by `owner`.
+fn until_rows(url: &str, owner: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows(url, owner) != n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} rows of {owner} never reached {url}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn sql(url: &str, statement: &str) {
