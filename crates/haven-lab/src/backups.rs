@@ -175,8 +175,12 @@ pub fn backup_args(region: &str, port: u16) -> Vec<String> {
         "backup".into(),
         "--job".into(),
         repository(region),
+        // The timeline of the ledger's service's group, which `haven recover` rewinds from
+        // (tansu cannot list groups: it is named).
         "--group-interval".into(),
-        "0".into(),
+        "1".into(),
+        "--group".into(),
+        crate::ledger::service::GROUP.into(),
         "--metrics-addr".into(),
         format!("127.0.0.1:{port}"),
     ]

@@ -538,6 +538,13 @@ fn with_kafka(text: &str, us: &str, eu: &str, groups: &[String]) -> String {
             "[regions.us]\ncluster = \"us\"\nmirror_in = \"eu-to-us\"\n",
         );
     let mut out = text;
+    // The ledger's downstream service (`ledger::service`): what `haven recover` rewinds
+    // when its database is restored to an earlier point.
+    out.push_str(&format!(
+        "\n[services.{}]\nconsumes = [\"{TRANSFERS_TOPIC}\"]\ngroups = [\"{}\"]\n",
+        crate::ledger::service::SERVICE,
+        crate::ledger::service::GROUP
+    ));
     for (from, to) in [("us", "eu"), ("eu", "us")] {
         out.push_str(&format!(
             "\n[mirrors.{from}-to-{to}]\nfrom = \"{from}\"\nto = \"{to}\"\ntopics = \"ledger\\\\..*\"\n"

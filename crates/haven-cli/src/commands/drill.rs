@@ -39,6 +39,12 @@ pub enum Command {
     ///                  the [failback] policies, re-seeded from EU (databases, topics
     ///                  rebuilt), and switched back to US; both regions' topics then
     ///                  hold the same records in the same order
+    ///   earlier-database
+    ///                  the database of the ledger's downstream service (balances, group
+    ///                  ledger-balances) restored to a point --down-s earlier: the lost
+    ///                  transfers are seen, `haven recover` rewinds the group from US's
+    ///                  backup, the service reads again, and its database must equal
+    ///                  its events (each applied once, every balance equal)
     ///
     /// Measured: RTO (the fault to the first transfer EU acknowledges; for the backup
     /// drills, the fault to the backup caught up or the restore reconciled), RPO (acknowledged
@@ -96,7 +102,7 @@ pub struct ScheduleArgs {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// region-outage, switchover, partition, pg-crash, broker-crash, object-store-outage,
-    /// corrupted-backup, segregated-restore or failback.
+    /// corrupted-backup, segregated-restore, failback or earlier-database.
     #[arg(value_name = "SCENARIO")]
     scenario: String,
     /// The lab's directory (`haven lab up --dir DIR`).

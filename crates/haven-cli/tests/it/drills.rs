@@ -1,5 +1,5 @@
 //! `haven drill run` on the real lab, shortened: the region-outage, switchover, partition,
-//! Postgres-crash, broker-crash and backup drills must PASS, and their evidence must say
+//! Postgres-crash, broker-crash, earlier-database and backup drills must PASS, and their evidence must say
 //! so, in JSON and in a page a browser shows.
 
 use std::process::Command;
@@ -176,6 +176,8 @@ fn a_switchover_drill_there_and_back_loses_nothing() {
 
 /// A Postgres crash and a broker crash in US, each recovered in place on one lab: US
 /// stays active, transfers resume, nothing acknowledged is lost, every event arrives once.
+/// Then the downstream service's database restored to an earlier point, recovered by
+/// `haven recover` (rewind, read again) until it equals its events.
 #[test]
 fn crashes_recovered_in_place_lose_nothing_and_fail_nothing_over() {
     let lab = LabDir::up();
@@ -204,6 +206,46 @@ fn crashes_recovered_in_place_lose_nothing_and_fail_nothing_over() {
         assert!(
             steps.iter().any(|s| s.starts_with("server started again")),
             "{scenario}: {steps:?}"
+        );
+    }
+    earlier_database(&lab);
+}
+
+/// The earlier-database drill on a lab whose topic holds the crash drills' transfers.
+fn earlier_database(lab: &LabDir) {
+    let (rc, r) = drill(lab, "earlier-database", &["--down-s", "4"]);
+    // W1-W9, A1 (US stays active), E1 (the restore's damage seen), E2 (equal afterwards).
+    assert_pass_with(rc, &r, 12);
+    let e1 = invariant(&r, "E1");
+    let missing: u64 = e1["detail"]
+        .as_str()
+        .and_then(|d| d.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(missing > 0, "the restore lost nothing to repair: {e1}");
+    let e2 = invariant(&r, "E2");
+    assert!(
+        e2["detail"].as_str().unwrap().contains("applied once each"),
+        "{e2}"
+    );
+    let m = &r["measured"];
+    assert_eq!(m["lost"], 0, "{m}");
+    assert_eq!(m["active_after"], "us", "{m}");
+    let steps: Vec<&str> = r["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["what"].as_str().unwrap())
+        .collect();
+    for step in [
+        "impact seen",
+        "recovery planned",
+        "recovery applied",
+        "service read again",
+    ] {
+        assert!(
+            steps.iter().any(|s| s.starts_with(step)),
+            "{step}: {steps:?}"
         );
     }
 }

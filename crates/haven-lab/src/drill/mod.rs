@@ -20,6 +20,7 @@ use crate::ledger::workload::{self, now_ms, Tick, WorkloadOptions};
 use crate::ledger::LATENCY_FILE;
 
 mod backups;
+mod earlier_db;
 mod failback;
 mod reconcile;
 mod report;
@@ -271,8 +272,13 @@ pub async fn run(
             }
             Scenario::ObjectStoreOutage
             | Scenario::CorruptedBackup
-            | Scenario::SegregatedRestore => {
+            | Scenario::SegregatedRestore
+            | Scenario::EarlierDatabase => {
                 let outcome = match o.scenario {
+                    Scenario::EarlierDatabase => {
+                        earlier_db::earlier_database(o, &lab, &dir, &mut timeline, &say, &stop)
+                            .await
+                    }
                     Scenario::ObjectStoreOutage => {
                         backups::object_store_outage(o, &lab, &mut timeline, &say, &stop).await
                     }

@@ -32,6 +32,10 @@ pub enum Scenario {
     /// fenced, captured, reconciled by policy, re-seeded from EU (databases and topics),
     /// and a planned switchover back to US.
     Failback,
+    /// The database of the ledger's downstream service restored to an earlier point under
+    /// the load: impact seen, group rewound by `haven recover`, events read again, and the
+    /// database equal to its events afterwards.
+    EarlierDatabase,
 }
 
 impl Scenario {
@@ -46,10 +50,11 @@ impl Scenario {
             "corrupted-backup" => Scenario::CorruptedBackup,
             "segregated-restore" => Scenario::SegregatedRestore,
             "failback" => Scenario::Failback,
+            "earlier-database" => Scenario::EarlierDatabase,
             other => bail!(
                 "unknown scenario {other:?}: region-outage, switchover, partition, pg-crash, \
-                 broker-crash, object-store-outage, corrupted-backup, segregated-restore or \
-                 failback (a database restored to an earlier point is not built yet)"
+                 broker-crash, object-store-outage, corrupted-backup, segregated-restore, \
+                 failback or earlier-database"
             ),
         })
     }
@@ -65,6 +70,7 @@ impl Scenario {
             Scenario::CorruptedBackup => "corrupted-backup",
             Scenario::SegregatedRestore => "segregated-restore",
             Scenario::Failback => "failback",
+            Scenario::EarlierDatabase => "earlier-database",
         }
     }
 
@@ -104,6 +110,9 @@ impl Scenario {
             }
             Scenario::Failback => {
                 "US lost at once under the ledger load and EU fails over automatically (as in the region outage); then, with EU taking the load, US comes back fenced and is failed back: what it wrote that EU never got is captured (every transfer EU lost must be in it) and reconciled under the [failback] policies, its databases are re-seeded and its topics rebuilt from EU's, and a planned switchover brings the load back to US, losing nothing more. Afterwards both regions' transfer topics hold the same records in the same order."
+            }
+            Scenario::EarlierDatabase => {
+                "The database of the ledger's downstream service (balances, fed by ledger.transfers through its consumer group) is restored to an earlier point under the load, as after a restore from an older backup, and the service carries on from its latest offsets: the transfers it applied since are lost to it (the impact, which must be seen). It is recovered the event-driven way with Haven's commands: `haven recover` plans from US's backup (the group's offsets at that point), `recover --apply` rewinds the group, and the service reads again, skipping what its database holds. Afterwards its database must equal the events it committed past: each applied once, every balance equal. The ledger itself loses nothing."
             }
             Scenario::SegregatedRestore => {
                 "US's backup is restored into a segregated cluster (a broker of the drill's own) under the ledger load and reconciled: record by record with the source, and every restored transfer event against the database. Non-disruptive: US stays active and loses nothing; its RTO is the restore and the reconciliation."

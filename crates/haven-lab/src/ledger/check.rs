@@ -90,7 +90,7 @@ fn unchecked(mut i: Invariant, why: String) -> Invariant {
     i
 }
 
-fn opening(account: i32) -> i64 {
+pub(crate) fn opening(account: i32) -> i64 {
     if account <= FLAGGED {
         super::FLAGGED_OPENING
     } else {
@@ -101,10 +101,12 @@ fn opening(account: i32) -> i64 {
 /// One event of the topic: its transfer and its coordinates.
 pub(crate) struct Event {
     pub(crate) id: String,
-    src: i32,
-    dst: i32,
-    amount: i64,
+    pub(crate) src: i32,
+    pub(crate) dst: i32,
+    pub(crate) amount: i64,
     at: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
 }
 
 /// Every event of `topic` on `bootstrap` (blocking).
@@ -136,6 +138,8 @@ pub(crate) fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Eve
                     dst: v["dst"].as_i64().unwrap_or(0) as i32,
                     amount: v["amount"].as_i64().unwrap_or(0),
                     at: format!("{topic}/{p}/{}", m.offset()),
+                    partition: p,
+                    offset: m.offset(),
                 });
                 true
             },

@@ -17,6 +17,7 @@
 //! older than the fault minus the RPO target is present.
 
 pub mod check;
+pub mod service;
 pub mod workload;
 
 /// The ledger's tables, on both regions' databases (created before replication starts).
