@@ -1,7 +1,7 @@
 //! The consumer-group timeline: sampled committed offsets, stored as changes only.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use haven_format::GroupCommit;
 use haven_kafka::ClusterConfig;
@@ -16,6 +16,17 @@ pub struct GroupSampler {
     exclude: BTreeSet<String>,
     /// Groups always sampled, even when the cluster cannot list its groups.
     named: BTreeSet<String>,
+    /// Group listings that failed in a row, and when to list again: a cluster that
+    /// cannot list its groups (tansu) is asked again after 10 s, 20 s, ... at most every
+    /// 5 minutes, not at every sample (it was a warning a second, and a dropped
+    /// connection each time).
+    list_failures: u32,
+    list_after: Option<Instant>,
+}
+
+/// How long to wait before listing the groups again after `failures` failures in a row.
+pub fn listing_backoff(failures: u32) -> Duration {
+    Duration::from_secs(5u64 << failures.min(6)).min(Duration::from_secs(300))
 }
 
 impl GroupSampler {
@@ -28,6 +39,8 @@ impl GroupSampler {
             last: known.clone(),
             exclude: exclude.into_iter().collect(),
             named: named.into_iter().collect(),
+            list_failures: 0,
+            list_after: None,
         }
     }
 
@@ -43,9 +56,26 @@ impl GroupSampler {
     ) -> Result<(usize, Vec<GroupCommit>, Option<String>)> {
         let timeout = Duration::from_secs(10);
         let inspector = cluster.inspector("haven-inspector")?;
-        let (listed, discovery_error) = match haven_kafka::list_groups(&inspector, timeout) {
-            Ok(g) => (g, None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
+        let due = self.list_after.is_none_or(|t| Instant::now() >= t);
+        let (listed, discovery_error) = if !due {
+            (Vec::new(), None)
+        } else {
+            match haven_kafka::list_groups(&inspector, timeout) {
+                Ok(g) => {
+                    self.list_failures = 0;
+                    self.list_after = None;
+                    (g, None)
+                }
+                Err(e) => {
+                    self.list_failures += 1;
+                    let wait = listing_backoff(self.list_failures);
+                    self.list_after = Some(Instant::now() + wait);
+                    (
+                        Vec::new(),
+                        Some(format!("{e} (asked again in {} s)", wait.as_secs())),
+                    )
+                }
+            }
         };
         let groups: Vec<String> = listed
             .into_iter()
@@ -95,5 +125,18 @@ impl GroupSampler {
             }
         }
         Ok((groups.len(), changes, discovery_error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listing_backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn a_cluster_that_cannot_list_groups_is_asked_less_and_less_often() {
+        let waits: Vec<u64> = (1..=9).map(|f| listing_backoff(f).as_secs()).collect();
+        assert_eq!(waits, vec![10, 20, 40, 80, 160, 300, 300, 300, 300]);
+        assert!(listing_backoff(u32::MAX) <= Duration::from_secs(300));
     }
 }
