@@ -494,3 +494,79 @@ fn topics_of(b: &testbed::Broker) -> Vec<String> {
         .map(|t| t.name)
         .collect()
 }
+
+/// The agent runs a scheduled restore test of its region by itself when it falls due (a
+/// test never run is due at once): a report appears in the repository, PASS, without
+/// anyone running `drill schedule --run`. A test of another region is left alone.
+#[test]
+fn the_agent_runs_a_restore_test_of_its_region_when_it_falls_due() {
+    use testbed::{Broker, EtcdCluster};
+    let (src, seg) = (Broker::start().unwrap(), Broker::start().unwrap());
+    src.create_topic("payments", 1).unwrap();
+    src.produce("payments", &crate::backup::edge_records(40, 1))
+        .unwrap();
+    let etcd = EtcdCluster::start(3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    crate::backup_once(
+        &src,
+        &path(&repo),
+        "payments",
+        &["--group-interval", "0"],
+        &[],
+    );
+    let cfg = dir.path().join("haven.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[clusters.us]\nbootstrap = \"{}\"\n[clusters.eu]\nbootstrap = \"127.0.0.1:1\"\n\
+             [clusters.scratch]\nbootstrap = \"{}\"\n\
+             [repositories.main]\nurl = \"{}\"\n\
+             [regions.us]\ncluster = \"us\"\n[regions.eu]\ncluster = \"eu\"\n\
+             [coordination]\nendpoints = {:?}\nlease_ttl_s = 3\n\
+             [failover]\nprimary = \"us\"\nstandby = \"eu\"\nmode = \"manual\"\n\
+             [drills.nightly]\nregion = \"us\"\nrepository = \"main\"\nsource = \"us\"\n\
+             target = \"scratch\"\ntopics = \"payments\"\nevery_s = 3600\n\
+             [drills.eu-nightly]\nregion = \"eu\"\nrepository = \"main\"\nsource = \"us\"\n\
+             target = \"scratch\"\ntopics = \"payments\"\nevery_s = 3600\n",
+            src.bootstrap(),
+            seg.bootstrap(),
+            path(&repo),
+            etcd.endpoints(),
+        ),
+    )
+    .unwrap();
+    let c = path(&cfg);
+    let port = testbed::free_port().unwrap();
+    let mut agent = crate::lab::spawn_agent(&c, "us", port, &dir.path().join("agent-us"));
+    let last = |name: &str| -> Value {
+        let out = haven(&["--config", &c, "--json", "drill", "schedule"]);
+        let list: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {}", crate::stderr(&out)));
+        list.as_array()
+            .unwrap_or_else(|| panic!("not a list: {list}"))
+            .iter()
+            .find(|d| d["name"] == name)
+            .map(|d| d["last"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut seen = Value::Null;
+    while std::time::Instant::now() < deadline {
+        seen = last("nightly");
+        if !seen.is_null() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(dir.path().join("agent-us.log")).unwrap_or_default();
+    assert_eq!(seen["verdict"], "PASS", "{seen:#}\nagent log:\n{log}");
+    assert!(seen["id"].as_str().unwrap().contains("nightly"), "{seen:#}");
+    // EU's test is EU's agent's to run.
+    assert!(
+        last("eu-nightly").is_null(),
+        "US's agent ran EU's restore test"
+    );
+}
