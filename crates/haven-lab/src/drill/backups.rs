@@ -486,7 +486,11 @@ pub(super) async fn corrupted_backup(
 }
 
 /// Runs `haven --config CFG ARGS...`: whether it succeeded, and its stdout and stderr.
-async fn haven(o: &DrillOptions, lab: &LabState, args: &[&str]) -> anyhow::Result<(bool, String)> {
+pub(super) async fn haven(
+    o: &DrillOptions,
+    lab: &LabState,
+    args: &[&str],
+) -> anyhow::Result<(bool, String)> {
     let out = tokio::process::Command::new(&o.haven)
         .arg("--config")
         .arg(&lab.config)

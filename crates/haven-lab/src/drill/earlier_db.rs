@@ -155,7 +155,10 @@ async fn phase(
         ],
     )
     .await?;
-    step(format!("recovery applied: {}", last_line(&applied)));
+    step(format!(
+        "recovery applied: {}",
+        line_with(&applied, "applied")
+    ));
     let running = Service::start(&bootstrap, TRANSFERS_TOPIC, &db)?;
     step("service started again on the rewound group".into());
     caught_up(&bootstrap, Duration::from_secs(120), stop).await?;
@@ -274,33 +277,26 @@ fn service_lag(bootstrap: &str) -> anyhow::Result<i64> {
     Ok(lag)
 }
 
-/// Runs `haven --config LAB ARGS...`; its standard output, or its error.
+/// Runs `haven --config LAB ARGS...`; its output, or an error holding it.
 async fn haven(o: &DrillOptions, lab: &LabState, args: &[String]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new(&o.haven)
-        .arg("--config")
-        .arg(&lab.config)
-        .args(args)
-        .output()
-        .await
-        .with_context(|| format!("run {}", o.haven.display()))?;
-    if !out.status.success() {
-        bail!(
-            "haven {} failed ({}): {}",
-            args.first().map(String::as_str).unwrap_or(""),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, output) = super::backups::haven(o, lab, &args).await?;
+    if !ok {
+        bail!("haven {} failed: {}", args.join(" "), output.trim());
     }
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    Ok(output)
 }
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").trim().to_string()
 }
 
-fn last_line(s: &str) -> String {
+/// The last line mentioning `word`, else the last line (the output holds stdout, then
+/// stderr).
+fn line_with(s: &str, word: &str) -> String {
     s.lines()
-        .rfind(|l| !l.trim().is_empty())
+        .rfind(|l| l.contains(word))
+        .or_else(|| s.lines().rfind(|l| !l.trim().is_empty()))
         .unwrap_or("")
         .trim()
         .to_string()
