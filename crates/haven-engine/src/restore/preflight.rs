@@ -31,18 +31,29 @@ impl DamagedChunk {
     }
 }
 
-/// Reads every chunk of the plan; the damaged ones. A store that does not answer is an
-/// error (not damage): nothing is concluded about the backup from an outage.
+/// Chunks checked at once: the reads overlap (a store's latency, a file's open and
+/// read), which one by one cost a restore of 512 MiB 14 % more than a plain producer.
+const CHECKS_IN_FLIGHT: usize = 8;
+
+/// Reads every chunk of the plan; the damaged ones, in the plan's order. A store that
+/// does not answer is an error (not damage): nothing is concluded about the backup from
+/// an outage.
 pub async fn preflight(
     repo: &Repository,
     state: &RepoState,
     plan: &RestorePlan,
 ) -> Result<Vec<DamagedChunk>> {
-    let mut out = Vec::new();
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    let mut chunks = Vec::new();
     for pp in &plan.partitions {
         for chunk in plan::chunks_of(state, pp)? {
+            chunks.push((pp, chunk));
+        }
+    }
+    let checked: Vec<Option<DamagedChunk>> = stream::iter(chunks)
+        .map(|(pp, chunk)| async move {
             let what = match repo.check_chunk(chunk).await {
-                Ok(_) => continue,
+                Ok(_) => return Ok(None),
                 Err(Error::Format { source, .. }) => source.to_string(),
                 Err(Error::Storage(haven_storage::StorageError::NotFound { key })) => {
                     format!("{key} is missing")
@@ -50,7 +61,7 @@ pub async fn preflight(
                 Err(Error::Key(e)) => e,
                 Err(e) => return Err(e),
             };
-            out.push(DamagedChunk {
+            Ok(Some(DamagedChunk {
                 object: chunk.key.clone(),
                 ordinal: chunk.meta.ordinal,
                 topic: pp.source_topic.clone(),
@@ -58,10 +69,12 @@ pub async fn preflight(
                 first_offset: chunk.meta.first_offset,
                 last_offset: chunk.meta.last_offset,
                 what,
-            });
-        }
-    }
-    Ok(out)
+            }))
+        })
+        .buffered(CHECKS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    Ok(checked.into_iter().flatten().collect())
 }
 
 /// The refusal of a restore from a damaged backup: every damaged object named, nothing
