@@ -74,7 +74,7 @@ struct ChunkCache {
     bytes: usize,
 }
 
-const CHUNK_CACHE_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const CHUNK_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 impl ChunkCache {
     fn get(&mut self, k: &ChunkId) -> Option<std::sync::Arc<Vec<u8>>> {
