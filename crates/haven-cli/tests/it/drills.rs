@@ -350,20 +350,7 @@ fn backup_drills_reconcile_hold_on_through_an_outage_and_find_the_damage() {
 /// refused when the config is read.
 #[test]
 fn a_scheduled_restore_test_reconciles_a_segregated_restore_and_finds_damage() {
-    use testbed::Broker;
-    let (src, seg) = (Broker::start().unwrap(), Broker::start().unwrap());
-    src.create_topic("payments", 2).unwrap();
-    src.produce("payments", &crate::backup::edge_records(120, 2))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    crate::backup_once(
-        &src,
-        &path(&repo),
-        "payments",
-        &["--group-interval", "0"],
-        &[],
-    );
+    let (src, seg, dir, repo) = backed_up_payments(120, 2);
     let cfg = dir.path().join("haven.toml");
     let config = |target: &str, keep: bool| {
         format!(
@@ -500,21 +487,8 @@ fn topics_of(b: &testbed::Broker) -> Vec<String> {
 /// anyone running `drill schedule --run`. A test of another region is left alone.
 #[test]
 fn the_agent_runs_a_restore_test_of_its_region_when_it_falls_due() {
-    use testbed::{Broker, EtcdCluster};
-    let (src, seg) = (Broker::start().unwrap(), Broker::start().unwrap());
-    src.create_topic("payments", 1).unwrap();
-    src.produce("payments", &crate::backup::edge_records(40, 1))
-        .unwrap();
-    let etcd = EtcdCluster::start(3).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    crate::backup_once(
-        &src,
-        &path(&repo),
-        "payments",
-        &["--group-interval", "0"],
-        &[],
-    );
+    let (src, seg, dir, repo) = backed_up_payments(40, 1);
+    let etcd = testbed::EtcdCluster::start(3).unwrap();
     let cfg = dir.path().join("haven.toml");
     std::fs::write(
         &cfg,
@@ -569,4 +543,34 @@ fn the_agent_runs_a_restore_test_of_its_region_when_it_falls_due() {
         last("eu-nightly").is_null(),
         "US's agent ran EU's restore test"
     );
+}
+
+/// A source broker with `n` records in `payments` (`partitions` of them) backed up into
+/// DIR/repo, and a segregated broker to restore into: (source, segregated, DIR, repo).
+fn backed_up_payments(
+    n: usize,
+    partitions: i32,
+) -> (
+    testbed::Broker,
+    testbed::Broker,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let (src, seg) = (
+        testbed::Broker::start().unwrap(),
+        testbed::Broker::start().unwrap(),
+    );
+    src.create_topic("payments", partitions).unwrap();
+    src.produce("payments", &crate::backup::edge_records(n, partitions))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    crate::backup_once(
+        &src,
+        &path(&repo),
+        "payments",
+        &["--group-interval", "0"],
+        &[],
+    );
+    (src, seg, dir, repo)
 }
