@@ -213,7 +213,11 @@ fn crashes_recovered_in_place_lose_nothing_and_fail_nothing_over() {
 
 /// The earlier-database drill on a lab whose topic holds the crash drills' transfers.
 fn earlier_database(lab: &LabDir) {
-    let (rc, r) = drill(lab, "earlier-database", &["--down-s", "4"]);
+    // Against the scenario's own RTO objective (60 s, the target): its RTO is the
+    // restore to an exact database, through a plan, a rewind and a re-read, and on this
+    // 2-core machine beside the other tests it took 31.7 s in a clean-clone CI run
+    // (17.8-18.9 s alone). The other assertions are unchanged.
+    let (rc, r) = drill_within(lab, "earlier-database", &["--down-s", "4"], "60");
     // W1-W9, A1 (US stays active), E1 (the restore's damage seen), E2 (equal afterwards).
     assert_pass_with(rc, &r, 12);
     let e1 = invariant(&r, "E1");
