@@ -197,12 +197,7 @@ fn crashes_recovered_in_place_lose_nothing_and_fail_nothing_over() {
             // Transfers never depended on the broker: one is taken while it is down.
             assert!(rto < 3.0, "{scenario}: RTO {rto}");
         }
-        let steps: Vec<&str> = r["timeline"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["what"].as_str().unwrap())
-            .collect();
+        let steps = timeline(&r);
         assert!(
             steps.iter().any(|s| s.starts_with("server started again")),
             "{scenario}: {steps:?}"
@@ -235,12 +230,7 @@ fn earlier_database(lab: &LabDir) {
     let m = &r["measured"];
     assert_eq!(m["lost"], 0, "{m}");
     assert_eq!(m["active_after"], "us", "{m}");
-    let steps: Vec<&str> = r["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["what"].as_str().unwrap())
-        .collect();
+    let steps = timeline(&r);
     for step in [
         "impact seen",
         "recovery planned",
@@ -577,4 +567,14 @@ fn backed_up_payments(
         &[],
     );
     (src, seg, dir, repo)
+}
+
+/// What each step of a report's timeline says.
+fn timeline(r: &Value) -> Vec<&str> {
+    r["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["what"].as_str().unwrap())
+        .collect()
 }

@@ -247,7 +247,7 @@ async fn caught_up(
     let started = Instant::now();
     loop {
         let b = bootstrap.to_string();
-        let lag = tokio::task::spawn_blocking(move || service_lag(&b)).await??;
+        let lag = tokio::task::spawn_blocking(move || service::lag(&b, TRANSFERS_TOPIC)).await??;
         if lag <= 20 {
             return Ok(lag);
         }
@@ -256,25 +256,6 @@ async fn caught_up(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-fn service_lag(bootstrap: &str) -> anyhow::Result<i64> {
-    let inspector = haven_kafka::ClusterConfig::new(bootstrap).inspector(service::GROUP)?;
-    let parts: Vec<(String, i32)> = (0..crate::regions::TRANSFERS_PARTITIONS)
-        .map(|p| (TRANSFERS_TOPIC.to_string(), p))
-        .collect();
-    let committed = haven_kafka::committed(&inspector, &parts, Duration::from_secs(5))?;
-    let mut lag = 0;
-    for (t, p) in &parts {
-        let (_, high) = haven_kafka::watermarks(&inspector, t, *p, Duration::from_secs(5))?;
-        let at = committed
-            .iter()
-            .find(|c| c.1 == *p)
-            .map(|c| c.2)
-            .unwrap_or(0);
-        lag += (high - at).max(0);
-    }
-    Ok(lag)
 }
 
 /// Runs `haven --config LAB ARGS...`; its output, or an error holding it.

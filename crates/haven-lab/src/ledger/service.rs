@@ -110,6 +110,20 @@ fn partitions(
         .collect())
 }
 
+/// Records of `topic` the service's group has not committed past (blocking).
+pub fn lag(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
+    let inspector = ClusterConfig::new(bootstrap).inspector(GROUP)?;
+    let parts = partitions(&inspector, bootstrap, topic)?;
+    let committed = haven_kafka::committed(&inspector, &parts, Duration::from_secs(5))?;
+    let mut lag = 0;
+    for (t, p) in &parts {
+        let (_, high) = haven_kafka::watermarks(&inspector, t, *p, Duration::from_secs(5))?;
+        let at = committed.iter().find(|c| c.1 == *p).map_or(0, |c| c.2);
+        lag += (high - at).max(0);
+    }
+    Ok(lag)
+}
+
 /// A running service: [`Service::stop`] commits, leaves the group and returns how many
 /// transfers it applied (and skipped as applied before).
 pub struct Service {
